@@ -1,0 +1,124 @@
+"""ImageSet: a training set of images in [-1, 1], with optional labels and its credits."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ElsvizError
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSet:
+    """A training set.
+
+    images: float32 tensor [N, C, H, W] with values in [-1, 1] (numpy arrays are converted).
+    labels: int64 tensor [N] or None.
+    class_names: one name per label value (index = label), or None.
+    name, description (one line), source (where the images come from, with credit and licence).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    class_names: tuple[str, ...] | None = None
+    name: str = "custom"
+    description: str = ""
+    source: str = ""
+    meta: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        images = self.images
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.ascontiguousarray(images))
+        if not isinstance(images, torch.Tensor):
+            raise ElsvizError(f"ImageSet images must be a tensor or array [N, C, H, W], got {type(images).__name__}.")
+        if images.ndim != 4:
+            raise ElsvizError(
+                f"ImageSet images must have shape [N, C, H, W], got shape {tuple(images.shape)}. "
+                "Add a channel axis for grayscale images (e.g. images[:, None])."
+            )
+        if images.shape[0] == 0:
+            raise ElsvizError("The training set is empty: give at least one image.")
+        if images.shape[1] not in (1, 3):
+            raise ElsvizError(f"Images must have 1 or 3 channels, got {images.shape[1]} (shape {tuple(images.shape)}).")
+        images = images.detach().to(dtype=torch.float32).contiguous()
+        if not torch.isfinite(images).all():
+            raise ElsvizError("The training images contain NaN or inf values; clean or drop those images first.")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -1.0 - 1e-5 or hi > 1.0 + 1e-5:
+            raise ElsvizError(
+                f"Training images must lie in [-1, 1], found values in [{lo:.3g}, {hi:.3g}]. "
+                "Rescale them, e.g. images / 127.5 - 1 for 8-bit pixels."
+            )
+        labels = self.labels
+        if labels is not None:
+            if isinstance(labels, np.ndarray):
+                labels = torch.from_numpy(np.ascontiguousarray(labels))
+            labels = torch.as_tensor(labels)
+            if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+                raise ElsvizError(
+                    f"labels must have shape [N] = [{images.shape[0]}], got {tuple(labels.shape)}."
+                )
+            if labels.is_floating_point() or labels.dtype == torch.bool:
+                raise ElsvizError("labels must be integers (one class index per image).")
+            labels = labels.to(torch.int64).contiguous()
+            if int(labels.min()) < 0:
+                raise ElsvizError("labels must be non-negative class indices.")
+        class_names = self.class_names
+        if class_names is not None:
+            class_names = tuple(str(c) for c in class_names)
+        object.__setattr__(self, "images", images)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "class_names", class_names)
+
+    # -- shape -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def classes(self) -> list[int]:
+        """The label values present, sorted ([] for an unlabelled set)."""
+        return [] if self.labels is None else sorted(set(self.labels.tolist()))
+
+    def class_name(self, label: int) -> str:
+        if self.class_names is not None and 0 <= label < len(self.class_names):
+            return self.class_names[label]
+        return str(label)
+
+    def indices_for(self, label: int | None) -> torch.Tensor | None:
+        """Indices of the images with this label (None: all images). Refuses impossible labels."""
+        if label is None:
+            return None
+        if self.labels is None:
+            raise ElsvizError(
+                f"label={label} was given but the training set {self.name!r} has no labels; "
+                "drop the label for unconditional generation."
+            )
+        idx = torch.nonzero(self.labels == int(label)).flatten()
+        if idx.numel() == 0:
+            raise ElsvizError(
+                f"No training image has label {label} in {self.name!r}; labels present: {self.classes}."
+            )
+        return idx
+
+    def subset(self, idx) -> "ImageSet":
+        idx = torch.as_tensor(idx, dtype=torch.int64)
+        return ImageSet(
+            self.images[idx],
+            None if self.labels is None else self.labels[idx],
+            self.class_names,
+            self.name,
+            self.description,
+            self.source,
+            dict(self.meta),
+        )
