@@ -1,0 +1,304 @@
+"""A slow, obviously correct float64 reference of the machines in ELS_MATH.md.
+
+Written straight from the definitions, independently of elsviz/engine.py, so the tests can compare
+the fast engine against it. One query pixel at a time: list its keys (training image n, centre
+(u, v)), cut every key window and the query window with plain index arithmetic, take the softmax
+of -||Q - a_t K||^2 / (2 b_t^2) over the keys, and average the key centres.
+
+Everything here is numpy float64; inputs may be torch tensors or arrays. Nothing is imported from
+elsviz: even the noise schedule is restated below.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MACHINES = ("is", "ls", "els", "bbels")
+
+# ELS_MATH.md, "The paper's calibrated locality schedules" (restated, not imported).
+PRESET_MNIST_RESNET = [3, 3, 5, 5, 5, 7, 7, 7, 9, 9, 11, 11, 11, 11, 13, 15, 15, 15, 15, 15]
+
+
+# -- noise schedule -------------------------------------------------------------------------------
+def beta(t: float) -> float:
+    """beta(t) = 1 - cos(t / 1.008 * pi / 2) ** 2."""
+    return 1.0 - math.cos(t / 1.008 * math.pi / 2) ** 2
+
+
+def a_b(t: float) -> tuple[float, float]:
+    """(a_t, b_t) = (sqrt(1 - beta(t)), sqrt(beta(t)))."""
+    return math.sqrt(1.0 - beta(t)), math.sqrt(beta(t))
+
+
+def as_f64(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+# -- windows ----------------------------------------------------------------------------------------
+def window(img: np.ndarray, i: int, j: int, k: int, mode: str) -> np.ndarray:
+    """The k x k window (all channels) of img [C, H, W] centred on (i, j), flattened to [C*k*k].
+
+    mode "zeros": outside pixels read 0; "circular": indices wrap modulo H, W (any k);
+    "inside": the window must lie fully inside the image.
+    """
+    C, H, W = img.shape
+    d = k // 2
+    rows = np.arange(i - d, i + d + 1)  # [k]
+    cols = np.arange(j - d, j + d + 1)  # [k]
+    if mode == "circular":
+        return img[:, rows % H][:, :, cols % W].reshape(-1)
+    inside_r = (rows >= 0) & (rows < H)
+    inside_c = (cols >= 0) & (cols < W)
+    if mode == "inside":
+        assert inside_r.all() and inside_c.all(), "window sticks out of the image"
+        return img[:, rows][:, :, cols].reshape(-1)
+    assert mode == "zeros"
+    out = np.zeros((C, k, k))
+    for a, r in enumerate(rows):
+        for b, c in enumerate(cols):
+            if inside_r[a] and inside_c[b]:
+                out[:, a, b] = img[:, r, c]
+    return out.reshape(-1)
+
+
+def stickout(i: int, j: int, k: int, H: int, W: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): how far the window at (i, j) sticks out of an H x W image."""
+    d = k // 2
+    return (max(0, d - i), max(0, i + d - (H - 1)), max(0, d - j), max(0, j + d - (W - 1)))
+
+
+# -- keys -------------------------------------------------------------------------------------------
+def query_mode(machine: str) -> str:
+    return {"ls": "zeros", "els": "circular", "bbels": "zeros"}[machine]
+
+
+def key_mode(machine: str) -> str:
+    return {"ls": "zeros", "els": "inside", "bbels": "zeros"}[machine]
+
+
+def keys_for_pixel(machine, i, j, k, train_hw, out_hw, allowed) -> list[tuple[int, int, int]]:
+    """All keys (n, u, v) of output pixel (i, j), in a fixed order (n, then u, then v)."""
+    H, W = train_hw
+    Ho, Wo = out_hw
+    d = k // 2
+    keys = []
+    for n in allowed:
+        if machine == "ls":
+            keys.append((n, i, j))
+        elif machine == "els":
+            for u in range(d, H - d):
+                for v in range(d, W - d):
+                    keys.append((n, u, v))
+        elif machine == "bbels":
+            want = stickout(i, j, k, Ho, Wo)
+            for u in range(H):
+                for v in range(W):
+                    if stickout(u, v, k, H, W) == want:
+                        keys.append((n, u, v))
+        else:
+            raise ValueError(machine)
+    return keys
+
+
+def allowed_images(n_images: int, labels, label) -> list[int]:
+    """Indices of the training images a (class-conditional) machine may use."""
+    if label is None:
+        return list(range(n_images))
+    assert labels is not None, "label given on an unlabelled set"
+    idx = [n for n, lab in enumerate(labels) if int(lab) == int(label)]
+    assert idx, f"no image with label {label}"
+    return idx
+
+
+# -- one pixel --------------------------------------------------------------------------------------
+@dataclass
+class PixelResult:
+    mean: np.ndarray  # [C]
+    weights: np.ndarray  # [nkeys]
+    keys: list  # [(n, u, v)]
+    top: int  # index into keys of one heaviest key
+    count: int  # keys whose window equals the top key's window (the top key included)
+    entropy: float  # nats
+    margin: float  # top weight / heaviest weight among keys with a *different* window (inf if none)
+    top_window: np.ndarray  # [C*k*k] (IS: the whole image)
+
+
+def softmax_pixel(q: np.ndarray, K: np.ndarray, centres: np.ndarray, t: float, keys) -> PixelResult:
+    """q [D] query window, K [nkeys, D] key windows, centres [nkeys, C]."""
+    a, b = a_b(t)
+    dist = ((q[None, :] - a * K) ** 2).sum(axis=1)  # [nkeys]
+    logits = -dist / (2 * b * b)
+    w = np.exp(logits - logits.max())
+    w = w / w.sum()
+    mean = (w[:, None] * centres).sum(axis=0)  # [C]
+    top = int(np.argmax(w))
+    same = np.all(K == K[top][None, :], axis=1)  # [nkeys] identical windows
+    count = int(same.sum())
+    others = w[~same]
+    margin = float(w[top] / others.max()) if others.size and others.max() > 0 else math.inf
+    pos = w > 0
+    entropy = float(-(w[pos] * np.log(w[pos])).sum())
+    return PixelResult(mean, w, keys, top, count, entropy, margin, K[top].copy())
+
+
+# -- the machines -----------------------------------------------------------------------------------
+@dataclass
+class RefPosterior:
+    mean: np.ndarray  # [B, C, H', W']
+    score: np.ndarray  # [B, C, H', W']
+    source_index: np.ndarray  # [B, H', W'] int
+    source_pos: np.ndarray  # [B, H', W', 2] int
+    source_weight: np.ndarray  # [B, H', W']
+    source_count: np.ndarray  # [B, H', W'] int
+    entropy: np.ndarray  # [B, H', W']
+    margin: np.ndarray  # [B, H', W'] top weight / best weight of a different window
+    pixels: list  # [B][H'][W'] PixelResult
+
+
+class Reference:
+    """The four machines of ELS_MATH.md on a training set images [N, C, H, W] (float64)."""
+
+    def __init__(self, images, labels=None):
+        self.images = as_f64(images)  # [N, C, H, W]
+        assert self.images.ndim == 4 and self.images.shape[0] > 0
+        self.labels = None if labels is None else [int(v) for v in as_f64(labels)]
+        self._windows = {}
+
+    @property
+    def N(self):
+        return self.images.shape[0]
+
+    def key_window(self, machine: str, n: int, u: int, v: int, k: int) -> np.ndarray:
+        """The window of key (n, u, v) as the machine sees it (IS: the whole image n)."""
+        if machine == "is":
+            return self.images[n].reshape(-1)
+        return window(self.images[n], u, v, k, key_mode(machine))
+
+    def _key_window_cached(self, machine, n, u, v, k):
+        cache_key = (machine, n, u, v, k)
+        if cache_key not in self._windows:
+            self._windows[cache_key] = self.key_window(machine, n, u, v, k)
+        return self._windows[cache_key]
+
+    def pixel(self, machine, x, i, j, t, k, label=None) -> PixelResult:
+        """Everything about output pixel (i, j) of one query x [C, H', W'] (not IS)."""
+        _, H, W = self.images.shape[1:]
+        allowed = allowed_images(self.N, self.labels, label)
+        keys = keys_for_pixel(machine, i, j, k, (H, W), x.shape[1:], allowed)
+        assert keys, f"{machine}: no key for pixel ({i}, {j}) at k={k}"
+        q = window(x, i, j, k, query_mode(machine))  # [C*k*k]
+        K = np.stack([self._key_window_cached(machine, n, u, v, k) for n, u, v in keys])  # [nkeys, D]
+        centres = np.stack([self.images[n, :, u, v] for n, u, v in keys])  # [nkeys, C]
+        return softmax_pixel(q, K, centres, t, keys)
+
+    def image_is(self, x, t, label=None) -> PixelResult:
+        """IS for one query x [C, H, W]: one weight per training image, the mean is a whole image."""
+        assert x.shape == self.images.shape[1:], "IS needs x of the training size"
+        allowed = allowed_images(self.N, self.labels, label)
+        keys = [(n, None, None) for n in allowed]
+        K = np.stack([self.images[n].reshape(-1) for n in allowed])  # [nkeys, C*H*W]
+        res = softmax_pixel(x.reshape(-1), K, K, t, keys)
+        res.mean = res.mean.reshape(x.shape)  # [C, H, W]
+        return res
+
+    def denoise(self, machine, x, t, k=1, label=None) -> RefPosterior:
+        """The posterior mean and provenance for x [B, C, H', W'] at time t with window size k."""
+        x = as_f64(x)
+        assert machine in MACHINES
+        assert 0 < t < 1 and k >= 1 and k % 2 == 1
+        B, C, Ho, Wo = x.shape
+        assert C == self.images.shape[1]
+        if machine in ("is", "ls"):
+            assert (Ho, Wo) == self.images.shape[2:], f"{machine} needs x of the training size"
+        mean = np.zeros_like(x)
+        index = np.zeros((B, Ho, Wo), dtype=np.int64)
+        pos = np.zeros((B, Ho, Wo, 2), dtype=np.int64)
+        weight = np.zeros((B, Ho, Wo))
+        count = np.zeros((B, Ho, Wo), dtype=np.int64)
+        entropy = np.zeros((B, Ho, Wo))
+        margin = np.zeros((B, Ho, Wo))
+        pixels = []
+        for bi in range(B):
+            rows = []
+            if machine == "is":
+                r = self.image_is(x[bi], t, label)
+                mean[bi] = r.mean
+            for i in range(Ho):
+                row = []
+                for j in range(Wo):
+                    if machine != "is":
+                        r = self.pixel(machine, x[bi], i, j, t, k, label)
+                        mean[bi, :, i, j] = r.mean
+                        n, u, v = r.keys[r.top]
+                    else:
+                        n, u, v = r.keys[r.top][0], i, j
+                    index[bi, i, j] = n
+                    pos[bi, i, j] = (u, v)
+                    weight[bi, i, j] = r.weights[r.top]
+                    count[bi, i, j] = r.count
+                    entropy[bi, i, j] = r.entropy
+                    margin[bi, i, j] = r.margin
+                    row.append(r)
+                rows.append(row)
+            pixels.append(rows)
+        a, b = a_b(t)
+        score = -(x - a * mean) / b**2
+        return RefPosterior(mean, score, index, pos, weight, count, entropy, margin, pixels)
+
+
+# -- the reverse process (deterministic DDIM) -------------------------------------------------------
+@dataclass
+class RefFrame:
+    i: int
+    t: float
+    k: int
+    x: np.ndarray  # [B, C, H, W] the input of step i
+    mean: np.ndarray  # [B, C, H, W] posterior mean at t = i / steps with k[i]
+
+
+def reverse_process(ref: Reference, machine, x, steps, ks, label=None, stop_at=1):
+    """Run i = steps-1 .. stop_at from x (the input of step steps-1). Returns (frames, final x).
+
+    ks: one k per step (ks[i] used at step i; ks[0] never used).
+    """
+    x = as_f64(x)
+    assert len(ks) == steps
+    frames = []
+    for i in range(steps - 1, stop_at - 1, -1):
+        t, t_next = i / steps, (i - 1) / steps
+        a, b = a_b(t)
+        _, b_next = a_b(t_next)
+        post = ref.denoise(machine, x, t, ks[i], label)
+        frames.append(RefFrame(i, t, ks[i], x.copy(), post.mean))
+        eps = -b * post.score
+        r = math.sqrt((1 - beta(t_next)) / (1 - beta(t)))
+        x = r * x + (b_next - r * b) * eps
+    return frames, x
+
+
+def rel_l2(a, b) -> float:
+    """||a - b|| / ||b|| (b the reference)."""
+    a, b = as_f64(a), as_f64(b)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+# -- test data --------------------------------------------------------------------------------------
+def random_images(n, c, h, w, seed, levels=None):
+    """float32 [n, c, h, w] in [-1, 1]. levels: quantise to that many grey values (repeated windows)."""
+    g = np.random.default_rng(seed)
+    x = g.uniform(-1, 1, size=(n, c, h, w))
+    if levels:
+        x = np.round((x + 1) / 2 * (levels - 1)) / (levels - 1) * 2 - 1
+    return x.astype(np.float32)
+
+
+def noisy_query(b, c, h, w, t, seed):
+    """float32 [b, c, h, w]: a fresh random image pushed forward to time t (a_t x0 + b_t eps)."""
+    g = np.random.default_rng(seed)
+    a, s = a_b(t)
+    x0 = g.uniform(-1, 1, size=(b, c, h, w))
+    return (a * x0 + s * g.standard_normal((b, c, h, w))).astype(np.float32)
