@@ -139,7 +139,8 @@ def softmax_pixel(q: np.ndarray, K: np.ndarray, centres: np.ndarray, t: float, k
     same = np.all(K == K[top][None, :], axis=1)  # [nkeys] identical windows
     count = int(same.sum())
     others = w[~same]
-    margin = float(w[top] / others.max()) if others.size and others.max() > 0 else math.inf
+    with np.errstate(over="ignore"):  # a runner-up weight of 1e-310 gives inf: clearly ahead
+        margin = float(w[top] / others.max()) if others.size and others.max() > 0 else math.inf
     pos = w > 0
     entropy = float(-(w[pos] * np.log(w[pos])).sum())
     return PixelResult(mean, w, keys, top, count, entropy, margin, K[top].copy())

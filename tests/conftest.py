@@ -1,0 +1,24 @@
+"""Shared fixtures. tests/reference.py holds the float64 reference and the small test-data makers."""
+import numpy as np
+import pytest
+import torch
+
+from tests.reference import Reference
+
+
+@pytest.fixture
+def make_pair():
+    """make_pair(machine, images, labels=None, **engine_kwargs) -> (Engine, Reference) on the same set.
+
+    images: float32 numpy [N, C, H, W] in [-1, 1]; labels: int array [N] or None.
+    """
+
+    def make(machine, images, labels=None, **kwargs):
+        from elsviz import Engine, ImageSet
+
+        lab = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        train = ImageSet(torch.from_numpy(np.ascontiguousarray(images)), lab)
+        kwargs.setdefault("device", "cpu")
+        return Engine(train, machine=machine, **kwargs), Reference(images, labels)
+
+    return make
