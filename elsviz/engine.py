@@ -1,0 +1,617 @@
+"""The exact score machines of Kamb & Ganguli: IS, LS, ELS and bbELS, with per-pixel provenance.
+
+Read ../shared/ELS_MATH.md first. For a query pixel p of a noisy image x at time t, each key
+(training image n, position s) has the logit
+
+    l(p, n, s) = -|| Q_p(x) - a_t K_s(x_n) ||^2 / (2 b_t^2)
+               = (a_t <Q_p, K_ns> - a_t^2 |K_ns|^2 / 2) / b_t^2  + (a term of p alone, which cancels)
+
+and the posterior mean of p is the softmax-weighted average of the keys' centre pixels.
+
+How it is computed (one idea per block below):
+- *Classes.* Query pixels that share the same set of key positions form a class (ELS: one class;
+  LS: one per pixel; bbELS: one per boundary pattern). Classes of equal size are batched together.
+- *Two ways to get <Q, K>.* "windowed": a key table [keys, D] of the class's windows and one
+  matrix product per chunk; fast when many query pixels share the keys (small k).
+  "embedded": place the query window into an empty training-sized image and take its dot product
+  with the whole training images, <X_n, E(Q_p, s)>; needs no key table at all and wins when
+  windows are nearly as large as the image (large k, or classes of a single pixel). A cost model
+  picks one per class group; both give the same logits up to float32 rounding.
+- *Streaming softmax.* Keys arrive in chunks; for every query pixel we carry the running max m,
+  sum s, weighted sum of values, entropy term and the heaviest key (flash-attention style), so
+  memory stays bounded whatever the training set size.
+- *Caches.* Key tables are kept per (machine, k, label, output size) in a byte-bounded LRU cache.
+
+Identical keys (flat background) tie exactly: the heaviest key's weight is then shared, and
+`source_count` says by how many keys.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ElsvizError
+from .imageset import ImageSet
+from .schedule import alpha_sigma, check_k, check_t
+
+MACHINES: dict[str, str] = {
+    "is": "Ideal score: the whole image is compared with whole training images; it can only reproduce them.",
+    "ls": "Local score: each pixel sees only its k x k neighbourhood, compared with the same place in every training image.",
+    "els": "Equivariant local score: each pixel's k x k neighbourhood is matched against every patch of every training image, wherever it lies.",
+    "bbels": "Boundary-broken ELS: like ELS, but a patch at the border only matches patches at the same place relative to the border (zero padding).",
+}
+
+# Relative cost of reading one float of a key table, in multiply-adds; used to choose between the
+# windowed and the embedded way of computing <Q, K> (see _choose_paths). Tuned with elsviz.bench.
+_TABLE_READ_COST = 16.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Posterior:
+    """What a machine says about a noisy image x at time t. B = batch, H', W' = x's size.
+
+    mean:          [B, C, H', W'] posterior mean = denoised estimate of x_0
+    score:         [B, C, H', W'] -(x - a_t * mean) / b_t**2
+    source_index:  [B, H', W'] int64, training image of the heaviest key of each pixel
+    source_pos:    [B, H', W', 2] int64, (row, col) of that key's centre in its image
+    source_weight: [B, H', W'] weight of that key (one key, not its identical copies)
+    source_count:  [B, H', W'] int64, number of keys tied with it (identical windows); > 1: shared
+    entropy:       [B, H', W'] entropy of the pixel's key weights, in nats
+    """
+
+    mean: torch.Tensor
+    score: torch.Tensor
+    source_index: torch.Tensor
+    source_pos: torch.Tensor
+    source_weight: torch.Tensor
+    source_count: torch.Tensor
+    entropy: torch.Tensor
+    t: float
+    k: int
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming softmax over keys, for Q query pixels at once
+# ----------------------------------------------------------------------------------------------
+class _Softmax:
+    """Running statistics of a softmax over keys that arrive in chunks.
+
+    Per query q: m = max logit, s = sum exp(l - m) (over keys), acc = sum exp(l - m) * value,
+    ent = sum exp(l - m) * (l - m), best = id of a key with l == m, count = keys with l == m.
+    Then mean = acc / s, weight of the heaviest key = 1 / s, entropy = log s - ent / s.
+    """
+
+    def __init__(self, q: int, c: int, device):
+        self.m = torch.full((q,), -math.inf, device=device)
+        self.s = torch.zeros(q, device=device)
+        self.acc = torch.zeros(q, c, device=device)
+        self.ent = torch.zeros(q, device=device)
+        self.best = torch.zeros(q, dtype=torch.int64, device=device)
+        self.count = torch.zeros(q, dtype=torch.int64, device=device)
+
+    @staticmethod
+    def rows(logits: torch.Tensor, values_fn):
+        """Per-row statistics of logits [..., K] (every row has a finite entry); overwrites logits.
+
+        values_fn(e) -> [..., C + 1] = sum_k e[..., k] * (value(k), 1): the weighted values and,
+        in the last column, the sum of e. Returns m, s, acc, ent, arg, count (per row).
+        """
+        m, arg = logits.max(dim=-1)  # [...], [...]
+        lm = logits.sub_(m.unsqueeze(-1))  # [..., K], l - m <= 0, exactly 0 at the max
+        count = (lm == 0).view(torch.uint8).sum(-1, dtype=torch.int64)  # keys tied with the max
+        # exp(-80) ~ 2e-35 counts for nothing next to the max's 1, and below it exp() leaves the
+        # fast vectorised path (denormals)
+        e = torch.exp(lm.clamp_(min=-80.0))  # [..., K]
+        ent = torch.linalg.vecdot(e, lm)  # [...], sum e * (l - m)
+        acc = values_fn(e)  # [..., C + 1]
+        return m, acc[..., -1], acc[..., :-1], ent, arg, count
+
+    def merge(self, q_idx, m, s, acc, ent, best, count):
+        """Merge per-row statistics into the queries q_idx [R] (None: row r is query r)."""
+        if q_idx is not None:
+            m, s, acc, ent, best, count = self._reduce(q_idx, m, s, acc, ent, best, count)
+        fresh, empty = torch.isinf(self.m), torch.isinf(m)  # nothing seen before / in this chunk
+        m_new = torch.maximum(self.m, m)
+        alpha = torch.where(fresh, 0.0, torch.exp(self.m - m_new))
+        beta = torch.where(empty, 0.0, torch.exp(m - m_new))
+        old_ent = torch.where(fresh, 0.0, self.ent + self.s * (self.m - m_new))
+        new_ent = torch.where(empty, 0.0, ent + s * (m - m_new))
+        self.ent = alpha * old_ent + beta * new_ent
+        self.s = alpha * self.s + beta * s
+        self.acc = alpha.unsqueeze(-1) * self.acc + beta.unsqueeze(-1) * acc
+        ahead = m > self.m
+        tie = (m == self.m) & ~empty
+        self.best = torch.where(ahead, best, self.best)
+        self.count = torch.where(ahead, count, torch.where(tie, self.count + count, self.count))
+        self.m = m_new
+
+    def _reduce(self, q_idx, m, s, acc, ent, best, count):
+        """Combine several rows per query into one set of statistics per query."""
+        q = self.m.shape[0]
+        mq = torch.full((q,), -math.inf, device=m.device).scatter_reduce(0, q_idx, m, "amax")
+        mr = mq[q_idx]  # [R]
+        w = torch.exp(m - mr)
+        sq = torch.zeros(q, device=m.device).index_add_(0, q_idx, w * s)
+        accq = torch.zeros(q, acc.shape[1], device=m.device).index_add_(0, q_idx, w.unsqueeze(-1) * acc)
+        entq = torch.zeros(q, device=m.device).index_add_(0, q_idx, w * (ent + s * (m - mr)))
+        top = m == mr
+        countq = torch.zeros(q, dtype=torch.int64, device=m.device).index_add_(0, q_idx, torch.where(top, count, 0))
+        big = torch.iinfo(torch.int64).max
+        bestq = torch.full((q,), big, dtype=torch.int64, device=m.device).scatter_reduce(
+            0, q_idx, torch.where(top, best, big), "amin"
+        )
+        seen = ~torch.isinf(mq)
+        # queries without rows in this chunk keep -inf and contribute nothing
+        return mq, sq, accq, torch.where(seen, entq, 0.0), torch.where(seen, bestq, 0), countq
+
+
+# ----------------------------------------------------------------------------------------------
+# Windows and classes
+# ----------------------------------------------------------------------------------------------
+def _window_index(size: int, pos: torch.Tensor, k: int, circular: bool) -> torch.Tensor:
+    """Indices [len(pos), k] of the k rows (or columns) of windows centred at pos.
+
+    Zero padding: indices into the image padded by d on each side. Circular: indices modulo size.
+    """
+    d = k // 2
+    off = torch.arange(k, device=pos.device) - d  # [k]
+    idx = pos.unsqueeze(-1) + off  # [M, k]
+    return idx % size if circular else idx + d
+
+
+def windows(img: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, k: int, circular: bool = False) -> torch.Tensor:
+    """The k x k windows of img [n, C, H, W] centred at pixels (rows[m], cols[m]) -> [n, M, C*k*k].
+
+    Zero padded outside the image, or circularly padded. Entries are ordered (channel, row, col).
+    """
+    n, c, h, w = img.shape
+    d = k // 2
+    src = img if circular else F.pad(img, (d, d, d, d))
+    ri = _window_index(h, rows, k, circular)  # [M, k]
+    ci = _window_index(w, cols, k, circular)  # [M, k]
+    win = src[:, :, ri.unsqueeze(-1), ci.unsqueeze(-2)]  # [n, C, M, k, k]
+    return win.permute(0, 2, 1, 3, 4).reshape(n, rows.shape[0], c * k * k)
+
+
+def _overhang(i: torch.Tensor, size: int, d: int) -> torch.Tensor:
+    """How far the window sticks out before and after the image, per position: [len(i), 2]."""
+    return torch.stack([(d - i).clamp(min=0), (i + d - (size - 1)).clamp(min=0)], dim=-1)
+
+
+@dataclass
+class _Group:
+    """G classes of equal size: P query pixels each and S key positions each.
+
+    pix [G, P] query pixel indices (row * W' + col); pos [G, S] training positions (row * W + col).
+    """
+
+    pix: torch.Tensor
+    pos: torch.Tensor
+    embedded: bool
+
+
+def _classes(machine: str, k: int, hq: int, wq: int, h: int, w: int) -> list[tuple[list[int], list[int]]]:
+    """(query pixels, training positions) of every class, as flat indices."""
+    d = k // 2
+    if machine == "ls":
+        return [([p], [p]) for p in range(h * w)]
+    if machine == "els":
+        inside = [u * w + v for u in range(d, h - d) for v in range(d, w - d)]
+        return [(list(range(hq * wq)), inside)]
+    # bbELS: rows and columns each fall into classes by their overhang; a class is a pair.
+    def by_overhang(nq: int, nt: int):
+        oq = _overhang(torch.arange(nq), nq, d).tolist()
+        ot = _overhang(torch.arange(nt), nt, d).tolist()
+        out = {}
+        for i, o in enumerate(oq):
+            out.setdefault(tuple(o), ([], []))[0].append(i)
+        for u, o in enumerate(ot):
+            if tuple(o) in out:
+                out[tuple(o)][1].append(u)
+        return list(out.values())
+
+    row_classes, col_classes = by_overhang(hq, h), by_overhang(wq, w)
+    result = []
+    for rq, rt in row_classes:
+        for cq, ct in col_classes:
+            result.append(([i * wq + j for i in rq for j in cq], [u * w + v for u in rt for v in ct]))
+    return result
+
+
+def _plan(machine: str, k: int, hq: int, wq: int, h: int, w: int, c: int, device) -> list[_Group]:
+    """Group classes of equal size and choose, per group, how to compute <Q, K>."""
+    sizes: dict[tuple[int, int], list] = {}
+    for pix, pos in _classes(machine, k, hq, wq, h, w):
+        sizes.setdefault((len(pix), len(pos)), []).append((pix, pos))
+    d_win, d_img = c * k * k, c * h * w
+    groups = []
+    for (p, s), members in sorted(sizes.items()):
+        # per (training image, class): windowed costs P*S*D multiply-adds + reading S*D floats of
+        # key table; embedded costs P*S*(C*H*W) multiply-adds and needs no table.
+        windowed = p * s * d_win + _TABLE_READ_COST * s * d_win
+        embedded = p * s * d_img
+        groups.append(
+            _Group(
+                pix=torch.tensor([m[0] for m in members], dtype=torch.int64, device=device),
+                pos=torch.tensor([m[1] for m in members], dtype=torch.int64, device=device),
+                embedded=embedded <= windowed,
+            )
+        )
+    return groups
+
+
+# ----------------------------------------------------------------------------------------------
+# A byte-bounded LRU cache (key tables, subsets, squared norms)
+# ----------------------------------------------------------------------------------------------
+class _Cache:
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict = OrderedDict()
+        self.bytes = 0
+
+    @staticmethod
+    def _size(value) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, (tuple, list)):
+            return sum(_Cache._size(v) for v in value)
+        if isinstance(value, dict):
+            return sum(_Cache._size(v) for v in value.values())
+        return 64
+
+    def get(self, key, make):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key][0]
+        value = make()
+        size = self._size(value)
+        if size <= self.max_bytes:
+            self._items[key] = (value, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (_, old) = self._items.popitem(last=False)
+                self.bytes -= old
+        return value
+
+    def clear(self):
+        self._items.clear()
+        self.bytes = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine
+# ----------------------------------------------------------------------------------------------
+def _resolve_device(device) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ElsvizError(f"Unknown device {device!r}: use 'auto', 'cpu' or 'cuda'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ElsvizError("device='cuda' was asked for but no CUDA GPU is available here; use device='cpu' or 'auto'.")
+    if dev.type not in ("cpu", "cuda"):
+        raise ElsvizError(f"Device {device!r} is not supported: use 'auto', 'cpu' or 'cuda'.")
+    return dev
+
+
+class Engine:
+    """One score machine over one training set.
+
+        engine = Engine(train, machine="bbels", device="auto")
+        post = engine.denoise(x, t, k)          # x [B, C, H', W']
+
+    cache_bytes bounds the cached key tables; chunk_elems bounds each chunk of logits
+    (the working memory is a few times chunk_elems floats).
+    """
+
+    def __init__(self, train: ImageSet, machine: str = "bbels", device="auto", *,
+                 cache_bytes: int | None = None, chunk_elems: int | None = None):
+        if not isinstance(train, ImageSet):
+            raise ElsvizError(f"Engine needs an ImageSet, got {type(train).__name__}; wrap your images in ImageSet(images, labels).")
+        machine = str(machine).lower()
+        if machine not in MACHINES:
+            raise ElsvizError(f"Unknown machine {machine!r}: choose one of {', '.join(MACHINES)}.")
+        self.train = train
+        self.machine = machine
+        self.device = _resolve_device(device)
+        self.images = train.images.to(self.device)  # [N, C, H, W]
+        if cache_bytes is None:
+            cache_bytes = 384 * 2**20 if self.device.type == "cpu" else _gpu_cache_bytes(self.device)
+        self.chunk_elems = int(chunk_elems or (2**22 if self.device.type == "cpu" else 2**27))
+        self._cache = _Cache(int(cache_bytes))
+
+    def __repr__(self):
+        n, c, h, w = self.images.shape
+        return f"Engine(machine={self.machine!r}, device={str(self.device)!r}, train={self.train.name!r} [{n}, {c}, {h}, {w}])"
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _check(self, x, t, k, label):
+        if not isinstance(x, torch.Tensor):
+            raise ElsvizError(f"x must be a torch tensor [B, C, H, W], got {type(x).__name__}.")
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        if x.ndim != 4:
+            raise ElsvizError(f"x must have shape [B, C, H, W], got {tuple(x.shape)}.")
+        n, c, h, w = self.images.shape
+        if x.shape[1] != c:
+            raise ElsvizError(
+                f"x has {x.shape[1]} channel(s) but the training set {self.train.name!r} has {c}; "
+                f"make x [B, {c}, H, W]."
+            )
+        if not torch.isfinite(x).all():
+            raise ElsvizError("x contains NaN or inf values; start from finite noise, e.g. torch.randn.")
+        t = check_t(t)
+        hq, wq = x.shape[-2:]
+        if self.machine == "is":
+            k = None
+        else:
+            k = check_k(k)
+        if self.machine in ("is", "ls") and (hq, wq) != (h, w):
+            raise ElsvizError(
+                f"The {self.machine.upper()} machine only works at the training size {h}x{w}, got x of size {hq}x{wq}; "
+                "use ELS or bbELS for other output sizes."
+            )
+        if self.machine == "els" and k > min(h, w):
+            raise ElsvizError(
+                f"ELS needs k <= {min(h, w)} (no {k}x{k} window lies inside the {h}x{w} training images); "
+                f"pick k <= {min(h, w)} or use bbELS."
+            )
+        if self.machine == "bbels":
+            for name, q, tr in (("height", hq, h), ("width", wq, w)):
+                if q != tr and k > min(q, tr):
+                    raise ElsvizError(
+                        f"bbELS at an output {name} of {q} (training {tr}) needs k <= {min(q, tr)}, got k={k}: "
+                        "some boundary patterns of the output occur nowhere in the training images. "
+                        f"Pick k <= {min(q, tr)} or the training size."
+                    )
+        subset = self._subset(label)
+        return x.to(self.device, torch.float32), t, k, subset
+
+    def _subset(self, label):
+        """Indices of the training images in play, or None for all."""
+        if label is None:
+            return None
+        idx = self.train.indices_for(int(label))
+        return idx.to(self.device)
+
+    # -- the machine -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def denoise(self, x: torch.Tensor, t: float, k=None, label: int | None = None) -> Posterior:
+        """Posterior mean and provenance of every pixel of x [B, C, H', W'] at time t, window k."""
+        x, t, k, subset = self._check(x, t, k, label)
+        a, b = alpha_sigma(t)
+        if self.machine == "is":
+            sm, q = self._ideal(x, a, b, subset, label)
+        else:
+            sm = self._local(x, a, b, k, subset, label)
+        return self._finish(x, sm, a, b, t, k, subset)
+
+    def _images_of(self, subset):
+        return self.images if subset is None else self.images[subset]
+
+    def _finish(self, x, sm: _Softmax, a, b, t, k, subset) -> Posterior:
+        bsz, c, hq, wq = x.shape
+        n, _, h, w = self.images.shape
+        if self.machine == "is":
+            # one weight per training image, shared by all pixels: broadcast [B] -> [B, H', W']
+            mean = (sm.acc / sm.s.unsqueeze(-1)).reshape(bsz, c, h, w)
+            per_pixel = lambda v: v.reshape(bsz, 1, 1).expand(bsz, hq, wq).contiguous()  # noqa: E731
+            img = sm.best
+            rows = torch.arange(hq, device=x.device).view(1, hq, 1).expand(bsz, hq, wq)
+            cols = torch.arange(wq, device=x.device).view(1, 1, wq).expand(bsz, hq, wq)
+            src_pos = torch.stack([rows, cols], dim=-1)
+            src_img = per_pixel(img)
+            weight, count, entropy = per_pixel(1.0 / sm.s), per_pixel(sm.count), per_pixel(torch.log(sm.s) - sm.ent / sm.s)
+        else:
+            mean = (sm.acc / sm.s.unsqueeze(-1)).reshape(bsz, hq, wq, c).permute(0, 3, 1, 2).contiguous()
+            img, pos = sm.best // (h * w), sm.best % (h * w)
+            src_img = img.reshape(bsz, hq, wq)
+            src_pos = torch.stack([pos // w, pos % w], dim=-1).reshape(bsz, hq, wq, 2)
+            weight = (1.0 / sm.s).reshape(bsz, hq, wq)
+            count = sm.count.reshape(bsz, hq, wq)
+            entropy = (torch.log(sm.s) - sm.ent / sm.s).clamp(min=0.0).reshape(bsz, hq, wq)
+        if subset is not None:
+            src_img = subset[src_img]
+        score = -(x - a * mean) / (b * b)
+        return Posterior(mean, score, src_img, src_pos, weight, count, entropy.clamp(min=0.0), t, k)
+
+    def _ideal(self, x, a, b, subset, label):
+        """IS: whole images are the keys; one softmax per batch item."""
+        imgs = self._images_of(subset).flatten(1)  # [N, CHW]
+        q = x.flatten(1)  # [B, CHW]
+        sm = _Softmax(q.shape[0], q.shape[1], x.device)
+        sq = self._cache.get(("is-sq", label), lambda: (imgs * imgs).sum(-1))  # [N]
+        step = max(1, self.chunk_elems // max(1, q.shape[1]))
+        for n0 in range(0, imgs.shape[0], step):
+            chunk = imgs[n0:n0 + step]  # [n, CHW]
+            logits = torch.addmm(sq[n0:n0 + step].unsqueeze(0), q, chunk.T, beta=-a * a / (2 * b * b), alpha=a / (b * b))  # [B, n]
+            m, s, acc, ent, arg, count = _Softmax.rows(logits, lambda e: torch.cat([e @ chunk, e.sum(-1, keepdim=True)], -1))
+            sm.merge(None, m, s, acc, ent, arg + n0, count)
+        return sm, q
+
+    def _local(self, x, a, b, k, subset, label):
+        """LS, ELS, bbELS: each pixel's softmax over the keys of its class."""
+        bsz, c, hq, wq = x.shape
+        n_all, _, h, w = self.images.shape
+        imgs = self._images_of(subset)  # [N, C, H, W]
+        n = imgs.shape[0]
+        circular = self.machine == "els"
+        groups = self._cache.get(("plan", self.machine, k, hq, wq), lambda: _plan(self.machine, k, hq, wq, h, w, c, x.device))
+        rows = torch.arange(hq * wq, device=x.device) // wq
+        cols = torch.arange(hq * wq, device=x.device) % wq
+        qwin = windows(x, rows, cols, k, circular)  # [B, P, D]
+        sm = _Softmax(bsz * hq * wq, c, x.device)
+        c1, c2 = a / (b * b), -a * a / (2 * b * b)
+        for gi, g in enumerate(groups):
+            if g.embedded:
+                self._embedded(sm, qwin, g, imgs, k, c1, c2, label, hq * wq)
+            else:
+                self._windowed(sm, qwin, g, gi, imgs, k, c1, c2, subset, label, hq, wq)
+        return sm
+
+    def _windowed(self, sm, qwin, g: _Group, gi, imgs, k, c1, c2, subset, label, hq, wq):
+        """<Q, K> from a key table: logits [G, B*P, keys] by batched matrix products."""
+        bsz, pq, dim = qwin.shape
+        n, c, h, w = imgs.shape
+        ng, p = g.pix.shape
+        s = g.pos.shape[1]
+        queries = qwin[:, g.pix].permute(1, 0, 2, 3).reshape(ng, bsz * p, dim)  # [G, B*P, D]
+        # query index of each row: b * P' + pixel
+        q_idx = (torch.arange(bsz, device=qwin.device).view(1, bsz, 1) * pq + g.pix.view(ng, 1, p)).reshape(ng, bsz * p)
+        per_img = ng * s * (dim + c + 2) * 4  # bytes of key table per training image
+        # images per table chunk: the whole set if its table fits in the cache, else stream
+        img_step = n if per_img * n <= self._cache.max_bytes else max(1, self._cache.max_bytes // (4 * per_img))
+        for n0 in range(0, n, img_step):
+            n1 = min(n, n0 + img_step)
+            make = lambda: self._table(imgs[n0:n1], g.pos, k)  # noqa: E731
+            if n1 - n0 == n:
+                keys, sq, vals = self._cache.get(("table", self.machine, k, label, hq, wq, gi), make)
+            else:
+                keys, sq, vals = make()
+            # keys [G, S*n, D] ordered (position, image); sq [G, S*n]; vals [G, S*n, C + 1]
+            nk = keys.shape[1]
+            step = max(1, self.chunk_elems // max(1, ng * bsz * p))
+            for j0 in range(0, nk, step):
+                kc = keys[:, j0:j0 + step]  # [G, kc, D]
+                logits = torch.baddbmm(sq[:, None, j0:j0 + step], queries, kc.transpose(1, 2), beta=c2, alpha=c1)  # [G, B*P, kc]
+                vc = vals[:, j0:j0 + step]  # [G, kc, C]
+                m, ssum, acc, ent, arg, count = _Softmax.rows(logits, lambda e: torch.bmm(e, vc))
+                j = arg + j0  # [G, B*P] key index within the table chunk
+                pos = torch.gather(g.pos, 1, j // (n1 - n0))  # [G, B*P] training position
+                img = j % (n1 - n0) + n0
+                best = img * (h * w) + pos
+                sm.merge(q_idx.flatten(), m.flatten(), ssum.flatten(), acc.flatten(0, 1), ent.flatten(), best.flatten(), count.flatten())
+
+    @staticmethod
+    def _table(imgs, pos, k):
+        """Key table of the windows at positions pos [G, S] of imgs [n, C, H, W]."""
+        n, c, h, w = imgs.shape
+        ng, s = pos.shape
+        flat = pos.flatten()
+        win = windows(imgs, flat // w, flat % w, k)  # [n, G*S, D]
+        keys = win.reshape(n, ng, s, -1).permute(1, 2, 0, 3).reshape(ng, s * n, -1).contiguous()  # [G, S*n, D]
+        sq = (keys * keys).sum(-1)  # [G, S*n]
+        centre = F.pad(imgs.flatten(2)[:, :, flat], (0, 0, 0, 1), value=1.0)  # [n, C + 1, G*S], last row ones
+        vals = centre.reshape(n, c + 1, ng, s).permute(2, 3, 0, 1).reshape(ng, s * n, c + 1).contiguous()  # [G, S*n, C+1]
+        return keys, sq, vals
+
+    def _sq_windows(self, imgs, k, label):
+        """|K|^2 of the zero-padded k x k window at every position of every image: [N, H*W]."""
+        def make():
+            sq = (imgs * imgs).sum(1, keepdim=True)  # [N, 1, H, W]
+            box = F.conv2d(sq, torch.ones(1, 1, k, k, device=imgs.device), padding=k // 2)  # [N, 1, H, W]
+            return box.flatten(1)
+
+        return self._cache.get(("sq", k, label), make)
+
+    def _embedded(self, sm, qwin, g: _Group, imgs, k, c1, c2, label, pq):
+        """<Q, K> = <X_n, E(Q, s)>: each query window is placed, at each key position, into an
+        otherwise empty training-sized image and multiplied with the whole training images."""
+        bsz, _, dim = qwin.shape
+        n, c, h, w = imgs.shape
+        d = k // 2
+        ng, p = g.pix.shape
+        s = g.pos.shape[1]
+        # pairs (query pixel, key position) of all classes of the group: M = G * P * S
+        pix = g.pix.unsqueeze(-1).expand(ng, p, s).flatten()  # [M]
+        pos = g.pos.unsqueeze(1).expand(ng, p, s).flatten()  # [M]
+        m_pairs = pix.shape[0]
+        # where each window entry (channel, dy, dx) lands in the flattened image, or the dummy slot
+        off = torch.arange(k, device=imgs.device) - d
+        rr = (pos // w).view(-1, 1, 1) + off.view(1, k, 1)  # [M, k, 1]
+        cc = (pos % w).view(-1, 1, 1) + off.view(1, 1, k)  # [M, 1, k]
+        inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)  # [M, k, k]
+        spot = rr * w + cc  # [M, k, k]
+        chan = torch.arange(c, device=imgs.device).view(1, c, 1, 1) * (h * w)
+        target = torch.where(inside.unsqueeze(1), chan + spot.unsqueeze(1), c * h * w).reshape(m_pairs, dim)  # [M, D]
+        emb = torch.zeros(bsz, m_pairs, c * h * w + 1, device=imgs.device)
+        emb.scatter_(2, target.expand(bsz, m_pairs, dim), qwin[:, pix])  # [B, M, CHW + 1]
+        emb = emb[..., :-1].reshape(bsz * m_pairs, c * h * w)  # [B*M, CHW]
+        q_idx = (torch.arange(bsz, device=imgs.device).view(bsz, 1) * pq + pix.view(1, -1)).flatten()  # [B*M]
+        sq_all = self._sq_windows(imgs, k, label)  # [N, H*W]
+        flat = imgs.flatten(1)  # [N, CHW]
+        step = max(1, self.chunk_elems // max(1, bsz * m_pairs))
+        for n0 in range(0, n, step):
+            xc = flat[n0:n0 + step]  # [n, CHW]
+            sq = sq_all[n0:n0 + step][:, pos].T  # [M, n]
+            logits = torch.baddbmm(
+                sq.unsqueeze(0), emb.view(bsz, m_pairs, -1), xc.T.unsqueeze(0).expand(bsz, -1, -1), beta=c2, alpha=c1
+            ).reshape(bsz * m_pairs, -1)  # [B*M, n]
+            centre = F.pad(imgs[n0:n0 + step].flatten(2)[:, :, pos], (0, 0, 0, 1), value=1.0)  # [n, C + 1, M]
+            vals = centre.permute(2, 0, 1)  # [M, n, C + 1] key centres and ones
+            def values(e):
+                return torch.bmm(e.view(bsz, m_pairs, -1).transpose(0, 1), vals).transpose(0, 1).reshape(bsz * m_pairs, c + 1)
+            m, ssum, acc, ent, arg, count = _Softmax.rows(logits, values)
+            best = (arg + n0) * (h * w) + pos.repeat(bsz)
+            sm.merge(q_idx, m, ssum, acc, ent, best, count)
+
+    # -- explanation of one pixel -------------------------------------------------------------
+    @torch.no_grad()
+    def explain(self, x: torch.Tensor, t: float, k=None, pixel=(0, 0), top: int = 8, label: int | None = None) -> list[dict]:
+        """The top keys of one pixel of x[0]: distinct windows, heaviest first.
+
+        Each entry: image (training index), row, col (the key's centre), weight (of one key),
+        count (identical keys sharing that weight), label, patch [C, k, k] (the key's window,
+        zero-padded), logit. Identical windows are listed once with their count.
+        """
+        x, t, k, subset = self._check(x, t, k, label)
+        a, b = alpha_sigma(t)
+        x = x[:1]
+        _, c, hq, wq = x.shape
+        n_all, _, h, w = self.images.shape
+        i, j = (int(v) for v in pixel)
+        if not (0 <= i < hq and 0 <= j < wq):
+            raise ElsvizError(f"pixel {pixel} lies outside the {hq}x{wq} image.")
+        imgs = self._images_of(subset)
+        n = imgs.shape[0]
+        ids = torch.arange(n, device=x.device) if subset is None else subset
+        if self.machine == "is":
+            flat = imgs.flatten(1)
+            logits = (a * (flat @ x.flatten()) - a * a / 2 * (flat * flat).sum(-1)) / (b * b)  # [N]
+            keys = flat
+            key_img, key_row, key_col = ids, torch.full_like(ids, i), torch.full_like(ids, j)
+            patches = imgs
+        else:
+            p = i * wq + j
+            pos = next(torch.tensor(cl[1], device=x.device) for cl in _classes(self.machine, k, hq, wq, h, w) if p in cl[0])
+            q = windows(x, torch.tensor([i], device=x.device), torch.tensor([j], device=x.device), k, self.machine == "els")[0, 0]  # [D]
+            keys = windows(imgs, pos // w, pos % w, k).transpose(0, 1).reshape(-1, q.shape[0])  # [S*N, D]
+            logits = (a * (keys @ q) - a * a / 2 * (keys * keys).sum(-1)) / (b * b)  # [S*N]
+            key_img = ids.repeat(pos.shape[0])
+            key_row = (pos // w).repeat_interleave(n)
+            key_col = (pos % w).repeat_interleave(n)
+            patches = keys.view(-1, c, k, k)
+        logz = torch.logsumexp(logits, 0)
+        out = []
+        remaining = logits.clone()
+        for _ in range(min(top, logits.shape[0])):
+            r = int(torch.argmax(remaining))
+            if math.isinf(float(remaining[r])):
+                break
+            same = (keys == keys[r]).all(-1)  # identical windows share the weight
+            remaining[same] = -math.inf
+            idx = int(key_img[r])
+            out.append({
+                "image": idx,
+                "row": int(key_row[r]),
+                "col": int(key_col[r]),
+                "weight": float(torch.exp(logits[r] - logz)),
+                "count": int(same.sum()),
+                "label": None if self.train.labels is None else int(self.train.labels[idx]),
+                "patch": patches[r].reshape(c, -1, patches.shape[-1]).cpu(),
+                "logit": float(logits[r]),
+            })
+        return out
+
+
+def _gpu_cache_bytes(device) -> int:
+    free, total = torch.cuda.mem_get_info(device)
+    return int(min(free, total) * 0.4)
