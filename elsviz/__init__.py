@@ -2,21 +2,16 @@
 
     from elsviz import ImageSet, Engine, sample, branch, ElsvizError, load_dataset
 """
+from .engine import MACHINES, Engine, Posterior
 from .errors import ElsvizError
 from .imageset import ImageSet
+from .sampling import Frame, Trajectory, branch, sample
 
-__all__ = ["ElsvizError", "ImageSet"]
+__all__ = ["MACHINES", "ElsvizError", "Engine", "Frame", "ImageSet", "Posterior", "Trajectory", "branch", "sample"]
 
-try:  # the engine and the datasets land in their own modules
-    from .engine import Engine, Posterior  # noqa: F401
-    from .sampling import Frame, Trajectory, branch, sample  # noqa: F401
-
-    __all__ += ["Engine", "Posterior", "sample", "branch", "Trajectory", "Frame"]
-except ImportError:  # pragma: no cover - during bootstrap only
-    pass
-try:
+try:  # bootstrap: the datasets package lands separately
     from .datasets import load_dataset  # noqa: F401
 
     __all__ += ["load_dataset"]
-except ImportError:  # pragma: no cover - during bootstrap only
+except ImportError:  # pragma: no cover
     pass
