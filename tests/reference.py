@@ -261,15 +261,16 @@ class RefFrame:
     mean: np.ndarray  # [B, C, H, W] posterior mean at t = i / steps with k[i]
 
 
-def reverse_process(ref: Reference, machine, x, steps, ks, label=None, stop_at=1):
-    """Run i = steps-1 .. stop_at from x (the input of step steps-1). Returns (frames, final x).
+def reverse_process(ref: Reference, machine, x, steps, ks, label=None, start=None):
+    """Run i = start .. 1 (start defaults to steps-1) from x, the input of step start.
 
-    ks: one k per step (ks[i] used at step i; ks[0] never used).
+    ks: one k per step (ks[i] used at step i; ks[0] never used). Returns (frames, final x).
     """
     x = as_f64(x)
     assert len(ks) == steps
+    start = steps - 1 if start is None else start
     frames = []
-    for i in range(steps - 1, stop_at - 1, -1):
+    for i in range(start, 0, -1):
         t, t_next = i / steps, (i - 1) / steps
         a, b = a_b(t)
         _, b_next = a_b(t_next)
