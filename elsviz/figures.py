@@ -1,0 +1,297 @@
+"""Every picture elsviz draws: Plotly figures and Pillow images, for the app, exports and the README.
+
+Pixel images are always enlarged by nearest neighbour (each pixel a sharp square), never smoothed.
+No Streamlit here: a figure is data; the pages decide where it goes.
+"""
+from __future__ import annotations
+
+import colorsys
+import io
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from plotly.colors import sample_colorscale
+from plotly.subplots import make_subplots
+
+from .runs import patch, seams, shared_mask
+
+ENTROPY_SCALE = "Magma"
+SEAM_RGB = (255, 255, 255)
+SHARED_RGB = (128, 128, 128)
+BACKGROUND_RGB = (14, 17, 23)  # Streamlit's dark background, so strips sit well on the page
+TEXT_RGB = (230, 230, 230)
+
+
+# -- pixels ---------------------------------------------------------------------------------------
+def to_rgb(img) -> np.ndarray:
+    """One image [C, H, W] (tensor or array, C = 1 or 3) in [-1, 1] -> uint8 [H, W, 3]."""
+    x = img.detach().cpu().float().numpy() if isinstance(img, torch.Tensor) else np.asarray(img, np.float32)
+    if x.ndim == 4:
+        x = x[0]
+    u8 = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)  # [C, H, W]
+    if u8.shape[0] == 1:
+        u8 = np.repeat(u8, 3, axis=0)
+    return np.ascontiguousarray(u8.transpose(1, 2, 0))  # [H, W, 3]
+
+
+def colormap(values, vmax: float | None = None, vmin: float = 0.0, scale: str = ENTROPY_SCALE) -> np.ndarray:
+    """A scalar map [H, W] -> uint8 [H, W, 3] through a Plotly colour scale (vmax: top of the scale)."""
+    v = values.detach().cpu().float().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float32)
+    top = float(v.max()) if vmax is None else float(vmax)
+    u = np.clip((v - vmin) / max(top - vmin, 1e-12), 0.0, 1.0)
+    lut = _lut(scale)  # [256, 3]
+    return lut[np.rint(u * 255).astype(np.int64)]
+
+
+_LUTS: dict[str, np.ndarray] = {}
+
+
+def _lut(scale: str) -> np.ndarray:
+    if scale not in _LUTS:
+        cols = sample_colorscale(scale, list(np.linspace(0.0, 1.0, 256)), colortype="tuple")
+        _LUTS[scale] = np.array([[round(255 * c) for c in rgb] for rgb in cols], dtype=np.uint8)
+    return _LUTS[scale]
+
+
+def enlarge(rgb: np.ndarray, scale: int) -> Image.Image:
+    """uint8 [H, W, 3] -> a PIL image `scale` times larger, each pixel a sharp square (NEAREST)."""
+    im = Image.fromarray(rgb)
+    return im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+
+
+def fit_scale(shape: tuple[int, int], target: int = 320) -> int:
+    """The integer zoom that makes an H x W image about `target` pixels on its larger side."""
+    return max(1, round(target / max(shape)))
+
+
+def picture(img, target: int = 320, scale: int | None = None) -> Image.Image:
+    """An image [C, H, W] in [-1, 1] as a large, sharp PIL image."""
+    rgb = to_rgb(img)
+    return enlarge(rgb, scale or fit_scale(rgb.shape[:2], target))
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# -- provenance -----------------------------------------------------------------------------------
+def source_colour(index: int) -> tuple[int, int, int]:
+    """A colour per training image: hues spread by the golden ratio, so neighbours in index differ."""
+    hue = (index * 0.6180339887) % 1.0
+    light = 0.55 if index % 2 else 0.45
+    r, g, b = colorsys.hls_to_rgb(hue, light, 0.85)
+    return round(255 * r), round(255 * g), round(255 * b)
+
+
+def provenance_picture(img, source_index, source_pos, source_count, *, target: int = 384, alpha: float = 0.6,
+                       colour: bool = True, draw_seams: bool = True, mark: tuple[int, int] | None = None
+                       ) -> Image.Image:
+    """The image with each pixel tinted by the training image it is copied from and the seams drawn.
+
+    img [C, H, W]; source_index, source_count [H, W]; source_pos [H, W, 2]. Shared pixels (window
+    matched by many identical keys) stay uncoloured grey with a hatch; seams are white lines
+    between pieces; `mark` outlines one pixel (row, col).
+    """
+    rgb = to_rgb(img).astype(np.float32)  # [H, W, 3]
+    h, w = rgb.shape[:2]
+    src = source_index.detach().cpu()
+    shared = shared_mask(source_count.detach().cpu()).numpy()  # [H, W]
+    if colour:
+        tint = np.array([[source_colour(int(s)) for s in row] for row in src.tolist()], np.float32)  # [H, W, 3]
+        mixed = (1 - alpha) * rgb + alpha * tint
+        grey = rgb.mean(-1, keepdims=True) * 0.5 + 0.5 * np.array(SHARED_RGB, np.float32)
+        rgb = np.where(shared[..., None], grey, mixed)
+    s = fit_scale((h, w), target)
+    im = enlarge(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), s)
+    draw = ImageDraw.Draw(im)
+    if colour and s >= 6:
+        for i, j in zip(*np.nonzero(shared)):  # a diagonal hatch marks "shared"
+            draw.line([(j * s + 1, (i + 1) * s - 2), ((j + 1) * s - 2, i * s + 1)], fill=(90, 90, 90), width=1)
+    if draw_seams:
+        vertical, horizontal = seams(src, source_pos.detach().cpu(), source_count.detach().cpu())
+        width = max(1, s // 8)
+        for i, j in zip(*np.nonzero(vertical.numpy())):
+            x = (j + 1) * s
+            draw.line([(x, i * s), (x, (i + 1) * s)], fill=SEAM_RGB, width=width)
+        for i, j in zip(*np.nonzero(horizontal.numpy())):
+            y = (i + 1) * s
+            draw.line([(j * s, y), ((j + 1) * s, y)], fill=SEAM_RGB, width=width)
+    if mark is not None:
+        _outline(draw, mark[0] * s, mark[1] * s, s, s, (255, 60, 60), max(2, s // 6))
+    return im
+
+
+def _outline(draw: ImageDraw.ImageDraw, top: int, left: int, height: int, width: int, rgb, line: int) -> None:
+    draw.rectangle([left, top, left + width - 1, top + height - 1], outline=rgb, width=line)
+
+
+def key_in_image(image, row: int, col: int, k: int, *, target: int = 160, circular: bool = False) -> Image.Image:
+    """A training image [C, H, W] with the k x k window centred on (row, col) outlined (and its centre).
+
+    A window sticking out of the image (LS, bbELS zero padding) is drawn clipped at the border;
+    circular=True draws the wrapped pieces (ELS queries wrap; ELS keys always lie inside).
+    """
+    rgb = to_rgb(image)
+    h, w = rgb.shape[:2]
+    s = fit_scale((h, w), target)
+    im = enlarge(rgb, s)
+    draw = ImageDraw.Draw(im)
+    d = k // 2
+    line = max(2, s // 4)
+    boxes = [(row - d, col - d)]
+    if circular:
+        boxes = [(row - d + dy, col - d + dx) for dy in (-h, 0, h) for dx in (-w, 0, w)]
+    for top, left in boxes:
+        t, lft = max(top, 0), max(left, 0)
+        b, r = min(top + k, h), min(left + k, w)
+        if b > t and r > lft:
+            _outline(draw, t * s, lft * s, (b - t) * s, (r - lft) * s, (255, 200, 0), line)
+    _outline(draw, row * s, col * s, s, s, (255, 60, 60), max(1, line // 2))
+    return im
+
+
+def key_card(image, row: int, col: int, k: int, *, target: int = 150, gap: int = 6) -> Image.Image:
+    """One key: its k x k patch (zero-padded where it sticks out) beside its training image with the
+    patch outlined, both the same height."""
+    im = key_in_image(image, row, col, k, target=target)
+    p = to_rgb(patch(torch.as_tensor(image), row, col, k))
+    tile = enlarge(p, max(1, im.height // k))
+    return _hstack([tile, im], gap=gap)
+
+
+# -- a strip of labelled pictures -------------------------------------------------------------------
+def strip(images, captions: list[str], *, target: int = 160, gap: int = 10, font_size: int = 15) -> Image.Image:
+    """Pictures side by side with a caption under each: images [C, H, W] in [-1, 1] or PIL images."""
+    tiles = [im if isinstance(im, Image.Image) else picture(im, target) for im in images]
+    font = _font(font_size)
+    text_h = font_size + 8
+    width = sum(t.width for t in tiles) + gap * (len(tiles) + 1)
+    height = max(t.height for t in tiles) + text_h + 2 * gap
+    out = Image.new("RGB", (width, height), BACKGROUND_RGB)
+    draw = ImageDraw.Draw(out)
+    x = gap
+    for tile, cap in zip(tiles, captions):
+        out.paste(tile, (x, gap))
+        tw = draw.textlength(cap, font=font)
+        draw.text((x + (tile.width - tw) / 2, gap + tile.height + 4), cap, fill=TEXT_RGB, font=font)
+        x += tile.width + gap
+    return out
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def difference_picture(a, b, target: int = 160) -> Image.Image:
+    """|a - b| of two images [C, H, W] (max over channels) as a heat map, 0 = black."""
+    diff = (torch.as_tensor(a) - torch.as_tensor(b)).abs().amax(0) / 2  # [H, W] in [0, 1]
+    rgb = colormap(diff, vmax=1.0, scale="Inferno")
+    return enlarge(rgb, fit_scale(rgb.shape[:2], target))
+
+
+# -- the run as an animation -----------------------------------------------------------------------
+def step_title(frame) -> str:
+    k = "-" if frame.k is None else frame.k
+    return f"step {frame.i}   t = {frame.t:.2f}   k = {k}"
+
+
+def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int = 0) -> go.Figure:
+    """The run as a Plotly animation: noisy image x_t | posterior mean | entropy map, per step.
+
+    Play / pause buttons and a step slider run in the browser (no server round trip per frame).
+    The slider ends on the last step, whose posterior mean is the output.
+    """
+    frames = traj.frames
+    ent_top = max(float(f.entropy[batch].max()) for f in frames if f.entropy is not None) if frames[0].entropy is not None else 1.0
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.04,
+                        subplot_titles=("noisy image x_t", "denoised estimate (posterior mean)",
+                                        "entropy: how undecided each pixel is"))
+
+    def traces(f):
+        ent = f.entropy[batch] if f.entropy is not None else torch.zeros(f.x.shape[-2:])
+        return [
+            go.Image(z=to_rgb(f.x[batch].clamp(-1, 1)), hovertemplate="row %{y}, col %{x}<extra>x_t</extra>"),
+            go.Image(z=to_rgb(f.mean[batch]), hovertemplate="row %{y}, col %{x}<extra>mean</extra>"),
+            go.Heatmap(z=ent.detach().cpu().numpy(), zmin=0.0, zmax=max(ent_top, 1e-6), colorscale=ENTROPY_SCALE,
+                       colorbar=dict(title="nats", thickness=12, len=0.8), zsmooth=False,
+                       hovertemplate="row %{y}, col %{x}<br>entropy %{z:.2f} nats<extra></extra>"),
+        ]
+
+    for tr, col in zip(traces(frames[0]), (1, 2, 3)):
+        fig.add_trace(tr, row=1, col=col)
+    fig.frames = [go.Frame(data=traces(f), traces=[0, 1, 2], name=str(f.i),
+                           layout=go.Layout(title_text=step_title(f))) for f in frames]
+    h, w = frames[0].x.shape[-2:]
+    for n in (1, 2, 3):
+        fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, range=[-0.5, w - 0.5],
+                         constrain="domain", row=1, col=n)
+        fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, range=[h - 0.5, -0.5],
+                         scaleanchor=f"x{'' if n == 1 else n}", constrain="domain", row=1, col=n)
+    play = dict(frame=dict(duration=frame_ms, redraw=True), fromcurrent=True, transition=dict(duration=0),
+                mode="immediate")
+    pause = dict(frame=dict(duration=0, redraw=False), mode="immediate", transition=dict(duration=0))
+    fig.update_layout(
+        height=height, margin=dict(l=10, r=10, t=70, b=10), title=dict(text=step_title(frames[0]), x=0.01, y=0.98),
+        updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.02, xanchor="left", yanchor="top",
+                          pad=dict(t=0, r=8), showactive=False,
+                          buttons=[dict(label="▶ Play", method="animate", args=[None, play]),
+                                   dict(label="❚❚ Pause", method="animate", args=[[None], pause])])],
+        sliders=[dict(active=0, x=0.16, len=0.84, y=-0.02, yanchor="top", pad=dict(t=0),
+                      currentvalue=dict(prefix="step ", font=dict(size=13)),
+                      steps=[dict(label=str(f.i), method="animate",
+                                  args=[[str(f.i)], dict(frame=dict(duration=0, redraw=True), mode="immediate",
+                                                         transition=dict(duration=0))]) for f in frames])],
+    )
+    fig.update_layout(margin=dict(b=70))
+    return fig
+
+
+def animation_gif(traj, *, target: int = 200, frame_ms: int = 220, hold_ms: int = 1500, batch: int = 0) -> bytes:
+    """The run as a looping GIF: x_t and the posterior mean side by side, the last frame held longer."""
+    tiles = []
+    for f in traj.frames:
+        row = [picture(f.x[batch].clamp(-1, 1), target), picture(f.mean[batch], target)]
+        tiles.append(_hstack(row, gap=8))
+    durations = [frame_ms] * (len(tiles) - 1) + [hold_ms]
+    buf = io.BytesIO()
+    tiles[0].save(buf, format="GIF", save_all=True, append_images=tiles[1:], duration=durations, loop=0,
+                  optimize=False, disposal=1)
+    return buf.getvalue()
+
+
+def _hstack(tiles: list[Image.Image], gap: int) -> Image.Image:
+    out = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) - 1), max(t.height for t in tiles)),
+                    BACKGROUND_RGB)
+    x = 0
+    for t in tiles:
+        out.paste(t, (x, 0))
+        x += t.width + gap
+    return out
+
+
+# -- locality schedules ---------------------------------------------------------------------------
+def schedule_figure(ks: list[int], *, height: int = 170, title: str | None = None) -> go.Figure:
+    """k against step for a locality schedule k[0..S-1] (step S-1, most noise, on the left; k[0] unused)."""
+    steps = list(range(len(ks) - 1, 0, -1))
+    fig = go.Figure(go.Scatter(x=steps, y=[ks[i] for i in steps], mode="lines+markers", line_shape="hv",
+                               hovertemplate="step %{x}: k = %{y}<extra></extra>"))
+    fig.update_xaxes(title_text="step (noisy → clean)", autorange="reversed")
+    fig.update_yaxes(title_text="k", rangemode="tozero")
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title,
+                      showlegend=False)
+    return fig
+
+
+def entropy_caption(n_keys: int | None) -> str:
+    """What the entropy scale means: log(number of keys) is 'all equally likely'."""
+    if not n_keys:
+        return "0 nats: the pixel has decided on one patch."
+    return f"0 nats: decided on one patch; {math.log(n_keys):.1f} nats = log of {n_keys:,} keys: all equally likely."

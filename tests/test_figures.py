@@ -1,0 +1,124 @@
+"""elsviz.figures: sharp pixel pictures, the provenance overlay, the animation and the strips."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from elsviz import Engine, ImageSet, figures, sample
+from elsviz.runs import seams
+
+
+@pytest.fixture(scope="module")
+def traj():
+    """A short bbELS run on a tiny random set (8x8 grey, 6 images, 5 steps)."""
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(6, 1, 8, 8, generator=g) > 0.5).float() * 2 - 1
+    engine = Engine(ImageSet(images), machine="bbels", device="cpu")
+    return sample(engine, steps=5, k=3, seed=0)
+
+
+def test_to_rgb_maps_the_value_range_and_greys():
+    img = torch.tensor([[[-1.0, 0.0], [1.0, 0.5]]])  # [1, 2, 2]
+    rgb = figures.to_rgb(img)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
+    assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[1, 0].tolist() == [255, 255, 255]
+    assert rgb[0, 1].tolist() == [128, 128, 128]
+    colour = figures.to_rgb(torch.stack([torch.full((2, 2), -1.0), torch.zeros(2, 2), torch.ones(2, 2)]))
+    assert colour[0, 0].tolist() == [0, 128, 255]
+
+
+def test_pictures_are_enlarged_sharp_not_smoothed():
+    g = torch.Generator().manual_seed(3)
+    img = torch.rand(3, 5, 7, generator=g) * 2 - 1
+    pic = figures.picture(img, target=140)
+    assert pic.size == (7 * 20, 5 * 20)
+    arr = np.asarray(pic)
+    # nearest neighbour: every 20x20 block is one colour, and no colour is invented
+    blocks = arr.reshape(5, 20, 7, 20, 3)
+    assert (blocks == blocks[:, :1, :, :1]).all()
+    assert len(np.unique(arr.reshape(-1, 3), axis=0)) == len(np.unique(figures.to_rgb(img).reshape(-1, 3), axis=0))
+
+
+def test_provenance_picture_colours_sources_hatches_nothing_on_shared_and_draws_seams():
+    img = torch.zeros(1, 4, 4)
+    idx = torch.zeros(4, 4, dtype=torch.int64)
+    idx[:, 2:] = 1
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    pos = torch.stack([rows, cols], -1)
+    count = torch.ones(4, 4, dtype=torch.int64)
+    count[3, :] = 12  # the bottom row is shared
+    pic = np.asarray(figures.provenance_picture(img, idx, pos, count, target=64, alpha=1.0, mark=(0, 0)))
+    s = 16
+    assert pic.shape == (64, 64, 3)
+    centre = lambda i, j: pic[i * s + s // 2 - 3, j * s + s // 2 + 3]  # off the hatch diagonal
+    assert tuple(centre(1, 0)) == figures.source_colour(0)
+    assert tuple(centre(1, 3)) == figures.source_colour(1)
+    assert figures.source_colour(0) != figures.source_colour(1)
+    shared = centre(3, 0)
+    assert shared[0] == shared[1] == shared[2]  # grey: no source named
+    # the seam between columns 1 and 2 is white on the attributed rows, absent on the shared row
+    assert tuple(pic[s + 5, 2 * s]) == figures.SEAM_RGB
+    assert tuple(pic[3 * s + 5, 2 * s]) != figures.SEAM_RGB
+    assert tuple(pic[0, 0]) == (255, 60, 60)  # the marked pixel's outline
+    plain = np.asarray(figures.provenance_picture(img, idx, pos, count, target=64, colour=False, draw_seams=False))
+    assert (plain == 128).all()
+
+
+def test_key_in_image_outlines_the_window_clipped_at_the_border():
+    img = torch.full((1, 10, 10), -1.0)
+    pic = np.asarray(figures.key_in_image(img, 0, 9, 5, target=100))  # zoom 10
+    yellow = np.all(pic == (255, 200, 0), axis=-1)
+    ys, xs = np.nonzero(yellow)
+    assert ys.min() == 0 and xs.max() == 99  # clipped at the top and right border
+    assert xs.min() == 70 and ys.max() == 29  # columns 7..9, rows 0..2
+    card = figures.key_card(img, 5, 5, 3, target=100)
+    assert card.height == 100 and card.width > 100
+
+
+def test_animation_figure_has_a_frame_per_step_and_play_controls(traj):
+    fig = figures.animation_figure(traj)
+    assert [f.name for f in fig.frames] == ["4", "3", "2", "1"]
+    assert [type(t).__name__ for t in fig.data] == ["Image", "Image", "Heatmap"]
+    assert fig.data[2].zsmooth is False
+    labels = [b.label for b in fig.layout.updatemenus[0].buttons]
+    assert any("Play" in s for s in labels) and any("Pause" in s for s in labels)
+    assert [s.label for s in fig.layout.sliders[0].steps] == ["4", "3", "2", "1"]
+    last = fig.frames[-1]
+    assert "t = 0.20" in last.layout.title.text and "k = 3" in last.layout.title.text
+    # the middle panel of the last frame is the output, pixel for pixel
+    assert np.array_equal(np.asarray(last.data[1].z), figures.to_rgb(traj.final[0]))
+    assert fig.layout.yaxis.range == (7.5, -0.5)  # row 0 on top, as in an image
+
+
+def test_animation_gif_loops_over_the_steps(traj):
+    gif = Image.open(io.BytesIO(figures.animation_gif(traj, target=64)))
+    assert gif.format == "GIF" and gif.n_frames == len(traj.frames)
+    assert gif.info.get("loop") == 0
+
+
+def test_schedule_figure_plots_k_against_step():
+    fig = figures.schedule_figure([3, 3, 5, 7])
+    assert list(fig.data[0].x) == [3, 2, 1] and list(fig.data[0].y) == [7, 5, 3]
+    assert fig.layout.xaxis.autorange == "reversed"
+
+
+def test_strip_and_difference():
+    a, b = torch.zeros(1, 4, 4), torch.zeros(1, 4, 4)
+    b[0, 0, 0] = 1.0
+    st = figures.strip([a, b], ["a", "b"], target=40, gap=10)
+    assert st.width == 2 * 40 + 3 * 10
+    diff = np.asarray(figures.difference_picture(a, b, target=40))
+    assert diff[5, 5].sum() > diff[35, 35].sum()  # the changed pixel is brighter than an unchanged one
+    assert len(figures.png_bytes(st)) > 0
+
+
+def test_seams_in_the_picture_match_the_runs_helper(traj):
+    f = traj.frames[-1]
+    pic = np.asarray(figures.provenance_picture(f.mean[0], f.source_index[0], f.source_pos[0], f.source_count[0],
+                                                target=80, colour=False))
+    vertical, _ = seams(f.source_index[0], f.source_pos[0], f.source_count[0])
+    s = 10
+    for i, j in zip(*np.nonzero(vertical.numpy())):
+        assert tuple(pic[i * s + s // 2, (j + 1) * s]) == figures.SEAM_RGB
