@@ -29,6 +29,7 @@ from ._common import Options, choose, finish
 
 MAX_FINGERS = 7
 OVERSAMPLE = 4  # draw at 4x, box-average down
+ALONG = (0.5, 0.6, 0.7, 0.8, 0.9)  # where the check looks, as fractions from knuckle to tip
 # relative length of the fingers other than the thumb, from the index to the little finger
 LENGTH_PROFILE = np.array([0.92, 1.0, 0.94, 0.76])
 SOURCE = "Procedural (elsviz.datasets.hands): generated polygons, no external data; public domain."
@@ -57,8 +58,8 @@ def _superellipse(a: float, b: float, p: float = 3.0, cy: float = 0.0, n: int = 
 def _design(rng: np.random.Generator, fingers: int):
     """One hand in hand coordinates (x right, y up, palm centre at 0, units of output pixels at 32x32)."""
     m = fingers - 1  # non-thumb fingers
-    width = rng.uniform(1.9, 2.4) * (1.0 if m <= 4 else 4.6 / (m + 0.6))  # finger width
-    gap = rng.uniform(1.3, 1.8) * (1.0 if m <= 4 else 0.8)  # gap between finger bases
+    width = rng.uniform(1.9, 2.3) * (1.0 if m <= 4 else 4.6 / (m + 0.6))  # finger width
+    gap = rng.uniform(1.6, 2.1) * (1.0 if m <= 4 else 0.8)  # gap between finger bases
     palm_w = max(m * width + (m - 1) * gap + rng.uniform(0.6, 1.4), rng.uniform(8.0, 9.0))
     palm_h = rng.uniform(8.5, 10.5)
     length = rng.uniform(7.5, 10.0)  # longest finger, from the knuckle line
@@ -108,13 +109,13 @@ def _check(img: np.ndarray, tips: np.ndarray, knuckles: np.ndarray) -> bool:
     h, w = img.shape
     if np.any(tips < 0.5) or np.any(tips[:, 0] > h - 1.5) or np.any(tips[:, 1] > w - 1.5):
         return False
-    along = np.stack([knuckles + f * (tips - knuckles) for f in (0.55, 0.8)])  # [2, D, 2] points on each digit
+    along = np.stack([knuckles + f * (tips - knuckles) for f in ALONG])  # [F, D, 2] points on each digit
     if _bilinear(img, along).min() < 150:
         return False  # a digit too thin to read
     s = np.linspace(0.2, 0.8, 13)[:, None, None, None]  # [13, 1, 1, 1]
-    between = along[None, :, :-1] + s * (along[None, :, 1:] - along[None, :, :-1])  # [13, 2, D-1, 2]
-    darkest = _bilinear(img, between).min(axis=0)  # [2, D-1]: darkest point between each pair of neighbours
-    return bool((darkest <= 70).all())  # else two neighbours merge
+    between = along[None, :, :-1] + s * (along[None, :, 1:] - along[None, :, :-1])  # [13, F, D-1, 2]
+    darkest = _bilinear(img, between).min(axis=0)  # [F, D-1]: darkest point between each pair of neighbours
+    return bool((darkest <= 50).all())  # else two neighbours merge
 
 
 def _render(rng: np.random.Generator, fingers: int, size: tuple[int, int]):
