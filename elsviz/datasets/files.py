@@ -319,7 +319,7 @@ def _pixels(im: Image.Image, channels: int) -> np.ndarray:
     if "A" in im.mode or "transparency" in im.info:
         im = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im)
-    arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    arr = np.array(im.convert("L" if channels == 1 else "RGB"))  # a writable copy
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
@@ -560,6 +560,9 @@ def load_array(path: Path, opts: Options, *, split: str = "train", layout: str |
                     shape, dtype = _npy_header(fh, where)
                 lab_key = next((k for k in LABEL_KEYS[split] if k in keys), None)
                 has_names = "class_names" in keys
+        if dtype.hasobject:
+            raise ElsvizError(f"{where}: holds Python objects, which are not loaded (they could run code); "
+                              "save plain numeric arrays with numpy.savez(path, images=..., labels=...).")
         kind = _layout(tuple(shape), layout, where)
         n = shape[0]
         h, w = (shape[1], shape[2]) if kind in ("NHW", "NHWC") else (shape[2], shape[3])
