@@ -225,3 +225,18 @@ def test_noise_schedule_is_the_spec():
         assert beta(t) == pytest.approx(1 - math.cos(t / 1.008 * math.pi / 2) ** 2, abs=1e-15)
     for t in (0.05, 0.5, 0.95):
         assert alpha_sigma(t) == pytest.approx(a_b(t), abs=1e-15)
+
+
+@pytest.mark.parametrize("machine", ["is", "ls", "els", "bbels"])
+def test_one_engine_many_requests(make_pair, machine):
+    """Cached key tables are keyed right: one engine, interleaved k, labels, sizes and times."""
+    images, labels = make_case(37, 3, (6, 7), True, seed=30)
+    engine, ref = make_pair(machine, images, labels)
+    same = (6, 7)
+    other = same if machine in ("is", "ls") else (5, 9)
+    requests = [(3, None, same, 0.3), (5, 1, same, 0.7), (3, 1, other, 0.5), (3, None, same, 0.3),
+                (1, 2, other, 0.9), (5, None, other, 0.1), (3, 1, same, 0.3)]
+    for n, (k, label, out, t) in enumerate(requests):
+        x = noisy_query(1, 3, *out, t, seed=31 + n)
+        post = engine.denoise(torch.from_numpy(x), t, k, label=label)
+        check_posterior(post, ref.denoise(machine, x, t, k, label=label), ref, machine, x, t, k, label)
