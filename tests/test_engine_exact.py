@@ -240,3 +240,25 @@ def test_one_engine_many_requests(make_pair, machine):
         x = noisy_query(1, 3, *out, t, seed=31 + n)
         post = engine.denoise(torch.from_numpy(x), t, k, label=label)
         check_posterior(post, ref.denoise(machine, x, t, k, label=label), ref, machine, x, t, k, label)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+FIELDS = ("mean", "score", "source_index", "source_pos", "source_weight", "source_count", "entropy")
+
+
+@needs_cuda
+@pytest.mark.parametrize("t", [0.05, 0.5])
+@pytest.mark.parametrize("case", CASES[::2], ids=case_id)
+def test_cuda_matches_reference(make_pair, case, t):
+    """The same code on CUDA meets the same 1e-4 (TF32 or reduced-precision matmuls would not)."""
+    from types import SimpleNamespace
+
+    machine, N, C, hw, out, k, labelled, B = case
+    images, labels = make_case(N, C, hw, labelled, seed=CASES.index(case))
+    engine, ref = make_pair(machine, images, labels, device="cuda")
+    label = 1 if labelled else None
+    x = noisy_query(B, C, *out, t, seed=N + k)
+    post = engine.denoise(torch.from_numpy(x).cuda(), t, k, label=label)
+    assert post.mean.is_cuda
+    post = SimpleNamespace(**{f: getattr(post, f).cpu() for f in FIELDS})
+    check_posterior(post, ref.denoise(machine, x, t, k, label=label), ref, machine, x, t, k, label)

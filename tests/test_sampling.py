@@ -158,3 +158,16 @@ def test_callback_sees_every_step(make_pair):
         assert f.i == g.i and torch.equal(f.mean, g.mean) and torch.equal(f.x, g.x)
         assert f.source_index is not None and tuple(f.source_index.shape) == (1, 5, 7)
         assert tuple(f.source_pos.shape) == (1, 5, 7, 2) and tuple(f.entropy.shape) == (1, 5, 7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("machine,k", [("bbels", "mnist-resnet"), ("els", 3), ("is", 1)])
+def test_sample_on_cuda(make_pair, machine, k):
+    images = random_images(13, 1, 5, 7, seed=28)
+    engine, ref = make_pair(machine, images, device="cuda")
+    traj = sample(engine, seed=9, steps=20, k=k)
+    assert traj.final.is_cuda
+    noise = torch.randn((1, 1, 5, 7), generator=torch.Generator("cuda").manual_seed(9), device="cuda")
+    torch.testing.assert_close(traj.frames[0].x, noise)
+    assert torch.equal(sample(engine, seed=9, steps=20, k=k).final, traj.final)
+    check_against_reference(traj, ref, machine, 20, expected_ks(k, 20))
