@@ -491,3 +491,10 @@ def test_source_options_that_do_not_apply_are_refused(tmp_path):
     make_class_folder(tmp_path)
     with pytest.raises(ElsvizError, match=r"unknown option\(s\) \['split'\]"):
         load_dataset(tmp_path, split="test")
+
+
+def test_names_win_over_same_named_folders(tmp_path, monkeypatch):
+    write_png(tmp_path / "digits" / "a.png", np.zeros((5, 5), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    assert len(load_dataset("digits")) == 1797  # the built-in, as the app expects
+    assert len(load_dataset(Path("digits"))) == 1 == len(load_dataset("./digits"))

@@ -98,15 +98,20 @@ def _looks_like_idx(path: Path) -> bool:
 def load_dataset(name_or_path: str | Path = "digits", *, size=None, channels=None, limit=None, seed=0,
                  classes=None, max_bytes=DEFAULT_MAX_BYTES, max_total_bytes=DEFAULT_MAX_TOTAL_BYTES,
                  max_files=DEFAULT_MAX_FILES, **source_options) -> ImageSet:
-    """A training set by name ("digits", "photos", "hands", "mnist", ...) or from a path. See the module doc."""
+    """A training set by name ("digits", "photos", "hands", "mnist", ...) or from a path. See the module doc.
+
+    A string that is a name means the named set even if a folder of that name exists here: pass
+    Path("digits") or "./digits" for the folder.
+    """
     opts = parse_options(size, channels, limit, seed, classes, max_bytes, max_total_bytes, max_files)
+    is_name = isinstance(name_or_path, str)  # names win over same-named folders: write ./digits for those
     key = str(name_or_path).strip()
     low = key.lower()
-    if low in BUILTINS and not Path(key).exists():
+    if is_name and low in BUILTINS:
         fn = {"digits": builtin.load_digits, "photos": builtin.load_photos, "hands": hands.load_hands}[low]
         _check_options(low, list(inspect.signature(fn).parameters)[1:], source_options)
         return fn(opts, **source_options)
-    remote = canonical(low) if isinstance(name_or_path, str) and not Path(key).exists() else None
+    remote = canonical(low) if is_name else None
     if remote is not None:
         _check_options(remote, ("split", "data_dir"), source_options)
         folder = dataset_dir(remote, source_options.get("data_dir"))

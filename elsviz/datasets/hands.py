@@ -162,7 +162,8 @@ def load_hands(opts: Options, n: int = 1000, fingers: int | Sequence[int] = 5) -
     """`n` hand silhouettes with `fingers` digits each (3..7, thumb included; a list mixes counts and labels them)."""
     counts = [fingers] if isinstance(fingers, (int, np.integer)) else list(fingers)
     if not counts or any(not isinstance(f, (int, np.integer)) or not 3 <= f <= MAX_FINGERS for f in counts):
-        raise ElsvizError(f"hands: fingers must be an integer from 3 to {MAX_FINGERS} (or a list of them), got {fingers!r}.")
+        raise ElsvizError(f"hands: fingers must be an integer from 3 to {MAX_FINGERS} (or a list of them), "
+                          f"got {fingers!r}.")
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ElsvizError(f"hands: n must be a positive number of images, got {n!r}.")
     size = opts.size or (32, 32)
