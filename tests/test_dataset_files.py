@@ -498,3 +498,10 @@ def test_names_win_over_same_named_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert len(load_dataset("digits")) == 1797  # the built-in, as the app expects
     assert len(load_dataset(Path("digits"))) == 1 == len(load_dataset("./digits"))
+
+
+def test_idx_header_claiming_huge_dimensions_is_a_truncated_file(tmp_path):
+    bad = tmp_path / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 4_000_000_000, 28, 28) + b"\0" * 100))
+    with pytest.raises(ElsvizError, match="truncated"):
+        load_dataset(bad)

@@ -53,20 +53,26 @@ def _is_gzip(path: Path) -> bool:
 
 
 def _read_exact(fh, n: int, path: Path, what: str) -> bytes:
+    """Exactly n bytes, read in chunks (a corrupt header claiming terabytes allocates nothing)."""
+    buf = bytearray()
     try:
-        data = fh.read(n)
+        while len(buf) < n:
+            block = fh.read(min(n - len(buf), 1 << 24))
+            if not block:
+                break
+            buf += block
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise ElsvizError(f"{path}: the file is corrupt or truncated ({exc}); download it again.") from exc
-    if len(data) != n:
+    if len(buf) != n:
         raise ElsvizError(
-            f"{path}: the file is truncated: its {what} needs {n:,} bytes but only {len(data):,} are there; "
+            f"{path}: the file is truncated: its {what} needs {n:,} bytes but only {len(buf):,} are there; "
             "download it again (elsviz fetch ...)."
         )
-    return data
+    return bytes(buf)
 
 
 # -- IDX (MNIST, Fashion-MNIST) -----------------------------------------------------------------
-def read_idx(path: Path, *, expect_ndim: int, max_bytes: int | None = None) -> np.ndarray:
+def read_idx(path: Path, *, expect_ndim: int) -> np.ndarray:
     """An unsigned-byte IDX array (raw or gzipped), checked: magic number, header, exact length."""
     path = Path(path)
     opener = gzip.open if _is_gzip(path) else open
@@ -87,9 +93,6 @@ def read_idx(path: Path, *, expect_ndim: int, max_bytes: int | None = None) -> n
                               "Did you swap the images and labels files?")
         dims = struct.unpack(f">{expect_ndim}I", _read_exact(fh, 4 * expect_ndim, path, "header"))
         count = int(np.prod(dims, dtype=np.int64))
-        if max_bytes is not None and count * 4 > max_bytes:
-            raise ElsvizError(f"{path}: {dims} pixels need {count * 4 / 1024**3:.2f} GB as float32, over the "
-                              f"memory cap of {max_bytes / 1024**3:.2f} GB; pass limit=... or raise max_bytes.")
         data = _read_exact(fh, count, path, f"{'x'.join(map(str, dims))} values")
         try:
             extra = fh.read(1)
