@@ -2,16 +2,13 @@
 
     from elsviz import ImageSet, Engine, sample, branch, ElsvizError, load_dataset
 """
+from .datasets import load_dataset
 from .engine import MACHINES, Engine, Posterior
 from .errors import ElsvizError
 from .imageset import ImageSet
 from .sampling import Frame, Trajectory, branch, sample
 
-__all__ = ["MACHINES", "ElsvizError", "Engine", "Frame", "ImageSet", "Posterior", "Trajectory", "branch", "sample"]
-
-try:  # bootstrap: the datasets package lands separately
-    from .datasets import load_dataset  # noqa: F401
-
-    __all__ += ["load_dataset"]
-except ImportError:  # pragma: no cover
-    pass
+__all__ = [
+    "MACHINES", "ElsvizError", "Engine", "Frame", "ImageSet", "Posterior", "Trajectory",
+    "branch", "load_dataset", "sample",
+]

@@ -80,11 +80,23 @@ class Posterior:
 # ----------------------------------------------------------------------------------------------
 # Streaming softmax over keys, for Q query pixels at once
 # ----------------------------------------------------------------------------------------------
+def _argmax(x: torch.Tensor) -> torch.Tensor:
+    """argmax over the last dim; blockwise (amax over blocks of 32 first), which is several times
+    faster on the CPU than torch.argmax over long rows."""
+    k = x.shape[-1]
+    if x.device.type != "cpu" or k % 32 or k < 1024:
+        return x.argmax(-1)
+    blocks = x.view(*x.shape[:-1], k // 32, 32)  # [..., K/32, 32]
+    bi = blocks.amax(-1).argmax(-1)  # [...]
+    inner = torch.gather(blocks, -2, bi[..., None, None].expand(*bi.shape, 1, 32)).squeeze(-2)  # [..., 32]
+    return bi * 32 + inner.argmax(-1)
+
+
 class _Softmax:
     """Running statistics of a softmax over keys that arrive in chunks.
 
     Per query q: m = max logit, s = sum exp(l - m) (over keys), acc = sum exp(l - m) * value,
-    ent = sum exp(l - m) * (l - m), best = id of a key with l == m, count = keys with l == m.
+    ent = sum exp(l - m) * (l - m), best = id of a key with l == m.
     Then mean = acc / s, weight of the heaviest key = 1 / s, entropy = log s - ent / s.
     """
 
@@ -94,29 +106,26 @@ class _Softmax:
         self.acc = torch.zeros(q, c, device=device)
         self.ent = torch.zeros(q, device=device)
         self.best = torch.zeros(q, dtype=torch.int64, device=device)
-        self.count = torch.zeros(q, dtype=torch.int64, device=device)
 
     @staticmethod
     def rows(logits: torch.Tensor, values_fn):
-        """Per-row statistics of logits [..., K] (every row has a finite entry); overwrites logits.
+        """Per-row statistics of logits [..., K] (all finite); overwrites logits.
 
-        values_fn(e) -> [..., C + 1] = sum_k e[..., k] * (value(k), 1): the weighted values and,
-        in the last column, the sum of e. Returns m, s, acc, ent, arg, count (per row).
+        values_fn(e) -> [..., C] = sum_k e[..., k] * value(k). Returns m, s, acc, ent, arg per row.
         """
-        m, arg = logits.max(dim=-1)  # [...], [...]
-        lm = logits.sub_(m.unsqueeze(-1))  # [..., K], l - m <= 0, exactly 0 at the max
-        count = (lm == 0).view(torch.uint8).sum(-1, dtype=torch.int64)  # keys tied with the max
+        m = logits.amax(dim=-1)  # [...]
+        arg = _argmax(logits)  # [...]
+        lm = logits.sub_(m.unsqueeze(-1))  # [..., K], l - m <= 0
         # exp(-80) ~ 2e-35 counts for nothing next to the max's 1, and below it exp() leaves the
         # fast vectorised path (denormals)
-        e = torch.exp(lm.clamp_(min=-80.0))  # [..., K]
-        ent = torch.linalg.vecdot(e, lm)  # [...], sum e * (l - m)
-        acc = values_fn(e)  # [..., C + 1]
-        return m, acc[..., -1], acc[..., :-1], ent, arg, count
+        lm.clamp_(min=-80.0)
+        e = torch.exp(lm)  # [..., K]
+        return m, e.sum(-1), values_fn(e), torch.linalg.vecdot(e, lm), arg
 
-    def merge(self, q_idx, m, s, acc, ent, best, count):
+    def merge(self, q_idx, m, s, acc, ent, best):
         """Merge per-row statistics into the queries q_idx [R] (None: row r is query r)."""
         if q_idx is not None:
-            m, s, acc, ent, best, count = self._reduce(q_idx, m, s, acc, ent, best, count)
+            m, s, acc, ent, best = self._reduce(q_idx, m, s, acc, ent, best)
         fresh, empty = torch.isinf(self.m), torch.isinf(m)  # nothing seen before / in this chunk
         m_new = torch.maximum(self.m, m)
         alpha = torch.where(fresh, 0.0, torch.exp(self.m - m_new))
@@ -126,13 +135,10 @@ class _Softmax:
         self.ent = alpha * old_ent + beta * new_ent
         self.s = alpha * self.s + beta * s
         self.acc = alpha.unsqueeze(-1) * self.acc + beta.unsqueeze(-1) * acc
-        ahead = m > self.m
-        tie = (m == self.m) & ~empty
-        self.best = torch.where(ahead, best, self.best)
-        self.count = torch.where(ahead, count, torch.where(tie, self.count + count, self.count))
+        self.best = torch.where(m > self.m, best, self.best)
         self.m = m_new
 
-    def _reduce(self, q_idx, m, s, acc, ent, best, count):
+    def _reduce(self, q_idx, m, s, acc, ent, best):
         """Combine several rows per query into one set of statistics per query."""
         q = self.m.shape[0]
         mq = torch.full((q,), -math.inf, device=m.device).scatter_reduce(0, q_idx, m, "amax")
@@ -141,15 +147,12 @@ class _Softmax:
         sq = torch.zeros(q, device=m.device).index_add_(0, q_idx, w * s)
         accq = torch.zeros(q, acc.shape[1], device=m.device).index_add_(0, q_idx, w.unsqueeze(-1) * acc)
         entq = torch.zeros(q, device=m.device).index_add_(0, q_idx, w * (ent + s * (m - mr)))
-        top = m == mr
-        countq = torch.zeros(q, dtype=torch.int64, device=m.device).index_add_(0, q_idx, torch.where(top, count, 0))
         big = torch.iinfo(torch.int64).max
         bestq = torch.full((q,), big, dtype=torch.int64, device=m.device).scatter_reduce(
-            0, q_idx, torch.where(top, best, big), "amin"
+            0, q_idx, torch.where(m == mr, best, big), "amin"
         )
-        seen = ~torch.isinf(mq)
-        # queries without rows in this chunk keep -inf and contribute nothing
-        return mq, sq, accq, torch.where(seen, entq, 0.0), torch.where(seen, bestq, 0), countq
+        seen = ~torch.isinf(mq)  # queries without rows here keep m = -inf and contribute nothing
+        return mq, sq, accq, torch.where(seen, entq, 0.0), torch.where(seen, bestq, 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,6 +250,86 @@ def _plan(machine: str, k: int, hq: int, wq: int, h: int, w: int, c: int, device
     return groups
 
 
+def _weighted(e: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """sum_k e[g, r, k] * vals[g, c, k] -> [G, R, C], as matrix-vector products (much faster on
+    the CPU than a batched product with so few columns)."""
+    if e.shape[0] == 1:
+        return torch.stack([e[0] @ v for v in vals[0]], -1).unsqueeze(0)
+    return torch.bmm(e, vals.transpose(1, 2))
+
+
+def _table(imgs: torch.Tensor, pos: torch.Tensor, k: int, kc: int) -> list:
+    """Key table of the windows at positions pos [G, S] of imgs [n, C, H, W], in chunks of kc keys.
+
+    Each chunk: keys_t [G, D, kc] (transposed for the matrix product), sq [G, 1, kc] = |K|^2,
+    vals [G, C, kc] the key centres. Keys are ordered (position, image).
+    """
+    n, c, h, w = imgs.shape
+    ng, s = pos.shape
+    flat = pos.flatten()
+    win = windows(imgs, flat // w, flat % w, k)  # [n, G*S, D]
+    keys_t = win.reshape(n, ng, s, -1).permute(1, 3, 2, 0).reshape(ng, -1, s * n)  # [G, D, S*n]
+    sq = (keys_t * keys_t).sum(1, keepdim=True)  # [G, 1, S*n]
+    centre = imgs.flatten(2)[:, :, flat]  # [n, C, G*S]
+    vals = centre.reshape(n, c, ng, s).permute(2, 1, 3, 0).reshape(ng, c, s * n)  # [G, C, S*n]
+    return [
+        (kt.contiguous(), q.contiguous(), v.contiguous())
+        for kt, q, v in zip(keys_t.split(kc, -1), sq.split(kc, -1), vals.split(kc, -1))
+    ]
+
+
+# 64-bit odd multipliers for the window hash (fixed: the hash must be the same in every run)
+_HASH_A, _HASH_B, _HASH_C = 0x9E3779B97F4A7C15 - 2**64, 0xC2B2AE3D27D4EB4F - 2**64, 0x165667B19E3779F9
+
+
+def _window_hash(imgs: torch.Tensor, k: int | None) -> torch.Tensor:
+    """A 64-bit hash of the zero-padded k x k window at every pixel: [N, H, W] int64
+    (k=None: of each whole image, [N]). Equal windows hash equal, bit for bit; the hash is a
+    polynomial in the float bits (integer arithmetic wraps, so the order of sums does not matter)."""
+    bits = (imgs + 0.0).contiguous().view(torch.int32).to(torch.int64)  # [N, C, H, W]; -0.0 -> 0.0
+    n, c, h, w = bits.shape
+    chan = torch.tensor([_pow64(_HASH_C, i + 1) for i in range(c)], device=imgs.device)
+    mixed = (bits * chan.view(1, c, 1, 1)).sum(1)  # [N, H, W]
+    if k is None:
+        weights = torch.tensor([_pow64(_HASH_A, i + 1) for i in range(h * w)], device=imgs.device)
+        return (mixed.flatten(1) * weights).sum(1)  # [N]
+    d = k // 2
+    padded = F.pad(mixed, (d, d, d, d))  # [N, H + 2d, W + 2d]
+    rows = torch.zeros(n, h + 2 * d, w, dtype=torch.int64, device=imgs.device)
+    for dx in range(k):
+        rows += padded[:, :, dx:dx + w] * _pow64(_HASH_A, dx + 1)
+    out = torch.zeros(n, h, w, dtype=torch.int64, device=imgs.device)
+    for dy in range(k):
+        out += rows[:, dy:dy + h, :] * _pow64(_HASH_B, dy + 1)
+    return out
+
+
+def _pow64(base: int, e: int) -> int:
+    """base ** e as a wrapped signed 64-bit integer."""
+    v = pow(base % 2**64, e, 2**64)
+    return v - 2**64 if v >= 2**63 else v
+
+
+def _train_class(machine: str, k: int, h: int, w: int) -> torch.Tensor:
+    """Class of every training position [H, W] (which query pixels may use it); -1: never a key."""
+    d = k // 2
+    i, j = torch.arange(h).view(h, 1).expand(h, w), torch.arange(w).view(1, w).expand(h, w)
+    if machine == "ls":
+        return (i * w + j).clone()
+    if machine == "els":
+        inside = (i >= d) & (i <= h - 1 - d) & (j >= d) & (j <= w - 1 - d)
+        return torch.where(inside, 0, -1)
+    o = torch.cat([_overhang(i.flatten(), h, d), _overhang(j.flatten(), w, d)], 1)  # [HW, 4]
+    return (((o[:, 0] * (k + 1) + o[:, 1]) * (k + 1) + o[:, 2]) * (k + 1) + o[:, 3]).view(h, w)
+
+
+def _same_count(hashes: torch.Tensor, klass: torch.Tensor) -> torch.Tensor:
+    """For each key, the number of keys with the same class and the same window hash."""
+    key = hashes * 1000003 + klass  # [N, H, W] (or [N] with klass [1])
+    _, inverse, counts = torch.unique(key.flatten(), return_inverse=True, return_counts=True)
+    return counts[inverse].view(key.shape).to(torch.int32)
+
+
 # ----------------------------------------------------------------------------------------------
 # A byte-bounded LRU cache (key tables, subsets, squared norms)
 # ----------------------------------------------------------------------------------------------
@@ -325,7 +408,7 @@ class Engine:
         self.images = train.images.to(self.device)  # [N, C, H, W]
         if cache_bytes is None:
             cache_bytes = 384 * 2**20 if self.device.type == "cpu" else _gpu_cache_bytes(self.device)
-        self.chunk_elems = int(chunk_elems or (2**22 if self.device.type == "cpu" else 2**27))
+        self.chunk_elems = int(chunk_elems or (2**20 if self.device.type == "cpu" else 2**27))
         self._cache = _Cache(int(cache_bytes))
 
     def __repr__(self):
@@ -388,76 +471,86 @@ class Engine:
         """Posterior mean and provenance of every pixel of x [B, C, H', W'] at time t, window k."""
         x, t, k, subset = self._check(x, t, k, label)
         a, b = alpha_sigma(t)
+        imgs = self._images_of(subset)  # [N, C, H, W]
         if self.machine == "is":
-            sm, q = self._ideal(x, a, b, subset, label)
+            sm = self._ideal(x, a, b, imgs, label)
         else:
-            sm = self._local(x, a, b, k, subset, label)
-        return self._finish(x, sm, a, b, t, k, subset)
+            sm = self._local(x, a, b, k, imgs, label)
+        return self._finish(x, sm, a, b, t, k, subset, label)
 
     def _images_of(self, subset):
-        return self.images if subset is None else self.images[subset]
+        return self.images if subset is None else self._cache.get(("images", int(subset[0]), subset.shape[0]), lambda: self.images[subset])
 
-    def _finish(self, x, sm: _Softmax, a, b, t, k, subset) -> Posterior:
+    def _finish(self, x, sm: _Softmax, a, b, t, k, subset, label) -> Posterior:
         bsz, c, hq, wq = x.shape
         n, _, h, w = self.images.shape
+        entropy = (torch.log(sm.s) - sm.ent / sm.s).clamp(min=0.0)
         if self.machine == "is":
-            # one weight per training image, shared by all pixels: broadcast [B] -> [B, H', W']
+            # one weight per training image, shared by all pixels: [B] -> [B, H', W']
             mean = (sm.acc / sm.s.unsqueeze(-1)).reshape(bsz, c, h, w)
             per_pixel = lambda v: v.reshape(bsz, 1, 1).expand(bsz, hq, wq).contiguous()  # noqa: E731
-            img = sm.best
             rows = torch.arange(hq, device=x.device).view(1, hq, 1).expand(bsz, hq, wq)
             cols = torch.arange(wq, device=x.device).view(1, 1, wq).expand(bsz, hq, wq)
-            src_pos = torch.stack([rows, cols], dim=-1)
-            src_img = per_pixel(img)
-            weight, count, entropy = per_pixel(1.0 / sm.s), per_pixel(sm.count), per_pixel(torch.log(sm.s) - sm.ent / sm.s)
+            src_img, src_pos = per_pixel(sm.best), torch.stack([rows, cols], dim=-1)
+            count = self._multiplicity(None, label)[sm.best]
+            weight, count, entropy = per_pixel(1.0 / sm.s), per_pixel(count), per_pixel(entropy)
         else:
             mean = (sm.acc / sm.s.unsqueeze(-1)).reshape(bsz, hq, wq, c).permute(0, 3, 1, 2).contiguous()
+            count = self._multiplicity(k, label).flatten()[sm.best].reshape(bsz, hq, wq)
             img, pos = sm.best // (h * w), sm.best % (h * w)
             src_img = img.reshape(bsz, hq, wq)
             src_pos = torch.stack([pos // w, pos % w], dim=-1).reshape(bsz, hq, wq, 2)
             weight = (1.0 / sm.s).reshape(bsz, hq, wq)
-            count = sm.count.reshape(bsz, hq, wq)
-            entropy = (torch.log(sm.s) - sm.ent / sm.s).clamp(min=0.0).reshape(bsz, hq, wq)
+            entropy = entropy.reshape(bsz, hq, wq)
         if subset is not None:
             src_img = subset[src_img]
         score = -(x - a * mean) / (b * b)
-        return Posterior(mean, score, src_img, src_pos, weight, count, entropy.clamp(min=0.0), t, k)
+        return Posterior(mean, score, src_img, src_pos, weight, count.to(torch.int64), entropy, t, k)
 
-    def _ideal(self, x, a, b, subset, label):
+    def _multiplicity(self, k, label) -> torch.Tensor:
+        """How many keys of the same class have exactly the window of each key: [N, H, W] int32
+        (IS: [N], identical whole images). Computed once per (k, label) from window hashes."""
+        def make():
+            imgs = self._images_of(self._subset(label))
+            if k is None:
+                return _same_count(_window_hash(imgs, None), torch.zeros(1, dtype=torch.int64, device=imgs.device))
+            n, _, h, w = imgs.shape
+            return _same_count(_window_hash(imgs, k), _train_class(self.machine, k, h, w).to(imgs.device))
+
+        return self._cache.get(("mult", self.machine, k, label), make)
+
+    def _ideal(self, x, a, b, imgs, label):
         """IS: whole images are the keys; one softmax per batch item."""
-        imgs = self._images_of(subset).flatten(1)  # [N, CHW]
+        flat = imgs.flatten(1)  # [N, CHW]
         q = x.flatten(1)  # [B, CHW]
         sm = _Softmax(q.shape[0], q.shape[1], x.device)
-        sq = self._cache.get(("is-sq", label), lambda: (imgs * imgs).sum(-1))  # [N]
+        sq = self._cache.get(("is-sq", label), lambda: (flat * flat).sum(-1))  # [N]
         step = max(1, self.chunk_elems // max(1, q.shape[1]))
-        for n0 in range(0, imgs.shape[0], step):
-            chunk = imgs[n0:n0 + step]  # [n, CHW]
+        for n0 in range(0, flat.shape[0], step):
+            chunk = flat[n0:n0 + step]  # [n, CHW]
             logits = torch.addmm(sq[n0:n0 + step].unsqueeze(0), q, chunk.T, beta=-a * a / (2 * b * b), alpha=a / (b * b))  # [B, n]
-            m, s, acc, ent, arg, count = _Softmax.rows(logits, lambda e: torch.cat([e @ chunk, e.sum(-1, keepdim=True)], -1))
-            sm.merge(None, m, s, acc, ent, arg + n0, count)
-        return sm, q
+            m, s, acc, ent, arg = _Softmax.rows(logits, lambda e: e @ chunk)
+            sm.merge(None, m, s, acc, ent, arg + n0)
+        return sm
 
-    def _local(self, x, a, b, k, subset, label):
+    def _local(self, x, a, b, k, imgs, label):
         """LS, ELS, bbELS: each pixel's softmax over the keys of its class."""
         bsz, c, hq, wq = x.shape
-        n_all, _, h, w = self.images.shape
-        imgs = self._images_of(subset)  # [N, C, H, W]
-        n = imgs.shape[0]
-        circular = self.machine == "els"
+        _, _, h, w = imgs.shape
         groups = self._cache.get(("plan", self.machine, k, hq, wq), lambda: _plan(self.machine, k, hq, wq, h, w, c, x.device))
         rows = torch.arange(hq * wq, device=x.device) // wq
         cols = torch.arange(hq * wq, device=x.device) % wq
-        qwin = windows(x, rows, cols, k, circular)  # [B, P, D]
+        qwin = windows(x, rows, cols, k, circular=self.machine == "els")  # [B, P, D]
         sm = _Softmax(bsz * hq * wq, c, x.device)
         c1, c2 = a / (b * b), -a * a / (2 * b * b)
         for gi, g in enumerate(groups):
             if g.embedded:
-                self._embedded(sm, qwin, g, imgs, k, c1, c2, label, hq * wq)
+                self._embedded(sm, qwin, g, imgs, k, c1, c2, label)
             else:
-                self._windowed(sm, qwin, g, gi, imgs, k, c1, c2, subset, label, hq, wq)
+                self._windowed(sm, qwin, g, gi, imgs, k, c1, c2, label, hq, wq)
         return sm
 
-    def _windowed(self, sm, qwin, g: _Group, gi, imgs, k, c1, c2, subset, label, hq, wq):
+    def _windowed(self, sm, qwin, g: _Group, gi, imgs, k, c1, c2, label, hq, wq):
         """<Q, K> from a key table: logits [G, B*P, keys] by batched matrix products."""
         bsz, pq, dim = qwin.shape
         n, c, h, w = imgs.shape
@@ -465,43 +558,28 @@ class Engine:
         s = g.pos.shape[1]
         queries = qwin[:, g.pix].permute(1, 0, 2, 3).reshape(ng, bsz * p, dim)  # [G, B*P, D]
         # query index of each row: b * P' + pixel
-        q_idx = (torch.arange(bsz, device=qwin.device).view(1, bsz, 1) * pq + g.pix.view(ng, 1, p)).reshape(ng, bsz * p)
-        per_img = ng * s * (dim + c + 2) * 4  # bytes of key table per training image
-        # images per table chunk: the whole set if its table fits in the cache, else stream
+        q_idx = (torch.arange(bsz, device=qwin.device).view(1, bsz, 1) * pq + g.pix.view(ng, 1, p)).flatten()  # [G*B*P]
+        per_img = ng * s * (dim + c + 1) * 4  # bytes of key table per training image
+        # images per table: the whole set if its table fits in the cache, else stream in parts
         img_step = n if per_img * n <= self._cache.max_bytes else max(1, self._cache.max_bytes // (4 * per_img))
+        # keys per chunk: the logits of a chunk, [G, B*P, kc], hold about chunk_elems numbers
+        kc = max(32, self.chunk_elems // max(1, ng * p) // 32 * 32)
         for n0 in range(0, n, img_step):
             n1 = min(n, n0 + img_step)
-            make = lambda: self._table(imgs[n0:n1], g.pos, k)  # noqa: E731
+            make = lambda: _table(imgs[n0:n1], g.pos, k, kc)  # noqa: E731
             if n1 - n0 == n:
-                keys, sq, vals = self._cache.get(("table", self.machine, k, label, hq, wq, gi), make)
+                table = self._cache.get(("table", self.machine, k, label, hq, wq, gi, kc), make)
             else:
-                keys, sq, vals = make()
-            # keys [G, S*n, D] ordered (position, image); sq [G, S*n]; vals [G, S*n, C + 1]
-            nk = keys.shape[1]
-            step = max(1, self.chunk_elems // max(1, ng * bsz * p))
-            for j0 in range(0, nk, step):
-                kc = keys[:, j0:j0 + step]  # [G, kc, D]
-                logits = torch.baddbmm(sq[:, None, j0:j0 + step], queries, kc.transpose(1, 2), beta=c2, alpha=c1)  # [G, B*P, kc]
-                vc = vals[:, j0:j0 + step]  # [G, kc, C]
-                m, ssum, acc, ent, arg, count = _Softmax.rows(logits, lambda e: torch.bmm(e, vc))
-                j = arg + j0  # [G, B*P] key index within the table chunk
+                table = make()
+            j0 = 0
+            for keys_t, sq, vals in table:  # [G, D, kc] [G, 1, kc] [G, C, kc]; keys ordered (position, image)
+                logits = torch.baddbmm(sq, queries, keys_t, beta=c2, alpha=c1)  # [G, B*P, kc]
+                m, ssum, acc, ent, arg = _Softmax.rows(logits, lambda e: _weighted(e, vals))
+                j = arg + j0  # [G, B*P] key index in this table
                 pos = torch.gather(g.pos, 1, j // (n1 - n0))  # [G, B*P] training position
-                img = j % (n1 - n0) + n0
-                best = img * (h * w) + pos
-                sm.merge(q_idx.flatten(), m.flatten(), ssum.flatten(), acc.flatten(0, 1), ent.flatten(), best.flatten(), count.flatten())
-
-    @staticmethod
-    def _table(imgs, pos, k):
-        """Key table of the windows at positions pos [G, S] of imgs [n, C, H, W]."""
-        n, c, h, w = imgs.shape
-        ng, s = pos.shape
-        flat = pos.flatten()
-        win = windows(imgs, flat // w, flat % w, k)  # [n, G*S, D]
-        keys = win.reshape(n, ng, s, -1).permute(1, 2, 0, 3).reshape(ng, s * n, -1).contiguous()  # [G, S*n, D]
-        sq = (keys * keys).sum(-1)  # [G, S*n]
-        centre = F.pad(imgs.flatten(2)[:, :, flat], (0, 0, 0, 1), value=1.0)  # [n, C + 1, G*S], last row ones
-        vals = centre.reshape(n, c + 1, ng, s).permute(2, 3, 0, 1).reshape(ng, s * n, c + 1).contiguous()  # [G, S*n, C+1]
-        return keys, sq, vals
+                best = (j % (n1 - n0) + n0) * (h * w) + pos
+                sm.merge(q_idx, m.flatten(), ssum.flatten(), acc.flatten(0, 1), ent.flatten(), best.flatten())
+                j0 += keys_t.shape[-1]
 
     def _sq_windows(self, imgs, k, label):
         """|K|^2 of the zero-padded k x k window at every position of every image: [N, H*W]."""
@@ -512,10 +590,10 @@ class Engine:
 
         return self._cache.get(("sq", k, label), make)
 
-    def _embedded(self, sm, qwin, g: _Group, imgs, k, c1, c2, label, pq):
+    def _embedded(self, sm, qwin, g: _Group, imgs, k, c1, c2, label):
         """<Q, K> = <X_n, E(Q, s)>: each query window is placed, at each key position, into an
         otherwise empty training-sized image and multiplied with the whole training images."""
-        bsz, _, dim = qwin.shape
+        bsz, pq, dim = qwin.shape
         n, c, h, w = imgs.shape
         d = k // 2
         ng, p = g.pix.shape
@@ -534,7 +612,7 @@ class Engine:
         target = torch.where(inside.unsqueeze(1), chan + spot.unsqueeze(1), c * h * w).reshape(m_pairs, dim)  # [M, D]
         emb = torch.zeros(bsz, m_pairs, c * h * w + 1, device=imgs.device)
         emb.scatter_(2, target.expand(bsz, m_pairs, dim), qwin[:, pix])  # [B, M, CHW + 1]
-        emb = emb[..., :-1].reshape(bsz * m_pairs, c * h * w)  # [B*M, CHW]
+        emb = emb[..., :-1]  # [B, M, CHW]
         q_idx = (torch.arange(bsz, device=imgs.device).view(bsz, 1) * pq + pix.view(1, -1)).flatten()  # [B*M]
         sq_all = self._sq_windows(imgs, k, label)  # [N, H*W]
         flat = imgs.flatten(1)  # [N, CHW]
@@ -542,16 +620,11 @@ class Engine:
         for n0 in range(0, n, step):
             xc = flat[n0:n0 + step]  # [n, CHW]
             sq = sq_all[n0:n0 + step][:, pos].T  # [M, n]
-            logits = torch.baddbmm(
-                sq.unsqueeze(0), emb.view(bsz, m_pairs, -1), xc.T.unsqueeze(0).expand(bsz, -1, -1), beta=c2, alpha=c1
-            ).reshape(bsz * m_pairs, -1)  # [B*M, n]
-            centre = F.pad(imgs[n0:n0 + step].flatten(2)[:, :, pos], (0, 0, 0, 1), value=1.0)  # [n, C + 1, M]
-            vals = centre.permute(2, 0, 1)  # [M, n, C + 1] key centres and ones
-            def values(e):
-                return torch.bmm(e.view(bsz, m_pairs, -1).transpose(0, 1), vals).transpose(0, 1).reshape(bsz * m_pairs, c + 1)
-            m, ssum, acc, ent, arg, count = _Softmax.rows(logits, values)
-            best = (arg + n0) * (h * w) + pos.repeat(bsz)
-            sm.merge(q_idx, m, ssum, acc, ent, best, count)
+            logits = torch.baddbmm(sq.unsqueeze(0), emb, xc.T.unsqueeze(0).expand(bsz, -1, -1), beta=c2, alpha=c1)  # [B, M, n]
+            vals = imgs[n0:n0 + step].flatten(2)[:, :, pos].permute(1, 2, 0)  # [C, M, n] key centres
+            m, ssum, acc, ent, arg = _Softmax.rows(logits, lambda e: torch.stack([torch.linalg.vecdot(e, v) for v in vals], -1))
+            best = (arg + n0) * (h * w) + pos  # [B, M]
+            sm.merge(q_idx, m.flatten(), ssum.flatten(), acc.flatten(0, 1), ent.flatten(), best.flatten())
 
     # -- explanation of one pixel -------------------------------------------------------------
     @torch.no_grad()

@@ -112,7 +112,11 @@ class ImageSet:
         return idx
 
     def subset(self, idx) -> "ImageSet":
+        """The images at idx, with their labels and per-image meta data (meta["per_image"] keys)."""
         idx = torch.as_tensor(idx, dtype=torch.int64)
+        meta = dict(self.meta)
+        for key in meta.get("per_image", ()):
+            meta[key] = meta[key][idx]
         return ImageSet(
             self.images[idx],
             None if self.labels is None else self.labels[idx],
@@ -120,5 +124,5 @@ class ImageSet:
             self.name,
             self.description,
             self.source,
-            dict(self.meta),
+            meta,
         )
