@@ -258,24 +258,28 @@ def _weighted(e: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
     return torch.bmm(e, vals.transpose(1, 2))
 
 
-def _table(imgs: torch.Tensor, pos: torch.Tensor, k: int, kc: int) -> list:
+def _table(imgs: torch.Tensor, pos: torch.Tensor, k: int, kc: int):
     """Key table of the windows at positions pos [G, S] of imgs [n, C, H, W], in chunks of kc keys.
 
-    Each chunk: keys_t [G, D, kc] (transposed for the matrix product), sq [G, 1, kc] = |K|^2,
-    vals [G, C, kc] the key centres. Keys are ordered (position, image).
+    Keys are ordered (position, image): key j is image j % n at position pos[:, j // n]. Yields per
+    chunk keys_t [G, D, kc] (transposed for the matrix product), sq [G, 1, kc] = |K|^2 and
+    vals [G, C, kc], the key centres. Only one chunk is ever materialised at a time.
     """
     n, c, h, w = imgs.shape
     ng, s = pos.shape
-    flat = pos.flatten()
-    win = windows(imgs, flat // w, flat % w, k)  # [n, G*S, D]
-    keys_t = win.reshape(n, ng, s, -1).permute(1, 3, 2, 0).reshape(ng, -1, s * n)  # [G, D, S*n]
-    sq = (keys_t * keys_t).sum(1, keepdim=True)  # [G, 1, S*n]
-    centre = imgs.flatten(2)[:, :, flat]  # [n, C, G*S]
-    vals = centre.reshape(n, c, ng, s).permute(2, 1, 3, 0).reshape(ng, c, s * n)  # [G, C, S*n]
-    return [
-        (kt.contiguous(), q.contiguous(), v.contiguous())
-        for kt, q, v in zip(keys_t.split(kc, -1), sq.split(kc, -1), vals.split(kc, -1))
-    ]
+    d = k // 2
+    padded = F.pad(imgs, (d, d, d, d)).permute(0, 2, 3, 1)  # [n, H + 2d, W + 2d, C]
+    off = torch.arange(k, device=imgs.device)
+    for j0 in range(0, s * n, kc):
+        j = torch.arange(j0, min(j0 + kc, s * n), device=imgs.device)  # [kc]
+        img = j % n
+        p = pos[:, j // n]  # [G, kc]
+        rows = (p // w).unsqueeze(-1) + off  # [G, kc, k], in padded coordinates
+        cols = (p % w).unsqueeze(-1) + off  # [G, kc, k]
+        win = padded[img.view(1, -1, 1, 1), rows.unsqueeze(-1), cols.unsqueeze(-2)]  # [G, kc, k, k, C]
+        keys_t = win.permute(0, 4, 2, 3, 1).reshape(ng, c * k * k, -1).contiguous()  # [G, D, kc]
+        vals = padded[img.view(1, -1), p // w + d, p % w + d].permute(0, 2, 1).contiguous()  # [G, C, kc]
+        yield keys_t, (keys_t * keys_t).sum(1, keepdim=True), vals
 
 
 # 64-bit odd multipliers for the window hash (fixed: the hash must be the same in every run)
@@ -559,27 +563,20 @@ class Engine:
         queries = qwin[:, g.pix].permute(1, 0, 2, 3).reshape(ng, bsz * p, dim)  # [G, B*P, D]
         # query index of each row: b * P' + pixel
         q_idx = (torch.arange(bsz, device=qwin.device).view(1, bsz, 1) * pq + g.pix.view(ng, 1, p)).flatten()  # [G*B*P]
-        per_img = ng * s * (dim + c + 1) * 4  # bytes of key table per training image
-        # images per table: the whole set if its table fits in the cache, else stream in parts
-        img_step = n if per_img * n <= self._cache.max_bytes else max(1, self._cache.max_bytes // (4 * per_img))
         # keys per chunk: the logits of a chunk, [G, B*P, kc], hold about chunk_elems numbers
         kc = max(32, self.chunk_elems // max(1, ng * p) // 32 * 32)
-        for n0 in range(0, n, img_step):
-            n1 = min(n, n0 + img_step)
-            make = lambda: _table(imgs[n0:n1], g.pos, k, kc)  # noqa: E731
-            if n1 - n0 == n:
-                table = self._cache.get(("table", self.machine, k, label, hq, wq, gi, kc), make)
-            else:
-                table = make()
-            j0 = 0
-            for keys_t, sq, vals in table:  # [G, D, kc] [G, 1, kc] [G, C, kc]; keys ordered (position, image)
-                logits = torch.baddbmm(sq, queries, keys_t, beta=c2, alpha=c1)  # [G, B*P, kc]
-                m, ssum, acc, ent, arg = _Softmax.rows(logits, lambda e: _weighted(e, vals))
-                j = arg + j0  # [G, B*P] key index in this table
-                pos = torch.gather(g.pos, 1, j // (n1 - n0))  # [G, B*P] training position
-                best = (j % (n1 - n0) + n0) * (h * w) + pos
-                sm.merge(q_idx, m.flatten(), ssum.flatten(), acc.flatten(0, 1), ent.flatten(), best.flatten())
-                j0 += keys_t.shape[-1]
+        chunks = _table(imgs, g.pos, k, kc)
+        if ng * s * n * (dim + c + 1) * 4 <= self._cache.max_bytes:  # keep the table for next time
+            chunks = self._cache.get(("table", self.machine, k, label, hq, wq, gi, kc), lambda: list(chunks))
+        j0 = 0
+        for keys_t, sq, vals in chunks:  # [G, D, kc] [G, 1, kc] [G, C, kc]
+            logits = torch.baddbmm(sq, queries, keys_t, beta=c2, alpha=c1)  # [G, B*P, kc]
+            m, ssum, acc, ent, arg = _Softmax.rows(logits, lambda e: _weighted(e, vals))
+            j = arg + j0  # [G, B*P] key index in the table
+            pos = torch.gather(g.pos, 1, j // n)  # [G, B*P] training position
+            best = (j % n) * (h * w) + pos
+            sm.merge(q_idx, m.flatten(), ssum.flatten(), acc.flatten(0, 1), ent.flatten(), best.flatten())
+            j0 += keys_t.shape[-1]
 
     def _sq_windows(self, imgs, k, label):
         """|K|^2 of the zero-padded k x k window at every position of every image: [N, H*W]."""
