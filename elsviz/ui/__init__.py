@@ -1,0 +1,10 @@
+"""The Streamlit side of elsviz: the shared sidebar, session state and cached engines and runs.
+
+Only this subpackage (and app.py, pages/) may import streamlit; the core of elsviz never does.
+Pages stay thin: read the settings, fetch a run, draw figures from elsviz.figures.
+"""
+from .cache import branch_run, derived, estimate_seconds, explain, main_result, previous_result, spec_run
+from .draw import show
+from .sidebar import Settings, settings, sidebar
+
+__all__ = ["show", "Settings", "settings", "sidebar", "main_result", "spec_run", "branch_run", "explain", "previous_result", "derived", "estimate_seconds"]

@@ -1,0 +1,112 @@
+"""Training sets and engines for the app, cached per dataset (st.cache_resource).
+
+A dataset is named by a hashable key: ("builtin", name, limit), ("path", path, mtime, size, limit)
+or ("upload", sha256, size, limit); engines are cached per (key, machine).
+"""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from ..errors import ElsvizError
+
+MAX_UPLOAD_BYTES = 200 * 2**20  # Streamlit's own upload limit is 200 MB too
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+ARCHIVE_SUFFIXES = {".zip", ".npz", ".npy", ".gz", ".tar"}
+
+
+def builtin_names() -> tuple[str, ...]:
+    """The sets known by name, default first: the built-ins, then those `elsviz fetch` downloads."""
+    from ..datasets import BUILTINS, DOWNLOADABLE
+
+    return (*BUILTINS, *DOWNLOADABLE)
+
+
+def is_downloadable(name: str) -> bool:
+    from ..datasets import DOWNLOADABLE
+
+    return name in DOWNLOADABLE
+
+
+def _options(size: int | None, limit: int | None) -> dict:
+    opts = {}
+    if size:
+        opts["size"] = int(size)
+    if limit:
+        opts["limit"], opts["seed"] = int(limit), 0
+    return opts
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading the training set ...")
+def _load(source: str, size: int | None, limit: int | None, stamp=None):
+    from .. import load_dataset
+
+    return load_dataset(source, **_options(size, limit))
+
+
+def builtin(name: str, size: int | None = None, limit: int | None = None):
+    """(key, ImageSet) of a built-in set."""
+    return ("builtin", name, size, limit), _load(name, size, limit)
+
+
+def from_path(path: str, size: int | None = None, limit: int | None = None):
+    """(key, ImageSet) of a local file or folder; the key changes when the file does."""
+    p = Path(path).expanduser()
+    if not str(path).strip():
+        raise ElsvizError("Type the path of a folder of images, a .zip, an .npz/.npy file or MNIST/CIFAR files.")
+    if not p.exists():
+        raise ElsvizError(f"{p} does not exist on this machine. Check the path (it is read by the app's server).")
+    stamp = p.stat().st_mtime_ns
+    return ("path", str(p.resolve()), stamp, size, limit), _load(str(p.resolve()), size, limit, stamp)
+
+
+def from_upload(files, size: int | None = None, limit: int | None = None):
+    """(key, ImageSet) of uploaded files: several images, or one .zip / .npz / .npy.
+
+    The bytes are written to a private temporary folder that load_dataset reads (it checks
+    formats, sizes, zip bombs and paths); the key is the files' content hash.
+    """
+    files = list(files or [])
+    if not files:
+        raise ElsvizError("Choose some images, or one .zip / .npz file, to upload.")
+    total = sum(f.size for f in files)
+    if total > MAX_UPLOAD_BYTES:
+        raise ElsvizError(f"The upload is {total / 2**20:.0f} MB; the app takes at most "
+                          f"{MAX_UPLOAD_BYTES // 2**20} MB. Upload a subset, or load the files by local path.")
+    suffixes = {Path(f.name).suffix.lower() for f in files}
+    archives = suffixes & ARCHIVE_SUFFIXES
+    if archives and len(files) > 1:
+        raise ElsvizError("Upload either images or a single .zip / .npz / .npy file, not both or several archives.")
+    if not archives and not suffixes <= IMAGE_SUFFIXES:
+        bad = sorted(s or "(none)" for s in suffixes - IMAGE_SUFFIXES)
+        raise ElsvizError(f"Files of type {', '.join(bad)} are not images. Upload .png or .jpg images, "
+                          "a .zip of them, or an .npz / .npy array.")
+    digest = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.name):
+        digest.update(f.name.encode())
+        digest.update(f.getvalue())
+    sha = digest.hexdigest()
+    return ("upload", sha, size, limit), _load_upload(sha, tuple(files), size, limit)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Reading the upload ...")
+def _load_upload(sha: str, _files, size, limit):
+    from .. import load_dataset
+
+    folder = Path(tempfile.mkdtemp(prefix="elsviz-upload-"))
+    for f in _files:
+        (folder / Path(f.name).name).write_bytes(f.getvalue())
+    if len(_files) == 1 and Path(_files[0].name).suffix.lower() in ARCHIVE_SUFFIXES:
+        return load_dataset(str(folder / Path(_files[0].name).name), **_options(size, limit))
+    return load_dataset(str(folder), **_options(size, limit))
+
+
+@st.cache_resource(max_entries=8, show_spinner="Building the engine ...")
+def engine(dataset_key, machine: str, _train):
+    """The Engine of a training set and machine (its key tables stay cached inside it)."""
+    from .. import Engine
+
+    return Engine(_train, machine=machine, device="auto")

@@ -1,0 +1,196 @@
+"""The shared sidebar: training set, machine, locality, steps, seed, output size, device.
+
+Drawn once per rerun by app.py before the page runs, so every page sees the same choices; the
+choices live in st.session_state under the keys of DEFAULTS and survive page switches and
+widgets that are hidden for a while (a k slider while a schedule is chosen).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pandas as pd
+import streamlit as st
+
+from .. import figures
+from ..errors import ElsvizError
+from ..runs import MACHINE_NAMES, MACHINE_SENTENCES, MACHINES, RunSpec, k_limit
+from ..schedule import PRESET_NOTES, PRESETS, locality_schedule
+from . import data
+
+PATH = "a local path ..."
+UPLOAD = "upload your own ..."
+ONE_K, PRESET, TABLE = "one k", "paper schedule", "per-step table"
+ANY = -1  # the "any class" choice (a selectbox shows None as "no choice")
+
+DEFAULTS = {
+    "dataset": "digits", "path": "", "resize": 0, "limit": 0,
+    "machine": "bbels", "loc_mode": ONE_K, "k": 5, "preset": "mnist-resnet",
+    "steps": 20, "seed": 0, "label": ANY, "out_h": 0, "out_w": 0,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the sidebar chose: the training set (with its cache key), its engine, and the run spec."""
+
+    dataset_key: tuple
+    train: object  # ImageSet
+    engine: object  # Engine
+    spec: RunSpec
+
+
+def settings() -> Settings:
+    """The settings the sidebar made in this rerun."""
+    return st.session_state["_settings"]
+
+
+def _init_state() -> None:
+    ss = st.session_state
+    for key, value in DEFAULTS.items():
+        ss.setdefault(key, value)
+        ss[key] = ss[key]  # keeps the value of a widget that is hidden in this rerun or on another page
+
+
+def _new_seed() -> None:
+    st.session_state["seed"] = random.randrange(1_000_000)
+
+
+def _dataset():
+    """(key, ImageSet): the chosen set, or the last good one (with a message) when it fails to load."""
+    ss = st.session_state
+    names = data.builtin_names()
+    st.selectbox("Training set", [*names, PATH, UPLOAD], key="dataset",
+                 format_func=lambda n: f"{n} (after `elsviz fetch {n}`)" if data.is_downloadable(n) else n,
+                 help="The images whose patches the machine copies. Built-ins need no download.")
+    choice = ss["dataset"]
+    size = int(ss["resize"]) or None
+    limit = int(ss["limit"]) or None
+    try:
+        if choice == PATH:
+            st.text_input("Path on this machine", key="path",
+                          placeholder="/data/mnist or my_images.zip or arrays.npz")
+            key, train = data.from_path(ss["path"], size, limit)
+        elif choice == UPLOAD:
+            files = st.file_uploader("Images, a .zip of them, or an .npz / .npy array", accept_multiple_files=True,
+                                     key="upload")
+            key, train = data.from_upload(files, size, limit)
+        else:
+            key, train = data.builtin(choice, size, limit)
+    except ElsvizError as err:
+        if choice in (PATH, UPLOAD) and not (ss.get("path") if choice == PATH else ss.get("upload")):
+            st.caption(str(err))
+        else:
+            st.error(str(err))
+        key, train = ss.get("_last_dataset") or data.builtin(names[0])
+        st.caption(f"Still using **{train.name}**.")
+    with st.expander("Resize / subset"):
+        st.number_input("Resize to (pixels, 0 = keep)", 0, 256, step=1, key="resize",
+                        help="Needed when images have different sizes.")
+        st.number_input("Use at most this many images (0 = all)", 0, 1_000_000, step=100, key="limit",
+                        help="A random subset (seed 0): smaller sets run faster.")
+    ss["_last_dataset"] = (key, train)
+    c, h, w = train.shape
+    labelled = f", labels {len(train.classes)} classes" if train.labels is not None else ""
+    st.caption(f"**{train.name}**: {len(train):,} images, {h}x{w}, {'colour' if c == 3 else 'grey'}{labelled}. "
+               f"{train.description}")
+    if train.source:
+        with st.expander("Where the images come from"):
+            st.caption(train.source)
+    if ss.get("_size_for") != key:  # a new set: reset the choices that depend on it
+        ss["_size_for"] = key
+        ss["out_h"], ss["out_w"] = h, w
+        if ss["label"] not in train.classes:
+            ss["label"] = ANY
+    if train.labels is not None:
+        st.selectbox("Class (conditional generation)", [ANY, *train.classes], key="label",
+                     format_func=lambda v: "any class" if v == ANY else train.class_name(v),
+                     help="Only training images of this class are used as keys.")
+    else:
+        ss["label"] = ANY
+    return key, train
+
+
+def _locality(machine: str, train_hw, out_hw, steps: int):
+    """The k argument of the run: an int, a preset name, or a tuple of `steps` ints."""
+    ss = st.session_state
+    if machine == "is":
+        st.caption("IS compares whole images: it has no window, so k plays no part.")
+        return int(ss["k"])
+    kmax = k_limit(machine, train_hw, out_hw)
+    st.radio("Locality", [ONE_K, PRESET, TABLE], key="loc_mode", horizontal=True,
+             help="k is the side of the square window each pixel sees. Large noise, large windows.")
+    mode = ss["loc_mode"]
+    if mode == ONE_K:
+        k = min(max(1, int(ss["k"])), kmax)
+        ss["k"] = k if k % 2 else k - 1
+        st.slider("k (window size)", 1, kmax, step=2, key="k",
+                  help=f"Odd window sizes; up to {kmax} for {MACHINE_NAMES[machine]} here.")
+        return int(ss["k"])
+    if mode == PRESET:
+        st.selectbox("Schedule (fitted by the paper to trained networks)", list(PRESETS), key="preset",
+                     format_func=lambda p: f"{p} ({PRESET_NOTES.get(p, '')})")
+        ks = locality_schedule(ss["preset"], steps)
+        spec_k = ss["preset"]
+        if max(ks[1:]) > kmax:
+            ks = [min(v, kmax) for v in ks]
+            spec_k = tuple(ks)
+            st.warning(f"This schedule was fitted on 32x32 images; its k above {kmax} is clamped to {kmax}, "
+                       f"the largest {MACHINE_NAMES[machine]} allows here.")
+        st.plotly_chart(figures.schedule_figure(ks), key="schedule_plot", config={"displayModeBar": False})
+        return spec_k
+    base = ss.get("_k_table")
+    if not base or len(base) != steps:
+        base = locality_schedule(ss["preset"], steps)
+    frame = pd.DataFrame({"step": list(range(steps - 1, 0, -1)),
+                          "t": [round(i / steps, 3) for i in range(steps - 1, 0, -1)],
+                          "k": [base[i] for i in range(steps - 1, 0, -1)]})
+    edited = st.data_editor(frame, key=f"k_table_{steps}", hide_index=True, disabled=["step", "t"],
+                            column_config={"k": st.column_config.NumberColumn("k", min_value=1, step=2,
+                                                                              help="an odd window size")})
+    ks = [int(v) for v in edited["k"]][::-1]  # steps 1 .. S-1
+    ks = [ks[0], *ks]  # k[0] is never used
+    ss["_k_table"] = ks
+    st.plotly_chart(figures.schedule_figure(ks), key="table_plot", config={"displayModeBar": False})
+    return tuple(ks)
+
+
+def sidebar() -> Settings:
+    """Draw the shared controls and store the Settings for the page (see settings())."""
+    _init_state()
+    ss = st.session_state
+    with st.sidebar:
+        key, train = _dataset()
+        c, h, w = train.shape
+
+        st.radio("Machine", list(MACHINES), key="machine", horizontal=True, format_func=MACHINE_NAMES.get)
+        machine = ss["machine"]
+        st.caption(MACHINE_SENTENCES[machine])
+
+        size = None
+        if machine in ("els", "bbels"):
+            cols = st.columns(2)
+            cols[0].number_input("Output height", 4, 256, step=1, key="out_h")
+            cols[1].number_input("Output width", 4, 256, step=1, key="out_w")
+            if (ss["out_h"], ss["out_w"]) != (h, w):
+                size = (int(ss["out_h"]), int(ss["out_w"]))
+        out_hw = size or (h, w)
+
+        st.slider("Steps", 2, 50, key="steps", help="Reverse diffusion steps (the paper uses 20).")
+        steps = int(ss["steps"])
+        k = _locality(machine, (h, w), out_hw, steps)
+
+        cols = st.columns([3, 2], vertical_alignment="bottom")
+        cols[0].number_input("Seed", 0, 2**31 - 1, step=1, key="seed", help="The starting noise; same seed, same run.")
+        cols[1].button("New seed", on_click=_new_seed)
+
+        spec = RunSpec(machine=machine, k=k, steps=steps, seed=int(ss["seed"]),
+                       label=None if ss["label"] == ANY else int(ss["label"]), size=size)
+        try:
+            eng = data.engine(key, machine, train)
+        except ElsvizError as err:
+            st.error(str(err))
+            st.stop()
+        st.caption(f"Device: **{eng.device}**")
+    ss["_settings"] = Settings(key, train, eng, spec)
+    return ss["_settings"]

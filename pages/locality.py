@@ -1,0 +1,116 @@
+"""Page 3: what locality decides: now vs before, four machines, a k-sweep, branching at a step."""
+from dataclasses import replace
+
+import streamlit as st
+
+from elsviz import figures
+from elsviz.errors import ElsvizError
+from elsviz.runs import MACHINE_NAMES, MACHINES, changed_fraction, k_limit, k_sweep
+from elsviz.ui import show, branch_run, derived, estimate_seconds, main_result, previous_result, settings, spec_run
+
+AUTO_S = 8.0  # comparisons estimated under this run at once; longer ones wait for a button
+
+st.title("Locality explorer")
+st.markdown(
+    "**k** is the side of the window each pixel sees. Small k: pixels agree only with close neighbours, and "
+    "the picture is stitched from many small patches (creative, sometimes incoherent). Large k: whole "
+    "regions must match one training image (closer to copying). Change k in the sidebar and compare."
+)
+
+s = settings()
+result = main_result()
+ss = st.session_state
+
+# -- now vs before -----------------------------------------------------------------------------------
+old = previous_result()
+st.subheader("Now and before")
+if old is None or old.traj.final.shape != result.traj.final.shape:
+    show(figures.strip([result.traj.final[0]], [result.spec.describe()], target=224))
+    st.caption("Change k (or anything else) in the sidebar: the previous result stays here beside the new one.")
+else:
+    a, b = old.traj.final[0], result.traj.final[0]
+    show(figures.strip([a, b, figures.difference_picture(a, b, target=224)],
+                           ["before: " + old.spec.describe(), "now: " + result.spec.describe(), "difference"],
+                           target=224))
+    st.caption(f"{changed_fraction(a, b):.0%} of the pixels changed (by more than 0.05).")
+
+
+def run_all(specs, what, button_label):
+    """Results of specs (an ElsvizError in place of a refused one); waits for a button when long."""
+    todo = estimate_seconds(s, specs)
+    if todo > AUTO_S and not st.button(f"{button_label} (about {todo:.0f} s)"):
+        st.caption("These runs are not computed yet.")
+        return None
+    out = []
+    for spec in specs:
+        try:
+            out.append(spec_run(s, spec, what=what(spec), confirm=False))
+        except ElsvizError as err:
+            out.append(err)
+    return out
+
+
+def show_strip(specs, results, caption, target=128):
+    good = [(sp, r) for sp, r in zip(specs, results) if not isinstance(r, ElsvizError)]
+    if good:
+        show(figures.strip([r.traj.final[0] for _, r in good], [caption(sp) for sp, _ in good], target=target))
+    for sp, r in zip(specs, results):
+        if isinstance(r, ElsvizError):
+            st.caption(f"{caption(sp)}: not run. {r}")
+
+
+st.divider()
+view = st.segmented_control("Compare", ["four machines", "k-sweep", "branch at a step"], default="four machines",
+                            key="loc_view")
+spec = result.spec
+
+if view == "four machines":
+    st.markdown("The same seed and k through all four machines. **IS** memorises (gives back a training "
+                "image); **LS** copies only from the same place; **ELS** copies from anywhere; **bbELS** copies "
+                "from anywhere, except at the border, the paper's model of a convolutional network.")
+    specs = [replace(spec, machine=m, size=None) for m in MACHINES]
+    results = run_all(specs, lambda sp: f"{MACHINE_NAMES[sp.machine]}", "Run the four machines")
+    if results:
+        show_strip(specs, results, lambda sp: MACHINE_NAMES[sp.machine], target=160)
+        if spec.size is not None:
+            st.caption("All four at the training size (IS and LS cannot make other sizes).")
+
+elif view == "k-sweep":
+    if spec.machine == "is":
+        st.info("IS has no window, so k changes nothing. Pick LS, ELS or bbELS in the sidebar.")
+    else:
+        h, w = s.train.shape[1:]
+        ks = k_sweep(spec.machine, (h, w), spec.size)
+        st.markdown(f"The same seed through **{MACHINE_NAMES[spec.machine]}** with one k for every step, "
+                    f"k = {ks[0]} to {ks[-1]}. Watch the picture go from texture to copies.")
+        specs = [replace(spec, k=k) for k in ks]
+        results = run_all(specs, lambda sp: f"k-sweep, k = {sp.k}", "Run the k-sweep")
+        if results:
+            show_strip(specs, results, lambda sp: f"k = {sp.k}", target=112)
+
+elif view == "branch at a step":
+    if spec.machine == "is":
+        st.info("IS has no window, so k changes nothing. Pick LS, ELS or bbELS in the sidebar.")
+    else:
+        h, w = s.train.shape[1:]
+        kmax = k_limit(spec.machine, (h, w), spec.size)
+        st.markdown("Keep the run as it was down to step s+1, then finish it from step s with another k. Early "
+                    "steps (large s, much noise) decide the layout; late steps only the texture.")
+        cols = st.columns(2)
+        steps = list(range(spec.steps - 1, 0, -1))
+        if ss.get("branch_step") not in steps:
+            ss["branch_step"] = steps[len(steps) // 2]
+        at = cols[0].select_slider("Branch at step s", options=steps, key="branch_step")
+        ss["branch_k"] = min(int(ss.get("branch_k", 3)), kmax)
+        k2 = cols[1].slider("New k from step s on", 1, kmax, step=2, key="branch_k")
+        try:
+            other = branch_run(result, at, k2)
+        except ElsvizError as err:
+            st.error(str(err))
+        else:
+            a, b = result.traj.final[0], other.traj.final[0]
+            show(derived(other, f"branch-{at}-{k2}", lambda: figures.strip(
+                [result.traj.frame(at).mean[0], a, b, figures.difference_picture(a, b, target=160)],
+                [f"estimate at step {at}", "as run", f"k = {k2} from step {at}", "difference"], target=160)))
+            st.caption(f"{changed_fraction(a, b):.0%} of the pixels changed. Left: what the machine believed "
+                       f"when the branch started.")

@@ -1,0 +1,236 @@
+"""The Streamlit app through Streamlit's AppTest: every page loads, and the sidebar drives what is shown.
+
+Runs use a subset of the digits (limit) and few steps to stay quick; the browser test runs the defaults.
+"""
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from elsviz.errors import ElsvizError
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["pages/reverse_diffusion.py", "pages/provenance.py", "pages/locality.py"]
+
+
+@pytest.fixture(autouse=True)
+def navigation_as_served(monkeypatch):
+    """Run the app as `streamlit run` does: through st.navigation, not the legacy pages/ folder mode.
+
+    AppTest resets PagesManager.uses_pages_directory before every run, so with a pages/ folder
+    beside app.py each rerun goes through the legacy mode and skips app.py (and its sidebar); the
+    server sets the flag once and st.navigation clears it for good.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    init = PagesManager.__init__
+
+    def served(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", served)
+
+
+def app(limit=150, steps=6, **state) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.session_state["limit"] = limit
+    at.session_state["steps"] = steps
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
+    return "\n".join(parts)
+
+
+def output_pixels(at: AppTest) -> str:
+    """What the player shows as the output: the posterior mean of its last frame (JSON of the image data)."""
+    spec = json.loads(at.main.get("plotly_chart")[0].proto.spec)
+    return json.dumps(spec["frames"][-1]["data"][1]["z"])
+
+
+def images(at: AppTest) -> list[str]:
+    return [url for im in at.get("image") for url in im.value]
+
+
+def test_every_page_loads_and_shows_its_parts():
+    at = ok(app())
+    assert not errors(at)
+    assert len(json.loads(at.main.get("plotly_chart")[0].proto.spec)["frames"]) == 5  # steps 5 .. 1
+    assert any(url.endswith(".gif") for url in images(at))  # the looping animation
+    assert "bbELS, k=5, 6 steps, seed 0" in text(at)
+
+    at.switch_page(PAGES[1])
+    ok(at.run())
+    assert "Pixel (8, 8)" in text(at)  # the centre pixel until one is clicked
+    assert "Its top keys" in text(at)
+    assert "Distinct training images in this picture" in [m.label for m in at.metric]
+
+    at.switch_page(PAGES[2])
+    ok(at.run())
+    assert "Now and before" in [h.value for h in at.subheader]
+    for view in ["four machines", "k-sweep", "branch at a step"]:
+        at.session_state["loc_view"] = view
+        ok(at.run())
+        start = [b for b in at.button if b.label.startswith("Run the")]  # longer comparisons wait for a click
+        if start:
+            start[0].click()
+            ok(at.run())
+        assert not errors(at), view
+        assert len(images(at)) >= 2, view
+
+
+def test_machine_k_seed_and_dataset_change_the_picture():
+    at = ok(app())
+    seen = [output_pixels(at)]
+
+    at.slider(key="k").set_value(7)
+    ok(at.run())
+    assert "k=7" in text(at)
+    seen.append(output_pixels(at))
+
+    at.radio(key="machine").set_value("els")
+    ok(at.run())
+    assert "ELS, k=7" in text(at)
+    seen.append(output_pixels(at))
+
+    at.number_input(key="seed").set_value(3)
+    ok(at.run())
+    seen.append(output_pixels(at))
+
+    next(b for b in at.button if b.label == "New seed").click()
+    ok(at.run())
+    assert at.session_state["seed"] != 3
+    seen.append(output_pixels(at))
+
+    at.selectbox(key="dataset").set_value("hands")
+    ok(at.run())
+    assert "hands" in "\n".join(c.value for c in at.sidebar.caption)
+    assert json.loads(at.main.get("plotly_chart")[0].proto.spec)["frames"][-1]["data"][1]["z"]
+    seen.append(output_pixels(at))
+    assert len(set(seen)) == len(seen)  # every change showed a new picture
+
+
+def test_choices_survive_page_switches_and_schedules():
+    at = ok(app())
+    at.slider(key="k").set_value(9)
+    ok(at.run())
+    at.switch_page(PAGES[1])
+    ok(at.run())
+    assert at.slider(key="k").value == 9
+    assert "k = 9" in text(at)
+    at.radio(key="loc_mode").set_value("paper schedule")
+    ok(at.run())
+    assert "schedule mnist-resnet" in text(at)
+    at.radio(key="loc_mode").set_value("one k")
+    ok(at.run())
+    assert at.slider(key="k").value == 9  # kept while the slider was hidden
+
+
+def test_provenance_pixel_choice_and_step():
+    at = app()
+    at.switch_page(PAGES[1])
+    ok(at.run())
+    at.number_input(key="px_row").set_value(2)
+    at.number_input(key="px_col").set_value(13)
+    ok(at.run())
+    assert "Pixel (2, 13)" in text(at)
+    keys = [c for im in at.get("image") for c in im.captions if "weight" in c]
+    assert 1 <= len(keys) <= 8
+    at.select_slider(key="prov_step").set_value(4)
+    ok(at.run())
+    assert "Step 4, t = 0.67" in text(at)
+
+
+def test_a_refused_k_shows_a_message_and_keeps_the_previous_result():
+    at = ok(app())
+    before = output_pixels(at)
+    at.session_state["_k_table"] = [4] * 6  # an even window: the machine refuses it
+    at.radio(key="loc_mode").set_value("per-step table")
+    ok(at.run())
+    assert any("odd" in e for e in errors(at))
+    assert "Showing the previous result" in text(at)
+    assert output_pixels(at) == before
+
+
+def test_a_missing_path_shows_a_message_and_keeps_the_set():
+    at = ok(app())
+    at.selectbox(key="dataset").set_value("a local path ...")
+    at.session_state["path"] = "/no/such/folder/images.zip"
+    ok(at.run())
+    assert any("does not exist" in e for e in errors(at))
+    assert "Still using **digits**" in "\n".join(c.value for c in at.sidebar.caption)
+    assert at.main.get("plotly_chart")  # the page still shows a run
+
+
+def test_a_long_run_says_how_long_and_offers_a_subset():
+    from elsviz.ui.cache import _throughput
+
+    tp = _throughput()
+    saved = tp._rates, tp.guess
+    tp._rates, tp.guess = [], 1e3  # pretend the machine is very slow: every run is "long"
+    try:
+        at = app(seed=424242)
+        ok(at)
+        warning = " ".join(w.value for w in at.warning)
+        assert "will take about" in warning
+        offer = [b for b in at.button if "subset" in b.label]
+        assert offer and not at.main.get("plotly_chart")
+        offer[0].click()
+        ok(at.run())
+        assert 0 < at.session_state["limit"] < 150
+    finally:
+        tp._rates, tp.guess = saved
+
+
+class Upload:
+    """Stands in for Streamlit's UploadedFile: name, size, getvalue()."""
+
+    def __init__(self, name: str, data: bytes):
+        self.name, self._data, self.size = name, data, len(data)
+
+    def getvalue(self) -> bytes:
+        return self._data
+
+
+def png(shape, value=128) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full(shape, value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_uploads_are_read_and_bad_ones_refused():
+    from elsviz.ui import data
+
+    _, train = data.from_upload([Upload(f"{i}.png", png((12, 10), 40 * i)) for i in range(4)])
+    assert len(train) == 4 and train.shape[1:] == (12, 10)
+    with pytest.raises(ElsvizError, match="not images"):
+        data.from_upload([Upload("notes.txt", b"hello")])
+    with pytest.raises(ElsvizError, match="single"):
+        data.from_upload([Upload("a.zip", b"PK"), Upload("b.png", png((4, 4)))])
+    with pytest.raises(ElsvizError, match="at most"):
+        big = Upload("huge.npz", b"")
+        big.size = data.MAX_UPLOAD_BYTES + 1
+        data.from_upload([big])
+    with pytest.raises(ElsvizError):  # mixed sizes without a resize
+        data.from_upload([Upload("a.png", png((8, 8))), Upload("b.png", png((9, 7)))])
+    _, resized = data.from_upload([Upload("a.png", png((8, 8))), Upload("b.png", png((9, 7)))], size=6)
+    assert resized.shape[1:] == (6, 6)
+    with pytest.raises(ElsvizError):  # a .png that is not one
+        data.from_upload([Upload("broken.png", b"not a png at all")])

@@ -1,0 +1,164 @@
+"""The app in a real browser: `streamlit run app.py` driven by headless Chromium through Playwright.
+
+open -> see the animation -> press play -> provenance page -> click a pixel, see its patches ->
+change k, see the image change; never an exception box. Screenshots go to out/screenshots/
+(or $ELSVIZ_SCREENSHOTS); the best of them are copied into assets/ for the README.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+LONG = 240_000  # ms: the first run on a cold machine builds key tables
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (CI installs it: apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
+                pytest.fail(f"streamlit did not start on {url}: {out[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        pg = browser.new_page(viewport={"width": 1440, "height": 1000})
+        pg.set_default_timeout(LONG)
+        pg.goto(server)
+        yield pg
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots():
+    folder = Path(os.environ.get("ELSVIZ_SCREENSHOTS", ROOT / "out" / "screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def settle(pg):
+    """Wait until the script has finished running (no 'Running...' status, no progress bar)."""
+    pg.wait_for_timeout(300)
+    pg.wait_for_function("""() => !document.querySelector('[data-testid="stStatusWidget"]')
+                                  && !document.querySelector('[data-testid="stProgress"]')""", timeout=LONG)
+    pg.wait_for_timeout(300)
+
+
+def no_exception(pg):
+    assert pg.locator('[data-testid="stException"]').count() == 0, pg.locator('[data-testid="stException"]').first.inner_text()
+
+
+def plot_title(pg) -> str:
+    return pg.evaluate("() => document.querySelector('.js-plotly-plot .gtitle').textContent")
+
+
+def test_open_watch_click_and_change_k(page, shots):
+    pg = page
+    # open: the looping run and the step-by-step player appear
+    pg.wait_for_selector(".js-plotly-plot .gtitle")
+    settle(pg)
+    no_exception(pg)
+    gif = pg.locator('[data-testid="stImage"] img').first
+    assert ".gif" in gif.get_attribute("src")
+    n_frames = pg.evaluate("() => document.querySelector('.js-plotly-plot')._transitionData._frames.length")
+    assert n_frames == 19
+    first_title = plot_title(pg)
+    assert first_title.startswith("step 19")
+    pg.screenshot(path=shots / "reverse_diffusion.png", full_page=False)
+
+    # press play: the player moves through the steps in the browser
+    pg.locator(".js-plotly-plot .updatemenu-button", has_text="Play").click()
+    pg.wait_for_function("t => document.querySelector('.js-plotly-plot .gtitle').textContent !== t", arg=first_title,
+                         timeout=10_000)
+    pg.wait_for_timeout(1500)
+    assert plot_title(pg) != first_title
+    pg.locator(".js-plotly-plot .updatemenu-button", has_text="Pause").click()
+    pg.screenshot(path=shots / "reverse_diffusion_playing.png", full_page=False)
+
+    # the provenance page: click a pixel of the overlay and see its top keys
+    pg.get_by_role("link", name="Patch provenance").click()
+    frame = pg.frame_locator('iframe[title="streamlit_image_coordinates.streamlit_image_coordinates"]')
+    img = frame.locator("img#image")
+    img.wait_for()
+    settle(pg)
+    no_exception(pg)
+    box = img.bounding_box()
+    assert box["width"] >= 256  # drawn large
+    cell = box["width"] / 16
+    img.click(position={"x": 5 * cell + cell / 2, "y": 8 * cell + cell / 2})
+    pg.get_by_text("Pixel (8, 5)").first.wait_for()
+    settle(pg)
+    no_exception(pg)
+    captions = pg.locator('[data-testid="stImageCaption"]', has_text="weight")
+    assert captions.count() >= 1
+    pg.screenshot(path=shots / "provenance.png", full_page=False)
+
+    # change k in the sidebar: the picture changes
+    before = img.get_attribute("src")
+    slider = pg.locator('[data-testid="stSlider"]', has_text="k (window size)").locator('input[type="range"]')
+    assert slider.input_value() == "5"
+    slider.focus()
+    pg.keyboard.press("ArrowRight")
+    pg.wait_for_function("() => document.body.innerText.includes('k = 7')", timeout=LONG)
+    settle(pg)
+    no_exception(pg)
+    assert slider.input_value() == "7"
+    assert img.get_attribute("src") != before
+    pg.screenshot(path=shots / "provenance_k7.png", full_page=False)
+
+    # the locality explorer, with the previous result beside the new one
+    pg.get_by_role("link", name="Locality explorer").click()
+    pg.get_by_text("Now and before").wait_for()
+    settle(pg)
+    no_exception(pg)
+    pg.screenshot(path=shots / "locality.png", full_page=False)
