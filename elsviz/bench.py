@@ -65,11 +65,12 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_trajectory(engine, runs: int, k="mnist-resnet", steps: int = 20, seed0: int = 0) -> list[float]:
+def time_trajectory(engine, runs: int, k="mnist-resnet", steps: int = 20, seed0: int = 0, warmup: bool = True) -> list[float]:
     """Wall times of `runs` trajectories (after one warm-up), each from its own seed."""
     from .sampling import sample
 
-    sample(engine, seed=seed0 + 1000, steps=steps, k=k)
+    if warmup:
+        sample(engine, seed=seed0 + 1000, steps=steps, k=k)
     times = []
     for r in range(runs):
         _sync(engine.device)
@@ -82,7 +83,9 @@ def time_trajectory(engine, runs: int, k="mnist-resnet", steps: int = 20, seed0:
 
 def _peak_child(args: list[str]) -> dict:
     """Run this module's --child mode in a fresh process; its JSON answer."""
-    out = subprocess.run([sys.executable, "-m", "elsviz.bench", "--child", *args], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "elsviz.bench", "--child", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child {' '.join(args)} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -97,7 +100,7 @@ def _child(ns) -> None:
     engine = Engine(train, ns.machine, ns.device)
     if engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(engine.device)
-    times = time_trajectory(engine, ns.runs)
+    times = time_trajectory(engine, ns.runs, warmup=not ns.no_warmup)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     gpu_peak = torch.cuda.max_memory_allocated(engine.device) if engine.device.type == "cuda" else None
     print(json.dumps({"times": times, "peak_rss": peak, "gpu_peak": gpu_peak, "device": str(engine.device)}))
@@ -130,6 +133,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=None, help="synthetic set of n images instead of digits")
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--json", default=None)
+    p.add_argument("--no-warmup", action="store_true", help="time cold runs (no warm-up run first)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--machine", default="bbels", help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
@@ -146,7 +150,8 @@ def main(argv=None) -> int:
     rows = []
     extra = [] if ns.n is None else ["--n", str(ns.n), "--size", str(ns.size)]
     for machine in ns.machines.split(","):
-        res = _peak_child(["--machine", machine, "--device", ns.device, "--runs", str(ns.runs), *extra])
+        res = _peak_child(["--machine", machine, "--device", ns.device, "--runs", str(ns.runs), *extra]
+                          + (["--no-warmup"] if ns.no_warmup else []))
         row = {"machine": machine, "device": res["device"], "median_s": statistics.median(res["times"]),
                "min_s": min(res["times"]), "peak_rss": res["peak_rss"], "gpu_peak": res["gpu_peak"], "naive_s": None}
         if not ns.no_naive and ns.n is None:
@@ -155,7 +160,7 @@ def main(argv=None) -> int:
             row["naive_s"] = statistics.median(time_trajectory(naive, 1))
         rows.append(row)
     if ns.large:
-        res = _peak_child(["--machine", "bbels", "--device", ns.device, "--runs", "1", "--n", "20000", "--size", "28"])
+        res = _peak_child(["--machine", "bbels", "--device", ns.device, "--runs", "1", "--no-warmup", "--n", "20000", "--size", "28"])
         rows.append({"machine": "bbels (20,000 x 28x28)", "device": res["device"], "median_s": statistics.median(res["times"]),
                      "min_s": min(res["times"]), "peak_rss": res["peak_rss"], "gpu_peak": res["gpu_peak"], "naive_s": None})
 

@@ -353,19 +353,25 @@ class _Cache:
             return sum(_Cache._size(v) for v in value.values())
         return 64
 
-    def get(self, key, make):
+    def get(self, key, make, size_hint: int = 0):
+        """The cached value, or make() (kept if it fits). size_hint: bytes make() will need;
+        room is made for it first, so the cache and the new value never both hold the peak."""
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key][0]
+        self._evict(self.max_bytes - min(size_hint, self.max_bytes))
         value = make()
         size = self._size(value)
         if size <= self.max_bytes:
             self._items[key] = (value, size)
             self.bytes += size
-            while self.bytes > self.max_bytes:
-                _, (_, old) = self._items.popitem(last=False)
-                self.bytes -= old
+            self._evict(self.max_bytes)
         return value
+
+    def _evict(self, limit: int):
+        while self.bytes > limit and self._items:
+            _, (_, old) = self._items.popitem(last=False)
+            self.bytes -= old
 
     def clear(self):
         self._items.clear()
@@ -566,8 +572,9 @@ class Engine:
         # keys per chunk: the logits of a chunk, [G, B*P, kc], hold about chunk_elems numbers
         kc = max(32, self.chunk_elems // max(1, ng * p) // 32 * 32)
         chunks = _table(imgs, g.pos, k, kc)
-        if ng * s * n * (dim + c + 1) * 4 <= self._cache.max_bytes:  # keep the table for next time
-            chunks = self._cache.get(("table", self.machine, k, label, hq, wq, gi, kc), lambda: list(chunks))
+        table_bytes = ng * s * n * (dim + c + 1) * 4
+        if table_bytes <= self._cache.max_bytes:  # keep the table for next time
+            chunks = self._cache.get(("table", self.machine, k, label, hq, wq, gi, kc), lambda: list(chunks), table_bytes)
         j0 = 0
         for keys_t, sq, vals in chunks:  # [G, D, kc] [G, 1, kc] [G, C, kc]
             logits = torch.baddbmm(sq, queries, keys_t, beta=c2, alpha=c1)  # [G, B*P, kc]
