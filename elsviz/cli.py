@@ -151,3 +151,52 @@ def _sheet(args) -> int:
     contact_sheet(ims, zoom=args.zoom, path=out)
     print(out)
     return 0
+
+
+# -- runs ------------------------------------------------------------------------------------------
+def _k_arg(value: str):
+    """--k: an odd int, a preset name, or a comma-separated schedule of `steps` ints."""
+    if "," in value:
+        return [int(v) for v in value.split(",")]
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+@command("sample", "run the reverse process; save the output, an animation and its provenance map",
+         *DATASET_ARGS,
+         arg("--machine", default="bbels", choices=["is", "ls", "els", "bbels"]),
+         arg("--k", type=_k_arg, default="mnist-resnet",
+             help="window size k (odd), a preset (e.g. mnist-resnet) or k[0..steps-1] comma-separated"),
+         arg("--steps", type=int, default=20),
+         arg("--seed", type=int, default=0),
+         arg("--label", type=int, default=None, help="class label (conditional generation)"),
+         arg("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="output size (ELS, bbELS)"),
+         arg("--device", default="auto"),
+         arg("-o", "--out", default="elsviz-run", help="folder for final.png, run.gif, provenance.png"))
+def _sample(args) -> int:
+    from pathlib import Path
+
+    from . import figures
+    from .datasets import load_dataset
+    from .engine import Engine
+    from .sampling import sample
+
+    train = load_dataset(args.dataset, **_dataset_options(args.option))
+    engine = Engine(train, args.machine, args.device)
+    shape = None if args.size is None else (train.channels, *args.size)
+
+    def progress(frame):
+        print(f"step {frame.i:>3}  t={frame.t:.3f}  k={frame.k}", file=sys.stderr)
+
+    traj = sample(engine, steps=args.steps, k=args.k, label=args.label, seed=args.seed, shape=shape, callback=progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    last = traj.frames[-1]
+    figures.picture(traj.final[0]).save(out / "final.png")
+    (out / "run.gif").write_bytes(figures.animation_gif(traj))
+    figures.provenance_picture(traj.final[0], last.source_index[0], last.source_pos[0], last.source_count[0]).save(
+        out / "provenance.png")
+    print(out)
+    return 0

@@ -455,7 +455,7 @@ class Engine:
         if self.machine == "els" and k > min(h, w):
             raise ElsvizError(
                 f"ELS needs k <= {min(h, w)} (no {k}x{k} window lies inside the {h}x{w} training images); "
-                f"pick k <= {min(h, w)} or use bbELS."
+                f"pick an odd k <= {_odd_floor(min(h, w))} or use bbELS."
             )
         if self.machine == "bbels":
             for name, q, tr in (("height", hq, h), ("width", wq, w)):
@@ -463,7 +463,7 @@ class Engine:
                     raise ElsvizError(
                         f"bbELS at an output {name} of {q} (training {tr}) needs k <= {min(q, tr)}, got k={k}: "
                         "some boundary patterns of the output occur nowhere in the training images. "
-                        f"Pick k <= {min(q, tr)} or the training size."
+                        f"Pick an odd k <= {_odd_floor(min(q, tr))} or the training size."
                     )
         subset = self._subset(label)
         return x.to(self.device, torch.float32), t, k, subset
@@ -687,6 +687,11 @@ class Engine:
                 "logit": float(logits[r]),
             })
         return out
+
+
+def _odd_floor(v: int) -> int:
+    """The largest odd number <= v."""
+    return v if v % 2 else v - 1
 
 
 def _gpu_cache_bytes(device) -> int:
