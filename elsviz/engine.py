@@ -569,8 +569,9 @@ class Engine:
         queries = qwin[:, g.pix].permute(1, 0, 2, 3).reshape(ng, bsz * p, dim)  # [G, B*P, D]
         # query index of each row: b * P' + pixel
         q_idx = (torch.arange(bsz, device=qwin.device).view(1, bsz, 1) * pq + g.pix.view(ng, 1, p)).flatten()  # [G*B*P]
-        # keys per chunk: the logits of a chunk, [G, B*P, kc], hold about chunk_elems numbers
-        kc = max(32, self.chunk_elems // max(1, ng * p) // 32 * 32)
+        # keys per chunk: the logits [G, P, kc] (per image of the batch) and the keys [G, D, kc] of a
+        # chunk each hold at most about chunk_elems numbers
+        kc = max(32, self.chunk_elems // (ng * max(p, dim)) // 32 * 32)
         chunks = _table(imgs, g.pos, k, kc)
         table_bytes = ng * s * n * (dim + c + 1) * 4
         if table_bytes <= self._cache.max_bytes:  # keep the table for next time
