@@ -97,13 +97,15 @@ def _child(ns) -> None:
     from .engine import Engine
 
     train = load_dataset("digits") if ns.n is None else synthetic_set(ns.n, ns.size)
-    engine = Engine(train, ns.machine, ns.device)
+    compile_ = {"auto": None, "on": True, "off": False}[ns.compile]
+    engine = Engine(train, ns.machine, ns.device, compile=compile_)
     if engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(engine.device)
     times = time_trajectory(engine, ns.runs, warmup=not ns.no_warmup)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     gpu_peak = torch.cuda.max_memory_allocated(engine.device) if engine.device.type == "cuda" else None
-    print(json.dumps({"times": times, "peak_rss": peak, "gpu_peak": gpu_peak, "device": str(engine.device)}))
+    print(json.dumps({"times": times, "peak_rss": peak, "gpu_peak": gpu_peak, "device": str(engine.device),
+                      "compiled": engine.compile}))
 
 
 def machine_info() -> str:
@@ -134,6 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--json", default=None)
     p.add_argument("--no-warmup", action="store_true", help="time cold runs (no warm-up run first)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile the softmax statistics (auto: on CUDA only)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--machine", default="bbels", help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
@@ -150,8 +154,8 @@ def main(argv=None) -> int:
     rows = []
     extra = [] if ns.n is None else ["--n", str(ns.n), "--size", str(ns.size)]
     for machine in ns.machines.split(","):
-        res = _peak_child(["--machine", machine, "--device", ns.device, "--runs", str(ns.runs), *extra]
-                          + (["--no-warmup"] if ns.no_warmup else []))
+        res = _peak_child(["--machine", machine, "--device", ns.device, "--runs", str(ns.runs), "--compile", ns.compile,
+                           *extra] + (["--no-warmup"] if ns.no_warmup else []))
         row = {"machine": machine, "device": res["device"], "median_s": statistics.median(res["times"]),
                "min_s": min(res["times"]), "peak_rss": res["peak_rss"], "gpu_peak": res["gpu_peak"], "naive_s": None}
         if not ns.no_naive and ns.n is None:

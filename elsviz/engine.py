@@ -28,6 +28,7 @@ Identical keys (flat background) tie exactly: the heaviest key's weight is then 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -153,6 +154,26 @@ class _Softmax:
         )
         seen = ~torch.isinf(mq)  # queries without rows here keep m = -inf and contribute nothing
         return mq, sq, accq, torch.where(seen, entq, 0.0), torch.where(seen, bestq, 0)
+
+
+def _rows_fused(logits: torch.Tensor, vals: torch.Tensor):
+    """_Softmax.rows written for torch.compile (one fused pass on a GPU): logits [..., K],
+    vals [C, ...broadcastable to logits]: acc[..., c] = sum_k e[..., k] * vals[c, ..., k]."""
+    m = logits.amax(dim=-1)
+    arg = logits.argmax(dim=-1)
+    lm = (logits - m.unsqueeze(-1)).clamp(min=-80.0)
+    e = torch.exp(lm)
+    acc = torch.stack([(e * v).sum(-1) for v in vals.unbind(0)], -1)
+    return m, e.sum(-1), acc, (e * lm).sum(-1), arg
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_rows():
+    if "rows" not in _COMPILED:
+        _COMPILED["rows"] = torch.compile(_rows_fused, dynamic=True)
+    return _COMPILED["rows"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,7 +427,7 @@ class Engine:
     """
 
     def __init__(self, train: ImageSet, machine: str = "bbels", device="auto", *,
-                 cache_bytes: int | None = None, chunk_elems: int | None = None):
+                 cache_bytes: int | None = None, chunk_elems: int | None = None, compile: bool | None = None):
         if not isinstance(train, ImageSet):
             raise ElsvizError(f"Engine needs an ImageSet, got {type(train).__name__}; wrap your images in ImageSet(images, labels).")
         machine = str(machine).lower()
@@ -420,6 +441,9 @@ class Engine:
             cache_bytes = 384 * 2**20 if self.device.type == "cpu" else _gpu_cache_bytes(self.device)
         self.chunk_elems = int(chunk_elems or (2**20 if self.device.type == "cpu" else 2**27))
         self._cache = _Cache(int(cache_bytes))
+        # torch.compile fuses the per-chunk softmax statistics into one pass: worth it on a GPU;
+        # on the CPU it needs a C compiler and ~10 s per process, so it is opt-in there
+        self.compile = self.device.type == "cuda" if compile is None else bool(compile)
 
     def __repr__(self):
         n, c, h, w = self.images.shape
@@ -476,6 +500,19 @@ class Engine:
         return idx.to(self.device)
 
     # -- the machine -----------------------------------------------------------------------------
+    def _rows(self, logits, vals, eager_values):
+        """Per-row softmax statistics of a chunk (see _Softmax.rows): fused when compiling.
+
+        vals [C, ...broadcastable to logits] for the fused path; eager_values(e) for the eager one.
+        """
+        if self.compile:
+            try:
+                return _compiled_rows()(logits, vals)
+            except Exception as exc:  # no compiler, unsupported backend: stay exact, go eager
+                warnings.warn(f"elsviz: torch.compile failed ({type(exc).__name__}: {exc}); using eager mode.")
+                self.compile = False
+        return _Softmax.rows(logits, eager_values)
+
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, t: float, k=None, label: int | None = None) -> Posterior:
         """Posterior mean and provenance of every pixel of x [B, C, H', W'] at time t, window k."""
@@ -579,7 +616,7 @@ class Engine:
         j0 = 0
         for keys_t, sq, vals in chunks:  # [G, D, kc] [G, 1, kc] [G, C, kc]
             logits = torch.baddbmm(sq, queries, keys_t, beta=c2, alpha=c1)  # [G, B*P, kc]
-            m, ssum, acc, ent, arg = _Softmax.rows(logits, lambda e: _weighted(e, vals))
+            m, ssum, acc, ent, arg = self._rows(logits, vals.transpose(0, 1).unsqueeze(2), lambda e: _weighted(e, vals))
             j = arg + j0  # [G, B*P] key index in the table
             pos = torch.gather(g.pos, 1, j // n)  # [G, B*P] training position
             best = (j % n) * (h * w) + pos
@@ -627,7 +664,8 @@ class Engine:
             sq = sq_all[n0:n0 + step][:, pos].T  # [M, n]
             logits = torch.baddbmm(sq.unsqueeze(0), emb, xc.T.unsqueeze(0).expand(bsz, -1, -1), beta=c2, alpha=c1)  # [B, M, n]
             vals = imgs[n0:n0 + step].flatten(2)[:, :, pos].permute(1, 2, 0)  # [C, M, n] key centres
-            m, ssum, acc, ent, arg = _Softmax.rows(logits, lambda e: torch.stack([torch.linalg.vecdot(e, v) for v in vals], -1))
+            m, ssum, acc, ent, arg = self._rows(logits, vals.unsqueeze(1),
+                                                lambda e: torch.stack([torch.linalg.vecdot(e, v) for v in vals], -1))
             best = (arg + n0) * (h * w) + pos  # [B, M]
             sm.merge(q_idx, m.flatten(), ssum.flatten(), acc.flatten(0, 1), ent.flatten(), best.flatten())
 
