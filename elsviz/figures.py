@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import colorsys
 import io
-import math
 
 import numpy as np
 import plotly.graph_objects as go
@@ -21,8 +20,8 @@ from .runs import patch, seams, shared_mask
 ENTROPY_SCALE = "Magma"
 SEAM_RGB = (255, 255, 255)
 SHARED_RGB = (128, 128, 128)
-BACKGROUND_RGB = (14, 17, 23)  # Streamlit's dark background, so strips sit well on the page
-TEXT_RGB = (230, 230, 230)
+BACKGROUND_RGB = (255, 255, 255)  # the app's light theme, so strips sit well on the page
+TEXT_RGB = (49, 51, 63)
 
 
 # -- pixels ---------------------------------------------------------------------------------------
@@ -88,7 +87,7 @@ def source_colour(index: int) -> tuple[int, int, int]:
     return round(255 * r), round(255 * g), round(255 * b)
 
 
-def provenance_picture(img, source_index, source_pos, source_count, *, target: int = 384, alpha: float = 0.6,
+def provenance_picture(img, source_index, source_pos, source_count, *, target: int = 384, alpha: float = 0.7,
                        colour: bool = True, draw_seams: bool = True, mark: tuple[int, int] | None = None
                        ) -> Image.Image:
     """The image with each pixel tinted by the training image it is copied from and the seams drawn.
@@ -103,7 +102,8 @@ def provenance_picture(img, source_index, source_pos, source_count, *, target: i
     shared = shared_mask(source_count.detach().cpu()).numpy()  # [H, W]
     if colour:
         tint = np.array([[source_colour(int(s)) for s in row] for row in src.tolist()], np.float32)  # [H, W, 3]
-        mixed = (1 - alpha) * rgb + alpha * tint
+        light = rgb.mean(-1, keepdims=True) / 255.0  # [H, W, 1]: the picture stays readable under the tint
+        mixed = (1 - alpha) * rgb + alpha * tint * (0.35 + 0.65 * light) / 0.675
         grey = rgb.mean(-1, keepdims=True) * 0.5 + 0.5 * np.array(SHARED_RGB, np.float32)
         rgb = np.where(shared[..., None], grey, mixed)
     s = fit_scale((h, w), target)
@@ -114,7 +114,7 @@ def provenance_picture(img, source_index, source_pos, source_count, *, target: i
             draw.line([(j * s + 1, (i + 1) * s - 2), ((j + 1) * s - 2, i * s + 1)], fill=(90, 90, 90), width=1)
     if draw_seams:
         vertical, horizontal = seams(src, source_pos.detach().cpu(), source_count.detach().cpu())
-        width = max(1, s // 8)
+        width = max(1, s // 12)
         for i, j in zip(*np.nonzero(vertical.numpy())):
             x = (j + 1) * s
             draw.line([(x, i * s), (x, (i + 1) * s)], fill=SEAM_RGB, width=width)
@@ -166,21 +166,39 @@ def key_card(image, row: int, col: int, k: int, *, target: int = 150, gap: int =
 
 # -- a strip of labelled pictures -------------------------------------------------------------------
 def strip(images, captions: list[str], *, target: int = 160, gap: int = 10, font_size: int = 15) -> Image.Image:
-    """Pictures side by side with a caption under each: images [C, H, W] in [-1, 1] or PIL images."""
+    """Pictures side by side with a caption under each (wrapped to the picture's width).
+
+    images: [C, H, W] tensors in [-1, 1] or PIL images.
+    """
     tiles = [im if isinstance(im, Image.Image) else picture(im, target) for im in images]
     font = _font(font_size)
-    text_h = font_size + 8
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = [_wrap(cap, font, tile.width, measure) for tile, cap in zip(tiles, captions)]
+    line_h = font_size + 4
+    text_h = max(len(ls) for ls in lines) * line_h + 4
     width = sum(t.width for t in tiles) + gap * (len(tiles) + 1)
     height = max(t.height for t in tiles) + text_h + 2 * gap
     out = Image.new("RGB", (width, height), BACKGROUND_RGB)
     draw = ImageDraw.Draw(out)
     x = gap
-    for tile, cap in zip(tiles, captions):
+    for tile, cap_lines in zip(tiles, lines):
         out.paste(tile, (x, gap))
-        tw = draw.textlength(cap, font=font)
-        draw.text((x + (tile.width - tw) / 2, gap + tile.height + 4), cap, fill=TEXT_RGB, font=font)
+        for n, line in enumerate(cap_lines):
+            tw = draw.textlength(line, font=font)
+            draw.text((x + (tile.width - tw) / 2, gap + tile.height + 4 + n * line_h), line, fill=TEXT_RGB, font=font)
         x += tile.width + gap
     return out
+
+
+def _wrap(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
+    """Words of text in lines no wider than width (a single long word stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def _font(size: int):
@@ -290,8 +308,6 @@ def schedule_figure(ks: list[int], *, height: int = 170, title: str | None = Non
     return fig
 
 
-def entropy_caption(n_keys: int | None) -> str:
-    """What the entropy scale means: log(number of keys) is 'all equally likely'."""
-    if not n_keys:
-        return "0 nats: the pixel has decided on one patch."
-    return f"0 nats: decided on one patch; {math.log(n_keys):.1f} nats = log of {n_keys:,} keys: all equally likely."
+def weight_text(w: float) -> str:
+    """A key's weight for a caption: three decimals, and '< 0.001' rather than a misleading 0.000."""
+    return f"{w:.3f}" if w >= 0.0005 else "< 0.001"

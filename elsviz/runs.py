@@ -55,6 +55,11 @@ class RunSpec:
         """k[0..steps-1] (raises ElsvizError for a bad k)."""
         return locality_schedule(list(self.k) if isinstance(self.k, tuple) else self.k, self.steps)
 
+    def differences(self, other: "RunSpec") -> str:
+        """What sets this spec apart from other, briefly ('k=7', 'ELS, seed 3'); '' when equal."""
+        mine, theirs = self.describe().split(", "), other.describe().split(", ")
+        return ", ".join(m for m in mine if m not in theirs)
+
     def describe(self) -> str:
         """A short caption: 'bbELS, k=5, 20 steps, seed 0'."""
         if self.machine == "is":
@@ -143,9 +148,14 @@ def run_cost(n: int, shape: tuple[int, int, int], spec: RunSpec) -> float:
 
 
 class Throughput:
-    """Work done per second, learned from the runs the app has timed (a running median of the last ones)."""
+    """Work done per second, learned from the runs the app has timed.
 
-    def __init__(self, guess: float = 3e10):
+    The estimate uses the best recent rate: a slow run (a cold start that builds key tables, a
+    busy machine) says little about what the machine can do, and a too-cautious estimate would
+    hold up ordinary runs behind a "this will take long" question.
+    """
+
+    def __init__(self, guess: float = 5e10):
         self._rates: list[float] = []
         self.guess = guess
 
@@ -155,7 +165,7 @@ class Throughput:
 
     @property
     def rate(self) -> float:
-        return sorted(self._rates)[len(self._rates) // 2] if self._rates else self.guess
+        return max(self._rates) if self._rates else self.guess
 
     def seconds(self, cost: float) -> float:
         return cost / self.rate

@@ -30,9 +30,11 @@ if old is None or old.traj.final.shape != result.traj.final.shape:
 else:
     a, b = old.traj.final[0], result.traj.final[0]
     show(figures.strip([a, b, figures.difference_picture(a, b, target=224)],
-                           ["before: " + old.spec.describe(), "now: " + result.spec.describe(), "difference"],
+                           ["before: " + (old.spec.differences(result.spec) or "same settings"),
+                            "now: " + (result.spec.differences(old.spec) or "same settings"), "difference"],
                            target=224))
-    st.caption(f"{changed_fraction(a, b):.0%} of the pixels changed (by more than 0.05).")
+    st.caption(f"Now: {result.spec.describe()}. {changed_fraction(a, b):.0%} of the pixels changed "
+               "(by more than 0.05 on the -1..1 scale).")
 
 
 def run_all(specs, what, button_label):

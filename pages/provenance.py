@@ -72,7 +72,8 @@ with right:
     if frame.k is not None:
         keys = explain(result, step, pixel, top=8)
         st.markdown(f"**Its top keys** at this step: each {frame.k}x{frame.k} patch (left) and the training image "
-                    "it sits in (patch outlined, centre pixel in red).")
+                    "it sits in (patch outlined, centre pixel in red). Near the end one patch takes all the weight; "
+                    "move the step slider left to watch the candidates compete.")
         grid = st.columns(2)
         for n, key in enumerate(keys):
             image = train.images[key["image"]]
@@ -80,7 +81,7 @@ with right:
             name = "" if train.labels is None else f" ({train.class_name(int(train.labels[key['image']]))})"
             tie = f", x{key['count']:,} identical" if key.get("count", 1) > 1 else ""
             show(card, where=grid[n % 2], caption=f"#{key['image']}{name} at ({key['row']}, {key['col']}): "
-                                            f"weight {key['weight']:.3f}{tie}")
+                                            f"weight {figures.weight_text(key['weight'])}{tie}")
     else:
         st.caption("This machine compares whole images, so each pixel's key is its whole training image.")
 

@@ -25,8 +25,8 @@ with right:
     st.markdown(f"**{spec.describe()}** on *{result.train.name}*")
     if last.source_index is not None:
         cols = st.columns(2)
-        cols[0].metric("Training images copied from", distinct_sources(last.source_index[0], last.source_count[0]),
-                       help="Distinct training images that supply at least one pixel of the output (shared "
+        cols[0].metric("Source images", distinct_sources(last.source_index[0], last.source_count[0]),
+                       help="How many distinct training images supply at least one pixel of the output (shared "
                             "pixels not counted). See the Patch provenance page.")
         cols[1].metric("Shared pixels", f"{float(shared_mask(last.source_count[0]).float().mean()):.0%}",
                        help="Pixels whose window matches many identical patches (flat background): no single source.")

@@ -103,7 +103,11 @@ def plot_title(pg) -> str:
 
 
 def test_open_watch_click_and_change_k(page, shots):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     pg = page
+    start = time.time()
+    lap = lambda what: print(f"{time.time() - start:6.1f} s  {what}")
     # open: the looping run and the step-by-step player appear
     pg.wait_for_selector(".js-plotly-plot .gtitle")
     settle(pg)
@@ -114,6 +118,7 @@ def test_open_watch_click_and_change_k(page, shots):
     assert n_frames == 19
     first_title = plot_title(pg)
     assert first_title.startswith("step 19")
+    lap("opened")
     pg.screenshot(path=shots / "reverse_diffusion.png", full_page=False)
 
     # press play: the player moves through the steps in the browser
@@ -123,6 +128,7 @@ def test_open_watch_click_and_change_k(page, shots):
     pg.wait_for_timeout(1500)
     assert plot_title(pg) != first_title
     pg.locator(".js-plotly-plot .updatemenu-button", has_text="Pause").click()
+    lap("played")
     pg.screenshot(path=shots / "reverse_diffusion_playing.png", full_page=False)
 
     # the provenance page: click a pixel of the overlay and see its top keys
@@ -141,19 +147,27 @@ def test_open_watch_click_and_change_k(page, shots):
     no_exception(pg)
     captions = pg.locator('[data-testid="stImageCaption"]', has_text="weight")
     assert captions.count() >= 1
+    lap("clicked a pixel")
     pg.screenshot(path=shots / "provenance.png", full_page=False)
 
     # change k in the sidebar: the picture changes
     before = img.get_attribute("src")
     slider = pg.locator('[data-testid="stSlider"]', has_text="k (window size)").locator('input[type="range"]')
     assert slider.input_value() == "5"
-    slider.focus()
-    pg.keyboard.press("ArrowRight")
+    for _ in range(3):  # a key press during a rerun can be lost: press until the slider says 7
+        slider.focus()
+        pg.keyboard.press("ArrowRight")
+        try:
+            pg.wait_for_function("e => e.value === '7'", arg=slider.element_handle(), timeout=5_000)
+            break
+        except PlaywrightTimeout:
+            continue
     pg.wait_for_function("() => document.body.innerText.includes('k = 7')", timeout=LONG)
     settle(pg)
     no_exception(pg)
     assert slider.input_value() == "7"
     assert img.get_attribute("src") != before
+    lap("changed k")
     pg.screenshot(path=shots / "provenance_k7.png", full_page=False)
 
     # the locality explorer, with the previous result beside the new one
@@ -161,4 +175,5 @@ def test_open_watch_click_and_change_k(page, shots):
     pg.get_by_text("Now and before").wait_for()
     settle(pg)
     no_exception(pg)
+    lap("locality explorer")
     pg.screenshot(path=shots / "locality.png", full_page=False)

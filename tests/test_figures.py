@@ -112,6 +112,8 @@ def test_strip_and_difference():
     diff = np.asarray(figures.difference_picture(a, b, target=40))
     assert diff[5, 5].sum() > diff[35, 35].sum()  # the changed pixel is brighter than an unchanged one
     assert len(figures.png_bytes(st)) > 0
+    wrapped = figures.strip([a, b], ["a long caption that cannot fit under one small picture", "b"], target=40)
+    assert wrapped.height > st.height  # wrapped onto several lines, not drawn over the neighbour
 
 
 def test_seams_in_the_picture_match_the_runs_helper(traj):
@@ -122,3 +124,8 @@ def test_seams_in_the_picture_match_the_runs_helper(traj):
     s = 10
     for i, j in zip(*np.nonzero(vertical.numpy())):
         assert tuple(pic[i * s + s // 2, (j + 1) * s]) == figures.SEAM_RGB
+
+
+def test_weight_text_never_rounds_a_weight_to_zero():
+    assert figures.weight_text(0.9071) == "0.907"
+    assert figures.weight_text(1e-9) == "< 0.001"

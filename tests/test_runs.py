@@ -116,6 +116,8 @@ def test_time_estimates_scale_with_the_work():
     assert tp.seconds(2e9) == pytest.approx(2.0)
     tp.record(4e9, 1.0)
     assert tp.seconds(2e9) == pytest.approx(0.5)
+    tp.record(4e9, 8.0)  # a slow (cold or busy) run does not make every estimate pessimistic
+    assert tp.seconds(2e9) == pytest.approx(0.5)
     assert subset_size(10_000, 40.0, 4.0) == 1000
     assert subset_size(500, 1.0, 4.0) == 500
 
@@ -125,6 +127,9 @@ def test_spec_describes_itself_and_checks_k():
     assert "schedule mnist-resnet" in RunSpec("els", "mnist-resnet").describe()
     assert "no window" in RunSpec("is").describe()
     assert RunSpec("ls", (3, 3, 5), steps=3).schedule() == [3, 3, 5]
+    assert RunSpec("bbels", 7).differences(RunSpec("bbels", 5)) == "k=7"
+    assert RunSpec("els", 5, seed=3).differences(RunSpec("bbels", 5)) == "ELS, seed 3"
+    assert RunSpec("els", 5).differences(RunSpec("els", 5)) == ""
     with pytest.raises(ElsvizError):
         RunSpec("bbels", 4).schedule()
     hash(RunSpec("bbels", (3, 5), steps=2))  # a cache key

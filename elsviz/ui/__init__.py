@@ -5,6 +5,7 @@ Pages stay thin: read the settings, fetch a run, draw figures from elsviz.figure
 """
 from .cache import branch_run, derived, estimate_seconds, explain, main_result, previous_result, spec_run
 from .draw import show
+from .nav import navigation
 from .sidebar import Settings, settings, sidebar
 
-__all__ = ["show", "Settings", "settings", "sidebar", "main_result", "spec_run", "branch_run", "explain", "previous_result", "derived", "estimate_seconds"]
+__all__ = ["navigation", "show", "Settings", "settings", "sidebar", "main_result", "spec_run", "branch_run", "explain", "previous_result", "derived", "estimate_seconds"]

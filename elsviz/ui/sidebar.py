@@ -17,6 +17,7 @@ from ..errors import ElsvizError
 from ..runs import MACHINE_NAMES, MACHINE_SENTENCES, MACHINES, RunSpec, k_limit
 from ..schedule import PRESET_NOTES, PRESETS, locality_schedule
 from . import data
+from .nav import through_app
 
 PATH = "a local path ..."
 UPLOAD = "upload your own ..."
@@ -42,6 +43,8 @@ class Settings:
 
 def settings() -> Settings:
     """The settings the sidebar made in this rerun."""
+    if "_settings" not in st.session_state:  # the page ran without app.py (a deep link on a fresh server)
+        through_app()
     return st.session_state["_settings"]
 
 
