@@ -427,7 +427,7 @@ class Engine:
     """
 
     def __init__(self, train: ImageSet, machine: str = "bbels", device="auto", *,
-                 cache_bytes: int | None = None, chunk_elems: int | None = None, compile: bool | None = None):
+                 cache_bytes: int | None = None, chunk_elems: int | None = None, compile: bool = False):
         if not isinstance(train, ImageSet):
             raise ElsvizError(f"Engine needs an ImageSet, got {type(train).__name__}; wrap your images in ImageSet(images, labels).")
         machine = str(machine).lower()
@@ -441,9 +441,10 @@ class Engine:
             cache_bytes = 384 * 2**20 if self.device.type == "cpu" else _gpu_cache_bytes(self.device)
         self.chunk_elems = int(chunk_elems or (2**20 if self.device.type == "cpu" else 2**27))
         self._cache = _Cache(int(cache_bytes))
-        # torch.compile fuses the per-chunk softmax statistics into one pass: worth it on a GPU;
-        # on the CPU it needs a C compiler and ~10 s per process, so it is opt-in there
-        self.compile = self.device.type == "cuda" if compile is None else bool(compile)
+        # torch.compile fuses the per-chunk softmax statistics into one pass. Opt-in: on an H100 it
+        # halves ELS on 60,000 images but slows bbELS (many small class shapes, recompiles), and on
+        # the CPU it needs a C compiler and recompiles erratically (docs/BENCHMARKS.md)
+        self.compile = bool(compile)
 
     def __repr__(self):
         n, c, h, w = self.images.shape
