@@ -91,8 +91,6 @@ def _peak_child(args: list[str]) -> dict:
 
 def _child(ns) -> None:
     """Fresh process: one engine, warm-up + runs; print times and peak memory as JSON."""
-    import resource
-
     from .datasets import load_dataset
     from .engine import Engine
 
@@ -102,10 +100,22 @@ def _child(ns) -> None:
     if engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(engine.device)
     times = time_trajectory(engine, ns.runs, warmup=not ns.no_warmup)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss()
     gpu_peak = torch.cuda.max_memory_allocated(engine.device) if engine.device.type == "cuda" else None
     print(json.dumps({"times": times, "peak_rss": peak, "gpu_peak": gpu_peak, "device": str(engine.device),
                       "compiled": engine.compile}))
+
+
+def _peak_rss() -> int:
+    """Peak resident memory of this process in bytes: VmHWM, which (unlike ru_maxrss) does not
+    inherit the parent's memory from before exec."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def machine_info() -> str:
