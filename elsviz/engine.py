@@ -283,8 +283,9 @@ def _table(imgs: torch.Tensor, pos: torch.Tensor, k: int, kc: int):
     """Key table of the windows at positions pos [G, S] of imgs [n, C, H, W], in chunks of kc keys.
 
     Keys are ordered (position, image): key j is image j % n at position pos[:, j // n]. Yields per
-    chunk keys_t [G, D, kc] (transposed for the matrix product), sq [G, 1, kc] = |K|^2 and
-    vals [G, C, kc], the key centres. Only one chunk is ever materialised at a time.
+    chunk keys [G, D + 1, kc] (transposed for the matrix product; the last row is |K|^2, so that
+    one product [c1 Q, c2] @ keys gives the logits) and vals [G, C, kc], the key centres. Only one
+    chunk is ever materialised at a time.
     """
     n, c, h, w = imgs.shape
     ng, s = pos.shape
@@ -298,9 +299,11 @@ def _table(imgs: torch.Tensor, pos: torch.Tensor, k: int, kc: int):
         rows = (p // w).unsqueeze(-1) + off  # [G, kc, k], in padded coordinates
         cols = (p % w).unsqueeze(-1) + off  # [G, kc, k]
         win = padded[img.view(1, -1, 1, 1), rows.unsqueeze(-1), cols.unsqueeze(-2)]  # [G, kc, k, k, C]
-        keys_t = win.permute(0, 4, 2, 3, 1).reshape(ng, c * k * k, -1).contiguous()  # [G, D, kc]
+        keys = torch.empty(ng, c * k * k + 1, j.shape[0], device=imgs.device)  # [G, D + 1, kc]
+        keys[:, :-1] = win.permute(0, 4, 2, 3, 1).reshape(ng, c * k * k, -1)
+        keys[:, -1] = (keys[:, :-1] * keys[:, :-1]).sum(1)
         vals = padded[img.view(1, -1), p // w + d, p % w + d].permute(0, 2, 1).contiguous()  # [G, C, kc]
-        yield keys_t, (keys_t * keys_t).sum(1, keepdim=True), vals
+        yield keys, vals
 
 
 # 64-bit odd multipliers for the window hash (fixed: the hash must be the same in every run)
@@ -605,24 +608,25 @@ class Engine:
         ng, p = g.pix.shape
         s = g.pos.shape[1]
         queries = qwin[:, g.pix].permute(1, 0, 2, 3).reshape(ng, bsz * p, dim)  # [G, B*P, D]
+        queries = torch.cat([c1 * queries, torch.full_like(queries[..., :1], c2)], -1)  # [G, B*P, D + 1]
         # query index of each row: b * P' + pixel
         q_idx = (torch.arange(bsz, device=qwin.device).view(1, bsz, 1) * pq + g.pix.view(ng, 1, p)).flatten()  # [G*B*P]
         # keys per chunk: the logits [G, P, kc] (per image of the batch) and the keys [G, D, kc] of a
         # chunk each hold at most about chunk_elems numbers
         kc = max(32, self.chunk_elems // (ng * max(p, dim)) // 32 * 32)
         chunks = _table(imgs, g.pos, k, kc)
-        table_bytes = ng * s * n * (dim + c + 1) * 4
+        table_bytes = ng * s * n * (dim + 1 + c) * 4
         if table_bytes <= self._cache.max_bytes:  # keep the table for next time
             chunks = self._cache.get(("table", self.machine, k, label, hq, wq, gi, kc), lambda: list(chunks), table_bytes)
         j0 = 0
-        for keys_t, sq, vals in chunks:  # [G, D, kc] [G, 1, kc] [G, C, kc]
-            logits = torch.baddbmm(sq, queries, keys_t, beta=c2, alpha=c1)  # [G, B*P, kc]
+        for keys, vals in chunks:  # [G, D + 1, kc] [G, C, kc]
+            logits = torch.mm(queries[0], keys[0]).unsqueeze(0) if ng == 1 else torch.bmm(queries, keys)  # [G, B*P, kc]
             m, ssum, acc, ent, arg = self._rows(logits, vals.transpose(0, 1).unsqueeze(2), lambda e: _weighted(e, vals))
             j = arg + j0  # [G, B*P] key index in the table
             pos = torch.gather(g.pos, 1, j // n)  # [G, B*P] training position
             best = (j % n) * (h * w) + pos
             sm.merge(q_idx, m.flatten(), ssum.flatten(), acc.flatten(0, 1), ent.flatten(), best.flatten())
-            j0 += keys_t.shape[-1]
+            j0 += keys.shape[-1]
 
     def _sq_windows(self, imgs, k, label):
         """|K|^2 of the zero-padded k x k window at every position of every image: [N, H*W]."""
