@@ -130,19 +130,24 @@ def _outline(draw: ImageDraw.ImageDraw, top: int, left: int, height: int, width:
     draw.rectangle([left, top, left + width - 1, top + height - 1], outline=rgb, width=line)
 
 
-def key_in_image(image, row: int, col: int, k: int, *, target: int = 160, circular: bool = False) -> Image.Image:
+def key_in_image(image, row: int, col: int, k: int | None, *, target: int = 160, circular: bool = False
+                 ) -> Image.Image:
     """A training image [C, H, W] with the k x k window centred on (row, col) outlined (and its centre).
 
     A window sticking out of the image (LS, bbELS zero padding) is drawn clipped at the border;
     circular=True draws the wrapped pieces (ELS queries wrap; ELS keys always lie inside).
+    k=None (IS: the key is the whole image) marks only the pixel.
     """
     rgb = to_rgb(image)
     h, w = rgb.shape[:2]
     s = fit_scale((h, w), target)
     im = enlarge(rgb, s)
     draw = ImageDraw.Draw(im)
-    d = k // 2
     line = max(2, s // 4)
+    if k is None:
+        _outline(draw, row * s, col * s, s, s, (255, 60, 60), max(1, line // 2))
+        return im
+    d = k // 2
     boxes = [(row - d, col - d)]
     if circular:
         boxes = [(row - d + dy, col - d + dx) for dy in (-h, 0, h) for dx in (-w, 0, w)]
@@ -155,10 +160,12 @@ def key_in_image(image, row: int, col: int, k: int, *, target: int = 160, circul
     return im
 
 
-def key_card(image, row: int, col: int, k: int, *, target: int = 150, gap: int = 6) -> Image.Image:
+def key_card(image, row: int, col: int, k: int | None, *, target: int = 150, gap: int = 6) -> Image.Image:
     """One key: its k x k patch (zero-padded where it sticks out) beside its training image with the
-    patch outlined, both the same height."""
+    patch outlined, both the same height. k=None (IS): the training image alone, pixel marked."""
     im = key_in_image(image, row, col, k, target=target)
+    if k is None:
+        return im
     p = to_rgb(patch(torch.as_tensor(image), row, col, k))
     tile = enlarge(p, max(1, im.height // k))
     return _hstack([tile, im], gap=gap)

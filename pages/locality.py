@@ -40,9 +40,11 @@ else:
 def run_all(specs, what, button_label):
     """Results of specs (an ElsvizError in place of a refused one); waits for a button when long."""
     todo = estimate_seconds(s, specs)
-    if todo > AUTO_S and not st.button(f"{button_label} (about {todo:.0f} s)"):
+    slot = st.empty()
+    if todo > AUTO_S and not slot.button(f"{button_label} (about {todo:.0f} s)"):
         st.caption("These runs are not computed yet.")
         return None
+    slot.empty()
     out = []
     for spec in specs:
         try:

@@ -30,6 +30,7 @@ st.select_slider("Step (move left for earlier, noisier estimates; step 1 gives t
 step = ss["prov_step"]
 frame = traj.frame(step)
 h, w = frame.mean.shape[-2:]
+window = None if result.spec.machine == "is" else frame.k  # IS compares whole images
 
 # the pixel: a click on the picture (read before drawing, so the mark follows at once) or the inputs
 click = ss.get("prov_click")
@@ -48,7 +49,8 @@ with left:
     pic = figures.provenance_picture(frame.mean[0], frame.source_index[0], frame.source_pos[0], frame.source_count[0],
                                      target=448, colour=colour, draw_seams=seams_on, mark=pixel)
     streamlit_image_coordinates(pic, key="prov_click", cursor="crosshair")
-    st.caption(f"{result.spec.describe()}. Step {step}, t = {frame.t:.2f}, k = {frame.k}. One colour per training image; grey hatched: "
+    st.caption(f"{result.spec.describe()}. Step {step}, t = {frame.t:.2f}"
+               f"{'' if window is None else f', k = {window}'}. One colour per training image; grey hatched: "
                "shared; white lines: seams; red square: the selected pixel.")
 
 with right:
@@ -66,24 +68,26 @@ with right:
     else:
         label = "" if train.labels is None else f" (a {train.class_name(int(train.labels[src]))})"
         u, v = (int(p) for p in frame.source_pos[0, r, c])
-        st.markdown(f"**Pixel ({r}, {c})** is copied from **training image #{src}**{label}, patch centred at "
-                    f"({u}, {v}), weight {float(frame.source_weight[0, r, c]):.2f}. Entropy {entropy:.2f} nats "
+        verb = "is copied from" if step == steps[-1] else "so far leans most towards"
+        st.markdown(f"**Pixel ({r}, {c})** {verb} **training image #{src}**{label}, patch centred at ({u}, {v}), "
+                    f"weight {figures.weight_text(float(frame.source_weight[0, r, c]))}. Entropy {entropy:.2f} nats "
                     "(0 = decided).")
-    if frame.k is not None:
-        keys = explain(result, step, pixel, top=8)
-        st.markdown(f"**Its top keys** at this step: each {frame.k}x{frame.k} patch (left) and the training image "
+    keys = explain(result, step, pixel, top=8)
+    if window is None:
+        st.markdown("**Its top keys** at this step: IS compares whole images, so each key is a whole training "
+                    "image (the pixel in red). All pixels share these weights.")
+    else:
+        st.markdown(f"**Its top keys** at this step: each {window}x{window} patch (left) and the training image "
                     "it sits in (patch outlined, centre pixel in red). Near the end one patch takes all the weight; "
                     "move the step slider left to watch the candidates compete.")
-        grid = st.columns(2)
-        for n, key in enumerate(keys):
-            image = train.images[key["image"]]
-            card = figures.key_card(image, key["row"], key["col"], frame.k, target=120)
-            name = "" if train.labels is None else f" ({train.class_name(int(train.labels[key['image']]))})"
-            tie = f", x{key['count']:,} identical" if key.get("count", 1) > 1 else ""
-            show(card, where=grid[n % 2], caption=f"#{key['image']}{name} at ({key['row']}, {key['col']}): "
-                                            f"weight {figures.weight_text(key['weight'])}{tie}")
-    else:
-        st.caption("This machine compares whole images, so each pixel's key is its whole training image.")
+    grid = st.columns(2)
+    for n, key in enumerate(keys):
+        image = train.images[key["image"]]
+        card = figures.key_card(image, key["row"], key["col"], window, target=120)
+        name = "" if train.labels is None else f" ({train.class_name(int(train.labels[key['image']]))})"
+        tie = f", x{key['count']:,} identical" if key.get("count", 1) > 1 else ""
+        show(card, where=grid[n % 2], caption=f"#{key['image']}{name} at ({key['row']}, {key['col']}): "
+                                              f"weight {figures.weight_text(key['weight'])}{tie}")
 
 st.divider()
 st.subheader("The mosaic")

@@ -72,7 +72,7 @@ def page(server):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        pg = browser.new_page(viewport={"width": 1440, "height": 1000})
+        pg = browser.new_page(viewport={"width": 1440, "height": 1200})
         pg.set_default_timeout(LONG)
         pg.goto(server)
         yield pg

@@ -75,6 +75,9 @@ def test_key_in_image_outlines_the_window_clipped_at_the_border():
     assert xs.min() == 70 and ys.max() == 29  # columns 7..9, rows 0..2
     card = figures.key_card(img, 5, 5, 3, target=100)
     assert card.height == 100 and card.width > 100
+    whole = np.asarray(figures.key_card(img, 5, 5, None, target=100))  # IS: the whole image is the key
+    assert whole.shape == (100, 100, 3) and not np.all(whole == (255, 200, 0), axis=-1).any()
+    assert tuple(whole[50, 50]) == (255, 60, 60)
 
 
 def test_animation_figure_has_a_frame_per_step_and_play_controls(traj):

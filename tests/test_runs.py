@@ -110,7 +110,8 @@ def test_time_estimates_scale_with_the_work():
     spec = RunSpec(machine="bbels", k=5, steps=20)
     small = run_cost(100, (1, 16, 16), spec)
     assert run_cost(1000, (1, 16, 16), spec) == pytest.approx(10 * small)
-    assert run_cost(100, (1, 16, 16), RunSpec(machine="bbels", k=9, steps=20)) > small
+    assert run_cost(100, (3, 16, 16), spec) == pytest.approx(3 * small)
+    assert run_cost(100, (1, 16, 16), RunSpec(machine="bbels", k=5, steps=20, size=(32, 32))) == pytest.approx(4 * small)
     assert run_cost(100, (1, 16, 16), RunSpec(machine="ls", k=5, steps=20)) < small
     tp = Throughput(guess=1e9)
     assert tp.seconds(2e9) == pytest.approx(2.0)

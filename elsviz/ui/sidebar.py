@@ -67,6 +67,9 @@ def _dataset():
                  format_func=lambda n: f"{n} (after `elsviz fetch {n}`)" if data.is_downloadable(n) else n,
                  help="The images whose patches the machine copies. Built-ins need no download.")
     choice = ss["dataset"]
+    if ss.get("_choice", choice) != choice:  # another set: its own size and subset
+        ss["resize"], ss["limit"] = 0, 0
+    ss["_choice"] = choice
     size = int(ss["resize"]) or None
     limit = int(ss["limit"]) or None
     try:
