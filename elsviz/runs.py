@@ -94,6 +94,12 @@ class Result:
     traj: object  # Trajectory
     seconds: float
 
+    def differences(self, other: "Result") -> str:
+        """What sets this result apart from other ('k=7', 'hands, bbELS'); 'same settings' if nothing."""
+        parts = [self.train.name] if self.dataset_key != other.dataset_key else []
+        spec = self.spec.differences(other.spec)
+        return ", ".join(parts + ([spec] if spec else [])) or "same settings"
+
 
 class RunCache:
     """A bounded, thread-safe least-recently-used map (the app keeps runs in it per parameter set)."""

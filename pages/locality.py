@@ -30,8 +30,7 @@ if old is None or old.traj.final.shape != result.traj.final.shape:
 else:
     a, b = old.traj.final[0], result.traj.final[0]
     show(figures.strip([a, b, figures.difference_picture(a, b, target=224)],
-                           ["before: " + (old.spec.differences(result.spec) or "same settings"),
-                            "now: " + (result.spec.differences(old.spec) or "same settings"), "difference"],
+                           ["before: " + old.differences(result), "now: " + result.differences(old), "difference"],
                            target=224))
     st.caption(f"Now: {result.spec.describe()}. {changed_fraction(a, b):.0%} of the pixels changed "
                "(by more than 0.05 on the -1..1 scale).")

@@ -2,7 +2,7 @@
 
 open -> see the animation -> press play -> provenance page -> click a pixel, see its patches ->
 change k, see the image change; never an exception box. Screenshots go to out/screenshots/
-(or $ELSVIZ_SCREENSHOTS); the best of them are copied into assets/ for the README.
+(or $ELSVIZ_SCREENSHOTS); with ELSVIZ_UPDATE_ASSETS=1 the three best also replace assets/screenshot_*.png.
 """
 import os
 import shutil
@@ -18,6 +18,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LONG = 240_000  # ms: the first run on a cold machine builds key tables
+ASSETS = {  # screenshot -> its name in assets/ (shown in the README)
+    "reverse_diffusion_playing.png": "screenshot_reverse_diffusion.png",
+    "provenance.png": "screenshot_provenance.png",
+    "locality.png": "screenshot_locality.png",
+}
 
 pytestmark = [
     pytest.mark.browser,
@@ -177,3 +182,6 @@ def test_open_watch_click_and_change_k(page, shots):
     no_exception(pg)
     lap("locality explorer")
     pg.screenshot(path=shots / "locality.png", full_page=False)
+    if os.environ.get("ELSVIZ_UPDATE_ASSETS") == "1":
+        for shot, asset in ASSETS.items():
+            shutil.copyfile(shots / shot, ROOT / "assets" / asset)

@@ -5,7 +5,7 @@ import torch
 from elsviz import Engine, ImageSet
 from elsviz.errors import ElsvizError
 from elsviz.runs import (
-    RunCache, RunSpec, Throughput, changed_fraction, distinct_sources, k_limit, k_sweep, mosaic, patch,
+    Result, RunCache, RunSpec, Throughput, changed_fraction, distinct_sources, k_limit, k_sweep, mosaic, patch,
     pixel_from_click, run, run_cost, seams, shared_mask, source_shares, subset_size,
 )
 
@@ -131,6 +131,17 @@ def test_spec_describes_itself_and_checks_k():
     assert RunSpec("bbels", 7).differences(RunSpec("bbels", 5)) == "k=7"
     assert RunSpec("els", 5, seed=3).differences(RunSpec("bbels", 5)) == "ELS, seed 3"
     assert RunSpec("els", 5).differences(RunSpec("els", 5)) == ""
+
+
+def test_results_name_what_sets_them_apart():
+    digits = ImageSet(torch.zeros(1, 1, 4, 4), name="digits")
+    hands = ImageSet(torch.zeros(1, 1, 4, 4), name="hands")
+    a = Result(("builtin", "digits"), digits, None, RunSpec("bbels", 5), None, 1.0)
+    b = Result(("builtin", "digits"), digits, None, RunSpec("bbels", 7), None, 1.0)
+    c = Result(("builtin", "hands"), hands, None, RunSpec("els", 7), None, 1.0)
+    assert b.differences(a) == "k=7"
+    assert c.differences(b) == "hands, ELS"
+    assert a.differences(a) == "same settings"
     with pytest.raises(ElsvizError):
         RunSpec("bbels", 4).schedule()
     hash(RunSpec("bbels", (3, 5), steps=2))  # a cache key
