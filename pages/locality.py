@@ -6,7 +6,7 @@ import streamlit as st
 from elsviz import figures
 from elsviz.errors import ElsvizError
 from elsviz.runs import MACHINE_NAMES, MACHINES, changed_fraction, k_limit, k_sweep
-from elsviz.ui import show, branch_run, derived, estimate_seconds, main_result, previous_result, settings, spec_run
+from elsviz.ui import branch_run, derived, estimate_seconds, main_result, previous_result, settings, show, spec_run
 
 AUTO_S = 8.0  # comparisons estimated under this run at once; longer ones wait for a button
 

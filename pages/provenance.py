@@ -4,7 +4,7 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 
 from elsviz import figures
 from elsviz.runs import distinct_sources, mosaic, pixel_from_click, shared_mask, source_shares
-from elsviz.ui import show, derived, explain, main_result
+from elsviz.ui import derived, explain, main_result, show
 
 st.title("Patch provenance")
 st.markdown(

@@ -220,6 +220,7 @@ def test_uploads_are_read_and_bad_ones_refused():
 
     _, train = data.from_upload([Upload(f"{i}.png", png((12, 10), 40 * i)) for i in range(4)])
     assert len(train) == 4 and train.shape[1:] == (12, 10)
+    assert train.name == "upload" and "elsviz-" not in train.description
     with pytest.raises(ElsvizError, match="not images"):
         data.from_upload([Upload("notes.txt", b"hello")])
     with pytest.raises(ElsvizError, match="single"):
@@ -228,9 +229,29 @@ def test_uploads_are_read_and_bad_ones_refused():
         big = Upload("huge.npz", b"")
         big.size = data.MAX_UPLOAD_BYTES + 1
         data.from_upload([big])
-    with pytest.raises(ElsvizError):  # mixed sizes without a resize
+    with pytest.raises(ElsvizError, match="Resize to") as mixed:  # mixed sizes without a resize
         data.from_upload([Upload("a.png", png((8, 8))), Upload("b.png", png((9, 7)))])
+    assert "elsviz-" not in str(mixed.value)  # no temporary folder in the message
     _, resized = data.from_upload([Upload("a.png", png((8, 8))), Upload("b.png", png((9, 7)))], size=6)
     assert resized.shape[1:] == (6, 6)
     with pytest.raises(ElsvizError):  # a .png that is not one
         data.from_upload([Upload("broken.png", b"not a png at all")])
+
+
+def test_colour_sets_and_other_output_sizes_work_on_every_page():
+    at = ok(app(limit=40, steps=4, dataset="photos"))
+    assert "photos" in "\n".join(c.value for c in at.sidebar.caption)
+    assert not errors(at)
+    at.session_state["out_h"], at.session_state["out_w"] = 24, 40  # ELS and bbELS make other sizes
+    ok(at.run())
+    assert "24x40" in text(at)
+    at.switch_page(PAGES[1])
+    ok(at.run())
+    at.number_input(key="px_col").set_value(39)
+    ok(at.run())
+    assert "Pixel (12, 39)" in text(at)
+    at.switch_page(PAGES[2])
+    for view in ["four machines", "k-sweep", "branch at a step"]:
+        at.session_state["loc_view"] = view
+        ok(at.run())
+        assert not errors(at), view

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
@@ -94,14 +95,35 @@ def from_upload(files, size: int | None = None, limit: int | None = None):
 
 @st.cache_resource(max_entries=4, show_spinner="Reading the upload ...")
 def _load_upload(sha: str, _files, size, limit):
+    """Write the files to a temporary folder, load them, and remove the folder again.
+
+    Images go into a folder called "upload" (the set's name); one archive keeps its own name.
+    Messages and descriptions speak of the upload, not of the temporary folder.
+    """
     from .. import load_dataset
 
-    folder = Path(tempfile.mkdtemp(prefix="elsviz-upload-"))
-    for f in _files:
-        (folder / Path(f.name).name).write_bytes(f.getvalue())
-    if len(_files) == 1 and Path(_files[0].name).suffix.lower() in ARCHIVE_SUFFIXES:
-        return load_dataset(str(folder / Path(_files[0].name).name), **_options(size, limit))
-    return load_dataset(str(folder), **_options(size, limit))
+    with tempfile.TemporaryDirectory(prefix="elsviz-") as tmp:
+        folder = Path(tmp) / "upload"
+        folder.mkdir()
+        for f in _files:
+            (folder / Path(f.name).name).write_bytes(f.getvalue())
+        single = len(_files) == 1 and Path(_files[0].name).suffix.lower() in ARCHIVE_SUFFIXES
+        target = folder / Path(_files[0].name).name if single else folder
+        hide = (f"{folder}/", f"{folder}")
+        try:
+            train = load_dataset(str(target), **_options(size, limit))
+        except ElsvizError as err:
+            raise ElsvizError(_speak_of_upload(str(err), hide)) from None
+    return replace(train, description=_speak_of_upload(train.description, hide),
+                   source=_speak_of_upload(train.source, hide) or "your upload")
+
+
+def _speak_of_upload(text: str, paths: tuple[str, str]) -> str:
+    """A loader's message about a temporary folder, rewritten for someone who uploaded files."""
+    text = text.replace(paths[0], "").replace(paths[1], "the upload")
+    if "size=" in text:
+        text += " In the app: set *Resize to* under *Resize / subset* in the sidebar."
+    return text
 
 
 @st.cache_resource(max_entries=8, show_spinner="Building the engine ...")
