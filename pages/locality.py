@@ -24,16 +24,19 @@ ss = st.session_state
 # -- now vs before -----------------------------------------------------------------------------------
 old = previous_result()
 st.subheader("Now and before")
-if old is None or old.traj.final.shape != result.traj.final.shape:
+if old is None:
     show(figures.strip([result.traj.final[0]], [result.spec.describe()], target=224))
     st.caption("Change k (or anything else) in the sidebar: the previous result stays here beside the new one.")
 else:
     a, b = old.traj.final[0], result.traj.final[0]
-    show(figures.strip([a, b, figures.difference_picture(a, b, target=224)],
-                           ["before: " + old.differences(result), "now: " + result.differences(old), "difference"],
-                           target=224))
-    st.caption(f"Now: {result.spec.describe()}. {changed_fraction(a, b):.0%} of the pixels changed "
-               "(by more than 0.05 on the -1..1 scale).")
+    pictures, captions = [a, b], ["before: " + old.differences(result), "now: " + result.differences(old)]
+    if a.shape == b.shape:
+        pictures.append(figures.difference_picture(a, b, target=224))
+        captions.append("difference")
+    show(figures.strip(pictures, captions, target=224))
+    changed = f" {changed_fraction(a, b):.0%} of the pixels changed (by more than 0.05 on the -1..1 scale)." \
+        if a.shape == b.shape else ""
+    st.caption(f"Now: {result.spec.describe()}.{changed}")
 
 
 def run_all(specs, what, button_label):
@@ -66,54 +69,50 @@ st.divider()
 view = st.segmented_control("Compare", ["four machines", "k-sweep", "branch at a step"], default="four machines",
                             key="loc_view")
 spec = result.spec
+train_hw = tuple(s.train.shape[1:])
 
 if view == "four machines":
     st.markdown("The same seed and k through all four machines. **IS** memorises (gives back a training "
                 "image); **LS** copies only from the same place; **ELS** copies from anywhere; **bbELS** copies "
                 "from anywhere, except at the border, the paper's model of a convolutional network.")
     specs = [replace(spec, machine=m, size=None) for m in MACHINES]
-    results = run_all(specs, lambda sp: f"{MACHINE_NAMES[sp.machine]}", "Run the four machines")
+    results = run_all(specs, lambda sp: MACHINE_NAMES[sp.machine], "Run the four machines")
     if results:
         show_strip(specs, results, lambda sp: MACHINE_NAMES[sp.machine], target=160)
         if spec.size is not None:
             st.caption("All four at the training size (IS and LS cannot make other sizes).")
 
+elif spec.machine == "is":
+    st.info("IS has no window, so k changes nothing. Pick LS, ELS or bbELS in the sidebar.")
+
 elif view == "k-sweep":
-    if spec.machine == "is":
-        st.info("IS has no window, so k changes nothing. Pick LS, ELS or bbELS in the sidebar.")
-    else:
-        h, w = s.train.shape[1:]
-        ks = k_sweep(spec.machine, (h, w), spec.size)
-        st.markdown(f"The same seed through **{MACHINE_NAMES[spec.machine]}** with one k for every step, "
-                    f"k = {ks[0]} to {ks[-1]}. Watch the picture go from texture to copies.")
-        specs = [replace(spec, k=k) for k in ks]
-        results = run_all(specs, lambda sp: f"k-sweep, k = {sp.k}", "Run the k-sweep")
-        if results:
-            show_strip(specs, results, lambda sp: f"k = {sp.k}", target=112)
+    ks = k_sweep(spec.machine, train_hw, spec.size)
+    st.markdown(f"The same seed through **{MACHINE_NAMES[spec.machine]}** with one k for every step, "
+                f"k = {ks[0]} to {ks[-1]}. Watch the picture go from texture to copies.")
+    specs = [replace(spec, k=k) for k in ks]
+    results = run_all(specs, lambda sp: f"k-sweep, k = {sp.k}", "Run the k-sweep")
+    if results:
+        show_strip(specs, results, lambda sp: f"k = {sp.k}", target=112)
 
 elif view == "branch at a step":
-    if spec.machine == "is":
-        st.info("IS has no window, so k changes nothing. Pick LS, ELS or bbELS in the sidebar.")
+    st.markdown("Keep the run as it was down to step s+1, then finish it from step s with another k. Early "
+                "steps (large s, much noise) decide the layout; late steps only the texture.")
+    cols = st.columns(2)
+    steps = list(range(spec.steps - 1, 0, -1))
+    if ss.get("branch_step") not in steps:
+        ss["branch_step"] = steps[len(steps) // 2]
+    at = cols[0].select_slider("Branch at step s", options=steps, key="branch_step")
+    kmax = k_limit(spec.machine, train_hw, spec.size)
+    ss["branch_k"] = min(int(ss.get("branch_k", 3)), kmax)
+    k2 = cols[1].slider("New k from step s on", 1, kmax, step=2, key="branch_k")
+    try:
+        other = branch_run(result, at, k2)
+    except ElsvizError as err:
+        st.error(str(err))
     else:
-        h, w = s.train.shape[1:]
-        kmax = k_limit(spec.machine, (h, w), spec.size)
-        st.markdown("Keep the run as it was down to step s+1, then finish it from step s with another k. Early "
-                    "steps (large s, much noise) decide the layout; late steps only the texture.")
-        cols = st.columns(2)
-        steps = list(range(spec.steps - 1, 0, -1))
-        if ss.get("branch_step") not in steps:
-            ss["branch_step"] = steps[len(steps) // 2]
-        at = cols[0].select_slider("Branch at step s", options=steps, key="branch_step")
-        ss["branch_k"] = min(int(ss.get("branch_k", 3)), kmax)
-        k2 = cols[1].slider("New k from step s on", 1, kmax, step=2, key="branch_k")
-        try:
-            other = branch_run(result, at, k2)
-        except ElsvizError as err:
-            st.error(str(err))
-        else:
-            a, b = result.traj.final[0], other.traj.final[0]
-            show(derived(other, f"branch-{at}-{k2}", lambda: figures.strip(
-                [result.traj.frame(at).mean[0], a, b, figures.difference_picture(a, b, target=160)],
-                [f"estimate at step {at}", "as run", f"k = {k2} from step {at}", "difference"], target=160)))
-            st.caption(f"{changed_fraction(a, b):.0%} of the pixels changed. Left: what the machine believed "
-                       f"when the branch started.")
+        a, b = result.traj.final[0], other.traj.final[0]
+        show(derived(other, f"branch-{at}-{k2}", lambda: figures.strip(
+            [result.traj.frame(at).mean[0], a, b, figures.difference_picture(a, b, target=160)],
+            [f"estimate at step {at}", "as run", f"k = {k2} from step {at}", "difference"], target=160)))
+        st.caption(f"{changed_fraction(a, b):.0%} of the pixels changed. Left: what the machine believed "
+                   "when the branch started.")

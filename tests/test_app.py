@@ -141,6 +141,9 @@ def test_choices_survive_page_switches_and_schedules():
     at.radio(key="loc_mode").set_value("one k")
     ok(at.run())
     assert at.slider(key="k").value == 9  # kept while the slider was hidden
+    at.switch_page(PAGES[2])
+    ok(at.run())
+    assert "Now: bbELS, k=9" in text(at) and "of the pixels changed" in text(at)  # beside the schedule run
 
 
 def test_provenance_pixel_choice_and_step():
