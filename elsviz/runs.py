@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ElsvizError
+from .sampling import sample
 from .schedule import locality_schedule
 
 MACHINES = ("is", "ls", "els", "bbels")
@@ -76,8 +77,6 @@ class RunSpec:
 
 def run(engine, spec: RunSpec, callback: Callable | None = None):
     """sample() the spec on the engine; returns the Trajectory."""
-    from .sampling import sample
-
     k = list(spec.k) if isinstance(spec.k, tuple) else spec.k
     shape = None if spec.size is None else (engine.train.channels, *spec.size)
     return sample(engine, steps=spec.steps, k=k, label=spec.label, callback=callback, seed=spec.seed, shape=shape)
@@ -122,6 +121,14 @@ class RunCache:
             self._items.move_to_end(key)
             while len(self._items) > self.maxsize:
                 self._items.popitem(last=False)
+
+    def fetch(self, key, make):
+        """The value under key, made by make() and kept the first time."""
+        value = self.get(key)
+        if value is None:
+            value = make()
+            self.put(key, value)
+        return value
 
     def __len__(self) -> int:
         return len(self._items)

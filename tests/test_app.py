@@ -198,6 +198,10 @@ def test_a_long_run_says_how_long_and_offers_a_subset():
         offer[0].click()
         ok(at.run())
         assert 0 < at.session_state["limit"] < 150
+        anyway = [b for b in at.button if "anyway" in b.label]
+        anyway[0].click()
+        ok(at.run())
+        assert at.main.get("plotly_chart") and not at.warning  # confirmed: it ran
     finally:
         tp._rates, tp.guess = saved
 

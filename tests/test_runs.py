@@ -104,6 +104,9 @@ def test_run_cache_is_bounded_and_least_recently_used():
     cache.put("c", 3)
     assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3
     assert len(cache) == 2
+    made = []
+    assert cache.fetch("d", lambda: made.append(1) or 4) == 4
+    assert cache.fetch("d", lambda: made.append(1) or 5) == 4 and made == [1]  # made once
 
 
 def test_time_estimates_scale_with_the_work():

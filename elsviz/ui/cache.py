@@ -9,6 +9,9 @@ import streamlit as st
 
 from ..errors import ElsvizError
 from ..runs import Result, RunCache, RunSpec, Throughput, run, run_cost, subset_size, timed
+from ..sampling import branch
+from . import data
+from .sidebar import settings
 
 LONG_S = 20.0  # ask before starting a run estimated to take longer than this
 SUBSET_TARGET_S = 4.0  # the subset offered instead aims at about this
@@ -53,8 +56,6 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
     if hit is not None:
         return hit
     if settings.engine.machine != spec.machine:
-        from . import data
-
         engine = data.engine(settings.dataset_key, spec.machine, settings.train)
     else:
         engine = settings.engine
@@ -62,13 +63,14 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
     what = what or spec.describe()
     cost = run_cost(len(settings.train), settings.train.shape, spec)
     estimate = _throughput().seconds(cost)
-    if confirm and estimate > LONG_S and not st.session_state.get(("go", key)):
+    confirmed = st.session_state.setdefault("_confirmed_runs", set())
+    if confirm and estimate > LONG_S and key not in confirmed:
         n = len(settings.train)
         sub = subset_size(n, estimate, SUBSET_TARGET_S)
         st.warning(f"{what} on {n:,} training images will take about {estimate:.0f} s.")
         cols = st.columns(2)
         cols[0].button(f"Run it anyway (about {estimate:.0f} s)", key=f"go_{hash(key)}",
-                       on_click=lambda: st.session_state.__setitem__(("go", key), True))
+                       on_click=confirmed.add, args=(key,))
         cols[1].button(f"Use a random subset of {sub:,} images (about {SUBSET_TARGET_S:.0f} s)",
                        key=f"sub_{hash(key)}", on_click=_use_subset, args=(sub,))
         return None
@@ -88,8 +90,6 @@ def main_result() -> Result:
 
     Stops the page when there is nothing to show yet.
     """
-    from .sidebar import settings
-
     s = settings()
     try:
         result = spec_run(s)
@@ -114,33 +114,24 @@ def previous_result() -> Result | None:
 
 def branch_run(result: Result, at_step: int, k) -> Result:
     """result's run kept down to step at_step + 1, then finished with another k (cached)."""
-    from ..sampling import branch
 
-    key = (result.dataset_key, result.spec, "branch", at_step, k)
-    cache = _runs()
-    hit = cache.get(key)
-    if hit is not None:
-        return hit
-    bar, callback = _progress(RunSpec(steps=at_step + 1), f"Branch at step {at_step} with k = {k}")
-    try:
-        traj, seconds = timed(branch, result.traj, at_step=at_step, k=k, callback=callback)
-    finally:
-        bar.empty()
-    out = Result(result.dataset_key, result.train, result.engine, result.spec, traj, seconds)
-    cache.put(key, out)
-    return out
+    def make():
+        bar, callback = _progress(RunSpec(steps=at_step + 1), f"Branch at step {at_step} with k = {k}")
+        try:
+            traj, seconds = timed(branch, result.traj, at_step=at_step, k=k, callback=callback)
+        finally:
+            bar.empty()
+        return Result(result.dataset_key, result.train, result.engine, result.spec, traj, seconds)
+
+    return _runs().fetch((result.dataset_key, result.spec, "branch", at_step, k), make)
 
 
 def explain(result: Result, step: int, pixel: tuple[int, int], top: int = 8) -> list[dict]:
     """The top keys of one pixel at one step of the result's run (engine.explain), cached."""
-    key = (result.dataset_key, result.spec, "explain", step, pixel, top)
-    cache = _runs()
-    hit = cache.get(key)
-    if hit is None:
-        frame = result.traj.frame(step)
-        hit = result.engine.explain(frame.x, frame.t, frame.k, pixel=pixel, top=top, label=result.spec.label)
-        cache.put(key, hit)
-    return hit
+    frame = result.traj.frame(step)
+    return _runs().fetch((result.dataset_key, result.spec, "explain", step, pixel, top),
+                         lambda: result.engine.explain(frame.x, frame.t, frame.k, pixel=pixel, top=top,
+                                                       label=result.spec.label))
 
 
 def derived(result: Result, name: str, make):
@@ -148,13 +139,7 @@ def derived(result: Result, name: str, make):
 
     name must tell apart what a result's spec does not (e.g. the step and k of a branch).
     """
-    key = (result.dataset_key, result.spec, "derived", name)
-    cache = _runs()
-    hit = cache.get(key)
-    if hit is None:
-        hit = make()
-        cache.put(key, hit)
-    return hit
+    return _runs().fetch((result.dataset_key, result.spec, "derived", name), make)
 
 
 def estimate_seconds(settings, specs) -> float:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from ..datasets import BUILTINS, DOWNLOADABLE, load_dataset
+from ..engine import Engine
 from ..errors import ElsvizError
 
 MAX_UPLOAD_BYTES = 200 * 2**20  # Streamlit's own upload limit is 200 MB too
@@ -21,14 +23,10 @@ ARCHIVE_SUFFIXES = {".zip", ".npz", ".npy", ".gz", ".tar"}
 
 def builtin_names() -> tuple[str, ...]:
     """The sets known by name, default first: the built-ins, then those `elsviz fetch` downloads."""
-    from ..datasets import BUILTINS, DOWNLOADABLE
-
     return (*BUILTINS, *DOWNLOADABLE)
 
 
 def is_downloadable(name: str) -> bool:
-    from ..datasets import DOWNLOADABLE
-
     return name in DOWNLOADABLE
 
 
@@ -43,8 +41,6 @@ def _options(size: int | None, limit: int | None) -> dict:
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the training set ...")
 def _load(source: str, size: int | None, limit: int | None, stamp=None):
-    from .. import load_dataset
-
     return load_dataset(source, **_options(size, limit))
 
 
@@ -100,8 +96,6 @@ def _load_upload(sha: str, _files, size, limit):
     Images go into a folder called "upload" (the set's name); one archive keeps its own name.
     Messages and descriptions speak of the upload, not of the temporary folder.
     """
-    from .. import load_dataset
-
     with tempfile.TemporaryDirectory(prefix="elsviz-") as tmp:
         folder = Path(tmp) / "upload"
         folder.mkdir()
@@ -129,6 +123,4 @@ def _speak_of_upload(text: str, paths: tuple[str, str]) -> str:
 @st.cache_resource(max_entries=8, show_spinner="Building the engine ...")
 def engine(dataset_key, machine: str, _train):
     """The Engine of a training set and machine (its key tables stay cached inside it)."""
-    from .. import Engine
-
     return Engine(_train, machine=machine, device="auto")
