@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LONG = 240_000  # ms: the first run on a cold machine builds key tables
 ASSETS = {  # screenshot -> its name in assets/ (shown in the README)
-    "reverse_diffusion_playing.png": "screenshot_reverse_diffusion.png",
+    "reverse_diffusion_playing.png": "screenshot_reverse.png",
     "provenance.png": "screenshot_provenance.png",
     "locality.png": "screenshot_locality.png",
 }
