@@ -4,6 +4,7 @@ open -> see the animation -> press play -> provenance page -> click a pixel, see
 change k, see the image change; never an exception box. Screenshots go to out/screenshots/
 (or $ELSVIZ_SCREENSHOTS); with ELSVIZ_UPDATE_ASSETS=1 the three best also replace assets/screenshot_*.png.
 """
+import contextlib
 import os
 import shutil
 import socket
@@ -37,8 +38,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
+@contextlib.contextmanager
+def serve():
+    """`streamlit run app.py` on a free port of 127.0.0.1; yields its URL once it answers, stops it after."""
     port = free_port()
     env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     proc = subprocess.Popen(
@@ -70,18 +72,22 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        pg = browser.new_page(viewport={"width": 1440, "height": 1200})
-        pg.set_default_timeout(LONG)
-        pg.goto(server)
-        yield pg
-        browser.close()
+        yield chromium
+        chromium.close()
+
+
+def new_page(browser, url):
+    pg = browser.new_page(viewport={"width": 1440, "height": 1200})
+    pg.set_default_timeout(LONG)
+    pg.goto(url)
+    return pg
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +113,31 @@ def plot_title(pg) -> str:
     return pg.evaluate("() => document.querySelector('.js-plotly-plot .gtitle').textContent")
 
 
-def test_open_watch_click_and_change_k(page, shots):
+def test_a_deep_link_on_a_fresh_server_opens_its_page_with_the_sidebar(browser):
+    with serve() as url:  # a fresh server: no session has declared the navigation yet
+        pg = new_page(browser, f"{url}/provenance")
+        pg.wait_for_selector('iframe[title="streamlit_image_coordinates.streamlit_image_coordinates"], '
+                             '[data-testid="stException"]')
+        settle(pg)
+        no_exception(pg)
+        assert pg.get_by_role("heading", name="Patch provenance").count() == 1
+        assert pg.locator('[data-testid="stSidebar"]').get_by_text("Training set").count() == 1
+        pg.close()
+
+
+def test_open_watch_click_and_change_k(browser, shots):
+    with serve() as url:
+        pg = new_page(browser, url)
+        try:
+            watch_click_and_change_k(pg, shots)
+        except BaseException:
+            pg.screenshot(path=shots / "failure.png")  # what the browser showed when it went wrong
+            raise
+
+
+def watch_click_and_change_k(pg, shots):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    pg = page
     start = time.time()
     lap = lambda what: print(f"{time.time() - start:6.1f} s  {what}")
     # open: the looping run and the step-by-step player appear
