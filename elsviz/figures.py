@@ -66,16 +66,10 @@ def fit_scale(shape: tuple[int, int], target: int = 320) -> int:
     return max(1, round(target / max(shape)))
 
 
-def picture(img, target: int = 320, scale: int | None = None) -> Image.Image:
-    """An image [C, H, W] in [-1, 1] as a large, sharp PIL image."""
+def picture(img, target: int = 320) -> Image.Image:
+    """An image [C, H, W] in [-1, 1] as a large, sharp PIL image (about `target` pixels on its larger side)."""
     rgb = to_rgb(img)
-    return enlarge(rgb, scale or fit_scale(rgb.shape[:2], target))
-
-
-def png_bytes(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
+    return enlarge(rgb, fit_scale(rgb.shape[:2], target))
 
 
 # -- provenance -----------------------------------------------------------------------------------
@@ -103,6 +97,7 @@ def provenance_picture(img, source_index, source_pos, source_count, *, target: i
     if colour:
         tint = np.array([[source_colour(int(s)) for s in row] for row in src.tolist()], np.float32)  # [H, W, 3]
         light = rgb.mean(-1, keepdims=True) / 255.0  # [H, W, 1]: the picture stays readable under the tint
+        # the tint is darker on dark pixels, lighter on light ones; / 0.675 keeps mid-grey at the plain tint
         mixed = (1 - alpha) * rgb + alpha * tint * (0.35 + 0.65 * light) / 0.675
         grey = rgb.mean(-1, keepdims=True) * 0.5 + 0.5 * np.array(SHARED_RGB, np.float32)
         rgb = np.where(shared[..., None], grey, mixed)
@@ -130,13 +125,11 @@ def _outline(draw: ImageDraw.ImageDraw, top: int, left: int, height: int, width:
     draw.rectangle([left, top, left + width - 1, top + height - 1], outline=rgb, width=line)
 
 
-def key_in_image(image, row: int, col: int, k: int | None, *, target: int = 160, circular: bool = False
-                 ) -> Image.Image:
+def key_in_image(image, row: int, col: int, k: int | None, *, target: int = 160) -> Image.Image:
     """A training image [C, H, W] with the k x k window centred on (row, col) outlined (and its centre).
 
-    A window sticking out of the image (LS, bbELS zero padding) is drawn clipped at the border;
-    circular=True draws the wrapped pieces (ELS queries wrap; ELS keys always lie inside).
-    k=None (IS: the key is the whole image) marks only the pixel.
+    A window sticking out of the image (LS, bbELS zero padding) is drawn clipped at the border
+    (ELS keys always lie inside). k=None (IS: the key is the whole image) marks only the pixel.
     """
     rgb = to_rgb(image)
     h, w = rgb.shape[:2]
@@ -148,14 +141,9 @@ def key_in_image(image, row: int, col: int, k: int | None, *, target: int = 160,
         _outline(draw, row * s, col * s, s, s, (255, 60, 60), max(1, line // 2))
         return im
     d = k // 2
-    boxes = [(row - d, col - d)]
-    if circular:
-        boxes = [(row - d + dy, col - d + dx) for dy in (-h, 0, h) for dx in (-w, 0, w)]
-    for top, left in boxes:
-        t, lft = max(top, 0), max(left, 0)
-        b, r = min(top + k, h), min(left + k, w)
-        if b > t and r > lft:
-            _outline(draw, t * s, lft * s, (b - t) * s, (r - lft) * s, (255, 200, 0), line)
+    top, left = max(row - d, 0), max(col - d, 0)
+    bottom, right = min(row + d + 1, h), min(col + d + 1, w)
+    _outline(draw, top * s, left * s, (bottom - top) * s, (right - left) * s, (255, 200, 0), line)
     _outline(draw, row * s, col * s, s, s, (255, 60, 60), max(1, line // 2))
     return im
 

@@ -274,18 +274,15 @@ def mosaic(images: torch.Tensor, source_index: torch.Tensor, source_pos: torch.T
     return pix.permute(0, 3, 1, 2).contiguous()  # [B, C, H', W']
 
 
-def patch(image: torch.Tensor, row: int, col: int, k: int, circular: bool = False) -> torch.Tensor:
+def patch(image: torch.Tensor, row: int, col: int, k: int) -> torch.Tensor:
     """The k x k window of image [C, H, W] centred on (row, col) -> [C, k, k].
 
-    Outside the image it is zero-padded (0 = mid grey in [-1, 1]), as the LS and bbELS machines
-    pad; circular=True wraps around the edges instead (the ELS query).
+    Outside the image it is zero-padded (0 = mid grey in [-1, 1]), as the LS and bbELS machines pad.
     """
     c, h, w = image.shape
     d = k // 2
     rows = torch.arange(row - d, row + d + 1)  # [k]
     cols = torch.arange(col - d, col + d + 1)  # [k]
-    if circular:
-        return image[:, rows % h][:, :, cols % w]
     out = image.new_zeros((c, k, k))
     ri = (rows >= 0) & (rows < h)
     ci = (cols >= 0) & (cols < w)
