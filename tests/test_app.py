@@ -36,10 +36,13 @@ def navigation_as_served(monkeypatch):
     monkeypatch.setattr(PagesManager, "__init__", served)
 
 
-def app(limit=150, steps=6, **state) -> AppTest:
+def app(limit=150, steps=6, loc_mode="one k", **state) -> AppTest:
+    """The app on a subset, few steps and (unlike the default, the paper's schedule) one k."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.session_state["limit"] = limit
     at.session_state["steps"] = steps
+    if loc_mode is not None:
+        at.session_state["loc_mode"] = loc_mode
     for key, value in state.items():
         at.session_state[key] = value
     return at.run()
@@ -67,6 +70,13 @@ def output_pixels(at: AppTest) -> str:
 
 def images(at: AppTest) -> list[str]:
     return [url for im in at.get("image") for url in im.value]
+
+
+def test_opens_on_the_papers_schedule():
+    """A new user first sees the paper's calibrated schedule (digit-like pictures), drawn as k per step."""
+    at = ok(app(loc_mode=None))
+    assert at.radio(key="loc_mode").value == "paper schedule"
+    assert "schedule mnist-resnet" in text(at)
 
 
 def test_every_page_loads_and_shows_its_parts():

@@ -32,6 +32,9 @@ pytestmark = [
 ]
 
 
+PLOT = '[data-testid="stMain"] .js-plotly-plot'  # the step player (the sidebar may hold a schedule plot)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,7 +113,7 @@ def no_exception(pg):
 
 
 def plot_title(pg) -> str:
-    return pg.evaluate("() => document.querySelector('.js-plotly-plot .gtitle').textContent")
+    return pg.evaluate("s => document.querySelector(s).textContent", PLOT + " .gtitle")
 
 
 def test_a_deep_link_on_a_fresh_server_opens_its_page_with_the_sidebar(browser):
@@ -141,12 +144,12 @@ def watch_click_and_change_k(pg, shots):
     start = time.time()
     lap = lambda what: print(f"{time.time() - start:6.1f} s  {what}")
     # open: the looping run and the step-by-step player appear
-    pg.wait_for_selector(".js-plotly-plot .gtitle")
+    pg.wait_for_selector(PLOT + " .gtitle")
     settle(pg)
     no_exception(pg)
     gif = pg.locator('[data-testid="stImage"] img').first
     assert ".gif" in gif.get_attribute("src")
-    n_frames = pg.evaluate("() => document.querySelector('.js-plotly-plot')._transitionData._frames.length")
+    n_frames = pg.evaluate("s => document.querySelector(s)._transitionData._frames.length", PLOT)
     assert n_frames == 19
     first_title = plot_title(pg)
     assert first_title.startswith("step 19")
@@ -154,12 +157,12 @@ def watch_click_and_change_k(pg, shots):
     pg.screenshot(path=shots / "reverse_diffusion.png", full_page=False)
 
     # press play: the player moves through the steps in the browser
-    pg.locator(".js-plotly-plot .updatemenu-button", has_text="Play").click()
-    pg.wait_for_function("t => document.querySelector('.js-plotly-plot .gtitle').textContent !== t", arg=first_title,
+    pg.locator(PLOT + " .updatemenu-button", has_text="Play").click()
+    pg.wait_for_function("a => document.querySelector(a[0]).textContent !== a[1]", arg=[PLOT + " .gtitle", first_title],
                          timeout=10_000)
     pg.wait_for_timeout(1500)
     assert plot_title(pg) != first_title
-    pg.locator(".js-plotly-plot .updatemenu-button", has_text="Pause").click()
+    pg.locator(PLOT + " .updatemenu-button", has_text="Pause").click()
     lap("played")
     pg.screenshot(path=shots / "reverse_diffusion_playing.png", full_page=False)
 
@@ -181,6 +184,14 @@ def watch_click_and_change_k(pg, shots):
     assert captions.count() >= 1
     lap("clicked a pixel")
     pg.screenshot(path=shots / "provenance.png", full_page=False)
+
+    # the app opens on the paper's schedule; switch the sidebar to one k (k = 5)
+    schedule_src = img.get_attribute("src")
+    pg.locator('[data-testid="stSidebar"]').get_by_text("one k", exact=True).click()
+    pg.wait_for_function("() => document.body.innerText.includes('k = 5')", timeout=LONG)
+    settle(pg)
+    no_exception(pg)
+    assert img.get_attribute("src") != schedule_src
 
     # change k in the sidebar: the picture changes
     before = img.get_attribute("src")

@@ -26,7 +26,8 @@ ANY = -1  # the "any class" choice (a selectbox shows None as "no choice")
 
 DEFAULTS = {
     "dataset": "digits", "path": "", "resize": 0, "limit": 0,
-    "machine": "bbels", "loc_mode": ONE_K, "k": 5, "preset": "mnist-resnet",
+    # the paper's calibrated schedule: it makes digit-like pictures, and quickly (large k early)
+    "machine": "bbels", "loc_mode": PRESET, "k": 5, "preset": "mnist-resnet",
     "steps": 20, "seed": 0, "label": ANY, "out_h": 0, "out_w": 0,
 }
 
