@@ -522,15 +522,16 @@ class Engine:
         """Posterior mean and provenance of every pixel of x [B, C, H', W'] at time t, window k."""
         x, t, k, subset = self._check(x, t, k, label)
         a, b = alpha_sigma(t)
-        imgs = self._images_of(subset)  # [N, C, H, W]
+        imgs = self._images_of(label, subset)  # [N, C, H, W]
         if self.machine == "is":
             sm = self._ideal(x, a, b, imgs, label)
         else:
             sm = self._local(x, a, b, k, imgs, label)
         return self._finish(x, sm, a, b, t, k, subset, label)
 
-    def _images_of(self, subset):
-        return self.images if subset is None else self._cache.get(("images", int(subset[0]), subset.shape[0]), lambda: self.images[subset])
+    def _images_of(self, label, subset):
+        """The training images in play: all, or those of one label (cached per label)."""
+        return self.images if subset is None else self._cache.get(("images", label), lambda: self.images[subset])
 
     def _finish(self, x, sm: _Softmax, a, b, t, k, subset, label) -> Posterior:
         bsz, c, hq, wq = x.shape
@@ -562,7 +563,7 @@ class Engine:
         """How many keys of the same class have exactly the window of each key: [N, H, W] int32
         (IS: [N], identical whole images). Computed once per (k, label) from window hashes."""
         def make():
-            imgs = self._images_of(self._subset(label))
+            imgs = self._images_of(label, self._subset(label))
             if k is None:
                 return _same_count(_window_hash(imgs, None), torch.zeros(1, dtype=torch.int64, device=imgs.device))
             n, _, h, w = imgs.shape
@@ -691,7 +692,7 @@ class Engine:
         i, j = (int(v) for v in pixel)
         if not (0 <= i < hq and 0 <= j < wq):
             raise ElsvizError(f"pixel {pixel} lies outside the {hq}x{wq} image.")
-        imgs = self._images_of(subset)
+        imgs = self._images_of(label, subset)
         n = imgs.shape[0]
         ids = torch.arange(n, device=x.device) if subset is None else subset
         if self.machine == "is":
