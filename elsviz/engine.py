@@ -449,6 +449,10 @@ class Engine:
         # the CPU it needs a C compiler and recompiles erratically (docs/BENCHMARKS.md)
         self.compile = bool(compile)
 
+    def clear_cache(self) -> None:
+        """Forget the cached key tables, tie counts and plans (they are rebuilt when needed)."""
+        self._cache.clear()
+
     def __repr__(self):
         n, c, h, w = self.images.shape
         return f"Engine(machine={self.machine!r}, device={str(self.device)!r}, train={self.train.name!r} [{n}, {c}, {h}, {w}])"
