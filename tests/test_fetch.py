@@ -105,26 +105,18 @@ def test_fetch_downloads_verifies_and_loads(tmp_path, served):
     assert load_dataset("mnist", data_dir=folder, split="test").labels.tolist() == [3, 1, 4, 1]
 
 
-def test_corrupted_download_leaves_no_file(tmp_path, served):
+@pytest.mark.parametrize("mode, message", [
+    ("corrupt", "checksum mismatch.*corrupt.*Nothing was kept"),  # wrong bytes
+    ("cut", "run the same command again"),  # the connection drops half-way
+])
+def test_broken_download_leaves_no_file_and_a_rerun_succeeds(tmp_path, served, mode, message):
     server, files = served
-    server.mode = "corrupt"
+    server.mode = mode
     sums = {k: sha(v) for k, v in files.items()}
-    with pytest.raises(ElsvizError, match="checksum mismatch.*corrupt.*Nothing was kept"):
+    with pytest.raises(ElsvizError, match=message):
         fetch("mnist", tmp_path, base_url=server.url, checksums=sums)
     assert names_in(tmp_path) == set()  # no final file, no .part file
     server.mode = "ok"  # a rerun starts cleanly and succeeds
-    fetch("mnist", tmp_path, base_url=server.url, checksums=sums)
-    assert names_in(tmp_path) == set(files)
-
-
-def test_interrupted_download_leaves_no_file_and_restarts(tmp_path, served):
-    server, files = served
-    server.mode = "cut"
-    sums = {k: sha(v) for k, v in files.items()}
-    with pytest.raises(ElsvizError, match="run the same command again"):
-        fetch("mnist", tmp_path, base_url=server.url, checksums=sums)
-    assert names_in(tmp_path) == set()
-    server.mode = "ok"
     fetch("mnist", tmp_path, base_url=server.url, checksums=sums)
     assert names_in(tmp_path) == set(files)
 
