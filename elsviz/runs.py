@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .engine import windows
 from .errors import ElsvizError
 from .sampling import sample
 from .schedule import locality_schedule
@@ -279,15 +280,9 @@ def patch(image: torch.Tensor, row: int, col: int, k: int) -> torch.Tensor:
 
     Outside the image it is zero-padded (0 = mid grey in [-1, 1]), as the LS and bbELS machines pad.
     """
-    c, h, w = image.shape
-    d = k // 2
-    rows = torch.arange(row - d, row + d + 1)  # [k]
-    cols = torch.arange(col - d, col + d + 1)  # [k]
-    out = image.new_zeros((c, k, k))
-    ri = (rows >= 0) & (rows < h)
-    ci = (cols >= 0) & (cols < w)
-    out[:, ri.nonzero().flatten()[:, None], ci.nonzero().flatten()[None, :]] = image[:, rows[ri]][:, :, cols[ci]]
-    return out
+    c = image.shape[0]
+    win = windows(image[None], torch.tensor([row]), torch.tensor([col]), k)  # [1, 1, C*k*k]
+    return win.view(c, k, k)
 
 
 def pixel_from_click(click: dict | None, shape: tuple[int, int]) -> tuple[int, int] | None:
