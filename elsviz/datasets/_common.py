@@ -179,11 +179,3 @@ def finish(x: np.ndarray, labels: np.ndarray | None, opts: Options, *, where: st
     lab = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64))
     return ImageSet(out, lab, None if class_names is None else tuple(class_names), name, description, source,
                     dict(meta or {}))
-
-
-def slice_meta(meta: dict, idx: np.ndarray) -> dict:
-    """Per-image entries (listed in meta["per_image"]) follow a subset; the rest is kept as is."""
-    meta = dict(meta)
-    for key in meta.get("per_image", ()):
-        meta[key] = meta[key][torch.as_tensor(idx, dtype=torch.int64)]
-    return meta
