@@ -2,7 +2,7 @@
 
 Everything here is plain Python and PyTorch (no Streamlit): the pages call it, tests check it.
 
-Provenance vocabulary (ELS_MATH.md, "Provenance"): for each output pixel the engine names the key
+Provenance vocabulary (docs/THEORY.md, "Provenance"): for each output pixel the engine names the key
 (training image `source_index`, centre `source_pos`) with the largest weight. A pixel whose winning
 window is matched by several identical keys (`source_count > 1`, e.g. flat background) is *shared*:
 it has no single source and is never attributed to one of them.
@@ -266,7 +266,7 @@ def mosaic(images: torch.Tensor, source_index: torch.Tensor, source_pos: torch.T
     """Rebuild an image from the centre pixels of its winning keys.
 
     images [N, C, H, W] (the training set), source_index [B, H', W'], source_pos [B, H', W', 2]
-    -> [B, C, H', W']. At the last step this is the output itself (ELS_MATH.md: each pixel copies
+    -> [B, C, H', W']. At the last step this is the output itself (docs/THEORY.md: each pixel copies
     the centre of its heaviest key), shared pixels included (identical windows, identical centres).
     """
     idx = source_index.to(images.device)

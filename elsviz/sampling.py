@@ -100,7 +100,7 @@ def _run(denoiser, x, steps, ks, label, callback, start):
 
 def sample(denoiser, x: torch.Tensor | None = None, steps: int = 20, k=5, label: int | None = None,
            callback=None, *, seed: int | None = None, shape=None) -> Trajectory:
-    """Run the reverse process of ELS_MATH.md from x (or from x ~ N(0, I) drawn with `seed`).
+    """Run the reverse process of docs/THEORY.md from x (or from x ~ N(0, I) drawn with `seed`).
 
     k: an odd int, a list of `steps` ints (k[i] used at step i) or a preset name.
     shape: (B, C, H, W) or (C, H, W) of the noise; defaults to one training-sized image.

@@ -1,4 +1,4 @@
-"""Noise schedule and locality schedules (ELS_MATH.md: "Noise schedule", "calibrated locality schedules").
+"""Noise schedule and locality schedules (docs/THEORY.md: "Noise schedule", "Locality schedules").
 
 Time t runs in (0, 1); x_t = a_t * x_0 + b_t * eps with the paper's "legacy cosine" schedule.
 """

@@ -1,4 +1,4 @@
-"""A slow, obviously correct float64 reference of the machines in ELS_MATH.md.
+"""A slow, obviously correct float64 reference of the machines in docs/THEORY.md.
 
 Written straight from the definitions, independently of elsviz/engine.py, so the tests can compare
 the fast engine against it. One query pixel at a time: list its keys (training image n, centre
@@ -17,7 +17,7 @@ import numpy as np
 
 MACHINES = ("is", "ls", "els", "bbels")
 
-# ELS_MATH.md, "The paper's calibrated locality schedules" (restated, not imported).
+# docs/THEORY.md, "Locality schedules" (restated, not imported).
 PRESET_MNIST_RESNET = [3, 3, 5, 5, 5, 7, 7, 7, 9, 9, 11, 11, 11, 11, 13, 15, 15, 15, 15, 15]
 
 
@@ -161,7 +161,7 @@ class RefPosterior:
 
 
 class Reference:
-    """The four machines of ELS_MATH.md on a training set images [N, C, H, W] (float64)."""
+    """The four machines of docs/THEORY.md on a training set images [N, C, H, W] (float64)."""
 
     def __init__(self, images, labels=None):
         self.images = as_f64(images)  # [N, C, H, W]

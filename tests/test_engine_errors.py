@@ -95,7 +95,7 @@ def test_labels_refused(sets, machine):
 
 
 def test_legal_neighbours_of_the_refused_cases(sets):
-    """The limits are where ELS_MATH.md puts them: these are all fine."""
+    """The limits are where docs/THEORY.md puts them: these are all fine."""
     els = Engine(sets["plain"], machine="els", device="cpu")
     els.denoise(x_of(X), 0.5, 5)  # k = training height
     bb = Engine(sets["plain"], machine="bbels", device="cpu")

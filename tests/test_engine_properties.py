@@ -1,4 +1,4 @@
-"""The exact properties of ELS_MATH.md, on the engine: circular-shift equivariance (ELS), locality
+"""The exact properties of docs/THEORY.md, on the engine: circular-shift equivariance (ELS), locality
 (LS, ELS, bbELS), IS memorisation, and the collapse of the weights onto one window at the last step
 (or onto a set of identical windows, as on flat background)."""
 import math

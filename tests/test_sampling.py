@@ -1,4 +1,4 @@
-"""sample() and branch() against the reverse process of ELS_MATH.md run on the float64 reference.
+"""sample() and branch() against the reverse process of docs/THEORY.md run on the float64 reference.
 
 The float32 run and the float64 run start from the same x; every frame's mean and the final image
 must agree to relative L2 <= 1e-3 (issue 2, section 3). Each frame is also checked on its own
