@@ -167,7 +167,7 @@ def test_cli_fetch_with_base_url(tmp_path, served, monkeypatch, capsys):
     assert names_in(tmp_path / "m") == set(files)
     server.mode = "corrupt"
     (tmp_path / "m" / "train-images-idx3-ubyte.gz").unlink()
-    assert main(["fetch", "mnist", "--dir", str(tmp_path / "m"), "--base-url", server.url]) == 2
+    assert main(["fetch", "mnist", "--dir", str(tmp_path / "m"), "--base-url", server.url]) == 1  # an error, not bad usage
     assert "checksum mismatch" in capsys.readouterr().err
     assert "train-images-idx3-ubyte.gz" not in names_in(tmp_path / "m")
 
@@ -204,7 +204,7 @@ def test_python_dash_m_elsviz_runs_the_cli():
 
 
 def test_cli_reports_errors_in_one_line(capsys):
-    assert main(["info", "no-such-set"]) == 2
+    assert main(["info", "no-such-set"]) == 1  # an error (exit 2 is for a command line that does not parse)
     err = capsys.readouterr().err
     assert err.startswith("elsviz info: error: 'no-such-set' is neither a built-in") and err.count("\n") == 1
 
