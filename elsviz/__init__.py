@@ -2,13 +2,16 @@
 
     from elsviz import ImageSet, Engine, sample, branch, ElsvizError, load_dataset
 """
+from .compare import agreement, calibrate, compare, r2
 from .datasets import load_dataset
 from .engine import MACHINES, Engine, Posterior
 from .errors import ElsvizError
 from .imageset import ImageSet
+from .networks import Network, load_network, train_network
 from .sampling import Frame, Trajectory, branch, sample
 
 __all__ = [
     "MACHINES", "ElsvizError", "Engine", "Frame", "ImageSet", "Posterior", "Trajectory",
     "branch", "load_dataset", "sample",
+    "Network", "agreement", "calibrate", "compare", "load_network", "r2", "train_network",
 ]

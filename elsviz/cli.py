@@ -56,7 +56,7 @@ from pathlib import Path
 
 from .errors import ElsvizError
 
-COMMAND_MODULES: tuple[str, ...] = ()  # modules whose @command functions join the CLI
+COMMAND_MODULES: tuple[str, ...] = ("elsviz.cli_networks",)  # modules whose @command functions join the CLI
 
 
 @dataclass(frozen=True)

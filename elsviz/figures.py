@@ -306,3 +306,120 @@ def schedule_figure(ks: list[int], *, height: int = 170, title: str | None = Non
 def weight_text(w: float) -> str:
     """A key's weight for a caption: three decimals, and '< 0.001' rather than a misleading 0.000."""
     return f"{w:.3f}" if w >= 0.0005 else "< 0.001"
+
+
+# -- a trained network against the machines (elsviz.compare) ----------------------------------------
+def grid(rows, col_titles: list[str], row_titles: list[str], captions=None, *, target: int = 96, gap: int = 8,
+         font_size: int = 14) -> Image.Image:
+    """Pictures in rows and columns: titles above the columns, at the left of the rows, and an optional
+    caption under each picture. rows[r][c]: an image [C, H, W] in [-1, 1] or a PIL image."""
+    tiles = [[im if isinstance(im, Image.Image) else picture(im, target) for im in row] for row in rows]
+    font = _font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    tw, th = max(t.width for row in tiles for t in row), max(t.height for row in tiles for t in row)
+    left = int(max(measure.textlength(r, font=font) for r in row_titles)) + 2 * gap if row_titles else gap
+    line = font_size + 4
+    head = line + gap
+    cap = line if captions else 0
+    out = Image.new("RGB", (left + len(col_titles) * (tw + gap), head + len(rows) * (th + cap + gap) + gap),
+                    BACKGROUND_RGB)
+    draw = ImageDraw.Draw(out)
+    for c, title in enumerate(col_titles):
+        x = left + c * (tw + gap)
+        draw.text((x + (tw - draw.textlength(title, font=font)) / 2, gap // 2), title, fill=TEXT_RGB, font=font)
+    for r, row in enumerate(tiles):
+        y = head + r * (th + cap + gap)
+        if row_titles:
+            draw.text((gap, y + (th - font_size) / 2), row_titles[r], fill=TEXT_RGB, font=font)
+        for c, tile in enumerate(row):
+            x = left + c * (tw + gap)
+            out.paste(tile, (x, y))
+            text = captions[r][c] if captions else ""
+            if text:
+                draw.text((x + (tw - draw.textlength(text, font=font)) / 2, y + th + 2), text, fill=TEXT_RGB, font=font)
+    return out
+
+
+def network_grid(result, columns=None, *, rows: int | None = None, target: int = 96) -> Image.Image:
+    """Seeds x [network | machines] of an elsviz.compare.Comparison, each machine's picture captioned
+    with its agreement with the network (the network run with the most steps, unless columns name another)."""
+    from .compare import NAMES
+
+    net = result.main_network
+    columns = list(columns or [net, "bbels", "els", "is"])
+    columns = [net if c == "network" else c for c in columns]
+    nets = [c for c in columns if c.startswith("network")]
+    ref = nets[0] if nets else net
+    n = len(result.seeds) if rows is None else min(rows, len(result.seeds))
+
+    def title(c):
+        if c.startswith("network"):
+            steps = result.steps if c == "network" else int(c.split("-")[1])
+            return f"network ({steps} steps)"
+        return NAMES.get(c, c)
+
+    pics = [[result.outputs[c][s] for c in columns] for s in range(n)]
+    caps = [["" if c.startswith("network") else f"{result.agreement[ref][c][s]:.2f}" for c in columns] for s in range(n)]
+    return grid(pics, [title(c) for c in columns], [f"seed {result.seeds[s]}" for s in range(n)], caps, target=target)
+
+
+def agreement_scatter(x_vals, y_vals, seeds, *, x_name: str = "IS", y_name: str = "bbELS", height: int = 420,
+                      title: str | None = None) -> go.Figure:
+    """Per-seed agreement with the network: one machine (x) against another (y), with the diagonal.
+    Points above the diagonal are seeds where the y machine predicts the network better."""
+    vals = [v for v in list(x_vals) + list(y_vals) if v == v]
+    lo = min(0.0, min(vals, default=0.0))
+    above = sum(y > x for x, y in zip(x_vals, y_vals))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[lo, 1], y=[lo, 1], mode="lines", line=dict(color="#ff7f0e", dash="dash"),
+                             name="equal agreement", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=list(x_vals), y=list(y_vals), mode="markers", name="one seed",
+                             marker=dict(size=9, color="#1f77b4", line=dict(width=1, color="white")),
+                             customdata=list(seeds),
+                             hovertemplate=f"seed %{{customdata}}<br>{x_name} %{{x:.3f}}<br>{y_name} %{{y:.3f}}<extra></extra>"))
+    fig.update_xaxes(title_text=f"agreement of {x_name} with the network", range=[lo - 0.02, 1.02], constrain="domain")
+    fig.update_yaxes(title_text=f"agreement of {y_name} with the network", range=[lo - 0.02, 1.02], scaleanchor="x")
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), showlegend=False,
+                      title=title or f"{y_name} beats {x_name} on {above} of {len(seeds)} seeds")
+    return fig
+
+
+def schedules_figure(schedules: dict, *, highlight=(), height: int = 320, title: str | None = None) -> go.Figure:
+    """Several locality schedules k[0..S-1] against step; those named in `highlight` drawn bold, the rest thin
+    and grey (the paper's presets, say)."""
+    fig = go.Figure()
+    palette = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
+    for name, ks in schedules.items():
+        steps = list(range(len(ks) - 1, 0, -1))
+        bold = name in highlight
+        colour = palette[list(highlight).index(name) % len(palette)] if bold else "rgba(120,120,120,0.45)"
+        fig.add_trace(go.Scatter(x=steps, y=[ks[i] for i in steps], mode="lines+markers" if bold else "lines",
+                                 line_shape="hv", name=name, line=dict(color=colour, width=3 if bold else 1),
+                                 hovertemplate=f"{name}<br>step %{{x}}: k = %{{y}}<extra></extra>"))
+    fig.update_xaxes(title_text="step (noisy → clean)", autorange="reversed")
+    fig.update_yaxes(title_text="k", rangemode="tozero")
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title,
+                      legend=dict(font=dict(size=11)))
+    return fig
+
+
+def trajectory_pair(traj_a, traj_b, names=("network", "bbELS"), *, batch: int = 0, agreements=None,
+                    target: int = 64) -> Image.Image:
+    """Two runs from the same noise, step by step: a row of posterior means each (a column per step),
+    the agreement of the two at each step under the second row (agreements: {step: value})."""
+    steps = [f.i for f in traj_a.frames]
+    rows = [[f.mean[batch].clamp(-1, 1) for f in traj.frames] for traj in (traj_a, traj_b)]
+    caps = [[""] * len(steps), [f"{agreements[i]:.2f}" if agreements and i in agreements else "" for i in steps]]
+    return grid(rows, [f"step {i}" for i in steps], list(names), caps, target=target, gap=6, font_size=12)
+
+
+def step_agreement_figure(lines: dict, *, height: int = 300, title: str | None = None) -> go.Figure:
+    """Agreement of posterior means against step: lines = {name: [(step, value), ...]}."""
+    fig = go.Figure()
+    for name, pts in lines.items():
+        fig.add_trace(go.Scatter(x=[s for s, _ in pts], y=[v for _, v in pts], mode="lines+markers", name=name,
+                                 hovertemplate=f"{name}<br>step %{{x}}: %{{y:.3f}}<extra></extra>"))
+    fig.update_xaxes(title_text="step (noisy → clean)", autorange="reversed")
+    fig.update_yaxes(title_text="agreement of the posterior means", range=[-0.05, 1.05])
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title)
+    return fig

@@ -1,0 +1,357 @@
+"""Hold the machines against a trained network: the paper's agreement, comparisons and calibration.
+
+    from elsviz import agreement, calibrate, compare, load_network, Engine
+    net = load_network("nets/digits-resnet")
+    train = net.train.load()
+    ks = calibrate(net, Engine(train, "bbels"), seeds=range(10))      # k per step, fitted to the network
+    result = compare(net, train, seeds=range(32), k=ks)               # network vs bbELS, ELS, LS, IS
+    print(result.summary())
+
+Agreement (ELS_MATH.md, "How the paper scores agreement"): centre each output, normalise it to
+unit length, take the dot product: a Pearson correlation in [-1, 1] (the paper's text calls it
+r^2). `r2` is the coefficient of determination 1 - SS_res / SS_tot of the machine's output as a
+prediction of the network's, which also punishes a wrong brightness or contrast.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ElsvizError
+from .runs import k_limit
+from .sampling import Trajectory, _noise, sample
+from .schedule import alpha_sigma, locality_schedule
+
+MACHINE_ORDER = ("bbels", "els", "ls", "is")
+NAMES = {"bbels": "bbELS", "els": "ELS", "ls": "LS", "is": "IS"}
+
+
+# ----------------------------------------------------------------------------------------------
+# The two scores
+# ----------------------------------------------------------------------------------------------
+def _pair(u, v) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(u, torch.Tensor) or not isinstance(v, torch.Tensor):
+        raise ElsvizError(f"agreement takes two tensors, got {type(u).__name__} and {type(v).__name__}.")
+    if u.shape != v.shape:
+        raise ElsvizError(f"agreement needs two outputs of the same shape, got {tuple(u.shape)} and {tuple(v.shape)}.")
+    if u.numel() < 2:
+        raise ElsvizError("agreement needs outputs of at least two pixels.")
+    return u.detach().double().flatten().cpu(), v.detach().double().flatten().cpu()
+
+
+def agreement(u: torch.Tensor, v: torch.Tensor) -> float:
+    """The paper's agreement of two outputs of the same shape (e.g. two `traj.final` [1, C, H, W]).
+
+    Each is centred (its mean subtracted) and scaled to unit length; the agreement is their dot
+    product, in [-1, 1]: 1 means the same picture up to brightness and contrast. NaN when either
+    output is constant (no pattern to agree with).
+    """
+    a, b = _pair(u, v)
+    a, b = a - a.mean(), b - b.mean()
+    na, nb = a.norm(), b.norm()
+    if na <= 1e-12 * a.numel() or nb <= 1e-12 * b.numel():
+        return math.nan
+    return float((a / na) @ (b / nb))
+
+
+def r2(target: torch.Tensor, prediction: torch.Tensor) -> float:
+    """The coefficient of determination 1 - SS_res / SS_tot of `prediction` for `target` (same shape).
+
+    SS_res = sum (target - prediction)^2, SS_tot = sum (target - mean(target))^2. 1 is a perfect
+    prediction, 0 no better than the target's mean, and it can be negative. NaN for a constant target.
+    """
+    y, p = _pair(target, prediction)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    if ss_tot <= 1e-24 * y.numel():
+        return math.nan
+    return 1.0 - float(((y - p) ** 2).sum()) / ss_tot
+
+
+def median(values: Iterable[float]) -> float:
+    """The median of the numbers that are not NaN (NaN if none)."""
+    vals = [v for v in values if not math.isnan(v)]
+    return statistics.median(vals) if vals else math.nan
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+def _seeds(seeds) -> list[int]:
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = range(seeds)
+    try:
+        out = [int(s) for s in seeds]
+    except (TypeError, ValueError):
+        raise ElsvizError(f"seeds must be a number of seeds or a list of ints, got {seeds!r}.") from None
+    if not out:
+        raise ElsvizError("Give at least one seed.")
+    return out
+
+
+def noise(denoiser, seeds, shape=None) -> torch.Tensor:
+    """The starting noise of `sample(denoiser, seed=s)` for every seed, stacked: [S, C, H, W]."""
+    shape = tuple(shape or denoiser.train.shape)
+    return torch.cat([_noise(denoiser, s, (1, *shape)) for s in _seeds(seeds)])
+
+
+def resample(ks, steps: int) -> list[int]:
+    """A schedule k[0..S-1] for another number of steps, by nearest time (as presets are resampled)."""
+    ks = [int(k) for k in ks]
+    if len(ks) == steps:
+        return ks
+    return [ks[round(i * (len(ks) - 1) / (steps - 1))] for i in range(steps)]
+
+
+def _check_pair(network, train) -> None:
+    shape = tuple(train.shape)
+    if tuple(network.train.shape) != shape:
+        c, h, w = network.train.shape
+        raise ElsvizError(f"The network was trained on {c}-channel {h}x{w} images, the training set {train.name!r} "
+                          f"holds {shape[0]}-channel {shape[1]}x{shape[2]} ones: compare it with the set it was "
+                          f"trained on ({network.train.name}).")
+
+
+def _schedule(network, k, steps: int) -> list[int]:
+    if k is None or (isinstance(k, str) and k == "calibrated"):
+        if getattr(network, "schedule", None) is None:
+            raise ElsvizError("This network has no calibrated schedule yet: run elsviz calibrate on it, or give k "
+                              "(an odd int, a preset such as mnist-resnet, or a list of k per step).")
+        return resample(network.schedule, steps)
+    if isinstance(k, (list, tuple)) and len(k) != steps:
+        return resample(locality_schedule(list(k), len(k)), steps)
+    return locality_schedule(k, steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """Which window size k makes a machine's score most like a network's, step by step.
+
+    schedule: k[0..steps-1] (k[i] = median over samples of the best k at step i, rounded to odd;
+    k[0] = k[1], never used). ks: the candidates. cosine[i][j][s]: cosine similarity of the
+    machine's score with k = ks[j] and the network's at step i for sample s (None for i = 0).
+    best[i][s]: the best k of sample s at step i.
+    """
+
+    schedule: list[int]
+    steps: int
+    machine: str
+    seeds: list[int]
+    ks: list[int]
+    cosine: list
+    best: list
+    label: int | None = None
+
+    def to_json(self) -> dict:
+        return {"schedule": self.schedule, "steps": self.steps, "machine": self.machine, "seeds": self.seeds,
+                "ks": self.ks, "best": self.best, "label": self.label,
+                "cosine_median": [None if c is None else [median(row) for row in c] for c in self.cosine]}
+
+
+def _odd_median(values: list[int]) -> int:
+    m = statistics.median(values)
+    return 2 * math.floor((m - 1) / 2 + 0.5) + 1
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity per batch item of [B, ...] tensors -> [B]."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
+
+
+def calibration(network, engine, seeds=range(10), steps: int = 20, ks=None, label: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> Calibration:
+    """Fit a locality schedule to a network, as the paper did (see calibrate); with the details."""
+    seeds = _seeds(seeds)
+    if hasattr(network, "train") and hasattr(network.train, "shape"):
+        _check_pair(network, engine.train)
+    c, h, w = engine.train.shape
+    if ks is None:
+        top = max(h, w)
+        lim = k_limit(engine.machine, (h, w))
+        if engine.machine == "is":
+            raise ElsvizError("IS has no window to calibrate; calibrate LS, ELS or bbELS.")
+        ks = [k for k in range(1, top + 1, 2) if lim is None or k <= lim]
+    ks = [int(k) for k in ks]
+    x0 = noise(network, seeds, (c, h, w))  # as sample(network, seed=s) draws it
+    cosine: list = [None] * steps
+    best: list = [None] * steps
+    schedule = [0] * steps
+    done = [0]
+
+    def score_all(frame):
+        a, b = alpha_sigma(frame.t)
+        target = -(frame.x - a * frame.mean.to(frame.x.device)) / (b * b)  # the network's score [S, C, H, W]
+        rows = []
+        for k in ks:
+            post = engine.denoise(frame.x.to(engine.device), frame.t, k, label=label)
+            rows.append(_cos(post.score.cpu(), target.cpu()))  # [S]
+        table = torch.stack(rows)  # [K, S]
+        cosine[frame.i] = table.tolist()
+        best[frame.i] = [ks[j] for j in table.argmax(0).tolist()]
+        schedule[frame.i] = _odd_median(best[frame.i])
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], steps - 1)
+
+    sample(network, x=x0, steps=steps, label=label, callback=score_all)
+    schedule[0] = schedule[1]
+    return Calibration(schedule, steps, engine.machine, seeds, ks, cosine, best, label)
+
+
+def calibrate(network, engine, seeds=range(10), steps: int = 20, ks=None, label: int | None = None,
+              progress: Callable[[int, int], None] | None = None) -> list[int]:
+    """The locality schedule of `engine`'s machine that best matches `network`: a list of `steps` odd ints.
+
+    Along the network's own trajectory from the noise of each seed, at every step, each candidate
+    window k (odd, 1 up to the image size; `ks` to choose others) gives the machine's score; the
+    k whose score has the highest cosine similarity with the network's wins. The schedule is the
+    median winner over the seeds, rounded to an odd k. `network` is any denoiser whose
+    `denoise(x, t, label=...)` has `.mean`. Usable as sample(..., k=schedule).
+    progress(done, total) after each step.
+    """
+    return calibration(network, engine, seeds, steps, ks, label, progress).schedule
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparison
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Comparison:
+    """The network and the machines from the same noise, seed by seed.
+
+    outputs: name -> [S, C, H, W] final images; names "network" (sampled with `steps`), "network-N"
+    for each other number of network steps, and the machines ("bbels", "els", "ls", "is").
+    agreement[net][machine] / r2[net][machine]: per-seed scores of each machine against each
+    network run. step_agreement[m][i]: per-seed agreement of the posterior means of the network
+    and machine m at step i (both with `steps` steps). trajectories: the Trajectory of each run
+    (batch = seeds), for drawing.
+    """
+
+    seeds: list[int]
+    steps: int
+    schedule: list[int]
+    network_steps: list[int]
+    outputs: dict[str, torch.Tensor]
+    agreement: dict[str, dict[str, list[float]]]
+    r2: dict[str, dict[str, list[float]]]
+    step_agreement: dict[str, dict[int, list[float]]]
+    trajectories: dict[str, Trajectory] = field(repr=False, default_factory=dict)
+    label: int | None = None
+
+    @staticmethod
+    def network_key(n: int, steps: int) -> str:
+        return "network" if n == steps else f"network-{n}"
+
+    def medians(self, metric: str = "agreement") -> dict[str, dict[str, float]]:
+        table = self.agreement if metric == "agreement" else self.r2
+        return {net: {m: median(v) for m, v in row.items()} for net, row in table.items()}
+
+    def beats(self, a: str = "bbels", b: str = "is", network: str | None = None) -> float:
+        """The share of seeds on which machine a agrees better with the network than machine b does."""
+        row = self.agreement[network or self.main_network]
+        pairs = [(x, y) for x, y in zip(row[a], row[b]) if not (math.isnan(x) or math.isnan(y))]
+        return sum(x > y for x, y in pairs) / len(pairs) if pairs else math.nan
+
+    @property
+    def main_network(self) -> str:
+        """The network run the headline uses: the most steps (the paper's 150 when run)."""
+        return self.network_key(max(self.network_steps), self.steps)
+
+    def step_medians(self, machine: str = "bbels") -> list[tuple[int, float]]:
+        """[(step, median agreement of the posterior means)] from the noisiest step to step 1."""
+        return [(i, median(v)) for i, v in sorted(self.step_agreement.get(machine, {}).items(), reverse=True)]
+
+    def summary(self) -> str:
+        """One line: the headline figures."""
+        med = self.medians()
+        parts = []
+        for n in sorted(self.network_steps, reverse=True):
+            net = self.network_key(n, self.steps)
+            row = med[net]
+            parts.append(f"network {n} steps: " + ", ".join(f"{NAMES[m]} {row[m]:.3f}" for m in MACHINE_ORDER if m in row))
+        share = self.beats() if "bbels" in self.agreement[self.main_network] and "is" in self.agreement[self.main_network] else math.nan
+        beat = "" if math.isnan(share) else f"; bbELS beats IS on {share:.0%} of seeds ({max(self.network_steps)}-step network)"
+        return f"{len(self.seeds)} seeds, median agreement: " + "; ".join(parts) + beat
+
+    def table(self) -> list[dict]:
+        """One row per seed: seed, then agreement_<net>_<machine> and r2_<net>_<machine>."""
+        rows = []
+        for s, seed in enumerate(self.seeds):
+            row = {"seed": seed}
+            for metric, tab in (("agreement", self.agreement), ("r2", self.r2)):
+                for net, per in tab.items():
+                    for m, vals in per.items():
+                        row[f"{metric}_{net}_{m}"] = round(vals[s], 4)
+            rows.append(row)
+        return rows
+
+    def to_json(self) -> dict:
+        med, med_r2 = self.medians(), self.medians("r2")
+        return {"seeds": self.seeds, "steps": self.steps, "schedule": self.schedule, "network_steps": self.network_steps,
+                "label": self.label, "median_agreement": med, "median_r2": med_r2,
+                "bbels_beats_is": {net: self.beats(network=net) for net in self.agreement
+                                   if {"bbels", "is"} <= set(self.agreement[net])},
+                "step_agreement_median": {m: dict(self.step_medians(m)) for m in self.step_agreement},
+                "per_seed": self.table(), "summary": self.summary()}
+
+
+def compare(network, train=None, seeds=range(32), k=None, *, steps: int = 20, network_steps=(20, 150),
+            machines=MACHINE_ORDER, engines: dict | None = None, label: int | None = None, device="cpu",
+            progress: Callable[[str, int, int], None] | None = None) -> Comparison:
+    """Run the network and the machines from the same noise for every seed and score them.
+
+    train: the ImageSet the network was trained on (default: network.train.load()). k: the
+    machines' locality schedule (default: the network's calibrated one; or an int, a preset, a
+    list). The machines take `steps` steps; the network is sampled with each of `network_steps`
+    (the paper: 150 for the network, 20 for the machine). engines: machine -> Engine to reuse.
+    progress(what, done, total) after each step of each run.
+    """
+    from .engine import Engine
+
+    seeds = _seeds(seeds)
+    machines = [m for m in MACHINE_ORDER if m in set(machines)] + [m for m in machines if m not in MACHINE_ORDER]
+    if not machines:
+        raise ElsvizError("Give at least one machine to compare with.")
+    if train is None:
+        train = engines[machines[0]].train if engines else network.train.load()
+    _check_pair(network, train)
+    ks = _schedule(network, k, steps)
+    network_steps = sorted({int(n) for n in network_steps} | {steps})
+    x0 = noise(network, seeds, train.shape)  # the same noise for every run: sample(..., seed=s) draws it too
+
+    def watch(what, total):
+        if progress is None:
+            return None
+        return lambda frame: progress(what, total - frame.i, total - 1)
+
+    trajs: dict[str, Trajectory] = {}
+    for n in network_steps:
+        key = Comparison.network_key(n, steps)
+        trajs[key] = sample(network, x=x0.clone(), steps=n, label=label, callback=watch(f"network, {n} steps", n))
+    for m in machines:
+        engine = (engines or {}).get(m) or Engine(train, m, device)
+        mk = ks if m != "els" else [min(v, k_limit("els", tuple(train.shape[1:]))) for v in ks]
+        trajs[m] = sample(engine, x=x0.clone().to(engine.device), steps=steps, k=mk, label=label,
+                          callback=watch(NAMES.get(m, m), steps))
+
+    outputs = {name: t.final.detach().cpu() for name, t in trajs.items()}
+    agree: dict = {}
+    fit: dict = {}
+    for n in network_steps:
+        net = Comparison.network_key(n, steps)
+        agree[net] = {m: [agreement(outputs[net][s], outputs[m][s]) for s in range(len(seeds))] for m in machines}
+        fit[net] = {m: [r2(outputs[net][s], outputs[m][s]) for s in range(len(seeds))] for m in machines}
+    net_traj = trajs[Comparison.network_key(steps, steps)]
+    step_agree = {}
+    for m in machines:
+        step_agree[m] = {}
+        for fn, fm in zip(net_traj.frames, trajs[m].frames):
+            step_agree[m][fn.i] = [agreement(fn.mean[s].cpu(), fm.mean[s].cpu()) for s in range(len(seeds))]
+    return Comparison(seeds, steps, ks, network_steps, outputs, agree, fit, step_agree, trajs, label)
