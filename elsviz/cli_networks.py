@@ -165,7 +165,7 @@ def _compare(args) -> int:
     for s, seed in enumerate(seeds):
         _say(f"{seed:>4}  " + "  ".join(f"{result.agreement[main][m][s]:6.3f}" for m in args.machines))
     data = result.to_json()
-    data.update(network=net.describe(), seconds=round(time.perf_counter() - start, 1))
+    data.update(network=net.describe(), weights_sha256=net.config["weights_sha256"], seconds=round(time.perf_counter() - start, 1))
     text = json.dumps(data, indent=1).encode()
     out = Path(net.path) / "compare.json"
     _atomic_write(out, lambda f: f.write(text))

@@ -228,10 +228,10 @@ class Comparison:
 
     outputs: name -> [S, C, H, W] final images; names "network" (sampled with `steps`), "network-N"
     for each other number of network steps, and the machines ("bbels", "els", "ls", "is").
+    means: name -> {step i: [S, C, H, W] posterior mean} for the runs with `steps` steps.
     agreement[net][machine] / r2[net][machine]: per-seed scores of each machine against each
     network run. step_agreement[m][i]: per-seed agreement of the posterior means of the network
-    and machine m at step i (both with `steps` steps). trajectories: the Trajectory of each run
-    (batch = seeds), for drawing.
+    and machine m at step i (both with `steps` steps).
     """
 
     seeds: list[int]
@@ -239,10 +239,10 @@ class Comparison:
     schedule: list[int]
     network_steps: list[int]
     outputs: dict[str, torch.Tensor]
+    means: dict[str, dict[int, torch.Tensor]] = field(repr=False)
     agreement: dict[str, dict[str, list[float]]]
     r2: dict[str, dict[str, list[float]]]
     step_agreement: dict[str, dict[int, list[float]]]
-    trajectories: dict[str, Trajectory] = field(repr=False, default_factory=dict)
     label: int | None = None
 
     @staticmethod
@@ -342,16 +342,25 @@ def compare(network, train=None, seeds=range(32), k=None, *, steps: int = 20, ne
                           callback=watch(NAMES.get(m, m), steps))
 
     outputs = {name: t.final.detach().cpu() for name, t in trajs.items()}
+    means = {name: {f.i: f.mean.detach().cpu() for f in t.frames} for name, t in trajs.items() if t.steps == steps}
+    return score(seeds, steps, ks, network_steps, outputs, means, label)
+
+
+def score(seeds, steps: int, schedule, network_steps, outputs: dict, means: dict, label: int | None = None) -> Comparison:
+    """A Comparison from finished runs: outputs {name: [S, C, H, W]} (names as in Comparison) and the
+    posterior means {name: {step: [S, C, H, W]}} of the `steps`-step runs. Machines are the names
+    that do not start with "network"."""
+    seeds = list(seeds)
+    network_steps = sorted(int(n) for n in network_steps)
+    machines = [m for m in outputs if not m.startswith("network")]
+    n = len(seeds)
     agree: dict = {}
     fit: dict = {}
-    for n in network_steps:
-        net = Comparison.network_key(n, steps)
-        agree[net] = {m: [agreement(outputs[net][s], outputs[m][s]) for s in range(len(seeds))] for m in machines}
-        fit[net] = {m: [r2(outputs[net][s], outputs[m][s]) for s in range(len(seeds))] for m in machines}
-    net_traj = trajs[Comparison.network_key(steps, steps)]
-    step_agree = {}
-    for m in machines:
-        step_agree[m] = {}
-        for fn, fm in zip(net_traj.frames, trajs[m].frames):
-            step_agree[m][fn.i] = [agreement(fn.mean[s].cpu(), fm.mean[s].cpu()) for s in range(len(seeds))]
-    return Comparison(seeds, steps, ks, network_steps, outputs, agree, fit, step_agree, trajs, label)
+    for ns in network_steps:
+        net = Comparison.network_key(ns, steps)
+        agree[net] = {m: [agreement(outputs[net][s], outputs[m][s]) for s in range(n)] for m in machines}
+        fit[net] = {m: [r2(outputs[net][s], outputs[m][s]) for s in range(n)] for m in machines}
+    net_means = means.get(Comparison.network_key(steps, steps), {})
+    step_agree = {m: {i: [agreement(net_means[i][s], means[m][i][s]) for s in range(n)]
+                      for i in sorted(net_means, reverse=True) if i in means.get(m, {})} for m in machines}
+    return Comparison(seeds, steps, list(schedule), network_steps, outputs, means, agree, fit, step_agree, label)

@@ -403,14 +403,19 @@ def schedules_figure(schedules: dict, *, highlight=(), height: int = 320, title:
     return fig
 
 
-def trajectory_pair(traj_a, traj_b, names=("network", "bbELS"), *, batch: int = 0, agreements=None,
-                    target: int = 64) -> Image.Image:
-    """Two runs from the same noise, step by step: a row of posterior means each (a column per step),
-    the agreement of the two at each step under the second row (agreements: {step: value})."""
-    steps = [f.i for f in traj_a.frames]
-    rows = [[f.mean[batch].clamp(-1, 1) for f in traj.frames] for traj in (traj_a, traj_b)]
-    caps = [[""] * len(steps), [f"{agreements[i]:.2f}" if agreements and i in agreements else "" for i in steps]]
-    return grid(rows, [f"step {i}" for i in steps], list(names), caps, target=target, gap=6, font_size=12)
+def trajectory_pair(result, machine: str = "bbels", seed_index: int = 0, *, target: int = 64) -> Image.Image:
+    """One seed of an elsviz.compare.Comparison, step by step: the network's posterior means in the top row,
+    the machine's below (a column per step, both runs with the same number of steps), the agreement of the
+    two at each step under the second row."""
+    from .compare import NAMES
+
+    net = result.means["network"]
+    steps = sorted(net, reverse=True)
+    rows = [[net[i][seed_index].clamp(-1, 1) for i in steps], [result.means[machine][i][seed_index].clamp(-1, 1) for i in steps]]
+    agree = result.step_agreement.get(machine, {})
+    caps = [[""] * len(steps), [f"{agree[i][seed_index]:.2f}" if i in agree else "" for i in steps]]
+    return grid(rows, [f"step {i}" for i in steps], ["network", NAMES.get(machine, machine)], caps, target=target,
+                gap=6, font_size=12)
 
 
 def step_agreement_figure(lines: dict, *, height: int = 300, title: str | None = None) -> go.Figure:

@@ -5,6 +5,7 @@ PAGES = (
     ("pages/reverse_diffusion.py", "Reverse diffusion", ":material/animation:"),
     ("pages/provenance.py", "Patch provenance", ":material/grid_view:"),
     ("pages/locality.py", "Locality explorer", ":material/tune:"),
+    ("pages/network.py", "Network vs machine", ":material/compare:"),
 )
 
 

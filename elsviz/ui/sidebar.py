@@ -13,7 +13,9 @@ import pandas as pd
 import streamlit as st
 
 from .. import figures
+from ..compare import resample
 from ..errors import ElsvizError
+from ..networks import calibrated_schedules
 from ..runs import MACHINE_NAMES, MACHINE_SENTENCES, MACHINES, RunSpec, k_limit
 from ..schedule import PRESET_NOTES, PRESETS, locality_schedule
 from . import data
@@ -135,10 +137,13 @@ def _locality(machine: str, train_hw, out_hw, steps: int):
                   help=f"Odd window sizes; up to {kmax} for {MACHINE_NAMES[machine]} here.")
         return int(ss["k"])
     if mode == PRESET:
-        st.selectbox("Schedule (fitted by the paper to trained networks)", list(PRESETS), key="preset",
-                     format_func=lambda p: f"{p} ({PRESET_NOTES.get(p, '')})")
-        ks = locality_schedule(ss["preset"], steps)
-        spec_k = ss["preset"]
+        calibrated = calibrated_schedules()  # fitted to the networks of the "Network vs machine" page
+        if ss["preset"] not in PRESETS and ss["preset"] not in calibrated:
+            ss["preset"] = DEFAULTS["preset"]
+        st.selectbox("Schedule (fitted by the paper to trained networks)", [*PRESETS, *calibrated], key="preset",
+                     format_func=lambda p: f"{p} ({PRESET_NOTES.get(p) or calibrated[p][1]})")
+        ks = _preset_ks(ss["preset"], steps)
+        spec_k = ss["preset"] if ss["preset"] in PRESETS else tuple(ks)
         if max(ks[1:]) > kmax:
             ks = [min(v, kmax) for v in ks]
             spec_k = tuple(ks)
@@ -148,7 +153,7 @@ def _locality(machine: str, train_hw, out_hw, steps: int):
         return spec_k
     base = ss.get("_k_table")
     if not base or len(base) != steps:
-        base = locality_schedule(ss["preset"], steps)
+        base = _preset_ks(ss["preset"], steps)
     frame = pd.DataFrame({"step": list(range(steps - 1, 0, -1)),
                           "t": [round(i / steps, 3) for i in range(steps - 1, 0, -1)],
                           "k": [base[i] for i in range(steps - 1, 0, -1)]})
@@ -160,6 +165,12 @@ def _locality(machine: str, train_hw, out_hw, steps: int):
     ss["_k_table"] = ks
     st.plotly_chart(figures.schedule_figure(ks), key="table_plot", config={"displayModeBar": False})
     return tuple(ks)
+
+
+def _preset_ks(name: str, steps: int) -> list[int]:
+    """k per step of a paper preset or of a network's calibrated schedule (resampled to `steps`)."""
+    calibrated = calibrated_schedules()
+    return resample(calibrated[name][0], steps) if name in calibrated else locality_schedule(name, steps)
 
 
 def sidebar() -> Settings:

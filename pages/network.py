@@ -1,0 +1,187 @@
+"""Page 4: a trained network against the machines: the same noise through both, agreement, calibration."""
+from pathlib import Path
+
+import streamlit as st
+
+from elsviz import figures
+from elsviz.compare import NAMES, median, resample
+from elsviz.errors import ElsvizError
+from elsviz.networks import ARCHS, default_network_dir, receptive_field
+from elsviz.schedule import PRESETS
+from elsviz.ui import network as nets
+from elsviz.ui import settings, show
+from elsviz.ui.data import engine as engine_of
+
+PATH = "a local path ..."
+CALIBRATED, SIDEBAR = "calibrated for this network", "the sidebar's locality"
+
+st.title("Network vs machine")
+st.markdown(
+    "The theory says a trained **convolutional** network makes, from the same noise, the picture the **bbELS "
+    "machine** makes: a mosaic of training patches. Here a real network, trained on the same images, and the "
+    "machines start from the **same noise**. Each picture's **agreement** with the network is the paper's score: "
+    "centre both pictures, scale them to unit length, take the dot product (1 = the same picture, 0 = unrelated)."
+)
+
+s = settings()
+ss = st.session_state
+
+# -- the network -------------------------------------------------------------------------------------
+finished = nets.train_pending(s)  # a Train / Resume button asked for it in the previous rerun
+catalogue = nets.catalogue()
+if finished is not None:
+    label = next((lb for lb, f in catalogue.items() if f == finished), None)
+    if label:
+        ss["net_choice"] = label
+options = [*catalogue, PATH]
+if ss.get("net_choice") not in options:
+    ss["net_choice"] = options[0]
+st.selectbox("Network", options, key="net_choice",
+             help="Bundled with elsviz, trained here (the form below), or any folder `elsviz train --out` wrote.")
+folder = catalogue.get(ss["net_choice"])
+if ss["net_choice"] == PATH:
+    typed = st.text_input("Folder of a network", key="net_path", placeholder="nets/digits-resnet")
+    folder = Path(typed).expanduser() if typed.strip() else None
+
+net = None
+if folder is not None:
+    try:
+        net = nets.network(folder)
+    except ElsvizError as err:
+        st.error(str(err))
+
+with st.expander("Train a network", expanded=not catalogue):
+    source = nets.source_of(s.dataset_key)
+    if net is not None and not net.finished:
+        st.markdown(f"**{net.path.name}** stopped after {net.steps_done:,} of {net.steps_total:,} steps.")
+        st.button("Resume its training", on_click=nets.request_training,
+                  kwargs=dict(folder=str(net.path), steps=net.steps_total, resume=True))
+    if source is None:
+        st.caption("Training here needs a set the app can read again: a built-in or a local path, not an upload.")
+    else:
+        c, h, w = s.train.shape
+        st.caption(f"On the sidebar's training set: **{s.train.name}**, {len(s.train):,} images, {h}x{w}. The network "
+                   f"is saved in {default_network_dir()} (set ELSVIZ_NETWORKS to change it).")
+        cols = st.columns(3)
+        cols[0].text_input("Name", value=f"{s.train.name}-resnet", key="net_name")
+        cols[1].radio("Architecture", list(ARCHS), key="net_arch", horizontal=True,
+                      format_func={"resnet": "ResNet", "unet": "UNet + attention"}.get,
+                      help="ResNet: convolutions only, what the ELS machine models. UNet: one self-attention "
+                           "block lets every pixel see the whole image, the paper's contrast case.")
+        cols[2].select_slider("Training steps", [100, 250, 500, 1000, 2500, 5000], value=2500, key="net_steps",
+                              help="2,500 steps of 64 images: about 10 minutes on 2 CPU cores for 16x16 digits.")
+        target = default_network_dir() / ss["net_name"].strip()
+        if not ss["net_name"].strip() or "/" in ss["net_name"]:
+            st.caption("Give the network a name (no slashes).")
+        elif (target / "config.json").exists():
+            st.caption(f"A network called {ss['net_name']} exists already; pick another name.")
+        else:
+            st.button(f"Train on {s.train.name}", type="primary", on_click=nets.request_training,
+                      kwargs=dict(folder=str(target), arch=ss["net_arch"], steps=ss["net_steps"]))
+
+if net is None:
+    st.info("Choose a network, or train one above (`elsviz train --dataset digits --out DIR` does the same).")
+    st.stop()
+
+try:
+    key, train = nets.training_set(net)
+except ElsvizError as err:
+    st.error(str(err))
+    st.stop()
+rf = receptive_field(net.config)
+st.caption(f"**{net.describe()}**. " + (f"Each output pixel sees a {rf}x{rf} square of the input." if rf else
+                                        "Its attention lets every pixel see the whole image."))
+
+# -- the machines' locality schedule -------------------------------------------------------------------
+st.subheader("The locality schedule")
+calibrated = net.schedule
+sidebar_ks = None
+if s.spec.machine != "is":
+    sidebar_ks = resample(s.spec.schedule(), 20)
+if calibrated is None:
+    st.info("This network has no calibrated schedule yet. Calibration runs the network and, at every step, finds "
+            "the window size k whose bbELS score points most nearly where the network's does (as the paper did). "
+            "Until then the machines use the sidebar's locality.")
+    cols = st.columns([1, 2])
+    n_cal = cols[0].slider("Samples to calibrate on", 2, 10, 4, key="net_cal_seeds")
+    if cols[1].button(f"Calibrate bbELS on {n_cal} samples (a few minutes)", key="net_calibrate"):
+        nets.calibrate_here(net, engine_of(key, "bbels", train), list(range(n_cal)))
+        st.rerun()
+    mode = SIDEBAR
+else:
+    mode = st.radio("The machines use", [CALIBRATED, SIDEBAR], key="net_sched", horizontal=True)
+if mode == SIDEBAR and sidebar_ks is None:
+    st.warning("The sidebar's machine is IS, which has no window: pick another machine there, or calibrate.")
+    st.stop()
+ks = resample(calibrated, 20) if mode == CALIBRATED else sidebar_ks
+name = f"calibrated: {net.path.name}"
+lines = {name: resample(calibrated, 20)} if calibrated else {"the sidebar's": sidebar_ks}
+lines.update({p: list(v) for p, v in PRESETS.items() if "circular" not in p})
+left, right = st.columns([3, 2])
+left.plotly_chart(figures.schedules_figure(lines, highlight=[next(iter(lines))]), key="net_schedules",
+                  config={"displayModeBar": False})
+right.markdown(f"**k per step** (step 19 to 1): {' '.join(str(ks[i]) for i in range(19, 0, -1))}")
+right.caption("Grey: the paper's schedules, fitted on 32x32 images to networks trained on MNIST, FashionMNIST, "
+              "CIFAR-10 and CelebA. " + ("The calibrated schedule is also offered in the sidebar (paper schedule)."
+                                          if calibrated else ""))
+if calibrated and net.calibration.get("stale"):
+    right.warning("This schedule was calibrated for earlier weights (training went on since); run elsviz calibrate again.")
+
+# -- the grid ----------------------------------------------------------------------------------------------
+st.subheader("Same noise, network and machines")
+cols = st.columns(2)
+n_seeds = cols[0].slider("Seeds", 1, 8, 4, key="net_seeds", help="From the sidebar's seed on.")
+net_steps = cols[1].radio("Network steps", [150, 20], key="net_steps_shown", horizontal=True,
+                          format_func=lambda n: f"{n} (as the paper)" if n == 150 else f"{n} (as the machines)")
+seeds = list(range(int(s.spec.seed), int(s.spec.seed) + n_seeds))
+try:
+    result = nets.comparison(net, key, train, seeds, ks, (20, 150))
+except ElsvizError as err:
+    st.error(str(err))
+    st.stop()
+if result is None:
+    st.stop()
+main = result.network_key(net_steps, 20)
+show(figures.network_grid(result, [main, *nets.MACHINES], target=112))
+st.caption(f"Each row starts from one seed's noise. Under each machine's picture: its agreement with the network "
+           f"({net_steps} steps). The machines take 20 steps with the schedule above.")
+row = result.agreement[main]
+cols = st.columns(4)
+for col, m in zip(cols, nets.MACHINES):
+    col.metric(f"median agreement, {NAMES[m]}", f"{median(row[m]):.2f}")
+cols[3].metric("bbELS beats IS", f"{sum(b > i for b, i in zip(row['bbels'], row['is']))} of {len(seeds)} seeds")
+
+# -- the scatter ---------------------------------------------------------------------------------------------
+st.subheader("Seed by seed: bbELS against IS")
+left, right = st.columns(2)
+left.plotly_chart(figures.agreement_scatter(row["is"], row["bbels"], seeds, title=f"these {len(seeds)} seeds"),
+                  key="net_scatter", config={"displayModeBar": False})
+saved = nets.saved_comparison(net)
+if saved:
+    per = saved["per_seed"]
+    net_key = max((k for k in saved["median_agreement"] if k.startswith("network")),
+                  key=lambda k: 20 if k == "network" else int(k.split("-")[1]))
+    xs = [r.get(f"agreement_{net_key}_is") for r in per]
+    ys = [r.get(f"agreement_{net_key}_bbels") for r in per]
+    if None not in xs and None not in ys:
+        right.plotly_chart(figures.agreement_scatter(xs, ys, [r["seed"] for r in per],
+                                                     title=f"{len(per)} seeds, from elsviz compare"),
+                           key="net_scatter_saved", config={"displayModeBar": False})
+else:
+    right.caption(f"`elsviz compare {net.path}` scores 32 seeds (and LS, and the network at 20 and 150 steps); "
+                  "its scatter then appears here.")
+left.caption("Each point is one seed. Above the orange diagonal, bbELS predicts the network better than IS does, "
+             "which can only give back training images.")
+
+# -- step by step ----------------------------------------------------------------------------------------------
+st.subheader("Step by step: where the two runs part")
+pick = st.select_slider("Seed", seeds, key="net_seed_pick") if len(seeds) > 1 else seeds[0]
+idx = seeds.index(pick)
+show(figures.trajectory_pair(result, "bbels", idx, target=64))
+st.caption("The posterior mean (the current guess of the clean image) of the network (top) and bbELS (below), both "
+           "with 20 steps from the same noise; under each step, their agreement.")
+st.plotly_chart(figures.step_agreement_figure({
+    f"bbELS, seed {pick}": [(i, v[idx]) for i, v in sorted(result.step_agreement["bbels"].items(), reverse=True)],
+    f"bbELS, median of {len(seeds)} seeds": result.step_medians("bbels"),
+    f"IS, median of {len(seeds)} seeds": result.step_medians("is"),
+}), key="net_steps_plot", config={"displayModeBar": False})

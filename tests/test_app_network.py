@@ -1,0 +1,126 @@
+"""The "Network vs machine" page through Streamlit's AppTest, on tiny networks made here (8x8 digits).
+
+Nothing is downloaded and nothing outside the repository is read: the networks live in tmp_path,
+which the app finds through ELSVIZ_NETWORKS.
+"""
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from elsviz import Engine, calibrate, load_dataset
+from elsviz.compare import resample
+from elsviz.networks import save_schedule, train_network
+from tests.test_app import navigation_as_served  # noqa: F401 - autouse: the app as `streamlit run` serves it
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = "pages/network.py"
+SMALL = {"size": 8, "limit": 40}
+
+
+@pytest.fixture(scope="module")
+def networks(tmp_path_factory):
+    """Two tiny ResNets on 8x8 digits: `tiny` (calibrated) and `halfway` (stopped after 3 of 6 steps)."""
+    base = tmp_path_factory.mktemp("networks")
+    train = load_dataset("digits", **SMALL)
+    kw = dict(width=8, layers=2, batch=8, source="digits", options=SMALL)
+    net = train_network(train, base / "tiny", steps=4, **kw)
+    save_schedule(net, {"schedule": calibrate(net, Engine(train, "bbels", "cpu"), seeds=2), "machine": "bbels",
+                        "seeds": [0, 1]})
+    done = []
+    train_network(train, base / "halfway", steps=6, report_every=1, progress=done.append, stop=lambda: len(done) == 3,
+                  **kw)
+    return base
+
+
+@pytest.fixture(autouse=True)
+def found_here(networks, monkeypatch):
+    monkeypatch.setenv("ELSVIZ_NETWORKS", str(networks))
+
+
+def page(**state) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.session_state["net_seeds"] = 2
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.switch_page(PAGE)
+    return ok(at.run())
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def text(at: AppTest) -> str:
+    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info])
+
+
+def grid_png(at: AppTest) -> str:
+    return at.get("image")[0].value[0]
+
+
+def test_the_page_compares_a_network_with_the_machines():
+    at = page(net_choice="tiny (trained here)")
+    assert not at.error, [e.value for e in at.error]
+    assert "Network vs machine" in [t.value for t in at.title]
+    assert "ResNet (2 layers, width 8" in text(at)
+    assert at.radio(key="net_sched").value == "calibrated for this network"
+    labels = [m.label for m in at.metric]
+    assert labels == ["median agreement, bbELS", "median agreement, ELS", "median agreement, IS", "bbELS beats IS"]
+    assert at.metric[3].value.endswith("of 2 seeds")
+    charts = at.main.get("plotly_chart")
+    assert len(charts) == 3  # schedules beside the presets, the scatter, agreement by step
+    spec = json.loads(charts[0].proto.spec)
+    names = [trace["name"] for trace in spec["data"]]
+    assert names[0] == "calibrated: tiny" and "mnist-resnet" in names  # the calibrated schedule among the presets
+    scatter = json.loads(charts[1].proto.spec)
+    assert len(scatter["data"][1]["x"]) == 2  # one point per seed, and the diagonal
+    assert len(at.get("image")) == 2  # the grid and the step-by-step pair
+
+    before = grid_png(at)
+    at.slider(key="net_seeds").set_value(3)
+    ok(at.run())
+    assert at.metric[3].value.endswith("of 3 seeds")
+    assert grid_png(at) != before  # a third row
+
+    at.radio(key="net_sched").set_value("the sidebar's locality")
+    ok(at.run())
+    assert not at.error
+
+
+def test_the_calibrated_schedule_is_offered_in_the_sidebar(networks):
+    at = page(net_choice="tiny (trained here)", loc_mode="paper schedule", limit=100, steps=6)
+    options = at.selectbox(key="preset").options  # as shown: "name (note)"
+    assert "calibrated: tiny (fitted to the network tiny, bbels, 2 samples)" in options
+    assert options[0].startswith("mnist-resnet")
+    at.selectbox(key="preset").set_value("calibrated: tiny")
+    at.switch_page("pages/locality.py")
+    ok(at.run())
+    assert not at.error
+    fitted = json.loads((networks / "tiny" / "schedule.json").read_text())["schedule"]
+    assert at.session_state["_last_result"].spec.k == tuple(resample(fitted, 6))  # the run used it
+
+
+def test_a_stopped_network_resumes_on_the_page(networks):
+    at = page(net_choice="halfway (trained here)")
+    assert "stopped after 3 of 6 steps" in text(at)
+    next(b for b in at.button if b.label == "Resume its training").click()
+    ok(at.run())
+    assert "6 of 6 steps" in text(at)
+    assert json.loads((networks / "halfway" / "config.json").read_text())["training"]["steps_done"] == 6
+
+
+def test_bad_folders_show_a_message_and_the_page_keeps_working(tmp_path):
+    at = page(net_choice="a local path ...", net_path=str(tmp_path / "nowhere"))
+    assert any("does not exist" in e.value for e in at.error)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{cut short")
+    at.text_input(key="net_path").set_value(str(broken))
+    ok(at.run())
+    assert any("corrupt" in e.value for e in at.error)
+    at.selectbox(key="net_choice").set_value("tiny (trained here)")
+    ok(at.run())
+    assert not at.error and len(at.metric) == 4
