@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from .errors import ElsvizError
 from .imageset import ImageSet
 from .schedule import alpha_sigma, check_k, check_t
+from .validate import as_bool, as_choice, as_int, as_label, as_pixel
 
 MACHINES: dict[str, str] = {
     "is": "Ideal score: the whole image is compared with whole training images; it can only reproduce them.",
@@ -433,9 +434,12 @@ class Engine:
                  cache_bytes: int | None = None, chunk_elems: int | None = None, compile: bool = False):
         if not isinstance(train, ImageSet):
             raise ElsvizError(f"Engine needs an ImageSet, got {type(train).__name__}; wrap your images in ImageSet(images, labels).")
-        machine = str(machine).lower()
-        if machine not in MACHINES:
-            raise ElsvizError(f"Unknown machine {machine!r}: choose one of {', '.join(MACHINES)}.")
+        machine = as_choice("machine", machine, tuple(MACHINES))
+        if device is not None and not isinstance(device, (str, torch.device)):
+            raise ElsvizError(f"device must be 'auto', 'cpu', 'cuda' (or a torch.device), got {device!r}.")
+        cache_bytes = None if cache_bytes is None else as_int("cache_bytes", cache_bytes, 0)
+        chunk_elems = None if chunk_elems is None else as_int("chunk_elems", chunk_elems, 1)
+        compile = as_bool("compile", compile)
         self.train = train
         self.machine = machine
         self.device = _resolve_device(device)
@@ -463,8 +467,9 @@ class Engine:
             raise ElsvizError(f"x must be a torch tensor [B, C, H, W], got {type(x).__name__}.")
         if x.ndim == 3:
             x = x.unsqueeze(0)
-        if x.ndim != 4:
-            raise ElsvizError(f"x must have shape [B, C, H, W], got {tuple(x.shape)}.")
+        if x.ndim != 4 or x.numel() == 0 or x.is_complex():
+            raise ElsvizError(f"x must be a real tensor of shape [B, C, H, W] with B, C, H, W >= 1, got "
+                              f"{x.dtype} of shape {tuple(x.shape)}.")
         n, c, h, w = self.images.shape
         if x.shape[1] != c:
             raise ElsvizError(
@@ -504,7 +509,7 @@ class Engine:
         """Indices of the training images in play, or None for all."""
         if label is None:
             return None
-        idx = self.train.indices_for(int(label))
+        idx = self.train.indices_for(as_label(label))
         return idx.to(self.device)
 
     # -- the machine -----------------------------------------------------------------------------
@@ -693,9 +698,8 @@ class Engine:
         x = x[:1]
         _, c, hq, wq = x.shape
         n_all, _, h, w = self.images.shape
-        i, j = (int(v) for v in pixel)
-        if not (0 <= i < hq and 0 <= j < wq):
-            raise ElsvizError(f"pixel {pixel} lies outside the {hq}x{wq} image.")
+        i, j = as_pixel(pixel, hq, wq)
+        top = as_int("top", top, 1, 10_000, " (how many keys to list)")
         imgs = self._images_of(label, subset)
         n = imgs.shape[0]
         ids = torch.arange(n, device=x.device) if subset is None else subset

@@ -15,7 +15,35 @@ from PIL import Image, ImageDraw, ImageFont
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from .errors import ElsvizError
 from .runs import patch, seams, shared_mask
+from .validate import as_bool, as_float, as_int, as_pixel
+
+MAX_PICTURE = 4096  # pixels on a side
+
+
+def check_image(img, name: str = "img") -> None:
+    """An image [C, H, W] (or [1, C, H, W]) of real numbers, C = 1 or 3: a tensor or an array."""
+    if not isinstance(img, (torch.Tensor, np.ndarray)):
+        raise ElsvizError(f"{name} must be an image [C, H, W] (a tensor or array with C = 1 or 3), got {type(img).__name__}.")
+    shape = tuple(img.shape)
+    if isinstance(img, torch.Tensor):
+        real = not img.is_complex()
+    else:
+        real = np.issubdtype(img.dtype, np.number) and not np.iscomplexobj(img)
+    if len(shape) == 4 and shape[0] == 1:
+        shape = shape[1:]
+    if not real or len(shape) != 3 or shape[0] not in (1, 3) or not 1 <= min(shape[1:]) <= max(shape[1:]) <= MAX_PICTURE:
+        raise ElsvizError(f"{name} must be an image [C, H, W] of real numbers with C = 1 or 3, got "
+                          f"{getattr(img, 'dtype', '?')} of shape {tuple(img.shape)}.")
+
+
+def check_run(traj, batch: int) -> int:
+    """A run with frames (a Trajectory) and a batch index into it."""
+    frames = getattr(traj, "frames", None)
+    if not isinstance(frames, list) or not frames or not all(hasattr(f, "mean") and hasattr(f, "x") for f in frames):
+        raise ElsvizError(f"Expected a run returned by sample() (a Trajectory with frames), got {type(traj).__name__}.")
+    return as_int("batch", batch, 0, frames[0].x.shape[0] - 1, " (which image of the batch)")
 
 ENTROPY_SCALE = "Magma"
 SEAM_RGB = (255, 255, 255)
@@ -68,6 +96,8 @@ def fit_scale(shape: tuple[int, int], target: int = 320) -> int:
 
 def picture(img, target: int = 320) -> Image.Image:
     """An image [C, H, W] in [-1, 1] as a large, sharp PIL image (about `target` pixels on its larger side)."""
+    check_image(img)
+    target = as_int("target", target, 1, MAX_PICTURE, " (pixels on the larger side)")
     rgb = to_rgb(img)
     return enlarge(rgb, fit_scale(rgb.shape[:2], target))
 
@@ -90,6 +120,17 @@ def provenance_picture(img, source_index, source_pos, source_count, *, target: i
     matched by many identical keys) stay uncoloured grey with a hatch; seams are white lines
     between pieces; `mark` outlines one pixel (row, col).
     """
+    check_image(img)
+    h, w = img.shape[-2:]
+    for name, value, shape in (("source_index", source_index, (h, w)), ("source_pos", source_pos, (h, w, 2)),
+                               ("source_count", source_count, (h, w))):
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.is_floating_point():
+            raise ElsvizError(f"{name} must be an integer tensor of shape {list(shape)} (from a Posterior or Frame), "
+                              f"got {getattr(value, 'dtype', type(value).__name__)} of shape {tuple(getattr(value, 'shape', ()))}.")
+    target = as_int("target", target, 1, MAX_PICTURE, " (pixels on the larger side)")
+    alpha = as_float("alpha", alpha, 0.0, 1.0, hint=" (how strong the tint is)")
+    colour, draw_seams = as_bool("colour", colour), as_bool("draw_seams", draw_seams)
+    mark = None if mark is None else as_pixel(mark, h, w, "mark")
     rgb = to_rgb(img).astype(np.float32)  # [H, W, 3]
     h, w = rgb.shape[:2]
     src = source_index.detach().cpu()
@@ -222,6 +263,9 @@ def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int
     Play / pause buttons and a step slider run in the browser (no server round trip per frame).
     The slider ends on the last step, whose posterior mean is the output.
     """
+    batch = check_run(traj, batch)
+    height = as_int("height", height, 100, MAX_PICTURE, " (pixels)")
+    frame_ms = as_int("frame_ms", frame_ms, 1, 60_000, " (milliseconds per step)")
     frames = traj.frames
     ent_top = max(float(f.entropy[batch].max()) for f in frames if f.entropy is not None) if frames[0].entropy is not None else 1.0
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.04,
@@ -269,6 +313,10 @@ def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int
 
 def animation_gif(traj, *, target: int = 200, frame_ms: int = 220, hold_ms: int = 1500, batch: int = 0) -> bytes:
     """The run as a looping GIF: x_t and the posterior mean side by side, the last frame held longer."""
+    batch = check_run(traj, batch)
+    target = as_int("target", target, 1, MAX_PICTURE, " (pixels on the larger side of each picture)")
+    frame_ms = as_int("frame_ms", frame_ms, 1, 60_000, " (milliseconds per step)")
+    hold_ms = as_int("hold_ms", hold_ms, 1, 60_000, " (milliseconds on the last step)")
     tiles = []
     for f in traj.frames:
         row = [picture(f.x[batch].clamp(-1, 1), target), picture(f.mean[batch], target)]

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .errors import ElsvizError
+from .validate import as_label, as_text, is_int
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,9 +31,13 @@ class ImageSet:
     def __post_init__(self):
         images = self.images
         if isinstance(images, np.ndarray):
+            if not (np.issubdtype(images.dtype, np.number) or images.dtype == np.bool_) or np.iscomplexobj(images):
+                raise ElsvizError(f"ImageSet images must be real numbers, got an array of {images.dtype}.")
             images = torch.from_numpy(np.ascontiguousarray(images))
         if not isinstance(images, torch.Tensor):
             raise ElsvizError(f"ImageSet images must be a tensor or array [N, C, H, W], got {type(images).__name__}.")
+        if images.is_complex():
+            raise ElsvizError(f"ImageSet images must be real numbers, got a tensor of {images.dtype}.")
         if images.ndim != 4:
             raise ElsvizError(
                 f"ImageSet images must have shape [N, C, H, W], got shape {tuple(images.shape)}. "
@@ -53,21 +58,31 @@ class ImageSet:
             )
         labels = self.labels
         if labels is not None:
-            if isinstance(labels, np.ndarray):
-                labels = torch.from_numpy(np.ascontiguousarray(labels))
-            labels = torch.as_tensor(labels)
+            try:
+                if isinstance(labels, np.ndarray):
+                    labels = torch.from_numpy(np.ascontiguousarray(labels))
+                labels = torch.as_tensor(labels)
+            except (TypeError, ValueError, RuntimeError):
+                raise ElsvizError(f"labels must be integers, one class index per image; got {type(labels).__name__} "
+                                  "that is not an array of numbers.") from None
             if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
                 raise ElsvizError(
                     f"labels must have shape [N] = [{images.shape[0]}], got {tuple(labels.shape)}."
                 )
-            if labels.is_floating_point() or labels.dtype == torch.bool:
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
                 raise ElsvizError("labels must be integers (one class index per image).")
             labels = labels.to(torch.int64).contiguous()
             if int(labels.min()) < 0:
                 raise ElsvizError("labels must be non-negative class indices.")
         class_names = self.class_names
         if class_names is not None:
+            if isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__iter__"):
+                raise ElsvizError(f"class_names must be a list of names (index = label), got {class_names!r}.")
             class_names = tuple(str(c) for c in class_names)
+        for what in ("name", "description", "source"):
+            as_text(what, getattr(self, what))
+        if not isinstance(self.meta, dict):
+            raise ElsvizError(f"meta must be a dict, got {type(self.meta).__name__}.")
         object.__setattr__(self, "images", images)
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "class_names", class_names)
@@ -97,6 +112,7 @@ class ImageSet:
 
     def indices_for(self, label: int | None) -> torch.Tensor | None:
         """Indices of the images with this label (None: all images). Refuses impossible labels."""
+        label = as_label(label)
         if label is None:
             return None
         if self.labels is None:
@@ -113,7 +129,16 @@ class ImageSet:
 
     def subset(self, idx) -> "ImageSet":
         """The images at idx, with their labels and per-image meta data (meta["per_image"] keys)."""
-        idx = torch.as_tensor(idx, dtype=torch.int64)
+        n = len(self)
+        try:
+            idx = torch.as_tensor(idx)
+        except (TypeError, ValueError, RuntimeError):
+            idx = None
+        if idx is None or idx.ndim != 1 or not (idx.numel() == 0 or is_int(idx[0])):
+            raise ElsvizError(f"subset() takes a list of image indices (integers from 0 to {n - 1}).")
+        if idx.numel() == 0 or int(idx.min()) < -n or int(idx.max()) >= n:
+            raise ElsvizError(f"subset() needs at least one index, each from 0 to {n - 1} (the set has {n} images).")
+        idx = idx.to(torch.int64)
         meta = dict(self.meta)
         for key in meta.get("per_image", ()):
             meta[key] = meta[key][idx]

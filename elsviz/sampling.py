@@ -13,6 +13,10 @@ import torch
 
 from .errors import ElsvizError
 from .schedule import alpha_sigma, beta, locality_schedule
+from .validate import as_callback, as_int, as_label, as_seed
+
+MAX_SIDE = 1024  # largest output height or width
+MAX_BATCH = 1024
 
 _PROVENANCE = ("source_index", "source_pos", "source_weight", "source_count", "entropy")
 
@@ -70,12 +74,11 @@ def _default_shape(denoiser, shape):
         if train is None:
             raise ElsvizError("Give x or shape: this denoiser has no training set to take the image size from.")
         return (1, *train.shape)
-    shape = tuple(int(v) for v in shape)
-    if len(shape) == 3:
-        shape = (1, *shape)
-    if len(shape) != 4 or min(shape) < 1:
-        raise ElsvizError(f"shape must be (C, H, W) or (B, C, H, W) with positive sizes, got {shape}.")
-    return shape
+    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) not in (3, 4):
+        raise ElsvizError(f"shape must be (C, H, W) or (B, C, H, W), a tuple of positive integers; got {shape!r}.")
+    shape = tuple(shape) if len(shape) == 4 else (1, *shape)
+    limits = (("batch size", MAX_BATCH), ("channels", 3), ("height", MAX_SIDE), ("width", MAX_SIDE))
+    return tuple(as_int(f"shape's {what}", v, 1, hi) for v, (what, hi) in zip(shape, limits))
 
 
 def _run(denoiser, x, steps, ks, label, callback, start):
@@ -105,12 +108,21 @@ def sample(denoiser, x: torch.Tensor | None = None, steps: int = 20, k=5, label:
     k: an odd int, a list of `steps` ints (k[i] used at step i) or a preset name.
     shape: (B, C, H, W) or (C, H, W) of the noise; defaults to one training-sized image.
     """
+    if not callable(getattr(denoiser, "denoise", None)):
+        raise ElsvizError(f"sample() needs a denoiser (an Engine, or anything with .denoise(x, t, k, label)), "
+                          f"got {type(denoiser).__name__}.")
     ks = locality_schedule(k, steps)
+    label = as_label(label)
+    callback = as_callback(callback)
+    seed = None if seed is None else as_seed(seed)
     if x is None:
-        seed = 0 if seed is None else int(seed)
+        seed = 0 if seed is None else seed
         x = _noise(denoiser, seed, _default_shape(denoiser, shape))
     elif not isinstance(x, torch.Tensor):
         raise ElsvizError(f"x must be a torch tensor [B, C, H, W], got {type(x).__name__}.")
+    elif x.is_complex() or x.ndim not in (3, 4) or x.numel() == 0:
+        raise ElsvizError(f"x must be a real tensor [B, C, H, W] (or [C, H, W]) of noise, got {x.dtype} of shape "
+                          f"{tuple(x.shape)}.")
     elif x.ndim == 3:
         x = x.unsqueeze(0)
     device = getattr(denoiser, "device", x.device)
@@ -125,7 +137,12 @@ def branch(traj: Trajectory, at_step: int, k=None, callback=None, denoiser=None)
     The new run starts from the recorded input x of step at_step; k[i] for i <= at_step comes
     from the new schedule (an int, a list of `steps` ints or a preset), the rest from traj.
     """
+    if not isinstance(traj, Trajectory):
+        raise ElsvizError(f"branch() continues a Trajectory returned by sample(), got {type(traj).__name__}.")
+    callback = as_callback(callback)
     denoiser = denoiser or traj.denoiser
+    if denoiser is not None and not callable(getattr(denoiser, "denoise", None)):
+        raise ElsvizError(f"denoiser must be an Engine (or have .denoise(x, t, k, label)), got {type(denoiser).__name__}.")
     if denoiser is None:
         raise ElsvizError("This trajectory does not know its denoiser; pass denoiser=... to branch().")
     if isinstance(at_step, bool) or not isinstance(at_step, int) or not (1 <= at_step <= traj.steps - 1):

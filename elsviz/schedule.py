@@ -5,9 +5,11 @@ Time t runs in (0, 1); x_t = a_t * x_0 + b_t * eps with the paper's "legacy cosi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 from .errors import ElsvizError
+from .validate import as_float, as_int, is_int
+
+MAX_STEPS = 1000  # the paper uses 20; a run is `steps` calls of the machine
 
 # k[0..19] fitted by the paper to trained networks (32 x 32 images, 20 steps).
 PRESETS: dict[str, tuple[int, ...]] = {
@@ -49,18 +51,13 @@ def alpha_sigma(t: float) -> tuple[float, float]:
 
 
 def check_t(t: float) -> float:
-    try:
-        t = float(t)
-    except (TypeError, ValueError):
-        raise ElsvizError(f"t must be a number in (0, 1), got {t!r}.") from None
-    if not (0.0 < t < 1.0):
-        raise ElsvizError(f"t must lie strictly between 0 and 1 (noise level), got {t}. Pick e.g. t=0.5.")
-    return t
+    """The noise level t, a number strictly between 0 and 1."""
+    return as_float("t", t, 0.0, 1.0, open_range=True, hint=" (the noise level; e.g. t=0.5)")
 
 
 def check_k(k) -> int:
     """An odd window size k >= 1."""
-    if isinstance(k, bool) or not isinstance(k, (int,)) and not (hasattr(k, "__index__")):
+    if not is_int(k):
         raise ElsvizError(f"k must be an odd integer >= 1 (the window size), got {k!r}.")
     k = int(k)
     if k < 1 or k % 2 == 0:
@@ -74,8 +71,7 @@ def locality_schedule(k, steps: int) -> list[int]:
     A preset has 20 entries (fitted for 20 steps); for another number of steps it is resampled
     by nearest time: k[i] = preset[round(i * 19 / (steps - 1))].
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ElsvizError(f"steps must be an integer >= 2, got {steps!r}.")
+    steps = as_int("steps", steps, 2, MAX_STEPS, " (the paper uses 20)")
     if isinstance(k, str):
         if k not in PRESETS:
             raise ElsvizError(f"Unknown locality preset {k!r}. Known presets: {', '.join(PRESETS)}.")
@@ -83,9 +79,12 @@ def locality_schedule(k, steps: int) -> list[int]:
         if steps == len(p):
             return list(p)
         return [p[round(i * (len(p) - 1) / (steps - 1))] for i in range(steps)]
-    if isinstance(k, Sequence) or hasattr(k, "tolist") and not isinstance(k, int):
+    if is_int(k):
+        return [check_k(k)] * steps
+    if isinstance(k, (list, tuple, range)) or hasattr(k, "tolist") and getattr(k, "ndim", 0) == 1:
         ks = list(k.tolist() if hasattr(k, "tolist") else k)
         if len(ks) != steps:
             raise ElsvizError(f"A locality schedule needs one k per step: got {len(ks)} values for steps={steps}.")
         return [check_k(v) for v in ks]
-    return [check_k(k)] * steps
+    raise ElsvizError(f"k must be an odd integer (the window size), a list of {steps} odd integers (one per step) "
+                      f"or a preset name such as 'mnist-resnet'; got {k!r} ({type(k).__name__}).")

@@ -80,7 +80,7 @@ def test_help_is_not_an_error(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["info", "no-such-set"], "'no-such-set' is neither a built-in set"),
     (["sample", *TINY[:3], "--k", "4", "--steps", "3"], "k must be an odd integer"),
-    (["sample", *TINY[:3], "--steps", "1"], "steps must be an integer >= 2"),
+    (["sample", *TINY[:3], "--steps", "1"], "steps must be an integer from 2"),
     (["sample", *TINY[:3], "--steps", "3", "--label", "12"], "No training image has label 12"),
     (["sheet", "digits", "-O", "size=0"], "size"),
 ])

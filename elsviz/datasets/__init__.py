@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gzip
 import inspect
+import os
 from pathlib import Path
 
 from ..errors import ElsvizError
@@ -103,6 +104,9 @@ def load_dataset(name_or_path: str | Path = "digits", *, size=None, channels=Non
     A string that is a name means the named set even if a folder of that name exists here: pass
     Path("digits") or "./digits" for the folder.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ElsvizError(f"load_dataset takes a set's name ({', '.join(BUILTINS)}, {', '.join(REMOTES)}) or a path, "
+                          f"got {name_or_path!r} ({type(name_or_path).__name__}).")
     opts = parse_options(size, channels, limit, seed, classes, max_bytes, max_total_bytes, max_files)
     is_name = isinstance(name_or_path, str)  # names win over same-named folders: write ./digits for those
     key = str(name_or_path).strip()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import ElsvizError
 from ..imageset import ImageSet
+from ..validate import as_int, as_seed, is_int
 
 GB = 1024**3
 DEFAULT_MAX_BYTES = 4 * GB  # float32 pixels of the finished set
@@ -40,32 +41,31 @@ class Options:
 def parse_options(size=None, channels=None, limit=None, seed=0, classes=None, max_bytes=DEFAULT_MAX_BYTES,
                   max_total_bytes=DEFAULT_MAX_TOTAL_BYTES, max_files=DEFAULT_MAX_FILES) -> Options:
     if size is not None:
-        if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        if is_int(size):
             size = (int(size), int(size))
-        elif isinstance(size, Sequence) and len(size) == 2 and all(isinstance(s, (int, np.integer)) for s in size):
+        elif isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2 and all(map(is_int, size)):
             size = (int(size[0]), int(size[1]))
         else:
             raise ElsvizError(f"size must be an int or a pair (height, width), got {size!r}.")
         if min(size) < 1 or max(size) > 1024:
             raise ElsvizError(f"size must be between 1 and 1024 pixels, got {size}.")
-    if channels is not None and channels not in (1, 3):
+    if channels is not None and not (is_int(channels) and int(channels) in (1, 3)):
         raise ElsvizError(f"channels must be 1 (grayscale) or 3 (colour), got {channels!r}.")
+    channels = None if channels is None else int(channels)
     if limit is not None:
-        if not isinstance(limit, (int, np.integer)) or isinstance(limit, bool) or limit < 1:
-            raise ElsvizError(f"limit must be a positive number of images, got {limit!r}.")
-        limit = int(limit)
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ElsvizError(f"seed must be an integer, got {seed!r}.")
+        limit = as_int("limit", limit, 1, None, " (a number of images)")
+    seed = as_seed(seed)
     if classes is not None:
-        if isinstance(classes, (str, int, np.integer)):
+        if isinstance(classes, str) or is_int(classes):
             classes = (classes,)
+        if not isinstance(classes, (Sequence, set, frozenset, np.ndarray)):
+            raise ElsvizError(f"classes must be a label, a class name or a list of them, got {classes!r}.")
         classes = tuple(classes)
         if not classes:
             raise ElsvizError("classes is empty: give at least one label (or leave classes out for all).")
-    for name, value in (("max_bytes", max_bytes), ("max_total_bytes", max_total_bytes), ("max_files", max_files)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ElsvizError(f"{name} must be a positive integer, got {value!r}.")
-    return Options(size, channels, limit, int(seed), classes, int(max_bytes), int(max_total_bytes), int(max_files))
+    max_bytes, max_total_bytes, max_files = (as_int(name, value, 1) for name, value in (
+        ("max_bytes", max_bytes), ("max_total_bytes", max_total_bytes), ("max_files", max_files)))
+    return Options(size, channels, limit, seed, classes, max_bytes, max_total_bytes, max_files)
 
 
 def class_values(classes: tuple, class_names: Sequence[str] | None, where: str) -> list[int]:
@@ -80,7 +80,7 @@ def class_values(classes: tuple, class_names: Sequence[str] | None, where: str) 
                 values.append(int(c))
             else:
                 raise ElsvizError(f"{where} has no class named {c!r}; its classes are {names}.")
-        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool):
+        elif is_int(c):
             values.append(int(c))
         else:
             raise ElsvizError(f"classes must be label numbers or class names, got {c!r}.")

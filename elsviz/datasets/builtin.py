@@ -13,6 +13,7 @@ from PIL import Image
 
 from ..errors import ElsvizError
 from ..imageset import ImageSet
+from ..validate import is_int
 from ._common import LUMA, Options, choose, finish
 
 DIGITS_SOURCE = (
@@ -103,7 +104,7 @@ def _pyramid(photo: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
 
 def load_photos(opts: Options, n: int = 2000) -> ImageSet:
     """About `n` colour crops cut at several scales from scikit-image's photographs, labelled by photograph."""
-    if not isinstance(n, (int, np.integer)) or n < len(PHOTOS):
+    if not is_int(n) or n < len(PHOTOS):
         raise ElsvizError(f"photos: n must be an integer of at least {len(PHOTOS)}, got {n!r}.")
     size = opts.size or (32, 32)
     th, tw = size

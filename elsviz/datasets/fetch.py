@@ -95,6 +95,8 @@ def dataset_dir(name: str, data_dir: str | Path | None = None) -> Path:
     key = canonical(name)
     if key is None:
         raise ElsvizError(f"Unknown dataset {name!r} to fetch; choose one of {sorted(REMOTES)}.")
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise ElsvizError(f"data_dir must be a folder (a path), got {data_dir!r}.")
     return Path(data_dir).expanduser() if data_dir is not None else default_data_dir() / key
 
 

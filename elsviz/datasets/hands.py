@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import ElsvizError
 from ..imageset import ImageSet
+from ..validate import is_int
 from ._common import Options, choose, finish
 
 MAX_FINGERS = 7
@@ -160,11 +161,11 @@ def _render(rng: np.random.Generator, fingers: int, size: tuple[int, int]):
 
 def load_hands(opts: Options, n: int = 1000, fingers: int | Sequence[int] = 5) -> ImageSet:
     """`n` hand silhouettes with `fingers` digits each (3..7, thumb included; a list mixes counts and labels them)."""
-    counts = [fingers] if isinstance(fingers, (int, np.integer)) else list(fingers)
-    if not counts or any(not isinstance(f, (int, np.integer)) or not 3 <= f <= MAX_FINGERS for f in counts):
+    counts = [fingers] if is_int(fingers) else list(fingers) if isinstance(fingers, (list, tuple, range)) else [None]
+    if not counts or any(not is_int(f) or not 3 <= f <= MAX_FINGERS for f in counts):
         raise ElsvizError(f"hands: fingers must be an integer from 3 to {MAX_FINGERS} (or a list of them), "
                           f"got {fingers!r}.")
-    if not isinstance(n, (int, np.integer)) or n < 1:
+    if not is_int(n) or n < 1:
         raise ElsvizError(f"hands: n must be a positive number of images, got {n!r}.")
     size = opts.size or (32, 32)
     if min(size) < 24:
