@@ -16,7 +16,7 @@ from pathlib import Path
 from .cli import FORCE, _dataset_options, _k_arg, arg, command, output_files
 from .errors import ElsvizError
 
-TRAIN_STEPS = 2500  # the digits ResNet: about 10 minutes on a 2-core CPU (docs/AGREEMENT.md)
+TRAIN_STEPS = 2000  # the digits ResNet: about 10 minutes on a 2-core CPU (docs/AGREEMENT.md)
 
 
 def _say(msg: str) -> None:
@@ -49,7 +49,7 @@ NETWORK_DATASET_ARGS = (
          arg("--out", required=True, help="checkpoint folder (config.json, weights, training state)"),
          arg("--arch", default="resnet", choices=["resnet", "unet"],
              help="resnet: convolutions only (what ELS models); unet: with one self-attention block"),
-         arg("--width", type=int, default=None, help="channels (default: resnet 64, unet 32)"),
+         arg("--width", type=int, default=None, help="channels (default: resnet 48, unet 32)"),
          arg("--layers", type=int, default=None, help="residual blocks (resnet, default 6) or blocks per level (unet, 1)"),
          arg("--steps", type=int, default=TRAIN_STEPS, help=f"optimiser steps in all (default {TRAIN_STEPS})"),
          arg("--batch", type=int, default=64, help="images per step (default 64)"),
@@ -93,7 +93,8 @@ def _train(args) -> int:
 @command("calibrate", "fit a machine's locality schedule to a trained network (saved beside it as schedule.json)",
          arg("network", metavar="DIR", help="a network folder written by elsviz train"),
          arg("--seeds", type=int, default=10, help="samples whose median gives the schedule (default 10)"),
-         arg("--first-seed", type=int, default=0),
+         arg("--first-seed", type=int, default=1000,
+             help="default 1000, so that compare's seeds 0, 1, ... are not the ones calibrated on"),
          arg("--steps", type=int, default=20, help="reverse-diffusion steps (default 20, as the paper)"),
          arg("--machine", default="bbels", choices=["ls", "els", "bbels"]),
          arg("--label", type=int, default=None, help="class label (conditional networks)"),

@@ -7,7 +7,7 @@
     result = compare(net, train, seeds=range(32), k=ks)               # network vs bbELS, ELS, LS, IS
     print(result.summary())
 
-Agreement (ELS_MATH.md, "How the paper scores agreement"): centre each output, normalise it to
+Agreement (docs/THEORY.md, "Agreement with a network"): centre each output, normalise it to
 unit length, take the dot product: a Pearson correlation in [-1, 1] (the paper's text calls it
 r^2). `r2` is the coefficient of determination 1 - SS_res / SS_tot of the machine's output as a
 prediction of the network's, which also punishes a wrong brightness or contrast.
@@ -165,7 +165,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
 
 
-def calibration(network, engine, seeds=range(10), steps: int = 20, ks=None, label: int | None = None,
+def calibration(network, engine, seeds=range(1000, 1010), steps: int = 20, ks=None, label: int | None = None,
                 progress: Callable[[int, int], None] | None = None) -> Calibration:
     """Fit a locality schedule to a network, as the paper did (see calibrate); with the details."""
     seeds = _seeds(seeds)
@@ -205,14 +205,15 @@ def calibration(network, engine, seeds=range(10), steps: int = 20, ks=None, labe
     return Calibration(schedule, steps, engine.machine, seeds, ks, cosine, best, label)
 
 
-def calibrate(network, engine, seeds=range(10), steps: int = 20, ks=None, label: int | None = None,
+def calibrate(network, engine, seeds=range(1000, 1010), steps: int = 20, ks=None, label: int | None = None,
               progress: Callable[[int, int], None] | None = None) -> list[int]:
     """The locality schedule of `engine`'s machine that best matches `network`: a list of `steps` odd ints.
 
     Along the network's own trajectory from the noise of each seed, at every step, each candidate
     window k (odd, 1 up to the image size; `ks` to choose others) gives the machine's score; the
     k whose score has the highest cosine similarity with the network's wins. The schedule is the
-    median winner over the seeds, rounded to an odd k. `network` is any denoiser whose
+    median winner over the seeds, rounded to an odd k. The default seeds 1000 .. 1009 leave the
+    seeds a comparison uses (0, 1, ...) out of the fit. `network` is any denoiser whose
     `denoise(x, t, label=...)` has `.mean`. Usable as sample(..., k=schedule).
     progress(done, total) after each step.
     """

@@ -3,11 +3,11 @@
     from elsviz import load_dataset, sample
     from elsviz.networks import train_network, load_network
 
-    net = train_network(load_dataset("digits"), "nets/digits-resnet", steps=3000)   # or `elsviz train`
+    net = train_network(load_dataset("digits"), "nets/digits-resnet")   # or `elsviz train`
     net = load_network("nets/digits-resnet")
     traj = sample(net, seed=0, steps=20)            # the same reverse process and noise as the machines
 
-Both networks predict the noise eps of x_t = a_t x_0 + b_t eps (ELS_MATH.md's cosine schedule,
+Both networks predict the noise eps of x_t = a_t x_0 + b_t eps (docs/THEORY.md, "Noise schedule",
 elsviz.schedule.alpha_sigma); as a denoiser their posterior mean is Tweedie's estimate
 mean = (x - b_t eps) / a_t, so `sample` runs them exactly as it runs an Engine.
 
@@ -193,7 +193,7 @@ class UNetDenoiser(nn.Module):
         return self.outp(u)  # [B, C, H, W]
 
 
-DEFAULTS = {"resnet": {"width": 64, "layers": 6, "emb": 128}, "unet": {"width": 32, "layers": 1, "emb": 128}}
+DEFAULTS = {"resnet": {"width": 48, "layers": 6, "emb": 128}, "unet": {"width": 32, "layers": 1, "emb": 128}}
 
 
 def build_model(arch: str, shape, width: int | None = None, layers: int | None = None, emb: int | None = None,
@@ -579,7 +579,7 @@ def _dataset_record(train, source: str | None, options: dict | None) -> dict:
 
 
 def train_network(train, out, *, arch: str = "resnet", width: int | None = None, layers: int | None = None,
-                  emb: int | None = None, conditional: bool = False, steps: int = 3000, batch: int = 128,
+                  emb: int | None = None, conditional: bool = False, steps: int = 2000, batch: int = 64,
                   lr: float = 2e-3, ema: float = 0.999, seed: int = 0, save_every: int = 500,
                   resume: bool = False, device="auto", source: str | None = None, options: dict | None = None,
                   progress: Callable[[TrainProgress], None] | None = None, report_every: int = 25,
@@ -692,7 +692,7 @@ def train_network(train, out, *, arch: str = "resnet", width: int | None = None,
             x0 = images[idx]  # [b, C, H, W]
             t = T_MIN + (1 - T_MIN) * torch.rand(x0.shape[0], generator=gen).to(dev)  # [b]
             noise = torch.randn(x0.shape, generator=gen).to(dev)
-            beta = 1 - torch.cos(t / 1.008 * math.pi / 2) ** 2  # ELS_MATH.md's legacy cosine schedule
+            beta = 1 - torch.cos(t / 1.008 * math.pi / 2) ** 2  # the legacy cosine schedule (docs/THEORY.md)
             a, b = torch.sqrt(1 - beta)[:, None, None, None], torch.sqrt(beta)[:, None, None, None]
             lab = None
             if labels is not None:

@@ -68,8 +68,8 @@ with st.expander("Train a network", expanded=not catalogue):
                       format_func={"resnet": "ResNet", "unet": "UNet + attention"}.get,
                       help="ResNet: convolutions only, what the ELS machine models. UNet: one self-attention "
                            "block lets every pixel see the whole image, the paper's contrast case.")
-        cols[2].select_slider("Training steps", [100, 250, 500, 1000, 2500, 5000], value=2500, key="net_steps",
-                              help="2,500 steps of 64 images: about 10 minutes on 2 CPU cores for 16x16 digits.")
+        cols[2].select_slider("Training steps", [100, 250, 500, 1000, 2000, 5000], value=2000, key="net_steps",
+                              help="2,000 steps of 64 images: about 10 minutes on 2 CPU cores for 16x16 digits.")
         target = default_network_dir() / ss["net_name"].strip()
         if not ss["net_name"].strip() or "/" in ss["net_name"]:
             st.caption("Give the network a name (no slashes).")
@@ -105,7 +105,7 @@ if calibrated is None:
     cols = st.columns([1, 2])
     n_cal = cols[0].slider("Samples to calibrate on", 2, 10, 4, key="net_cal_seeds")
     if cols[1].button(f"Calibrate bbELS on {n_cal} samples (a few minutes)", key="net_calibrate"):
-        nets.calibrate_here(net, engine_of(key, "bbels", train), list(range(n_cal)))
+        nets.calibrate_here(net, engine_of(key, "bbels", train), list(range(1000, 1000 + n_cal)))
         st.rerun()
     mode = SIDEBAR
 else:

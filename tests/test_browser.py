@@ -23,6 +23,7 @@ ASSETS = {  # screenshot -> its name in assets/ (shown in the README)
     "reverse_diffusion_playing.png": "screenshot_reverse.png",
     "provenance.png": "screenshot_provenance.png",
     "locality.png": "screenshot_locality.png",
+    "network.png": "screenshot_network.png",
 }
 
 pytestmark = [
@@ -220,6 +221,31 @@ def watch_click_and_change_k(pg, shots):
     no_exception(pg)
     lap("locality explorer")
     pg.screenshot(path=shots / "locality.png", full_page=False)
+
+    # the network page: the bundled digits ResNet and the machines from the same noise (two seeds)
+    pg.get_by_role("link", name="Network vs machine").click()
+    pg.get_by_text("The locality schedule").wait_for()
+    settle(pg)
+    no_exception(pg)
+    seeds = pg.locator('[data-testid="stSlider"]', has_text="Seeds").locator('input[type="range"]')
+    for _ in range(5):  # 4 -> 2 seeds; a key press during a rerun can be lost
+        if seeds.input_value() == "2":
+            break
+        seeds.focus()
+        pg.keyboard.press("ArrowLeft")
+        pg.wait_for_timeout(500)
+        settle(pg)
+    assert seeds.input_value() == "2"
+    run = pg.get_by_role("button", name="Run the machines on 2 seeds", exact=False)
+    if run.count():
+        run.click()
+    pg.get_by_text("Seed by seed: bbELS against IS").wait_for()
+    settle(pg)
+    no_exception(pg)
+    assert pg.get_by_text("of 2 seeds").count() >= 1
+    lap("network vs machine")
+    pg.get_by_text("Same noise, network and machines").scroll_into_view_if_needed()
+    pg.screenshot(path=shots / "network.png", full_page=False)
     if os.environ.get("ELSVIZ_UPDATE_ASSETS") == "1":
         for shot, asset in ASSETS.items():
             shutil.copyfile(shots / shot, ROOT / "assets" / asset)

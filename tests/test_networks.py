@@ -384,3 +384,18 @@ def test_train_calibrate_compare_on_the_command_line(tmp_path, capsys):
 def test_config_records_what_resume_needs(trained):
     config = read_config(trained)
     assert config["training"]["steps"] == 6 and config["train_state"] == "train-0000006.pt"
+
+
+def test_figures_of_a_comparison(trained, digits8):
+    from elsviz import figures
+
+    result = compare(load_network(trained), digits8, seeds=[0, 1], k=3, steps=4, network_steps=(4, 6))
+    grid = figures.network_grid(result, target=40)  # seeds x [network (6 steps) | bbELS | ELS | IS]
+    assert grid.width >= 4 * 40 and grid.height >= 2 * 40
+    pair = figures.trajectory_pair(result, "bbels", 1, target=40)
+    assert pair.width >= 3 * 40 and pair.height >= 2 * 40  # a column per step (3 .. 1), two rows
+    fig = figures.agreement_scatter(result.agreement["network-6"]["is"], result.agreement["network-6"]["bbels"],
+                                    result.seeds)
+    diagonal, points = fig.data
+    assert list(diagonal.x) == list(diagonal.y)  # the diagonal: equal agreement
+    assert list(points.y) == result.agreement["network-6"]["bbels"] and list(points.customdata) == [0, 1]
