@@ -52,7 +52,11 @@ def alpha_sigma(t: float) -> tuple[float, float]:
 
 def check_t(t: float) -> float:
     """The noise level t, a number strictly between 0 and 1."""
-    return as_float("t", t, 0.0, 1.0, open_range=True, hint=" (the noise level; e.g. t=0.5)")
+    t = as_float("t", t, 0.0, 1.0, open_range=True, hint=" (the noise level; e.g. t=0.5)")
+    if beta(t) <= 0.0:  # t below ~1e-8: the schedule has no noise left (b_t = 0), the score is undefined
+        raise ElsvizError(f"t = {t:g} is too small: the noise level b_t is 0 there. Use t >= 1e-6 (a run's last step "
+                          "is t = 1/steps).")
+    return t
 
 
 def check_k(k) -> int:

@@ -93,7 +93,7 @@ def as_label(value, name: str = "label") -> int | None:
     """None (every image) or a class label, an integer >= 0."""
     if value is None:
         return None
-    return as_int(name, value, 0, None, " (a class of the training set) or None for every class")
+    return as_int(name, value, 0, MAX_SEED, " (a class of the training set) or None for every class")
 
 
 def as_pixel(value, height: int, width: int, name: str = "pixel") -> tuple[int, int]:
