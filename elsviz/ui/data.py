@@ -1,6 +1,6 @@
 """Training sets and engines for the app, cached per dataset (st.cache_resource).
 
-A dataset is named by a hashable key: ("builtin", name, limit), ("path", path, mtime, size, limit)
+A dataset is named by a hashable key: ("builtin", name, size, limit[, options]), ("path", path, mtime, size, limit)
 or ("upload", sha256, size, limit); engines are cached per (key, machine).
 """
 from __future__ import annotations
@@ -40,13 +40,20 @@ def _options(size: int | None, limit: int | None) -> dict:
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the training set ...")
-def _load(source: str, size: int | None, limit: int | None, stamp=None):
-    return load_dataset(source, **_options(size, limit))
+def _load(source: str, size: int | None, limit: int | None, stamp=None, extra: tuple = ()):
+    return load_dataset(source, **_options(size, limit), **{k: list(v) if isinstance(v, tuple) else v for k, v in extra})
 
 
-def builtin(name: str, size: int | None = None, limit: int | None = None):
-    """(key, ImageSet) of a built-in set."""
-    return ("builtin", name, size, limit), _load(name, size, limit)
+def builtin(name: str, size: int | None = None, limit: int | None = None, fingers=None):
+    """(key, ImageSet) of a built-in set; fingers (hands only): the counts to mix, e.g. (4, 5, 6).
+
+    The key is ("builtin", name, size, limit), with (("fingers", counts),) appended for hands
+    whose counts are not the default five.
+    """
+    extra = ()
+    if name == "hands" and fingers and tuple(sorted(set(fingers))) != (5,):
+        extra = (("fingers", tuple(sorted(set(int(f) for f in fingers)))),)
+    return ("builtin", name, size, limit, *([extra] if extra else [])), _load(name, size, limit, None, extra)
 
 
 def from_path(path: str, size: int | None = None, limit: int | None = None):

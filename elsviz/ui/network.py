@@ -66,8 +66,9 @@ def training_set(net) -> tuple[tuple, object]:
 def source_of(dataset_key) -> tuple[str, dict] | None:
     """(source, options) that load_dataset can read again, for a sidebar dataset key; None for an upload."""
     if dataset_key[0] == "builtin":
-        _, name, size, limit = dataset_key
-        return name, {k: v for k, v in (("size", size), ("limit", limit), ("seed", 0 if limit else None)) if v}
+        _, name, size, limit, *extra = dataset_key  # extra: (("fingers", counts),) for mixed hands
+        opts = {k: v for k, v in (("size", size), ("limit", limit), ("seed", 0 if limit else None)) if v}
+        return name, {**opts, **{k: list(v) for k, v in (extra[0] if extra else ())}}
     if dataset_key[0] == "path":
         _, path, _, size, limit = dataset_key
         return path, {k: v for k, v in (("size", size), ("limit", limit), ("seed", 0 if limit else None)) if v}

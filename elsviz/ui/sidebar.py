@@ -31,6 +31,7 @@ DEFAULTS = {
     # the paper's calibrated schedule: it makes digit-like pictures, and quickly (large k early)
     "machine": "bbels", "loc_mode": PRESET, "k": 5, "preset": "mnist-resnet",
     "steps": 20, "seed": 0, "label": ANY, "out_h": 0, "out_w": 0,
+    "fingers": [5],  # hands only: the finger counts to mix (load_dataset("hands", fingers=...))
 }
 
 
@@ -85,7 +86,10 @@ def _dataset():
                                      key="upload")
             key, train = data.from_upload(files, size, limit)
         else:
-            key, train = data.builtin(choice, size, limit)
+            if choice == "hands":
+                st.multiselect("Fingers per hand", [3, 4, 5, 6, 7], key="fingers",
+                               help="Hands with these finger counts, mixed (labelled by count); 5 = normal hands.")
+            key, train = data.builtin(choice, size, limit, fingers=ss["fingers"] if choice == "hands" else None)
     except ElsvizError as err:
         if choice in (PATH, UPLOAD) and not (ss.get("path") if choice == PATH else ss.get("upload")):
             st.caption(str(err))
