@@ -48,6 +48,7 @@ def check_run(traj, batch: int) -> int:
 ENTROPY_SCALE = "Magma"
 SEAM_RGB = (255, 255, 255)
 SHARED_RGB = (128, 128, 128)
+OUTLINE_RGB = (255, 255, 255)  # a silhouette's outline (drawn just outside it) over a provenance picture
 BACKGROUND_RGB = (255, 255, 255)  # the app's light theme, so strips sit well on the page
 TEXT_RGB = (49, 51, 63)
 
@@ -112,13 +113,17 @@ def source_colour(index: int) -> tuple[int, int, int]:
 
 
 def provenance_picture(img, source_index, source_pos, source_count, *, target: int = 384, alpha: float = 0.7,
-                       colour: bool = True, draw_seams: bool = True, mark: tuple[int, int] | None = None
-                       ) -> Image.Image:
+                       colour: bool = True, draw_seams: bool = True, mark: tuple[int, int] | None = None,
+                       outline: bool = False, style: str = "tint", within=None) -> Image.Image:
     """The image with each pixel tinted by the training image it is copied from and the seams drawn.
 
     img [C, H, W]; source_index, source_count [H, W]; source_pos [H, W, 2]. Shared pixels (window
     matched by many identical keys) stay uncoloured grey with a hatch; seams are white lines
-    between pieces; `mark` outlines one pixel (row, col).
+    between pieces; `mark` outlines one pixel (row, col). outline: draw the silhouette's outline
+    (where the picture crosses mid grey) just outside it, so a small picture stays readable.
+    style "edges": the picture is left untinted and each copied piece is outlined, inside its
+    border, in the colour of its training image (alpha then sets how strongly). within: bool [H, W]
+    (the hand, say): sources and seams are drawn there only, the rest is left as it is.
     """
     check_image(img)
     h, w = img.shape[-2:]
@@ -131,35 +136,74 @@ def provenance_picture(img, source_index, source_pos, source_count, *, target: i
     alpha = as_float("alpha", alpha, 0.0, 1.0, hint=" (how strong the tint is)")
     colour, draw_seams = as_bool("colour", colour), as_bool("draw_seams", draw_seams)
     mark = None if mark is None else as_pixel(mark, h, w, "mark")
+    if style not in ("tint", "edges"):
+        raise ElsvizError(f"style must be 'tint' (pixels tinted by source) or 'edges' (pieces outlined), got {style!r}.")
     rgb = to_rgb(img).astype(np.float32)  # [H, W, 3]
     h, w = rgb.shape[:2]
     src = source_index.detach().cpu()
     shared = shared_mask(source_count.detach().cpu()).numpy()  # [H, W]
-    if colour:
+    inside = np.ones((h, w), bool) if within is None else np.asarray(within, bool)
+    if inside.shape != (h, w):
+        raise ElsvizError(f"within must be a bool mask [H, W] = [{h}, {w}], got shape {inside.shape}.")
+    if colour and style == "tint":
         tint = np.array([[source_colour(int(s)) for s in row] for row in src.tolist()], np.float32)  # [H, W, 3]
         light = rgb.mean(-1, keepdims=True) / 255.0  # [H, W, 1]: the picture stays readable under the tint
         # the tint is darker on dark pixels, lighter on light ones; / 0.675 keeps mid-grey at the plain tint
         mixed = (1 - alpha) * rgb + alpha * tint * (0.35 + 0.65 * light) / 0.675
         grey = rgb.mean(-1, keepdims=True) * 0.5 + 0.5 * np.array(SHARED_RGB, np.float32)
-        rgb = np.where(shared[..., None], grey, mixed)
+        rgb = np.where(inside[..., None], np.where(shared[..., None], grey, mixed), rgb)
     s = fit_scale((h, w), target)
     im = enlarge(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), s)
     draw = ImageDraw.Draw(im)
-    if colour and s >= 6:
-        for i, j in zip(*np.nonzero(shared)):  # a diagonal hatch marks "shared"
+    if colour and style == "tint" and s >= 6:
+        for i, j in zip(*np.nonzero(shared & inside)):  # a diagonal hatch marks "shared"
             draw.line([(j * s + 1, (i + 1) * s - 2), ((j + 1) * s - 2, i * s + 1)], fill=(90, 90, 90), width=1)
+    if colour and style == "edges":
+        _piece_edges(im, src, source_pos.detach().cpu(), source_count.detach().cpu(), s, alpha, inside)
     if draw_seams:
         vertical, horizontal = seams(src, source_pos.detach().cpu(), source_count.detach().cpu())
         width = max(1, s // 12)
-        for i, j in zip(*np.nonzero(vertical.numpy())):
+        for i, j in zip(*np.nonzero(vertical.numpy() & inside[:, :-1] & inside[:, 1:])):
             x = (j + 1) * s
             draw.line([(x, i * s), (x, (i + 1) * s)], fill=SEAM_RGB, width=width)
-        for i, j in zip(*np.nonzero(horizontal.numpy())):
+        for i, j in zip(*np.nonzero(horizontal.numpy() & inside[:-1] & inside[1:])):
             y = (i + 1) * s
             draw.line([(j * s, y), ((j + 1) * s, y)], fill=SEAM_RGB, width=width)
+    if outline:  # last, over the tint and the seams
+        _halo(draw, to_rgb(img).mean(-1) > 127.5, s, OUTLINE_RGB, max(2, s // 4))
     if mark is not None:
         _outline(draw, mark[0] * s, mark[1] * s, s, s, (255, 60, 60), max(2, s // 6))
     return im
+
+
+def _piece_edges(im: Image.Image, src, pos, cnt, s: int, alpha: float, inside: np.ndarray) -> None:
+    """Outline each copied piece inside its border in its source's colour (provenance_picture, style "edges").
+
+    A pixel side is a piece border where a seam runs, where the neighbour is shared, or at the frame.
+    """
+    vertical, horizontal = (m.numpy() for m in seams(src, pos, cnt))  # [H, W-1], [H-1, W]
+    own = ~shared_mask(cnt).numpy()  # [H, W]
+    h, w = own.shape
+    left, right, top, bottom = (np.zeros((h, w), bool) for _ in range(4))
+    right[:, :-1] = vertical | ~own[:, 1:]
+    left[:, 1:] = vertical | ~own[:, :-1]
+    bottom[:-1] = horizontal | ~own[1:]
+    top[1:] = horizontal | ~own[:-1]
+    right[:, -1] = left[:, 0] = bottom[-1] = top[0] = True
+    layer = Image.new("RGB", im.size)
+    mask = Image.new("L", im.size, 0)
+    draw, dmask = ImageDraw.Draw(layer), ImageDraw.Draw(mask)
+    line = max(2, s // 5)
+    opacity = round(255 * (0.35 + 0.65 * alpha))
+    for i, j in zip(*np.nonzero(own & inside)):
+        rgb = source_colour(int(src[i, j]))
+        x0, y0, x1, y1 = j * s, i * s, (j + 1) * s - 1, (i + 1) * s - 1
+        for side, box in ((top, (x0, y0, x1, y0 + line - 1)), (bottom, (x0, y1 - line + 1, x1, y1)),
+                          (left, (x0, y0, x0 + line - 1, y1)), (right, (x1 - line + 1, y0, x1, y1))):
+            if side[i, j]:
+                draw.rectangle(box, fill=rgb)
+                dmask.rectangle(box, fill=opacity)
+    im.paste(layer, (0, 0), mask)
 
 
 def _outline(draw: ImageDraw.ImageDraw, top: int, left: int, height: int, width: int, rgb, line: int) -> None:
@@ -475,4 +519,217 @@ def step_agreement_figure(lines: dict, *, height: int = 300, title: str | None =
     fig.update_xaxes(title_text="step (noisy → clean)", autorange="reversed")
     fig.update_yaxes(title_text="agreement of the posterior means", range=[-0.05, 1.05])
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title)
+    return fig
+
+
+# -- extra fingers (elsviz.fingers, elsviz.fingers_view; the "Extra fingers" page) -------------------
+FINGER_RGB = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+              (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]  # one colour per finger label
+FLAG_RGB = (214, 39, 40)  # an odd hand (not five fingers)
+FLAG_RGB_CSS = "rgb(214,39,40)"
+PICK_RGB = (31, 119, 180)  # the hand that is open below the gallery
+
+
+def finger_colour(label: int) -> tuple[int, int, int]:
+    """The colour of finger `label` (1, 2, ...) in every picture of the page."""
+    return FINGER_RGB[(int(label) - 1) % len(FINGER_RGB)]
+
+
+def _edges(draw: ImageDraw.ImageDraw, mask: np.ndarray, s: int, rgb, width: int) -> None:
+    """Lines along the pixel sides where bool mask [H, W] meets what is not in it (the frame not counted)."""
+    h, w = mask.shape
+    right = mask[:, :-1] != mask[:, 1:]  # [H, W-1]
+    below = mask[:-1] != mask[1:]  # [H-1, W]
+    for i, j in zip(*np.nonzero(right)):
+        draw.line([((j + 1) * s, i * s), ((j + 1) * s, (i + 1) * s)], fill=rgb, width=width)
+    for i, j in zip(*np.nonzero(below)):
+        draw.line([(j * s, (i + 1) * s), ((j + 1) * s, (i + 1) * s)], fill=rgb, width=width)
+
+
+def _halo(draw: ImageDraw.ImageDraw, mask: np.ndarray, s: int, rgb, width: int) -> None:
+    """A line just outside bool mask [H, W]: along each side where it meets what is not in it, drawn on
+    the outer pixel, so whatever colours the inside stay whole."""
+    right = mask[:, :-1] & ~mask[:, 1:]  # [H, W-1] the outside is to the right
+    left = ~mask[:, :-1] & mask[:, 1:]  # the outside is to the left
+    below = mask[:-1] & ~mask[1:]  # [H-1, W]
+    above = ~mask[:-1] & mask[1:]
+    for i, j in zip(*np.nonzero(right)):
+        draw.rectangle([(j + 1) * s, i * s, (j + 1) * s + width - 1, (i + 1) * s - 1], fill=rgb)
+    for i, j in zip(*np.nonzero(left)):
+        draw.rectangle([(j + 1) * s - width, i * s, (j + 1) * s - 1, (i + 1) * s - 1], fill=rgb)
+    for i, j in zip(*np.nonzero(below)):
+        draw.rectangle([j * s, (i + 1) * s, (j + 1) * s - 1, (i + 1) * s + width - 1], fill=rgb)
+    for i, j in zip(*np.nonzero(above)):
+        draw.rectangle([j * s, (i + 1) * s - width, (j + 1) * s - 1, (i + 1) * s - 1], fill=rgb)
+
+
+def _label(draw: ImageDraw.ImageDraw, xy, text: str, size: int, rgb=(255, 255, 255)) -> None:
+    """Text centred on xy, with a dark outline so it reads on any colour."""
+    font = _font(size)
+    draw.text(xy, text, fill=rgb, font=font, anchor="mm", stroke_width=max(1, size // 7), stroke_fill=(0, 0, 0))
+
+
+def fingers_picture(img, regions, tips=None, *, target: int = 256, highlight: int | None = None) -> Image.Image:
+    """A hand with each finger found in its own colour and numbered at its tip.
+
+    img [1, H, W] in [-1, 1]; regions int [H, W] (0 = not a finger, 1..n the fingers: FingerCount.regions);
+    tips float [n, 2] (row, col) per finger, or None; highlight: a finger label to outline in white.
+    """
+    check_image(img)
+    reg = np.asarray(regions.cpu() if isinstance(regions, torch.Tensor) else regions)
+    rgb = to_rgb(img).astype(np.float32) * 0.45  # the hand dimmed to grey: the fingers stand out
+    for lab in np.unique(reg[reg > 0]):
+        rgb[reg == lab] = finger_colour(lab)
+    s = fit_scale(reg.shape, target)
+    im = enlarge(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), s)
+    draw = ImageDraw.Draw(im)
+    if highlight:
+        _edges(draw, reg == highlight, s, (255, 255, 255), max(2, s // 4))
+    if tips is not None:
+        h, w = reg.shape
+        for lab, (r, c) in enumerate(np.asarray(tips, dtype=np.float64), start=1):
+            y, x = min(max(r, 1), h - 2), min(max(c, 1), w - 2)  # inside the frame, so the number shows whole
+            _label(draw, ((x + 0.5) * s, (y + 0.5) * s), str(lab), max(14, int(2.2 * s)))
+    return im
+
+
+def map_picture(img, values, *, target: int = 256, rgb=(255, 60, 60), strength: float = 0.85) -> Image.Image:
+    """The picture, dimmed, with a map [H, W] of values in [0, 1] laid over it in one colour (a seam map, say)."""
+    check_image(img)
+    v = values.detach().cpu().float().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float32)
+    v = np.clip(v, 0.0, 1.0)[..., None] * strength  # [H, W, 1]
+    base = to_rgb(img).astype(np.float32) * 0.5
+    out = (1 - v) * base + v * np.array(rgb, np.float32)
+    return enlarge(np.clip(np.rint(out), 0, 255).astype(np.uint8), fit_scale(v.shape[:2], target))
+
+
+def gallery(images, captions: list[str], flagged, *, columns: int = 8, target: int = 96, selected: int | None = None,
+            font_size: int = 13) -> Image.Image:
+    """Many small pictures in a grid of equal cells (so a click maps to a cell: fingers_view.cell_at),
+    each captioned; flagged ones framed and captioned in red, `selected` framed in blue."""
+    tiles = [im if isinstance(im, Image.Image) else picture(im, target) for im in images]
+    if not tiles:
+        raise ElsvizError("gallery() needs at least one picture.")
+    pad, frame = 6, 3
+    tw, th = max(t.width for t in tiles), max(t.height for t in tiles)
+    cw, ch = tw + 2 * pad, th + 2 * pad + font_size + 4
+    rows = -(-len(tiles) // columns)
+    out = Image.new("RGB", (columns * cw, rows * ch), BACKGROUND_RGB)
+    draw = ImageDraw.Draw(out)
+    font = _font(font_size)
+    for n, (tile, cap) in enumerate(zip(tiles, captions)):
+        x, y = (n % columns) * cw + pad, (n // columns) * ch + pad
+        out.paste(tile, (x, y))
+        odd = bool(flagged[n])
+        if n == selected:
+            _outline(draw, y - frame, x - frame, th + 2 * frame, tw + 2 * frame, PICK_RGB, frame + 1)
+        elif odd:
+            _outline(draw, y - frame + 1, x - frame + 1, th + 2 * frame - 2, tw + 2 * frame - 2, FLAG_RGB, frame)
+        width = draw.textlength(cap, font=font)
+        draw.text((x + (tw - width) / 2, y + th + 3), cap, fill=FLAG_RGB if odd else TEXT_RGB, font=font)
+    return out
+
+
+def finger_histogram(distributions: dict, *, normal: int = 5, height: int = 320) -> go.Figure:
+    """Finger counts per study setting: distributions = {name: {fingers: seeds}} (0 fingers = not a hand),
+    as grouped bars of the share of seeds; the normal count is marked."""
+    counts = sorted({c for d in distributions.values() for c in d} | {normal})
+    names = list(distributions)
+    colours = sample_colorscale("Viridis", [0.1 + 0.8 * n / max(len(names) - 1, 1) for n in range(len(names))])
+    fig = go.Figure()
+    for name, colour in zip(names, colours):
+        d = distributions[name]
+        total = max(sum(d.values()), 1)
+        fig.add_trace(go.Bar(x=[str(c) if c else "no hand" for c in counts], y=[d.get(c, 0) / total for c in counts],
+                             name=name, marker_color="rgb(150,150,150)" if name.startswith("IS") else colour,
+                             customdata=[d.get(c, 0) for c in counts],
+                             hovertemplate=f"{name}<br>%{{x}} fingers: %{{customdata}} seeds (%{{y:.0%}})<extra></extra>"))
+    fig.update_xaxes(title_text="fingers counted", type="category")
+    fig.update_yaxes(title_text="share of the seeds", tickformat=".0%", rangemode="tozero")
+    fig.update_layout(height=height, barmode="group", margin=dict(l=10, r=10, t=10, b=10), legend=dict(font=dict(size=11)))
+    return fig
+
+
+def extra_rate_figure(points: list, *, reference: float | None = None, reference_name: str = "IS",
+                      height: int = 320) -> go.Figure:
+    """The extra-finger rate (share of hands with more than five fingers) against the locality:
+    points = [(k or a schedule's name, rate, seeds), ...]; `reference` draws IS's rate as a dashed line."""
+    numeric = all(isinstance(p[0], int) for p in points)
+    xs = [p[0] if numeric else str(p[0]) for p in points]
+    fig = go.Figure(go.Scatter(x=xs, y=[p[1] for p in points], mode="lines+markers", name="extra-finger rate",
+                               customdata=[p[2] for p in points], marker=dict(size=10), line=dict(width=3),
+                               hovertemplate="k = %{x}: %{y:.0%} of %{customdata} seeds<extra></extra>"))
+    if reference is not None:
+        fig.add_hline(y=reference, line=dict(color="rgb(120,120,120)", dash="dash", width=2),
+                      annotation_text=f"{reference_name}: {reference:.0%} (it memorises whole hands)",
+                      annotation_position="top right")
+    fig.update_xaxes(title_text="k (window size)" if numeric else "locality", type="linear" if numeric else "category",
+                     tickvals=xs if numeric else None)
+    top = max([p[1] for p in points] + [reference or 0.0, 0.1])
+    fig.update_yaxes(title_text="hands with an extra finger", tickformat=".0%", range=[-0.02, min(1.05, top * 1.15 + 0.02)])
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), showlegend=False)
+    return fig
+
+
+def commitment_figure(steps_map, *, height: int = 300, title: str | None = None) -> go.Figure:
+    """When each pixel decided: steps_map [H, W] of the step at which its entropy first fell below the
+    threshold (NaN or a negative value: never), as a heat map; early (noisy) steps are dark."""
+    z = steps_map.detach().cpu().float().numpy() if isinstance(steps_map, torch.Tensor) else np.asarray(steps_map, np.float64)
+    z = np.where(z < 0, np.nan, z).astype(np.float64)
+    fig = go.Figure(go.Heatmap(z=z, colorscale="Viridis", reversescale=True, zsmooth=False,
+                               colorbar=dict(title="step", thickness=12, len=0.9),
+                               hovertemplate="row %{y}, col %{x}: decided at step %{z}<extra></extra>"))
+    h, w = z.shape
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, range=[-0.5, w - 0.5], constrain="domain")
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, range=[h - 0.5, -0.5], scaleanchor="x",
+                     constrain="domain")
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=30 if title else 0, b=0), title=title,
+                      plot_bgcolor="rgb(235,235,235)")
+    return fig
+
+
+def birth_figure(points: list, *, born: tuple[int, int] | None = None, normal: int = 5, height: int = 300) -> go.Figure:
+    """The branch test: the fingers counted when the run is finished from step s with a larger window,
+    points = [(s, fingers), ...]; `born` = (first, last) step of the window where the extra finger appears."""
+    pts = sorted(points, reverse=True)
+    fig = go.Figure(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", line_shape="hv",
+                               marker=dict(size=10, color=[FLAG_RGB_CSS if p[1] != normal else "rgb(44,160,44)"
+                                                           for p in pts]),
+                               line=dict(color="rgb(120,120,120)"),
+                               hovertemplate="finished from step %{x}: %{y} fingers<extra></extra>"))
+    fig.add_hline(y=normal, line=dict(color="rgb(44,160,44)", dash="dot"), annotation_text=f"{normal}: a normal hand",
+                  annotation_position="bottom left")
+    if born is not None:
+        hi, lo = max(born), min(born)
+        fig.add_vrect(x0=hi + 0.5, x1=lo - 0.5, fillcolor=FLAG_RGB_CSS, opacity=0.15, line_width=0,
+                      annotation_text=f"born at step{'s' if hi != lo else ''} {hi}{f'-{lo}' if hi != lo else ''}",
+                      annotation_position="top left")
+    fig.update_xaxes(title_text="larger window from step s on (noisy → clean)", autorange="reversed", dtick=1)
+    fig.update_yaxes(title_text="fingers counted", dtick=1)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), showlegend=False)
+    return fig
+
+
+
+def timeline_figure(rows: list[dict], *, height: int = 300) -> go.Figure:
+    """A region's provenance across the steps (fingers_view.timeline): winning weight and entropy per step,
+    each point labelled with the training image the region leans towards; dashed lines where it switches."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    steps = [r["step"] for r in rows]
+    names = ["shared" if r["image"] is None else f"#{r['image']}" for r in rows]
+    fig.add_trace(go.Scatter(x=steps, y=[r["weight"] for r in rows], mode="lines+markers+text", name="weight",
+                             text=names, textposition="top center", textfont=dict(size=10),
+                             customdata=[[n, r["share"]] for n, r in zip(names, rows)],
+                             hovertemplate="step %{x}: weight %{y:.3f}<br>leans towards %{customdata[0]} "
+                                           "(%{customdata[1]:.0%} of the pixels)<extra></extra>"), secondary_y=False)
+    fig.add_trace(go.Scatter(x=steps, y=[r["entropy"] for r in rows], mode="lines", name="entropy (nats)",
+                             line=dict(dash="dot"), hovertemplate="step %{x}: entropy %{y:.2f} nats<extra></extra>"),
+                  secondary_y=True)
+    for r in rows:
+        if r["switched"]:
+            fig.add_vline(x=r["step"], line=dict(color="rgb(150,150,150)", dash="dash", width=1))
+    fig.update_xaxes(title_text="step (noisy → clean)", autorange="reversed", dtick=1)
+    fig.update_yaxes(title_text="winning weight", range=[0, 1.15], secondary_y=False)
+    fig.update_yaxes(title_text="entropy (nats)", rangemode="tozero", secondary_y=True, showgrid=False)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.3))
     return fig
