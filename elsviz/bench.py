@@ -1,13 +1,15 @@
-"""Benchmarks of the engine: `python -m elsviz.bench [--large] [--device cuda --n 60000 --size 28]`.
+"""Benchmarks of the engine: `python -m elsviz.bench [--baseline REV] [--sets digits,hands] [--study]`.
 
-Default run (the targets of issue 2, on the digits set, 1,797 images at 16x16, one image,
-schedule mnist-resnet, 20 steps, provenance on):
-- a full trajectory per machine, median of 5 runs after one warm-up (cached key tables);
-- the same trajectory through the naive dense formulation (elsviz.naive), once, for the ratio;
-- the peak resident memory of a fresh process doing one warm-up and the 5 runs.
---large adds a synthetic 20,000-image 28x28 set (bbELS, peak memory of a fresh process).
---n/--size/--device benchmark a synthetic set of that size on that device (e.g. an H100).
-Prints a table; --json FILE also writes the numbers.
+Workloads (one image, 20 steps, provenance on; the median of --runs trajectories after one warm-up
+trajectory that builds the cached key tables; every figure from a fresh process):
+- digits: 1,797 x 16x16, schedule mnist-resnet;
+- hands: 1,000 x 32x32 silhouettes, k = 7;
+- --study: hands, 64 seeds at k = 7 in one batched call against one-image calls (seeds per second);
+- --n N --size S: a synthetic set of N images of S x S (digits resized, shifted, flipped), e.g. on
+  a GPU: --device cuda --n 60000 --size 28.
+--baseline REV runs the same workloads with the engine of git revision REV (checked out into a
+temporary folder) in the same run and prints the ratio: absolute times on shared machines drift.
+--naive adds the naive dense formulation on digits. Prints a table; --json FILE writes the numbers.
 """
 from __future__ import annotations
 
@@ -18,35 +20,58 @@ import platform
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
-from dataclasses import dataclass
+from pathlib import Path
 
-import torch
-
-
-@dataclass
-class _NaiveDenoiser:
-    """The naive dense formulation behind the denoiser interface of sample()."""
-
-    train: object
-    machine: str
-    device: torch.device
-
-    def denoise(self, x, t, k, label=None):
-        from .naive import naive_mean
-
-        return _Mean(naive_mean(self.train.images.to(self.device), self.machine, x, t, k))
+WORKLOADS = {  # name: (dataset, schedule)
+    "digits": ("digits", "mnist-resnet"),
+    "hands": ("hands", 7),
+}
 
 
-@dataclass
-class _Mean:
-    mean: torch.Tensor
+# ----------------------------------------------------------------------------------------------
+# The child: one fresh process, one engine (this tree's or a baseline's), timed trajectories
+# ----------------------------------------------------------------------------------------------
+def _child(ns) -> None:
+    """Time trajectories with the elsviz found first on sys.path; print one JSON line."""
+    import torch
+
+    from elsviz import Engine, load_dataset, sample
+
+    if ns.n is not None:
+        train = synthetic_set(ns.n, ns.size)
+        k = "mnist-resnet"
+    else:
+        name, k = WORKLOADS[ns.set]
+        train = load_dataset(name)
+    engine = Engine(train, ns.machine, ns.device)
+    cuda = engine.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(engine.device)
+    shape = (ns.batch, *train.shape)
+
+    def run(seed):
+        if cuda:
+            torch.cuda.synchronize(engine.device)
+        t0 = time.perf_counter()
+        sample(engine, seed=seed, steps=20, k=k, shape=shape)
+        if cuda:
+            torch.cuda.synchronize(engine.device)
+        return time.perf_counter() - t0
+
+    cold = run(1000)
+    times = [run(r) for r in range(ns.runs)]
+    print(json.dumps({"times": times, "cold": cold, "peak_rss": _peak_rss(), "device": str(engine.device),
+                      "gpu_peak": torch.cuda.max_memory_allocated(engine.device) if cuda else None}))
 
 
 def synthetic_set(n: int, size: int, seed: int = 0):
     """n images of size x size built from the digits set: shifted, flipped, 8-bit (MNIST-like)."""
-    from .datasets import load_dataset
-    from .imageset import ImageSet
+    import torch
+
+    from elsviz import ImageSet, load_dataset
 
     base = load_dataset("digits", size=size)
     gen = torch.Generator().manual_seed(seed)
@@ -58,52 +83,6 @@ def synthetic_set(n: int, size: int, seed: int = 0):
     flip = torch.rand(n, generator=gen) < 0.5
     imgs[flip] = imgs[flip].flip(-1)
     return ImageSet(imgs, base.labels[idx], base.class_names, f"synthetic-{n}x{size}", "benchmark set", "digits, shifted and flipped")
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_trajectory(engine, runs: int, k="mnist-resnet", steps: int = 20, seed0: int = 0, warmup: bool = True) -> list[float]:
-    """Wall times of `runs` trajectories (after one warm-up), each from its own seed."""
-    from .sampling import sample
-
-    if warmup:
-        sample(engine, seed=seed0 + 1000, steps=steps, k=k)
-    times = []
-    for r in range(runs):
-        _sync(engine.device)
-        t0 = time.perf_counter()
-        sample(engine, seed=seed0 + r, steps=steps, k=k)
-        _sync(engine.device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def _peak_child(args: list[str]) -> dict:
-    """Run this module's --child mode in a fresh process; its JSON answer."""
-    out = subprocess.run([sys.executable, "-m", "elsviz.bench", "--child", *args], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"benchmark child {' '.join(args)} failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _child(ns) -> None:
-    """Fresh process: one engine, warm-up + runs; print times and peak memory as JSON."""
-    from .datasets import load_dataset
-    from .engine import Engine
-
-    train = load_dataset("digits") if ns.n is None else synthetic_set(ns.n, ns.size)
-    compile_ = ns.compile == "on"
-    engine = Engine(train, ns.machine, ns.device, compile=compile_)
-    if engine.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(engine.device)
-    times = time_trajectory(engine, ns.runs, warmup=not ns.no_warmup)
-    peak = _peak_rss()
-    gpu_peak = torch.cuda.max_memory_allocated(engine.device) if engine.device.type == "cuda" else None
-    print(json.dumps({"times": times, "peak_rss": peak, "gpu_peak": gpu_peak, "device": str(engine.device),
-                      "compiled": engine.compile}))
 
 
 def _peak_rss() -> int:
@@ -118,7 +97,29 @@ def _peak_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _run_child(root: Path, args: list[str]) -> dict:
+    """This file's --child mode in a fresh process, importing elsviz from root."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--root", str(root), *args]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child {' '.join(args)} ({root}) failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _checkout(rev: str, into: Path) -> Path:
+    """The tree of git revision rev, unpacked into `into` (no .git needed there)."""
+    repo = Path(__file__).resolve().parents[1]
+    archive = into / "tree.tar"
+    with open(archive, "wb") as f:
+        subprocess.run(["git", "-C", str(repo), "archive", rev], stdout=f, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into / "tree", filter="data")
+    return into / "tree"
+
+
 def machine_info() -> str:
+    import torch
+
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -135,62 +136,114 @@ def _mb(b):
     return "-" if b is None else f"{b / 2**20:,.0f} MB"
 
 
+def _naive_median(machine: str, device: str) -> float:
+    """One digits trajectory through the naive dense formulation (elsviz.naive)."""
+    import torch
+
+    from elsviz import load_dataset, sample
+    from elsviz.naive import naive_mean
+
+    train = load_dataset("digits")
+    imgs = train.images.to(device)
+
+    class Naive:
+        def __init__(self):
+            self.train, self.device = train, torch.device(device)
+
+        def denoise(self, x, t, k, label=None):
+            return type("P", (), {"mean": naive_mean(imgs, machine, x, t, k)})()
+
+    t0 = time.perf_counter()
+    sample(Naive(), seed=0, steps=20, k="mnist-resnet")
+    return time.perf_counter() - t0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m elsviz.bench", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=3, help="timed trajectories per workload (after one warm-up)")
     p.add_argument("--machines", default="bbels,els")
-    p.add_argument("--no-naive", action="store_true", help="skip the naive dense baseline")
-    p.add_argument("--large", action="store_true", help="also the 20,000-image 28x28 set (bbELS)")
-    p.add_argument("--n", type=int, default=None, help="synthetic set of n images instead of digits")
+    p.add_argument("--sets", default="digits,hands", help="workloads: digits, hands")
+    p.add_argument("--baseline", default=None, metavar="REV", help="also time the engine of git revision REV")
+    p.add_argument("--baseline-runs", type=int, default=None, help="runs for the baseline (default: --runs)")
+    p.add_argument("--study", action="store_true", help="hands: 64 seeds batched against one-image calls")
+    p.add_argument("--study-singles", type=int, default=8, help="one-image calls timed for the study")
+    p.add_argument("--naive", action="store_true", help="also the naive dense formulation on digits")
+    p.add_argument("--n", type=int, default=None, help="a synthetic set of n images instead of --sets")
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--json", default=None)
-    p.add_argument("--no-warmup", action="store_true", help="time cold runs (no warm-up run first)")
-    p.add_argument("--compile", choices=["on", "off"], default="off",
-                   help="torch.compile the per-chunk softmax statistics (Engine(compile=True))")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--root", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--set", default="digits", help=argparse.SUPPRESS)
     p.add_argument("--machine", default="bbels", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.child:
         _child(ns)
         return 0
 
-    from .datasets import load_dataset
-    from .engine import Engine
-
+    here = Path(__file__).resolve().parents[1]
     print(f"machine: {machine_info()}")
-    what = "digits (1,797 x 16x16)" if ns.n is None else f"synthetic {ns.n:,} x {ns.size}x{ns.size}"
-    print(f"set: {what}; one image, schedule mnist-resnet, 20 steps, provenance on; median of {ns.runs} runs\n")
+    print(f"{ns.runs} timed runs after one warm-up each, fresh process per row; times are per 20-step trajectory\n")
     rows = []
-    extra = [] if ns.n is None else ["--n", str(ns.n), "--size", str(ns.size)]
-    for machine in ns.machines.split(","):
-        res = _peak_child(["--machine", machine, "--device", ns.device, "--runs", str(ns.runs), "--compile", ns.compile,
-                           *extra] + (["--no-warmup"] if ns.no_warmup else []))
-        row = {"machine": machine, "device": res["device"], "median_s": statistics.median(res["times"]),
-               "min_s": min(res["times"]), "peak_rss": res["peak_rss"], "gpu_peak": res["gpu_peak"], "naive_s": None}
-        if not ns.no_naive and ns.n is None:
-            train = load_dataset("digits")
-            naive = _NaiveDenoiser(train, machine, torch.device(ns.device))
-            row["naive_s"] = statistics.median(time_trajectory(naive, 1))
-        rows.append(row)
-    if ns.large:
-        res = _peak_child(["--machine", "bbels", "--device", ns.device, "--runs", "1", "--no-warmup", "--n", "20000", "--size", "28"])
-        rows.append({"machine": "bbels (20,000 x 28x28)", "device": res["device"], "median_s": statistics.median(res["times"]),
-                     "min_s": min(res["times"]), "peak_rss": res["peak_rss"], "gpu_peak": res["gpu_peak"], "naive_s": None})
-
-    head = f"{'machine':<24}{'device':<8}{'median':>9}{'min':>9}{'naive':>9}{'ratio':>8}{'peak RSS':>12}{'GPU peak':>12}"
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        ratio = "-" if r["naive_s"] is None else f"{r['naive_s'] / r['median_s']:.1f}x"
-        naive = "-" if r["naive_s"] is None else f"{r['naive_s']:.2f}s"
-        print(f"{r['machine']:<24}{r['device']:<8}{r['median_s']:>8.3f}s{r['min_s']:>8.3f}s{naive:>9}{ratio:>8}"
-              f"{_mb(r['peak_rss']):>12}{_mb(r['gpu_peak']):>12}")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = _checkout(ns.baseline, Path(tmp)) if ns.baseline else None
+        workloads = [(f"synthetic {ns.n:,}x{ns.size}", ["--n", str(ns.n), "--size", str(ns.size)])] if ns.n else \
+            [(s, ["--set", s]) for s in ns.sets.split(",")]
+        for label, extra in workloads:
+            for machine in ns.machines.split(","):
+                args = ["--machine", machine, "--device", ns.device, *extra]
+                new = _run_child(here, args + ["--runs", str(ns.runs)])
+                row = {"workload": label, "machine": machine, "device": new["device"], "median_s": statistics.median(new["times"]),
+                       "cold_s": new["cold"], "peak_rss": new["peak_rss"], "gpu_peak": new["gpu_peak"]}
+                if base is not None:
+                    old = _run_child(base, args + ["--runs", str(ns.baseline_runs or ns.runs)])
+                    row["baseline_s"] = statistics.median(old["times"])
+                    row["baseline_peak_rss"] = old["peak_rss"]
+                if ns.naive and label == "digits":
+                    row["naive_s"] = _naive_median(machine, ns.device)
+                rows.append(row)
+                _print_row(row, header=len(rows) == 1, baseline=ns.baseline)
+        if ns.study:
+            study = _study(here, ns)
+            rows.append(study)
     if ns.json:
         with open(ns.json, "w") as f:
-            json.dump({"machine": machine_info(), "rows": rows}, f, indent=1)
+            json.dump({"machine": machine_info(), "baseline": ns.baseline, "rows": rows}, f, indent=1)
     return 0
 
 
+def _print_row(r: dict, header: bool, baseline: str | None) -> None:
+    if header:
+        head = (f"{'workload':<22}{'machine':<8}{'device':<7}{'median':>9}{'cold':>9}"
+                f"{'baseline ' + (baseline or '')[:7]:>18}{'speed-up':>10}{'peak RSS':>11}{'GPU peak':>11}")
+        print(head)
+        print("-" * len(head))
+    old = r.get("baseline_s")
+    ratio = "-" if old is None else f"{old / r['median_s']:.2f}x"
+    print(f"{r['workload']:<22}{r['machine']:<8}{r['device']:<7}{r['median_s']:>8.2f}s{r['cold_s']:>8.1f}s"
+          f"{'-' if old is None else f'{old:.2f}s':>18}{ratio:>10}{_mb(r['peak_rss']):>11}{_mb(r['gpu_peak']):>11}", flush=True)
+    if "naive_s" in r:
+        print(f"{'':<22}naive dense: {r['naive_s']:.2f}s ({r['naive_s'] / r['median_s']:.1f}x)")
+
+
+def _study(here: Path, ns) -> dict:
+    """hands at k = 7: 64 seeds in one batched call against single-image calls (seeds per second)."""
+    batched = _run_child(here, ["--set", "hands", "--machine", "bbels", "--device", ns.device, "--runs", "1", "--batch", "64"])
+    single = _run_child(here, ["--set", "hands", "--machine", "bbels", "--device", ns.device,
+                               "--runs", str(ns.study_singles)])
+    per_seed_batched = batched["times"][0] / 64
+    per_seed_single = statistics.median(single["times"])
+    print(f"\nstudy, hands bbELS k=7: 64 seeds batched {batched['times'][0]:.1f}s ({64 / batched['times'][0]:.2f} seeds/s, "
+          f"peak RSS {_mb(batched['peak_rss'])}); one-image calls {per_seed_single:.2f}s each "
+          f"({1 / per_seed_single:.2f} seeds/s, peak RSS {_mb(single['peak_rss'])}): "
+          f"batching gives {per_seed_single / per_seed_batched:.2f}x the throughput")
+    return {"workload": "study hands bbels k=7", "batched_64_s": batched["times"][0], "single_median_s": per_seed_single,
+            "batched_peak_rss": batched["peak_rss"], "single_peak_rss": single["peak_rss"]}
+
+
 if __name__ == "__main__":
+    if "--child" in sys.argv:  # run as a script: import elsviz from --root, not from beside this file
+        root = sys.argv[sys.argv.index("--root") + 1]
+        sys.path[0] = root
     raise SystemExit(main())

@@ -1,6 +1,6 @@
 """The exact score machines of Kamb & Ganguli: IS, LS, ELS and bbELS, with per-pixel provenance.
 
-Read ../shared/ELS_MATH.md first. For a query pixel p of a noisy image x at time t, each key
+Read docs/THEORY.md first. For a query pixel p of a noisy image x at time t, each key
 (training image n, position s) has the logit
 
     l(p, n, s) = -|| Q_p(x) - a_t K_s(x_n) ||^2 / (2 b_t^2)
@@ -20,6 +20,12 @@ How it is computed (one idea per block below):
 - *Streaming softmax.* Keys arrive in chunks; for every query pixel we carry the running max m,
   sum s, weighted sum of values, entropy term and the heaviest key (flash-attention style), so
   memory stays bounded whatever the training set size.
+- *Big classes* (ELS's single class, bbELS's interior): the keys are made distinct (identical
+  windows become one key with a count, log count added to its logit) and sorted into blocks with
+  bounds on their logits (keyset.py); query pixels go in small tiles, and a block whose bound is far
+  below a logit already found is skipped. Exact: a skipped key weighs less than exp(-36).
+- *Bounded memory.* The batch goes in slices, the queries in tiles and the keys in chunks, so that
+  working memory stays near chunk_elems numbers whatever the batch and the training set size.
 - *Caches.* Key tables are kept per (machine, k, label, output size) in a byte-bounded LRU cache.
 
 Identical keys (flat background) tie exactly: the heaviest key's weight is then shared, and
@@ -37,6 +43,7 @@ import torch.nn.functional as F
 
 from .errors import ElsvizError
 from .imageset import ImageSet
+from .keyset import PRUNE_GAP, KeySet, distinct_keys, key_windows
 from .schedule import alpha_sigma, check_k, check_t
 from .validate import as_bool, as_choice, as_int, as_label, as_pixel
 
@@ -50,6 +57,9 @@ MACHINES: dict[str, str] = {
 # Relative cost of reading one float of a key table, in multiply-adds; used to choose between the
 # windowed and the embedded way of computing <Q, K> (see _choose_paths). Tuned with elsviz.bench.
 _TABLE_READ_COST = 16.0
+# A class with at least this many logits per step (query pixels x keys) goes through the pruned
+# path of distinct keys (keyset.py); smaller ones are not worth its set-up.
+_PRUNE_MIN_LOGITS = 2**21
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,16 +92,34 @@ class Posterior:
 # ----------------------------------------------------------------------------------------------
 # Streaming softmax over keys, for Q query pixels at once
 # ----------------------------------------------------------------------------------------------
-def _argmax(x: torch.Tensor) -> torch.Tensor:
-    """argmax over the last dim; blockwise (amax over blocks of 32 first), which is several times
-    faster on the CPU than torch.argmax over long rows."""
+def _max_argmax(x: torch.Tensor):
+    """(max, argmax) over the last dim in one pass over x: the maxima of blocks of 32 first, then
+    the block that holds the maximum is searched (on the CPU several times faster than amax and
+    argmax over long rows). On ties the first index wins, as with torch.argmax."""
     k = x.shape[-1]
     if x.device.type != "cpu" or k % 32 or k < 1024:
-        return x.argmax(-1)
+        m, arg = x.max(-1)
+        return m, arg
     blocks = x.view(*x.shape[:-1], k // 32, 32)  # [..., K/32, 32]
-    bi = blocks.amax(-1).argmax(-1)  # [...]
+    bmax = blocks.amax(-1)  # [..., K/32]
+    m, bi = bmax.max(-1)  # [...]
     inner = torch.gather(blocks, -2, bi[..., None, None].expand(*bi.shape, 1, 32)).squeeze(-2)  # [..., 32]
-    return bi * 32 + inner.argmax(-1)
+    return m, bi * 32 + inner.argmax(-1)
+
+
+def _combine(old, new):
+    """Softmax statistics (m, s, acc, ent, best) of two disjoint sets of keys, merged. On equal
+    maxima the old heaviest key stays (the earlier key wins, as argmax does)."""
+    om, os_, oacc, oent, obest = old
+    m, s, acc, ent, best = new
+    fresh, empty = torch.isinf(om), torch.isinf(m)  # nothing seen before / in this chunk
+    m_new = torch.maximum(om, m)
+    alpha = torch.where(fresh, 0.0, torch.exp(om - m_new))
+    beta = torch.where(empty, 0.0, torch.exp(m - m_new))
+    old_ent = torch.where(fresh, 0.0, oent + os_ * (om - m_new))
+    new_ent = torch.where(empty, 0.0, ent + s * (m - m_new))
+    return (m_new, alpha * os_ + beta * s, alpha.unsqueeze(-1) * oacc + beta.unsqueeze(-1) * acc,
+            alpha * old_ent + beta * new_ent, torch.where(m > om, best, obest))
 
 
 class _Softmax:
@@ -115,8 +143,7 @@ class _Softmax:
 
         values_fn(e) -> [..., C] = sum_k e[..., k] * value(k). Returns m, s, acc, ent, arg per row.
         """
-        m = logits.amax(dim=-1)  # [...]
-        arg = _argmax(logits)  # [...]
+        m, arg = _max_argmax(logits)  # [...]
         lm = logits.sub_(m.unsqueeze(-1))  # [..., K], l - m <= 0
         # exp(-80) ~ 2e-35 counts for nothing next to the max's 1, and below it exp() leaves the
         # fast vectorised path (denormals)
@@ -125,20 +152,24 @@ class _Softmax:
         return m, e.sum(-1), values_fn(e), torch.linalg.vecdot(e, lm), arg
 
     def merge(self, q_idx, m, s, acc, ent, best):
-        """Merge per-row statistics into the queries q_idx [R] (None: row r is query r)."""
+        """Merge per-row statistics into the queries q_idx [R] (None: row r is query r; several
+        rows may name the same query)."""
         if q_idx is not None:
             m, s, acc, ent, best = self._reduce(q_idx, m, s, acc, ent, best)
-        fresh, empty = torch.isinf(self.m), torch.isinf(m)  # nothing seen before / in this chunk
-        m_new = torch.maximum(self.m, m)
-        alpha = torch.where(fresh, 0.0, torch.exp(self.m - m_new))
-        beta = torch.where(empty, 0.0, torch.exp(m - m_new))
-        old_ent = torch.where(fresh, 0.0, self.ent + self.s * (self.m - m_new))
-        new_ent = torch.where(empty, 0.0, ent + s * (m - m_new))
-        self.ent = alpha * old_ent + beta * new_ent
-        self.s = alpha * self.s + beta * s
-        self.acc = alpha.unsqueeze(-1) * self.acc + beta.unsqueeze(-1) * acc
-        self.best = torch.where(m > self.m, best, self.best)
-        self.m = m_new
+        self.m, self.s, self.acc, self.ent, self.best = _combine(
+            (self.m, self.s, self.acc, self.ent, self.best), (m, s, acc, ent, best))
+
+    def put(self, row0: int, part: "_Softmax"):
+        """Copy the statistics of `part` into rows row0 .. row0 + len(part) - 1."""
+        for name in ("m", "s", "acc", "ent", "best"):
+            v = getattr(part, name)
+            getattr(self, name)[row0:row0 + v.shape[0]] = v
+
+    def merge_at(self, rows, m, s, acc, ent, best):
+        """Merge per-row statistics into the distinct queries rows [R]."""
+        old = (self.m[rows], self.s[rows], self.acc[rows], self.ent[rows], self.best[rows])
+        for name, v in zip(("m", "s", "acc", "ent", "best"), _combine(old, (m, s, acc, ent, best))):
+            getattr(self, name)[rows] = v
 
     def _reduce(self, q_idx, m, s, acc, ent, best):
         """Combine several rows per query into one set of statistics per query."""
@@ -292,18 +323,14 @@ def _table(imgs: torch.Tensor, pos: torch.Tensor, k: int, kc: int):
     ng, s = pos.shape
     d = k // 2
     padded = F.pad(imgs, (d, d, d, d)).permute(0, 2, 3, 1)  # [n, H + 2d, W + 2d, C]
-    off = torch.arange(k, device=imgs.device)
     for j0 in range(0, s * n, kc):
         j = torch.arange(j0, min(j0 + kc, s * n), device=imgs.device)  # [kc]
-        img = j % n
-        p = pos[:, j // n]  # [G, kc]
-        rows = (p // w).unsqueeze(-1) + off  # [G, kc, k], in padded coordinates
-        cols = (p % w).unsqueeze(-1) + off  # [G, kc, k]
-        win = padded[img.view(1, -1, 1, 1), rows.unsqueeze(-1), cols.unsqueeze(-2)]  # [G, kc, k, k, C]
+        img = (j % n).expand(ng, -1).reshape(-1)  # [G*kc]
+        p = pos[:, j // n].reshape(-1)  # [G*kc]
         keys = torch.empty(ng, c * k * k + 1, j.shape[0], device=imgs.device)  # [G, D + 1, kc]
-        keys[:, :-1] = win.permute(0, 4, 2, 3, 1).reshape(ng, c * k * k, -1)
+        keys[:, :-1] = key_windows(padded, img, p, k, w).view(ng, j.shape[0], -1).transpose(1, 2)
         keys[:, -1] = (keys[:, :-1] * keys[:, :-1]).sum(1)
-        vals = padded[img.view(1, -1), p // w + d, p % w + d].permute(0, 2, 1).contiguous()  # [G, C, kc]
+        vals = padded[img, p // w + d, p % w + d].view(ng, j.shape[0], c).permute(0, 2, 1).contiguous()  # [G, C, kc]
         yield keys, vals
 
 
@@ -398,6 +425,9 @@ class _Cache:
             _, (_, old) = self._items.popitem(last=False)
             self.bytes -= old
 
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
     def clear(self):
         self._items.clear()
         self.bytes = 0
@@ -447,6 +477,8 @@ class Engine:
         if cache_bytes is None:
             cache_bytes = 384 * 2**20 if self.device.type == "cpu" else _gpu_cache_bytes(self.device)
         self.chunk_elems = int(chunk_elems or (2**20 if self.device.type == "cpu" else 2**27))
+        # queries per tile of the pruned path: small tiles prune more, large ones cost fewer calls
+        self._tile = 16 if self.device.type == "cpu" else 256
         self._cache = _Cache(int(cache_bytes))
         # torch.compile fuses the per-chunk softmax statistics into one pass. Opt-in: on an H100 it
         # halves ELS on 60,000 images but slows bbELS (many small class shapes, recompiles), and on
@@ -576,7 +608,7 @@ class Engine:
             if k is None:
                 return _same_count(_window_hash(imgs, None), torch.zeros(1, dtype=torch.int64, device=imgs.device))
             n, _, h, w = imgs.shape
-            return _same_count(_window_hash(imgs, k), _train_class(self.machine, k, h, w).to(imgs.device))
+            return _same_count(self._hashes(k, label), _train_class(self.machine, k, h, w).to(imgs.device))
 
         return self._cache.get(("mult", self.machine, k, label), make)
 
@@ -586,7 +618,7 @@ class Engine:
         q = x.flatten(1)  # [B, CHW]
         sm = _Softmax(q.shape[0], q.shape[1], x.device)
         sq = self._cache.get(("is-sq", label), lambda: (flat * flat).sum(-1))  # [N]
-        step = max(1, self.chunk_elems // max(1, q.shape[1]))
+        step = max(1, self.chunk_elems // max(q.shape))  # logits [B, step] and images [step, CHW] bounded
         for n0 in range(0, flat.shape[0], step):
             chunk = flat[n0:n0 + step]  # [n, CHW]
             logits = torch.addmm(sq[n0:n0 + step].unsqueeze(0), q, chunk.T, beta=-a * a / (2 * b * b), alpha=a / (b * b))  # [B, n]
@@ -595,24 +627,120 @@ class Engine:
         return sm
 
     def _local(self, x, a, b, k, imgs, label):
-        """LS, ELS, bbELS: each pixel's softmax over the keys of its class."""
+        """LS, ELS, bbELS: each pixel's softmax over the keys of its class. The batch goes in
+        slices whose query windows hold about chunk_elems numbers, so that working memory does not
+        grow with the batch (only the per-pixel results do)."""
         bsz, c, hq, wq = x.shape
         _, _, h, w = imgs.shape
         groups = self._cache.get(("plan", self.machine, k, hq, wq), lambda: _plan(self.machine, k, hq, wq, h, w, c, x.device))
         rows = torch.arange(hq * wq, device=x.device) // wq
         cols = torch.arange(hq * wq, device=x.device) % wq
-        qwin = windows(x, rows, cols, k, circular=self.machine == "els")  # [B, P, D]
         sm = _Softmax(bsz * hq * wq, c, x.device)
         c1, c2 = a / (b * b), -a * a / (2 * b * b)
-        for gi, g in enumerate(groups):
-            if g.embedded:
-                self._embedded(sm, qwin, g, imgs, k, c1, c2, label)
-            else:
-                self._windowed(sm, qwin, g, gi, imgs, k, c1, c2, label, hq, wq)
+        per_slice = max(1, self.chunk_elems // (hq * wq * c * k * k))
+        for b0 in range(0, bsz, per_slice):
+            qwin = windows(x[b0:b0 + per_slice], rows, cols, k, circular=self.machine == "els")  # [b, P, D]
+            part = _Softmax(qwin.shape[0] * hq * wq, c, x.device)
+            for gi, g in enumerate(groups):
+                keyset = None if g.embedded else self._keyset(g, gi, imgs, k, label, hq, wq)
+                if keyset is not None:
+                    self._pruned(part, qwin, g, keyset, a, b)
+                elif g.embedded:
+                    self._embedded(part, qwin, g, imgs, k, c1, c2, label)
+                else:
+                    self._windowed(part, qwin, g, gi, imgs, k, c1, c2, label, hq, wq)
+            sm.put(b0 * hq * wq, part)
         return sm
 
+    # -- big classes: distinct keys, blocks skipped by their bounds (keyset.py) --------------------
+    def _keyset(self, g: _Group, gi, imgs, k, label, hq, wq) -> KeySet | None:
+        """The KeySet of a group that is one big class, or None where the plain table serves
+        (several classes, a small class, or distinct keys that would not fit the cache)."""
+        ng, p = g.pix.shape
+        n, c, h, w = imgs.shape
+        if ng != 1 or p * g.pos.shape[1] * n < _PRUNE_MIN_LOGITS:
+            return None
+        cache_key = ("keyset", self.machine, k, label, hq, wq, gi)
+        if cache_key in self._cache:
+            return self._cache.get(cache_key, None)
+        rep, count = distinct_keys(self._hashes(k, label).flatten(1), g.pos[0], h * w)
+        size = KeySet.bytes_needed(rep.shape[0], c * k * k, c)
+        if size > self._cache.max_bytes // 2:
+            return None
+        return self._cache.get(cache_key, lambda: KeySet.build(imgs, rep, count, k), size)
+
+    def _pruned(self, sm, qwin, g: _Group, ks: KeySet, a, b):
+        """One big class. Queries are sorted by the block their bound likes best and taken in small
+        tiles; per tile those best blocks are computed first (a logit close to the maximum), then
+        every other block whose bound comes within PRUNE_GAP of it. Where the first tile needs
+        nearly every block (large t: every key still counts) the rest go without bounds, in
+        larger tiles. Logits [tile, keys] per chunk."""
+        bsz, pq, dim = qwin.shape
+        pix = g.pix[0]  # [P]
+        queries = qwin[:, pix].reshape(-1, dim)  # [Q = B*P, D]
+        rows = (torch.arange(bsz, device=qwin.device).view(bsz, 1) * pq + pix.view(1, -1)).flatten()  # [Q] rows of sm
+        qsq = (queries * queries).sum(-1)  # [Q]
+        c1, c2 = a / (b * b), -a * a / (2 * b * b)
+        aug = torch.cat([c1 * queries, torch.full_like(queries[:, :1], c2)], -1)  # [Q, D + 1]
+        nq, nb = queries.shape[0], ks.blocks
+        piece = max(1, self.chunk_elems // (nb * ks.basis.shape[0]))  # queries per bound computation
+        home = torch.cat([ks.upper_logits(queries[i:i + piece], qsq[i:i + piece], a, b).argmax(-1)
+                          for i in range(0, nq, piece)])  # [Q] block with the best bound
+        order = torch.argsort(home)
+        everything = torch.arange(nb, device=qwin.device)
+        t0, tile = 0, min(nq, self._tile)
+        while t0 < nq:
+            sel = order[t0:t0 + tile]  # [T]
+            r, qa = rows[sel], aug[sel]
+            per_chunk = max(1, self.chunk_elems // (sel.shape[0] * ks.block))  # blocks per chunk of logits
+            if tile > self._tile:  # dense: every block
+                self._blocks(sm, r, qa, ks, everything, per_chunk)
+                t0 += tile
+                continue
+            probe = torch.unique(home[sel])
+            self._blocks(sm, r, qa, ks, probe, per_chunk)
+            ub = ks.upper_logits(queries[sel], qsq[sel], a, b)  # [T, J]
+            need = (ub >= (sm.m[r] - PRUNE_GAP).unsqueeze(1)).any(0)  # [J]
+            need[probe] = False
+            kept = need.nonzero().squeeze(1)
+            self._blocks(sm, r, qa, ks, kept, per_chunk)
+            t0 += tile
+            if t0 == tile and kept.shape[0] > 0.5 * nb:  # bounds do not pay at this t
+                tile = self._tile * 8
+
+    def _blocks(self, sm, r, qa, ks: KeySet, blocks, per_chunk):
+        """Merge the keys of `blocks` into the softmax of the queries r (augmented queries qa [T, D + 1])."""
+        nblk = blocks.shape[0]
+        if nblk == 0:
+            return
+        breaks = torch.nonzero(torch.diff(blocks) != 1).squeeze(1) + 1
+        if breaks.shape[0] <= 16:  # a few runs of consecutive blocks: views of the table
+            bounds = [0, *breaks.tolist(), nblk]
+            firsts = blocks[bounds[:-1]].tolist()
+            pieces = [ks.span(f + i, f + min(i + per_chunk, e - s_))
+                      for f, s_, e in zip(firsts, bounds[:-1], bounds[1:]) for i in range(0, e - s_, per_chunk)]
+        else:  # scattered: gathered chunk by chunk
+            pieces = (ks.rows(blocks[i:i + per_chunk]) for i in range(0, nblk, per_chunk))
+        for keys, vals, rep, logc in pieces:
+            logits = torch.mm(qa, keys.T)  # [T, n]
+            m, arg = _max_argmax(logits)  # [T]
+            lm = logits.sub_(m.unsqueeze(-1))  # l - m
+            if ks.duplicates:
+                lm.add_(logc)  # + log count: c identical keys weigh c exp(l - m)
+            lm.clamp_(min=-80.0)
+            e = torch.exp(lm)  # [T, n]
+            stats = torch.mm(e, vals)  # [T, C + 2]: sum of weights, weighted centres, sum e log count
+            ent = torch.linalg.vecdot(e, lm) - stats[:, -1]
+            sm.merge_at(r, m, stats[:, 0], stats[:, 1:-1], ent, rep[arg])
+
+    def _hashes(self, k, label) -> torch.Tensor:
+        """Window hashes of the training images in play: [N, H, W] int64 (cached)."""
+        return self._cache.get(("hash", k, label), lambda: _window_hash(self._images_of(label, self._subset(label)), k))
+
+    # -- small classes: a key table per group ---------------------------------------------------
     def _windowed(self, sm, qwin, g: _Group, gi, imgs, k, c1, c2, label, hq, wq):
-        """<Q, K> from a key table: logits [G, B*P, keys] by batched matrix products."""
+        """<Q, K> from a key table: logits [G, rows, keys] by batched matrix products, rows in
+        tiles so that a chunk holds about chunk_elems logits whatever the batch."""
         bsz, pq, dim = qwin.shape
         n, c, h, w = imgs.shape
         ng, p = g.pix.shape
@@ -620,23 +748,30 @@ class Engine:
         queries = qwin[:, g.pix].permute(1, 0, 2, 3).reshape(ng, bsz * p, dim)  # [G, B*P, D]
         queries = torch.cat([c1 * queries, torch.full_like(queries[..., :1], c2)], -1)  # [G, B*P, D + 1]
         # query index of each row: b * P' + pixel
-        q_idx = (torch.arange(bsz, device=qwin.device).view(1, bsz, 1) * pq + g.pix.view(ng, 1, p)).flatten()  # [G*B*P]
-        # keys per chunk: the logits [G, P, kc] (per image of the batch) and the keys [G, D, kc] of a
+        q_idx = (torch.arange(bsz, device=qwin.device).view(1, bsz, 1) * pq + g.pix.view(ng, 1, p)).view(ng, bsz * p)
+        # rows per tile and keys per chunk: the logits [G, rows, kc] and the keys [G, D, kc] of a
         # chunk each hold at most about chunk_elems numbers
-        kc = max(32, self.chunk_elems // (ng * max(p, dim)) // 32 * 32)
-        chunks = _table(imgs, g.pos, k, kc)
+        rt = min(bsz * p, max(p, self.chunk_elems // (32 * ng)))
+        kc = max(32, self.chunk_elems // (ng * max(rt, dim)) // 32 * 32)
         table_bytes = ng * s * n * (dim + 1 + c) * 4
         if table_bytes <= self._cache.max_bytes:  # keep the table for next time
-            chunks = self._cache.get(("table", self.machine, k, label, hq, wq, gi, kc), lambda: list(chunks), table_bytes)
-        j0 = 0
-        for keys, vals in chunks:  # [G, D + 1, kc] [G, C, kc]
-            logits = torch.mm(queries[0], keys[0]).unsqueeze(0) if ng == 1 else torch.bmm(queries, keys)  # [G, B*P, kc]
-            m, ssum, acc, ent, arg = self._rows(logits, vals.transpose(0, 1).unsqueeze(2), lambda e: _weighted(e, vals))
-            j = arg + j0  # [G, B*P] key index in the table
-            pos = torch.gather(g.pos, 1, j // n)  # [G, B*P] training position
-            best = (j % n) * (h * w) + pos
-            sm.merge(q_idx, m.flatten(), ssum.flatten(), acc.flatten(0, 1), ent.flatten(), best.flatten())
-            j0 += keys.shape[-1]
+            table = self._cache.get(("table", self.machine, k, label, hq, wq, gi, kc),
+                                    lambda: list(_table(imgs, g.pos, k, kc)), table_bytes)
+            chunks = lambda: table  # noqa: E731
+        else:  # built chunk by chunk on every pass
+            chunks = lambda: _table(imgs, g.pos, k, kc)  # noqa: E731
+        for r0 in range(0, bsz * p, rt):
+            qt = queries[:, r0:r0 + rt]  # [G, R, D + 1]
+            j0 = 0
+            for keys, vals in chunks():  # [G, D + 1, kc] [G, C, kc]
+                logits = torch.mm(qt[0], keys[0]).unsqueeze(0) if ng == 1 else torch.bmm(qt, keys)  # [G, R, kc]
+                m, ssum, acc, ent, arg = self._rows(logits, vals.transpose(0, 1).unsqueeze(2), lambda e: _weighted(e, vals))
+                j = arg + j0  # [G, R] key index in the table
+                pos = torch.gather(g.pos, 1, j // n)  # [G, R] training position
+                best = (j % n) * (h * w) + pos
+                sm.merge_at(q_idx[:, r0:r0 + rt].flatten(), m.flatten(), ssum.flatten(), acc.flatten(0, 1),
+                            ent.flatten(), best.flatten())
+                j0 += keys.shape[-1]
 
     def _sq_windows(self, imgs, k, label):
         """|K|^2 of the zero-padded k x k window at every position of every image: [N, H*W]."""
@@ -649,7 +784,8 @@ class Engine:
 
     def _embedded(self, sm, qwin, g: _Group, imgs, k, c1, c2, label):
         """<Q, K> = <X_n, E(Q, s)>: each query window is placed, at each key position, into an
-        otherwise empty training-sized image and multiplied with the whole training images."""
+        otherwise empty training-sized image and multiplied with the whole training images.
+        Rows (image of the batch, query pixel, key position) go in tiles of bounded size."""
         bsz, pq, dim = qwin.shape
         n, c, h, w = imgs.shape
         d = k // 2
@@ -667,22 +803,26 @@ class Engine:
         spot = rr * w + cc  # [M, k, k]
         chan = torch.arange(c, device=imgs.device).view(1, c, 1, 1) * (h * w)
         target = torch.where(inside.unsqueeze(1), chan + spot.unsqueeze(1), c * h * w).reshape(m_pairs, dim)  # [M, D]
-        emb = torch.zeros(bsz, m_pairs, c * h * w + 1, device=imgs.device)
-        emb.scatter_(2, target.expand(bsz, m_pairs, dim), qwin[:, pix])  # [B, M, CHW + 1]
-        emb = emb[..., :-1]  # [B, M, CHW]
-        q_idx = (torch.arange(bsz, device=imgs.device).view(bsz, 1) * pq + pix.view(1, -1)).flatten()  # [B*M]
         sq_all = self._sq_windows(imgs, k, label)  # [N, H*W]
         flat = imgs.flatten(1)  # [N, CHW]
-        step = max(1, self.chunk_elems // max(1, bsz * m_pairs))
-        for n0 in range(0, n, step):
-            xc = flat[n0:n0 + step]  # [n, CHW]
-            sq = sq_all[n0:n0 + step][:, pos].T  # [M, n]
-            logits = torch.baddbmm(sq.unsqueeze(0), emb, xc.T.unsqueeze(0).expand(bsz, -1, -1), beta=c2, alpha=c1)  # [B, M, n]
-            vals = imgs[n0:n0 + step].flatten(2)[:, :, pos].permute(1, 2, 0)  # [C, M, n] key centres
-            m, ssum, acc, ent, arg = self._rows(logits, vals.unsqueeze(1),
-                                                lambda e: torch.stack([torch.linalg.vecdot(e, v) for v in vals], -1))
-            best = (arg + n0) * (h * w) + pos  # [B, M]
-            sm.merge(q_idx, m.flatten(), ssum.flatten(), acc.flatten(0, 1), ent.flatten(), best.flatten())
+        rt = max(1, self.chunk_elems // (c * h * w))  # rows per tile: the embedded queries hold chunk_elems
+        step = max(1, self.chunk_elems // min(rt, bsz * m_pairs))  # training images per chunk
+        for r0 in range(0, bsz * m_pairs, rt):
+            rid = torch.arange(r0, min(r0 + rt, bsz * m_pairs), device=imgs.device)
+            bi, mi = rid // m_pairs, rid % m_pairs  # image of the batch, pair
+            emb = torch.zeros(rid.shape[0], c * h * w + 1, device=imgs.device)
+            emb.scatter_(1, target[mi], qwin[bi, pix[mi]])  # [R, CHW + 1]
+            emb = emb[:, :-1]  # [R, CHW]
+            q_idx = bi * pq + pix[mi]  # [R]
+            for n0 in range(0, n, step):
+                xc = flat[n0:n0 + step]  # [n, CHW]
+                sq = sq_all[n0:n0 + step][:, pos[mi]].T  # [R, n]
+                logits = torch.addmm(sq, emb, xc.T, beta=c2, alpha=c1)  # [R, n]
+                vals = imgs[n0:n0 + step].flatten(2)[:, :, pos[mi]].permute(1, 2, 0)  # [C, R, n] key centres
+                m, ssum, acc, ent, arg = self._rows(logits, vals,
+                                                    lambda e: torch.stack([torch.linalg.vecdot(e, v) for v in vals], -1))
+                best = (arg + n0) * (h * w) + pos[mi]  # [R]
+                sm.merge(q_idx, m, ssum, acc, ent, best)
 
     # -- explanation of one pixel -------------------------------------------------------------
     @torch.no_grad()

@@ -1,0 +1,176 @@
+"""The keys of one big class, made distinct and grouped into blocks with bounds (the engine's fast path).
+
+Two exact ideas (docs/ENGINE.md gives the measurements behind them):
+
+- *Identical keys.* Silhouettes and flat backgrounds repeat the same window many times (hands at
+  k = 7: 53% of the windows are distinct). One row per distinct window, with its count c, gives the
+  same softmax when log c is added to its logit: c identical keys weigh c * exp(l).
+- *Block bounds.* The distinct keys are sorted into blocks of L keys that lie close together in the
+  top-r principal directions of the keys. Per block we keep the box [lo, hi] of those r
+  coordinates and the range [rlo, rhi] of the norm of what is left (the residual). An orthogonal
+  projection never lengthens a vector, so for every key K of a block and any query Q
+
+      |Q - a K|^2 >= dist(P Q, a box)^2 + gap(|Q - P Q|, a [rlo, rhi])^2
+
+  which bounds every logit of the block from above without computing one. A block whose bound is
+  far below a logit already found (by more than PRUNE_GAP) weighs less than exp(-PRUNE_GAP) per key
+  and is skipped; nothing it holds can change a mean, a weight, an entropy or the heaviest key.
+
+Rows of a KeySet (distinct keys, in block order, padded to a whole number of blocks):
+    table  [J*L, D + 1]  the window K (channel, row, col) and |K|^2
+    values [J*L, C + 2]  1 (for the sum of weights), the key's centre pixel (C values), log count
+    rep    [J*L]         id n * H * W + position of the first key (in the dense order) with this window
+Padding rows have |K|^2 = PAD_SQ (a logit far below any real one) and values 0, so they add nothing.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+BLOCK = 256  # keys per block
+RANK = 8  # principal directions kept for the bounds
+PAD_SQ = 1e30  # |K|^2 of a padding row: its logit c2 * PAD_SQ is hopelessly low
+PRUNE_GAP = 36.0  # exp(-36) = 2e-16 per key: far below float32's resolution of any sum of weights
+
+
+def key_windows(padded: torch.Tensor, img: torch.Tensor, pos: torch.Tensor, k: int, w: int) -> torch.Tensor:
+    """The k x k windows of keys (image img[m], flat position pos[m]) -> [M, C*k*k], ordered
+    (channel, row, col). padded: the training images zero-padded by k // 2, as [n, H+2d, W+2d, C]."""
+    off = torch.arange(k, device=padded.device)
+    rows = (pos // w).unsqueeze(-1) + off  # [M, k] in padded coordinates
+    cols = (pos % w).unsqueeze(-1) + off  # [M, k]
+    win = padded[img.view(-1, 1, 1), rows.unsqueeze(-1), cols.unsqueeze(-2)]  # [M, k, k, C]
+    return win.permute(0, 3, 1, 2).reshape(img.shape[0], -1)
+
+
+def distinct_keys(hashes: torch.Tensor, pos: torch.Tensor, hw: int):
+    """Distinct windows among the keys (every image at every position of pos [S]).
+
+    hashes: [n, H*W] window hashes. Returns rep [Kd] (key id n * H*W + position of the first
+    key with that window, keys ordered (position, image) as in the dense path) and count [Kd].
+    """
+    n = hashes.shape[0]
+    h = hashes[:, pos].T.reshape(-1)  # [S*n], key j = image j % n at position pos[j // n]
+    _, inverse, count = torch.unique(h, return_inverse=True, return_counts=True)
+    order = torch.arange(h.shape[0], device=h.device)
+    first = torch.full((count.shape[0],), h.shape[0], device=h.device).scatter_reduce(0, inverse, order, "amin")
+    rep = (first % n) * hw + pos[first // n]
+    return rep, count
+
+
+@dataclass
+class KeySet:
+    table: torch.Tensor  # [J*L, D + 1]
+    values: torch.Tensor  # [J*L, C + 2]
+    rep: torch.Tensor  # [J*L] int64
+    logc: torch.Tensor  # [J*L] log count (a copy of values[:, -1], contiguous)
+    basis: torch.Tensor  # [r, D] orthonormal rows
+    lo: torch.Tensor  # [J, r]
+    hi: torch.Tensor  # [J, r]
+    rlo: torch.Tensor  # [J]
+    rhi: torch.Tensor  # [J]
+    logc_max: torch.Tensor  # [J] largest log count in the block
+    block: int
+    duplicates: bool  # some window occurs more than once
+
+    @property
+    def blocks(self) -> int:
+        return self.lo.shape[0]
+
+    def rows(self, blocks: torch.Tensor):
+        """table, values, rep and logc rows of the given blocks [b], gathered block by block."""
+        j = self.blocks
+        return tuple(v.view(j, -1).index_select(0, blocks).view(-1, *v.shape[1:])
+                     for v in (self.table, self.values, self.rep, self.logc))
+
+    def span(self, b0: int, b1: int):
+        """table, values, rep and logc rows of blocks b0 .. b1 - 1 (views, no copy)."""
+        return tuple(v[b0 * self.block:b1 * self.block] for v in (self.table, self.values, self.rep, self.logc))
+
+    @staticmethod
+    def bytes_needed(keys: int, dim: int, c: int) -> int:
+        """Memory of a KeySet of `keys` distinct keys of dimension dim (C channels)."""
+        return (keys + BLOCK) * (dim + 1 + c + 2 + 2) * 4
+
+    @classmethod
+    def build(cls, imgs: torch.Tensor, rep: torch.Tensor, count: torch.Tensor, k: int) -> "KeySet":
+        """The KeySet of the distinct keys rep [Kd] (ids n * H*W + position) of imgs [n, C, H, W]."""
+        n, c, h, w = imgs.shape
+        d = k // 2
+        padded = F.pad(imgs, (d, d, d, d)).permute(0, 2, 3, 1)  # [n, H + 2d, W + 2d, C]
+        img, pos = rep // (h * w), rep % (h * w)
+        keys = key_windows(padded, img, pos, k, w)  # [Kd, D]
+        kd, dim = keys.shape
+        r = min(RANK, dim)
+        # principal directions of the keys (second moment, so the mean direction counts too)
+        gram = keys.T @ keys  # [D, D]
+        _, vecs = torch.linalg.eigh(gram.double())
+        basis = vecs[:, -r:].flip(-1).T.to(keys.dtype).contiguous()  # [r, D], strongest first
+        proj = keys @ basis.T  # [Kd, r]
+        resid = (keys - proj @ basis).norm(dim=-1)  # [Kd]
+        order = _block_order(proj, BLOCK)
+        j = -(-kd // BLOCK)
+        pad = j * BLOCK - kd
+        # rows in block order; padding rows at the end
+        keys, proj, resid = keys[order], proj[order], resid[order]
+        centre = padded[img[order], pos[order] // w + d, pos[order] % w + d]  # [Kd, C]
+        logc = count[order].to(keys.dtype).log()
+        table = torch.zeros(j * BLOCK, dim + 1, device=imgs.device)
+        table[:kd, :dim] = keys
+        table[:kd, dim] = (keys * keys).sum(-1)
+        table[kd:, dim] = PAD_SQ
+        values = torch.zeros(j * BLOCK, c + 2, device=imgs.device)
+        values[:kd, 0] = 1.0
+        values[:kd, 1:1 + c] = centre
+        values[:kd, -1] = logc
+        rep_rows = torch.full((j * BLOCK,), -1, dtype=torch.int64, device=imgs.device)
+        rep_rows[:kd] = rep[order]
+        # per-block bounds; padding rows repeat the last real key so they do not widen the box
+        last = torch.full((pad,), kd - 1, dtype=torch.int64, device=imgs.device)
+        fill = torch.cat([torch.arange(kd, device=imgs.device), last])
+        pb, rb = proj[fill].view(j, BLOCK, r), resid[fill].view(j, BLOCK)
+        return cls(
+            table=table, values=values, rep=rep_rows, logc=values[:, -1].contiguous(), basis=basis,
+            lo=pb.amin(1), hi=pb.amax(1), rlo=rb.amin(1), rhi=rb.amax(1),
+            logc_max=logc[fill].view(j, BLOCK).amax(1), block=BLOCK, duplicates=bool((count > 1).any()),
+        )
+
+    def upper_logits(self, q: torch.Tensor, qsq: torch.Tensor, a: float, b: float) -> torch.Tensor:
+        """Upper bounds [Q, J] of the logits (plus log count) of every key of each block, for queries
+        q [Q, D] with |q|^2 = qsq [Q]. Logits as the engine computes them: (|Q|^2 - |Q - a K|^2) / 2b^2."""
+        pq = q @ self.basis.T  # [Q, r]
+        rq = (q - pq @ self.basis).norm(dim=-1)  # [Q]
+        pq = pq.unsqueeze(1)  # [Q, 1, r]
+        gap = (a * self.lo - pq).clamp(min=0) + (pq - a * self.hi).clamp(min=0)  # [Q, J, r]
+        box = (gap * gap).sum(-1)  # [Q, J]
+        rq = rq.unsqueeze(1)
+        rgap = (a * self.rlo - rq).clamp(min=0) + (rq - a * self.rhi).clamp(min=0)  # [Q, J]
+        return (qsq.unsqueeze(1) - box - rgap * rgap) / (2 * b * b) + self.logc_max
+
+
+def _block_order(p: torch.Tensor, block: int, levels: int = 3) -> torch.Tensor:
+    """An order of the rows of p [K, r] in which consecutive runs of `block` rows lie close together:
+    sort-tile-recursive packing on the first `levels` coordinates (slabs along p[:, 0], each cut
+    into slabs along p[:, 1], ...; every cell a whole number of blocks)."""
+    kn = p.shape[0]
+    levels = min(levels, p.shape[1])
+    nblocks = -(-kn // block)
+    per_level = max(1, math.ceil(nblocks ** (1.0 / levels)))
+    order = torch.arange(kn, device=p.device)
+    group = torch.zeros(kn, dtype=torch.int64, device=p.device)
+    cell = nblocks * block  # rows per cell of the current level
+    for dim in range(levels):
+        o = torch.argsort(p[order, dim], stable=True)
+        order, group = order[o], group[o]
+        o = torch.argsort(group, stable=True)
+        order, group = order[o], group[o]
+        if dim == levels - 1:
+            break
+        starts = torch.searchsorted(group, group, right=False)  # first row of each row's group
+        rank = torch.arange(kn, device=p.device) - starts
+        cell = max(block, -(-cell // block // per_level) * block)
+        group = group * (nblocks + 1) + rank // cell
+    return order
