@@ -495,19 +495,21 @@ def schedules_figure(schedules: dict, *, highlight=(), height: int = 320, title:
     return fig
 
 
-def trajectory_pair(result, machine: str = "bbels", seed_index: int = 0, *, target: int = 64) -> Image.Image:
+def trajectory_pair(result, machine: str = "bbels", seed_index: int = 0, *, every: int = 1,
+                    target: int = 64) -> Image.Image:
     """One seed of an elsviz.compare.Comparison, step by step: the network's posterior means in the top row,
-    the machine's below (a column per step, both runs with the same number of steps), the agreement of the
-    two at each step under the second row."""
+    the machine's below (a column per step, or per `every` steps, always ending with step 1; both runs
+    with the same number of steps), and the agreement of the two at each step under the second row."""
     from .compare import NAMES
 
     net = result.means["network"]
     steps = sorted(net, reverse=True)
+    steps = [i for i in steps if (i - steps[-1]) % every == 0]
     rows = [[net[i][seed_index].clamp(-1, 1) for i in steps], [result.means[machine][i][seed_index].clamp(-1, 1) for i in steps]]
     agree = result.step_agreement.get(machine, {})
     caps = [[""] * len(steps), [f"{agree[i][seed_index]:.2f}" if i in agree else "" for i in steps]]
     return grid(rows, [f"step {i}" for i in steps], ["network", NAMES.get(machine, machine)], caps, target=target,
-                gap=6, font_size=12)
+                gap=6, font_size=13)
 
 
 def step_agreement_figure(lines: dict, *, height: int = 300, title: str | None = None) -> go.Figure:

@@ -142,14 +142,18 @@ except ElsvizError as err:
 if result is None:
     st.stop()
 main = result.network_key(net_steps, 20)
-show(figures.network_grid(result, [main, *nets.MACHINES], target=112))
-st.caption(f"Each row starts from one seed's noise. Under each machine's picture: its agreement with the network "
-           f"({net_steps} steps). The machines take 20 steps with the schedule above.")
 row = result.agreement[main]
-cols = st.columns(4)
-for col, m in zip(cols, nets.MACHINES):
-    col.metric(f"median agreement, {NAMES[m]}", f"{median(row[m]):.2f}")
-cols[3].metric("bbELS beats IS", f"{sum(b > i for b, i in zip(row['bbels'], row['is']))} of {len(seeds)} seeds")
+left, right = st.columns([3, 2], gap="large")
+show(figures.network_grid(result, [main, *nets.MACHINES], target=112), where=left)
+with right:
+    cols = st.columns(2)
+    for n, m in enumerate(nets.MACHINES):
+        cols[n % 2].metric(f"median agreement, {NAMES[m]}", f"{median(row[m]):.2f}")
+    cols[1].metric("seeds where bbELS beats IS", f"{sum(b > i for b, i in zip(row['bbels'], row['is']))} of {len(seeds)}")
+    st.caption(f"Each row starts from one seed's noise. Under each machine's picture: its agreement with the network "
+               f"({net_steps} steps). The machines take 20 steps with the schedule above. **IS** can only give back "
+               "a training image; **ELS** matches patches anywhere, with wrap-around edges; **bbELS** also knows "
+               "where the border is, as a zero-padded network does.")
 
 # -- the scatter ---------------------------------------------------------------------------------------------
 st.subheader("Seed by seed: bbELS against IS")
@@ -177,9 +181,10 @@ left.caption("Each point is one seed. Above the orange diagonal, bbELS predicts 
 st.subheader("Step by step: where the two runs part")
 pick = st.select_slider("Seed", seeds, key="net_seed_pick") if len(seeds) > 1 else seeds[0]
 idx = seeds.index(pick)
-show(figures.trajectory_pair(result, "bbels", idx, target=64))
+show(figures.trajectory_pair(result, "bbels", idx, every=2, target=80))
 st.caption("The posterior mean (the current guess of the clean image) of the network (top) and bbELS (below), both "
-           "with 20 steps from the same noise; under each step, their agreement.")
+           "with 20 steps from the same noise, every other step; under each, their agreement. The curves below "
+           "have every step.")
 st.plotly_chart(figures.step_agreement_figure({
     f"bbELS, seed {pick}": [(i, v[idx]) for i, v in sorted(result.step_agreement["bbels"].items(), reverse=True)],
     f"bbELS, median of {len(seeds)} seeds": result.step_medians("bbels"),
