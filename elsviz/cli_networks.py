@@ -132,7 +132,8 @@ def _calibrate(args) -> int:
          arg("--network-steps", type=int, nargs="+", default=[20, 150], help="the network's steps (default 20 150)"),
          arg("--machines", nargs="+", default=["bbels", "els", "ls", "is"], choices=["bbels", "els", "ls", "is"]),
          arg("--label", type=int, default=None, help="class label (conditional networks)"),
-         arg("--json", default=None, help="also write every figure to this JSON file (DIR/compare.json is always written)"),
+         arg("--json", default=None,
+             help="write every figure to this JSON file (with the calibrated schedule DIR/compare.json is written too)"),
          arg("--figure", default=None, help="save the seeds x [network | machines] grid as a PNG"),
          arg("--device", default="auto"),
          FORCE,
@@ -168,12 +169,14 @@ def _compare(args) -> int:
     data = result.to_json()
     data.update(network=net.describe(), weights_sha256=net.config["weights_sha256"], seconds=round(time.perf_counter() - start, 1))
     text = json.dumps(data, indent=1).encode()
-    out = Path(net.path) / "compare.json"
-    _atomic_write(out, lambda f: f.write(text))
+    out = Path(args.json) if args.json else None
+    if args.k is None:  # the calibrated schedule: the network's own record, shown by the app
+        out = Path(net.path) / "compare.json"
+        _atomic_write(out, lambda f: f.write(text))
     with output_files(extra, force=args.force) as tmp:
         if args.json:
             tmp[args.json].write_bytes(text)
         if args.figure:
             figures.network_grid(result, columns=["network", *args.machines]).save(tmp[args.figure])
-    print(result.summary() + f" ({time.perf_counter() - start:.0f} s) -> {out}")
+    print(result.summary() + f" ({time.perf_counter() - start:.0f} s)" + (f" -> {out}" if out else ""))
     return 0

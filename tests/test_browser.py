@@ -244,7 +244,8 @@ def watch_click_and_change_k(pg, shots):
     no_exception(pg)
     assert pg.get_by_text("seeds where bbELS beats IS").count() == 1
     lap("network vs machine")
-    pg.get_by_text("Same noise, network and machines").scroll_into_view_if_needed()
+    pg.get_by_text("Same noise, network and machines").evaluate("e => e.scrollIntoView()")
+    pg.mouse.move(5, 5)  # no hover toolbar over the pictures
     pg.screenshot(path=shots / "network.png", full_page=False)
     if os.environ.get("ELSVIZ_UPDATE_ASSETS") == "1":
         for shot, asset in ASSETS.items():

@@ -379,6 +379,11 @@ def test_train_calibrate_compare_on_the_command_line(tmp_path, capsys):
     assert saved["seeds"] == [0, 1] and saved["schedule"] == json.loads((out / "schedule.json").read_text())["schedule"]
     assert main(["compare", str(out), "--seeds", "1", "--figure", str(grid)]) == 1  # exists: --force to overwrite
     assert "exists already" in capsys.readouterr().err
+    other = tmp_path / "k3.json"
+    assert main(["compare", str(out), "--seeds", "1", "--steps", "4", "--network-steps", "4", "--k", "3",
+                 "--json", str(other)]) == 0
+    assert json.loads(other.read_text())["schedule"] == [3, 3, 3, 3]
+    assert json.loads((out / "compare.json").read_text()) == saved  # the network's record: calibrated runs only
 
 
 def test_config_records_what_resume_needs(trained):
