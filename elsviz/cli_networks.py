@@ -50,7 +50,8 @@ NETWORK_DATASET_ARGS = (
          arg("--arch", default="resnet", choices=["resnet", "unet"],
              help="resnet: convolutions only (what ELS models); unet: with one self-attention block"),
          arg("--width", type=int, default=None, help="channels (default: resnet 48, unet 32)"),
-         arg("--layers", type=int, default=None, help="residual blocks (resnet, default 6) or blocks per level (unet, 1)"),
+         arg("--layers", type=int, default=None,
+             help="residual blocks (resnet, default 6) or blocks per level (unet, 1)"),
          arg("--steps", type=int, default=TRAIN_STEPS, help=f"optimiser steps in all (default {TRAIN_STEPS})"),
          arg("--batch", type=int, default=64, help="images per step (default 64)"),
          arg("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)"),
@@ -133,7 +134,8 @@ def _calibrate(args) -> int:
          arg("--machines", nargs="+", default=["bbels", "els", "ls", "is"], choices=["bbels", "els", "ls", "is"]),
          arg("--label", type=int, default=None, help="class label (conditional networks)"),
          arg("--json", default=None,
-             help="write every figure to this JSON file (with the calibrated schedule DIR/compare.json is written too)"),
+             help="write every figure to this JSON file (with the calibrated schedule, DIR/compare.json is "
+                  "written too)"),
          arg("--figure", default=None, help="save the seeds x [network | machines] grid as a PNG"),
          arg("--device", default="auto"),
          FORCE,
@@ -167,7 +169,8 @@ def _compare(args) -> int:
     for s, seed in enumerate(seeds):
         _say(f"{seed:>4}  " + "  ".join(f"{result.agreement[main][m][s]:6.3f}" for m in args.machines))
     data = result.to_json()
-    data.update(network=net.describe(), weights_sha256=net.config["weights_sha256"], seconds=round(time.perf_counter() - start, 1))
+    data.update(network=net.describe(), weights_sha256=net.config["weights_sha256"],
+                seconds=round(time.perf_counter() - start, 1))
     text = json.dumps(data, indent=1).encode()
     out = Path(args.json) if args.json else None
     if args.k is None:  # the calibrated schedule: the network's own record, shown by the app

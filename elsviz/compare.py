@@ -276,9 +276,12 @@ class Comparison:
         for n in sorted(self.network_steps, reverse=True):
             net = self.network_key(n, self.steps)
             row = med[net]
-            parts.append(f"network {n} steps: " + ", ".join(f"{NAMES[m]} {row[m]:.3f}" for m in MACHINE_ORDER if m in row))
-        share = self.beats() if "bbels" in self.agreement[self.main_network] and "is" in self.agreement[self.main_network] else math.nan
-        beat = "" if math.isnan(share) else f"; bbELS beats IS on {share:.0%} of seeds ({max(self.network_steps)}-step network)"
+            scores = ", ".join(f"{NAMES[m]} {row[m]:.3f}" for m in MACHINE_ORDER if m in row)
+            parts.append(f"network {n} steps: {scores}")
+        both = {"bbels", "is"} <= set(self.agreement[self.main_network])
+        share = self.beats() if both else math.nan
+        beat = "" if math.isnan(share) else \
+            f"; bbELS beats IS on {share:.0%} of seeds ({max(self.network_steps)}-step network)"
         return f"{len(self.seeds)} seeds, median agreement: " + "; ".join(parts) + beat
 
     def table(self) -> list[dict]:
@@ -295,7 +298,8 @@ class Comparison:
 
     def to_json(self) -> dict:
         med, med_r2 = self.medians(), self.medians("r2")
-        return {"seeds": self.seeds, "steps": self.steps, "schedule": self.schedule, "network_steps": self.network_steps,
+        return {"seeds": self.seeds, "steps": self.steps, "schedule": self.schedule,
+                "network_steps": self.network_steps,
                 "label": self.label, "median_agreement": med, "median_r2": med_r2,
                 "bbels_beats_is": {net: self.beats(network=net) for net in self.agreement
                                    if {"bbels", "is"} <= set(self.agreement[net])},
@@ -347,7 +351,8 @@ def compare(network, train=None, seeds=range(32), k=None, *, steps: int = 20, ne
     return score(seeds, steps, ks, network_steps, outputs, means, label)
 
 
-def score(seeds, steps: int, schedule, network_steps, outputs: dict, means: dict, label: int | None = None) -> Comparison:
+def score(seeds, steps: int, schedule, network_steps, outputs: dict, means: dict,
+          label: int | None = None) -> Comparison:
     """A Comparison from finished runs: outputs {name: [S, C, H, W]} (names as in Comparison) and the
     posterior means {name: {step: [S, C, H, W]}} of the `steps`-step runs. Machines are the names
     that do not start with "network"."""

@@ -145,8 +145,9 @@ class _Attention(nn.Module):
 
     def forward(self, x):
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)  # [B, heads, d, HW]
-        a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))  # [B, heads, HW, d]
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)  # [B, 3, heads, d, HW]
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # [B, heads, HW, d] each
+        a = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, d]
         return x + self.out(a.transpose(-1, -2).reshape(b, c, h, w))
 
 
@@ -157,8 +158,8 @@ class UNetDenoiser(nn.Module):
         super().__init__()
         c, h, w = shape
         if h % 4 or w % 4:
-            raise ElsvizError(f"The UNet halves the image twice: it needs a height and width divisible by 4, got {h}x{w}. "
-                              "Resize the training set (size=...) or use the ResNet.")
+            raise ElsvizError(f"The UNet halves the image twice: it needs a height and width divisible by 4, got "
+                              f"{h}x{w}. Resize the training set (size=...) or use the ResNet.")
         if width % 8:
             raise ElsvizError(f"The UNet's width must be a multiple of 8 (GroupNorm of 8 groups), got {width}.")
         self.register_buffer("image_shape", torch.tensor(list(shape)))
@@ -211,7 +212,8 @@ def build_model(arch: str, shape, width: int | None = None, layers: int | None =
 
 
 def receptive_field(config: dict) -> int | None:
-    """Side of the square of input pixels one output pixel of a ResNet depends on (None: the UNet's attention sees all)."""
+    """Side of the square of input pixels one output pixel of a ResNet depends on (None for the UNet, whose
+    attention sees the whole image)."""
     if config["arch"] != "resnet":
         return None
     return 2 * (int(config["layers"]) + 2) + 1
@@ -330,7 +332,8 @@ class Network:
                 raise ElsvizError("This network is unconditional: it cannot generate one class. Drop the label, or "
                                   "train a class-conditional network (elsviz train --conditional).")
             if not (0 <= int(label) < self.num_classes):
-                raise ElsvizError(f"label must be a class of the training set, 0 .. {self.num_classes - 1}, got {label}.")
+                raise ElsvizError(f"label must be a class of the training set, 0 .. {self.num_classes - 1}, "
+                                  f"got {label}.")
             label = torch.full((x.shape[0],), int(label), dtype=torch.int64, device=self.device)
         return x.to(self.device, torch.float32), label
 
@@ -396,8 +399,8 @@ def _folder(path) -> Path:
     if p.is_file():
         if p.name == CONFIG or (p.parent / CONFIG).is_file():
             return p.parent
-        raise ElsvizError(f"{p} is a file, not a network folder. Give the folder `elsviz train --out` wrote "
-                          "(it holds config.json and the weights); a bare weights file says nothing about its architecture.")
+        raise ElsvizError(f"{p} is a file, not a network folder. Give the folder `elsviz train --out` wrote (it holds "
+                          "config.json and the weights); a bare weights file says nothing about its architecture.")
     return p
 
 
@@ -405,7 +408,8 @@ def read_config(path) -> dict:
     """The checked config.json of a network folder (ElsvizError when missing, corrupt or incomplete)."""
     folder = _folder(path)
     if not folder.exists():
-        raise ElsvizError(f"{folder} does not exist. Train a network into it first: elsviz train --dataset digits --out {folder}")
+        raise ElsvizError(f"{folder} does not exist. Train a network into it first: "
+                          f"elsviz train --dataset digits --out {folder}")
     cfg_path = folder / CONFIG
     if not cfg_path.is_file():
         partial = any(folder.glob(".*.tmp-*")) or any(folder.glob("*.pt"))
@@ -419,7 +423,8 @@ def read_config(path) -> dict:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ElsvizError(f"{cfg_path} is not an elsviz network config (no \"format\": \"{FORMAT}\").")
     if int(config.get("version", 0)) > VERSION:
-        raise ElsvizError(f"{cfg_path} was written by a newer elsviz (format version {config['version']}); upgrade elsviz.")
+        raise ElsvizError(f"{cfg_path} was written by a newer elsviz (format version {config['version']}); "
+                          "upgrade elsviz.")
     missing = [k for k in ("arch", "width", "layers", "emb", "dataset", "training", "weights", "weights_sha256")
                if k not in config]
     if missing:
@@ -464,11 +469,12 @@ def _fit(model: nn.Module, state: dict, config: dict, file: Path) -> None:
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
     if missing or extra:
+        def some(names):
+            return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+
+        parts = ([f"missing {some(missing)}"] if missing else []) + ([f"unexpected {some(extra)}"] if extra else [])
         raise ElsvizError(f"{file} holds weights of another architecture than config.json describes "
-                          f"({config['arch']}, {config['layers']} layers): "
-                          + (f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}" if missing else "")
-                          + ("; " if missing and extra else "")
-                          + (f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}" if extra else "") + ".")
+                          f"({config['arch']}, {config['layers']} layers): {'; '.join(parts)}.")
     shape = tuple(int(v) for v in config["dataset"]["shape"])
     if tuple(state["image_shape"].tolist()) != shape:
         c, h, w = state["image_shape"].tolist()
@@ -527,7 +533,8 @@ def read_schedule(folder, config: dict | None = None) -> dict | None:
         cal = json.loads(file.read_text())
         ks = [int(k) for k in cal["schedule"]]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ElsvizError(f"{file} is corrupt ({type(exc).__name__}: {exc}). Delete it and run elsviz calibrate again.") from None
+        raise ElsvizError(f"{file} is corrupt ({type(exc).__name__}: {exc}). Delete it and run elsviz calibrate "
+                          "again.") from None
     if any(k < 1 or k % 2 == 0 for k in ks):
         raise ElsvizError(f"{file} holds a k that is not an odd number >= 1; run elsviz calibrate again.")
     if config is not None and cal.get("weights_sha256") not in (None, config.get("weights_sha256")):
@@ -623,7 +630,8 @@ def train_network(train, out, *, arch: str = "resnet", width: int | None = None,
         if arch != config["arch"]:
             clash.insert(0, f"arch={arch} (the checkpoint is a {config['arch']})")
         if bool(conditional) != bool(config.get("num_classes")):
-            clash.append(f"conditional={conditional} (the checkpoint is {'' if config.get('num_classes') else 'un'}conditional)")
+            kind = "conditional" if config.get("num_classes") else "unconditional"
+            clash.append(f"conditional={conditional} (the checkpoint is {kind})")
         if list(train.shape) != list(config["dataset"]["shape"]) or len(train) != int(config["dataset"]["n"]):
             clash.append(f"a training set of {len(train)} x {list(train.shape)} (the network was trained on "
                          f"{config['dataset']['n']} x {config['dataset']['shape']})")
@@ -721,7 +729,8 @@ def train_network(train, out, *, arch: str = "resnet", width: int | None = None,
                 save(step, sum(recent) / len(recent), seconds - seconds_at_save)
                 seconds_at_save, last_saved = seconds, step
             if progress is not None and (step % report_every == 0 or step == total):
-                progress(TrainProgress(step, total, sum(recent) / len(recent), seconds, (step - start) / max(seconds, 1e-9)))
+                rate = (step - start) / max(seconds, 1e-9)
+                progress(TrainProgress(step, total, sum(recent) / len(recent), seconds, rate))
             if stop is not None and stop() and step < total:
                 break
     except ElsvizError:

@@ -6,7 +6,7 @@ import streamlit as st
 from elsviz import figures
 from elsviz.compare import NAMES, median, resample
 from elsviz.errors import ElsvizError
-from elsviz.networks import ARCHS, default_network_dir, receptive_field
+from elsviz.networks import ARCHS, catalogue, default_network_dir, receptive_field
 from elsviz.schedule import PRESETS
 from elsviz.ui import network as nets
 from elsviz.ui import settings, show
@@ -28,17 +28,17 @@ ss = st.session_state
 
 # -- the network -------------------------------------------------------------------------------------
 finished = nets.train_pending(s)  # a Train / Resume button asked for it in the previous rerun
-catalogue = nets.catalogue()
+networks = catalogue()
 if finished is not None:
-    label = next((lb for lb, f in catalogue.items() if f == finished), None)
+    label = next((lb for lb, f in networks.items() if f == finished), None)
     if label:
         ss["net_choice"] = label
-options = [*catalogue, PATH]
+options = [*networks, PATH]
 if ss.get("net_choice") not in options:
     ss["net_choice"] = options[0]
 st.selectbox("Network", options, key="net_choice",
              help="Bundled with elsviz, trained here (the form below), or any folder `elsviz train --out` wrote.")
-folder = catalogue.get(ss["net_choice"])
+folder = networks.get(ss["net_choice"])
 if ss["net_choice"] == PATH:
     typed = st.text_input("Folder of a network", key="net_path", placeholder="nets/digits-resnet")
     folder = Path(typed).expanduser() if typed.strip() else None
@@ -50,7 +50,7 @@ if folder is not None:
     except ElsvizError as err:
         st.error(str(err))
 
-with st.expander("Train a network", expanded=not catalogue):
+with st.expander("Train a network", expanded=not networks):
     source = nets.source_of(s.dataset_key)
     if net is not None and not net.finished:
         st.markdown(f"**{net.path.name}** stopped after {net.steps_done:,} of {net.steps_total:,} steps.")
@@ -125,7 +125,8 @@ right.caption("Grey: the paper's schedules, fitted on 32x32 images to networks t
               "CIFAR-10 and CelebA. " + ("The calibrated schedule is also offered in the sidebar (paper schedule)."
                                           if calibrated else ""))
 if calibrated and net.calibration.get("stale"):
-    right.warning("This schedule was calibrated for earlier weights (training went on since); run elsviz calibrate again.")
+    right.warning("This schedule was calibrated for earlier weights (training went on since); "
+                  "run elsviz calibrate again.")
 
 # -- the grid ----------------------------------------------------------------------------------------------
 st.subheader("Same noise, network and machines")
@@ -149,7 +150,8 @@ with right:
     cols = st.columns(2)
     for n, m in enumerate(nets.MACHINES):
         cols[n % 2].metric(f"median agreement, {NAMES[m]}", f"{median(row[m]):.2f}")
-    cols[1].metric("seeds where bbELS beats IS", f"{sum(b > i for b, i in zip(row['bbels'], row['is']))} of {len(seeds)}")
+    wins = sum(b > i for b, i in zip(row["bbels"], row["is"]))
+    cols[1].metric("seeds where bbELS beats IS", f"{wins} of {len(seeds)}")
     st.caption(f"Each row starts from one seed's noise. Under each machine's picture: its agreement with the network "
                f"({net_steps} steps). The machines take 20 steps with the schedule above. **IS** can only give back "
                "a training image; **ELS** matches patches anywhere, with wrap-around edges; **bbELS** also knows "

@@ -72,7 +72,8 @@ def test_training_writes_a_checkpoint_that_loads(trained):
 def test_resuming_continues_exactly_where_training_stopped(digits8, tmp_path):
     straight = tiny(digits8, tmp_path / "straight", steps=8)
     done = []
-    half = tiny(digits8, tmp_path / "halves", steps=8, report_every=1, progress=done.append, stop=lambda: len(done) == 5)
+    half = tiny(digits8, tmp_path / "halves", steps=8, report_every=1, progress=done.append,
+                stop=lambda: len(done) == 5)
     assert half.steps_done == 5
     resumed = tiny(digits8, tmp_path / "halves", steps=8, resume=True)
     assert resumed.steps_done == 8

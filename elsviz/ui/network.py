@@ -15,7 +15,7 @@ import streamlit as st
 from ..compare import Comparison, calibration, resample, score
 from ..datasets import load_dataset
 from ..errors import ElsvizError
-from ..networks import CONFIG, SCHEDULE, catalogue, load_network, save_schedule, train_network
+from ..networks import CONFIG, SCHEDULE, load_network, save_schedule, train_network
 from ..runs import RunSpec, k_limit
 from ..sampling import sample
 from . import data
