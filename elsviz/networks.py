@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ElsvizError
-from .schedule import alpha_sigma
+from .schedule import alpha_sigma, check_t
 
 FORMAT = "elsviz-network"
 VERSION = 1
@@ -300,17 +300,17 @@ class Network:
     def finished(self) -> bool:
         return self.steps_done >= self.steps_total
 
-    def parameters(self) -> int:
+    def n_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
     def describe(self) -> str:
-        """One line: 'ResNet (6 layers, width 64, 0.23M parameters) on digits 16x16, 3,000 of 3,000 steps'."""
+        """One line: 'ResNet (6 layers, width 48, 0.20M parameters) on digits 16x16, 2,000 of 2,000 steps'."""
         c = self.config
-        c_, h, w = self.train.shape
+        _, h, w = self.train.shape
         cond = ", class-conditional" if self.num_classes else ""
         done = f"{self.steps_done:,} of {self.steps_total:,} steps" + ("" if self.finished else " (unfinished)")
         name = "ResNet" if self.arch == "resnet" else "UNet + attention"
-        return (f"{name} ({c['layers']} layers, width {c['width']}, {self.parameters() / 1e6:.2f}M parameters{cond}) "
+        return (f"{name} ({c['layers']} layers, width {c['width']}, {self.n_parameters() / 1e6:.2f}M parameters{cond}) "
                 f"on {self.train.name} {h}x{w}, {done}")
 
     def __repr__(self):
@@ -340,8 +340,6 @@ class Network:
     @torch.no_grad()
     def eps(self, x: torch.Tensor, t: float, label: int | None = None) -> torch.Tensor:
         """The predicted noise of x [B, C, H, W] at time t."""
-        from .schedule import check_t
-
         x, lab = self._check(x, label)
         tt = torch.full((x.shape[0],), check_t(t), device=self.device)
         return self.model(x, tt, lab)
@@ -741,7 +739,7 @@ def train_network(train, out, *, arch: str = "resnet", width: int | None = None,
         if step > last_saved and not updating:
             save(step, sum(recent) / len(recent) if recent else None, time.perf_counter() - t0 - seconds_at_save)
         raise
-    if step > last_saved or start == total:
+    if step > last_saved:
         save(step, sum(recent) / len(recent) if recent else tr["loss"], time.perf_counter() - t0 - seconds_at_save)
     return load_network(folder, device=dev)
 
