@@ -129,3 +129,14 @@ def test_bad_folders_show_a_message_and_the_page_keeps_working(tmp_path):
     at.selectbox(key="net_choice").set_value("tiny (trained here)")
     ok(at.run())
     assert not at.error and len(at.metric) == 4
+
+
+def test_a_network_trained_on_the_page_is_saved_and_shown(networks):
+    at = page(net_choice="tiny (trained here)", limit=40, resize=8, net_name="fresh", net_steps=100)
+    next(b for b in at.button if b.label == "Train on digits").click()
+    ok(at.run())
+    assert at.selectbox(key="net_choice").value == "fresh (trained here)"
+    assert "ResNet (6 layers, width 48" in text(at) and "100 of 100 steps" in text(at)
+    assert "no calibrated schedule yet" in text(at)  # the machines use the sidebar's locality until calibrated
+    config = json.loads((networks / "fresh" / "config.json").read_text())
+    assert config["dataset"]["source"] == "digits" and config["dataset"]["options"] == {"size": 8, "limit": 40}

@@ -64,14 +64,17 @@ def training_set(net) -> tuple[tuple, object]:
 
 
 def source_of(dataset_key) -> tuple[str, dict] | None:
-    """(source, options) that load_dataset can read again, for a sidebar dataset key; None for an upload."""
+    """(source, options) that load_dataset can read again, for a sidebar dataset key; None for an upload.
+
+    The app's subsets are drawn with load_dataset's default seed (0), so the seed is left out.
+    """
     if dataset_key[0] == "builtin":
         _, name, size, limit, *extra = dataset_key  # extra: (("fingers", counts),) for mixed hands
-        opts = {k: v for k, v in (("size", size), ("limit", limit), ("seed", 0 if limit else None)) if v}
+        opts = {k: v for k, v in (("size", size), ("limit", limit)) if v}
         return name, {**opts, **{k: list(v) for k, v in (extra[0] if extra else ())}}
     if dataset_key[0] == "path":
         _, path, _, size, limit = dataset_key
-        return path, {k: v for k, v in (("size", size), ("limit", limit), ("seed", 0 if limit else None)) if v}
+        return path, {k: v for k, v in (("size", size), ("limit", limit)) if v}
     return None
 
 
