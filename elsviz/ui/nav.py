@@ -2,6 +2,7 @@
 import streamlit as st
 
 PAGES = (
+    ("pages/lesson.py", "Lesson", ":material/school:"),  # first in the list; the app opens on DEFAULT
     ("pages/reverse_diffusion.py", "Reverse diffusion", ":material/animation:"),
     ("pages/provenance.py", "Patch provenance", ":material/grid_view:"),
     ("pages/locality.py", "Locality explorer", ":material/tune:"),
@@ -9,10 +10,13 @@ PAGES = (
 )
 
 
+DEFAULT = "pages/reverse_diffusion.py"  # what the app opens on
+
+
 def navigation(position: str = "sidebar"):
-    """st.navigation over the three pages (the first is the default)."""
-    return st.navigation([st.Page(path, title=title, icon=icon, default=n == 0)
-                          for n, (path, title, icon) in enumerate(PAGES)], position=position)
+    """st.navigation over the pages (DEFAULT is the one the app opens on)."""
+    return st.navigation([st.Page(path, title=title, icon=icon, default=path == DEFAULT)
+                          for path, title, icon in PAGES], position=position)
 
 
 def through_app() -> None:

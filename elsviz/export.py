@@ -1,0 +1,135 @@
+"""What leaves elsviz for slides and notebooks: the run as a GIF, pictures as PNG, the numbers as .npz.
+
+The app's download buttons and the command line (`elsviz sample ... --npz`) call these same
+functions, so a file saved from either is the same file. No Streamlit here.
+
+The .npz holds plain arrays only (np.load(..., allow_pickle=False) reads it); its `README` entry
+describes every array, so the file explains itself:
+
+    data = np.load("run.npz")
+    print(data["README"])
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+from . import figures
+from .errors import ElsvizError
+
+SLIDE_TARGET = 320  # pixels on the larger side of each picture in a GIF: two pictures side by side fill a slide's half
+
+NPZ_README = """\
+elsviz run: the reverse process of an ELS machine, every step (Kamb & Ganguli, ICML 2025; docs/THEORY.md).
+S = steps - 1 recorded steps, B = batch, C = channels, H x W = output size. Images are in [-1, 1].
+Axis 0 of the per-step arrays runs from the noisiest step (steps - 1) down to step 1.
+
+README         this text
+spec           the run in words (machine, k or schedule, steps, seed, size)
+dataset        the training set's name
+machine        "is", "ls", "els" or "bbels"
+steps          the number of steps of the run
+seed           the seed of the starting noise (-1 if none was given)
+label          the class the run was conditioned on (-1 for none)
+step           [S] int: the step i of each record (t = i / steps)
+t              [S] float: the time of each record
+k              [S] int: the window size used at that step (-1 where there is none: IS)
+x              [S, B, C, H, W] float32: the noisy input x_t of each step
+mean           [S, B, C, H, W] float32: the posterior mean (denoised estimate) of each step;
+               mean[-1] is the output
+final          [B, C, H, W] float32: the output (equal to mean[-1])
+x_init         [B, C, H, W] float32: the starting noise
+entropy        [S, B, H, W] float32: entropy in nats of each pixel's weights over the keys
+               (how undecided it is; 0 = settled on one patch)
+source_index   [S, B, H, W] int64: the training image of each pixel's heaviest key
+source_pos     [S, B, H, W, 2] int64: (row, col) of that key's centre in its training image
+source_weight  [S, B, H, W] float32: that key's weight
+source_count   [S, B, H, W] int64: how many identical keys share the heaviest window;
+               > 1 means "shared": no single source (flat background, say)
+The provenance arrays (entropy, source_*) are absent for a denoiser without provenance (a network).
+"""
+
+_PROVENANCE = ("entropy", "source_index", "source_pos", "source_weight", "source_count")
+
+
+def run_arrays(traj, *, spec=None, dataset: str = "") -> dict[str, np.ndarray]:
+    """The arrays of a run (a Trajectory from sample()) as described in NPZ_README; spec: its RunSpec."""
+    figures.check_run(traj, 0)
+    frames = traj.frames
+
+    def stack(name, dtype):
+        return np.stack([getattr(f, name).detach().cpu().numpy() for f in frames]).astype(dtype)
+
+    out = {
+        "README": np.array(NPZ_README),
+        "spec": np.array(spec.describe() if spec is not None else ""),
+        "dataset": np.array(str(dataset)),
+        "machine": np.array(getattr(spec, "machine", "") or getattr(traj.denoiser, "machine", "") or ""),
+        "steps": np.array(int(traj.steps)),
+        "seed": np.array(-1 if traj.seed is None else int(traj.seed)),
+        "label": np.array(-1 if traj.label is None else int(traj.label)),
+        "step": np.array([f.i for f in frames], dtype=np.int64),
+        "t": np.array([f.t for f in frames], dtype=np.float64),
+        "k": np.array([-1 if f.k is None else int(f.k) for f in frames], dtype=np.int64),
+        "x": stack("x", np.float32),
+        "mean": stack("mean", np.float32),
+        "final": traj.final.detach().cpu().numpy().astype(np.float32),
+        "x_init": traj.x_init.detach().cpu().numpy().astype(np.float32),
+    }
+    if out["machine"].item() == "is":
+        out["k"][:] = -1  # IS compares whole images: no window
+    if all(getattr(f, name) is not None for f in frames for name in _PROVENANCE):
+        for name in _PROVENANCE:
+            out[name] = stack(name, np.int64 if name in ("source_index", "source_pos", "source_count") else np.float32)
+    return out
+
+
+def npz_bytes(traj, *, spec=None, dataset: str = "") -> bytes:
+    """The run as a compressed .npz file (bytes), with its README entry."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **run_arrays(traj, spec=spec, dataset=dataset))
+    return buf.getvalue()
+
+
+def run_gif(traj, *, target: int = SLIDE_TARGET) -> bytes:
+    """The run as a looping GIF for slides: x_t beside the posterior mean, one frame per step, the output held."""
+    return figures.animation_gif(traj, target=target)
+
+
+def png_bytes(picture: Image.Image) -> bytes:
+    """A PIL picture (from elsviz.figures) as PNG bytes: lossless, so pixel edges stay sharp."""
+    if not isinstance(picture, Image.Image):
+        raise ElsvizError(f"Expected a picture from elsviz.figures (a PIL image), got {type(picture).__name__}.")
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def provenance_png(traj, step: int | None = None, *, target: int = 640, mark=None) -> bytes:
+    """The provenance picture of one step of a run (default: the last, the output) as PNG bytes."""
+    frame = traj.frames[-1] if step is None else traj.frame(step)
+    if frame.source_index is None:
+        raise ElsvizError("This run has no provenance (a network's run, say): there is no picture of sources.")
+    pic = figures.provenance_picture(frame.mean[0], frame.source_index[0], frame.source_pos[0],
+                                     frame.source_count[0], target=target, mark=mark)
+    return png_bytes(pic)
+
+
+def max_entropy(machine: str, n_images: int, shape: tuple[int, int, int]) -> float:
+    """log of the number of keys a pixel weighs at most: the top of a fixed entropy scale (nats).
+
+    IS and LS weigh one key per training image; ELS and bbELS up to one per position of every image.
+    """
+    _, h, w = shape
+    keys = n_images if machine in ("is", "ls") else n_images * h * w
+    return math.log(max(int(keys), 2))
+
+
+def slug(text: str) -> str:
+    """A file-name-safe short form of a caption ('bbELS, k=5, 20 steps' -> 'bbels-k5-20steps')."""
+    keep = "".join(ch.lower() if ch.isalnum() else "-" for ch in text.replace("=", "").replace(" steps", "steps"))
+    return "-".join(p for p in keep.split("-") if p)[:80] or "elsviz"
+
