@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from .errors import ElsvizError
 from .imageset import ImageSet
-from .keyset import PRUNE_GAP, KeySet, distinct_keys, key_windows
+from .keyset import MICRO, PRUNE_GAP, KeySet, distinct_keys, key_windows
 from .schedule import alpha_sigma, check_k, check_t
 from .validate import as_bool, as_choice, as_int, as_label, as_pixel
 
@@ -723,14 +723,31 @@ class Engine:
             pieces = (ks.rows(blocks[i:i + per_chunk]) for i in range(0, nblk, per_chunk))
         for keys, vals, rep, logc in pieces:
             logits = torch.mm(qa, keys.T)  # [T, n]
-            m, arg = _max_argmax(logits)  # [T]
-            lm = logits.sub_(m.unsqueeze(-1))  # l - m
-            if ks.duplicates:
-                lm.add_(logc)  # + log count: c identical keys weigh c exp(l - m)
-            lm.clamp_(min=-80.0)
-            e = torch.exp(lm)  # [T, n]
-            stats = torch.mm(e, vals)  # [T, C + 2]: sum of weights, weighted centres, sum e log count
-            ent = torch.linalg.vecdot(e, lm) - stats[:, -1]
+            nt, n = logits.shape
+            micro = logits.view(nt, n // MICRO, MICRO)  # runs of MICRO keys
+            mmax = micro.amax(-1)  # [T, n / MICRO]
+            m, mi = mmax.max(-1)  # [T]: the max, and the first run that holds it
+            arg = mi * MICRO + torch.gather(micro, 1, mi.view(nt, 1, 1).expand(nt, 1, MICRO)).squeeze(1).argmax(-1)
+            lcm = logc.view(-1, MICRO).amax(-1) if ks.duplicates else 0.0  # [n / MICRO] largest log count
+            # runs with any key within 80 of the max (below: exp(-80) ~ 2e-35, nothing next to the max's 1)
+            rr, mb = torch.nonzero(mmax + lcm >= (m - 80.0).unsqueeze(1), as_tuple=True)  # [R]
+            if 2 * rr.shape[0] < mmax.numel():  # low noise: only those runs
+                lm = micro[rr, mb] - m[rr].unsqueeze(1)  # [R, MICRO]
+                if ks.duplicates:
+                    lm += logc.view(-1, MICRO)[mb]
+                lm.clamp_(min=-80.0)
+                e = torch.exp(lm)
+                part = (e.unsqueeze(-1) * vals.view(-1, MICRO, vals.shape[1])[mb]).sum(1)  # [R, C + 2]
+                stats = torch.zeros(nt, vals.shape[1], device=logits.device).index_add_(0, rr, part)
+                ent = torch.zeros(nt, device=logits.device).index_add_(0, rr, (e * lm).sum(1)) - stats[:, -1]
+            else:
+                lm = logits.sub_(m.unsqueeze(-1))  # l - m
+                if ks.duplicates:
+                    lm.add_(logc)  # + log count: c identical keys weigh c exp(l - m)
+                lm.clamp_(min=-80.0)
+                e = torch.exp(lm)  # [T, n]
+                stats = torch.mm(e, vals)  # [T, C + 2]: sum of weights, weighted centres, sum e log count
+                ent = torch.linalg.vecdot(e, lm) - stats[:, -1]
             sm.merge_at(r, m, stats[:, 0], stats[:, 1:-1], ent, rep[arg])
 
     def _hashes(self, k, label) -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 BLOCK = 256  # keys per block
+MICRO = 32  # keys per run inside a block whose softmax terms are skipped together when all are negligible
 RANK = 8  # principal directions kept for the bounds
 PAD_SQ = 1e30  # |K|^2 of a padding row: its logit c2 * PAD_SQ is hopelessly low
 PRUNE_GAP = 36.0  # exp(-36) = 2e-16 per key: far below float32's resolution of any sum of weights

@@ -17,9 +17,9 @@ from tests.test_engine_exact import check_posterior
 
 @pytest.fixture
 def fast_path(monkeypatch):
-    """Every single-class group goes through the KeySet path, in blocks of 8 keys."""
+    """Every single-class group goes through the KeySet path, in blocks of 32 keys."""
     monkeypatch.setattr(engine_mod, "_PRUNE_MIN_LOGITS", 0)
-    monkeypatch.setattr(keyset_mod, "BLOCK", 8)
+    monkeypatch.setattr(keyset_mod, "BLOCK", 32)
     calls = {"blocks": 0, "keysets": 0}
     real_blocks, real_pruned = engine_mod.Engine._blocks, engine_mod.Engine._pruned
 
@@ -80,7 +80,7 @@ def test_fast_path_agrees_with_the_dense_path(make_pair, monkeypatch):
     dense, _ = make_pair("bbels", images)
     want = dense.denoise(x, 0.2, 5)
     monkeypatch.setattr(engine_mod, "_PRUNE_MIN_LOGITS", 0)
-    monkeypatch.setattr(keyset_mod, "BLOCK", 8)
+    monkeypatch.setattr(keyset_mod, "BLOCK", 32)
     fast, _ = make_pair("bbels", images)
     got = fast.denoise(x, 0.2, 5)
     torch.testing.assert_close(got.mean, want.mean, atol=1e-5, rtol=1e-5)
@@ -99,11 +99,12 @@ def test_blocks_are_skipped_when_noise_is_low(make_pair, fast_path):
     from elsviz.schedule import alpha_sigma
 
     images = silhouettes(60, 10, 10, seed=9)
-    engine, _ = make_pair("els", images)
+    engine, ref = make_pair("els", images)
     a, b = alpha_sigma(0.05)
     noise = torch.from_numpy(noisy_query(2, 1, 10, 10, 0.999, seed=10))
     x = a * torch.from_numpy(images[[3, 17]]) + b * noise  # two training hands, slightly noisy
-    engine.denoise(x, 0.05, 3)
+    post = engine.denoise(x, 0.05, 3)  # also goes through the runs-of-32 path (few runs count)
+    check_posterior(post, ref.denoise("els", x.numpy(), 0.05, 3), ref, "els", x.numpy(), 0.05, 3)
     low = fast_path["blocks"] / fast_path["possible"]
     fast_path.update(blocks=0, possible=0)
     engine.denoise(torch.from_numpy(noisy_query(2, 1, 10, 10, 0.95, seed=11)), 0.95, 3)
