@@ -478,7 +478,7 @@ class Engine:
             cache_bytes = 384 * 2**20 if self.device.type == "cpu" else _gpu_cache_bytes(self.device)
         self.chunk_elems = int(chunk_elems or (2**20 if self.device.type == "cpu" else 2**27))
         # queries per tile of the pruned path: small tiles prune more, large ones cost fewer calls
-        self._tile = 16 if self.device.type == "cpu" else 256
+        self._tile = 16
         self._cache = _Cache(int(cache_bytes))
         # torch.compile fuses the per-chunk softmax statistics into one pass. Opt-in: on an H100 it
         # halves ELS on 60,000 images but slows bbELS (many small class shapes, recompiles), and on
@@ -658,8 +658,8 @@ class Engine:
         (several classes, a small class, or distinct keys that would not fit the cache)."""
         ng, p = g.pix.shape
         n, c, h, w = imgs.shape
-        if ng != 1 or p * g.pos.shape[1] * n < _PRUNE_MIN_LOGITS:
-            return None
+        if ng != 1 or p * g.pos.shape[1] * n < _PRUNE_MIN_LOGITS or imgs.device.type != "cpu":
+            return None  # on a GPU the plain table until this path has been measured there
         cache_key = ("keyset", self.machine, k, label, hq, wq, gi)
         if cache_key in self._cache:
             return self._cache.get(cache_key, None)
