@@ -3,7 +3,7 @@
     elsviz fetch  mnist|fashion-mnist|cifar10 [--dir DIR] [--base-url URL]
     elsviz info   NAME_OR_PATH [-O key=value ...]
     elsviz sheet  NAME_OR_PATH [-o sheet.png] [--force] [-O key=value ...]
-    elsviz sample NAME_OR_PATH [--machine M] [--k K] [--steps S] [--seed N] [-o FOLDER] [--force] ...
+    elsviz sample NAME_OR_PATH [--machine M] [--k K] [--steps S] [--seed N] [-o FOLDER] [--npz] [--force] ...
     elsviz app    [streamlit options, e.g. --server.port 8502]
 
 Exit codes: 0 done; 2 bad usage (the command line does not parse; argparse prints the usage);
@@ -286,11 +286,15 @@ def _k_arg(value: str):
          arg("--label", type=int, default=None, help="class label (conditional generation)"),
          arg("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="output size (ELS, bbELS)"),
          arg("--device", default="auto"),
-         arg("-o", "--out", default="elsviz-run", help="folder for final.png, run.gif, provenance.png"), FORCE)
+         arg("-o", "--out", default="elsviz-run", help="folder for final.png, run.gif, provenance.png"),
+         arg("--npz", action="store_true", help="also write run.npz: every step's images and provenance as arrays "
+                                                "(the app's 'Numbers' download; its README entry describes them)"),
+         FORCE)
 def _sample(args) -> int:
-    from . import figures
+    from . import export, figures
     from .datasets import load_dataset
     from .engine import Engine
+    from .runs import RunSpec
     from .sampling import sample
 
     train = load_dataset(args.dataset, **_dataset_options(args.option))
@@ -301,15 +305,20 @@ def _sample(args) -> int:
         print(f"step {frame.i:>3}  t={frame.t:.3f}  k={frame.k}", file=sys.stderr)
 
     out = Path(args.out)
-    files = [out / "final.png", out / "run.gif", out / "provenance.png"]
+    files = [out / "final.png", out / "run.gif", out / "provenance.png"] + ([out / "run.npz"] if args.npz else [])
     with output_files(files, force=args.force) as tmp:  # refused before the run if they exist
         traj = sample(engine, steps=args.steps, k=args.k, label=args.label, seed=args.seed, shape=shape,
                       callback=progress)
         last = traj.frames[-1]
         figures.picture(traj.final[0]).save(tmp[out / "final.png"])
-        tmp[out / "run.gif"].write_bytes(figures.animation_gif(traj))
+        tmp[out / "run.gif"].write_bytes(export.run_gif(traj))
         figures.provenance_picture(traj.final[0], last.source_index[0], last.source_pos[0],
                                    last.source_count[0]).save(tmp[out / "provenance.png"])
+        if args.npz:  # the same file as the app's download of this run
+            k = tuple(args.k) if isinstance(args.k, list) else args.k
+            spec = RunSpec(machine=args.machine, k=k, steps=args.steps, seed=args.seed, label=args.label,
+                           size=None if args.size is None else tuple(args.size))
+            tmp[out / "run.npz"].write_bytes(export.npz_bytes(traj, spec=spec, dataset=train.name))
     print(out)
     return 0
 

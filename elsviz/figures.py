@@ -296,22 +296,28 @@ def difference_picture(a, b, target: int = 160) -> Image.Image:
 
 
 # -- the run as an animation -----------------------------------------------------------------------
-def step_title(frame) -> str:
+def step_title(frame, show_k: bool = True) -> str:
     k = "-" if frame.k is None else frame.k
-    return f"step {frame.i}   t = {frame.t:.2f}   k = {k}"
+    return f"step {frame.i}   t = {frame.t:.2f}" + (f"   k = {k}" if show_k else "")
 
 
-def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int = 0) -> go.Figure:
+def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int = 0,
+                     entropy_max: float | None = None, show_k: bool = True) -> go.Figure:
     """The run as a Plotly animation: noisy image x_t | posterior mean | entropy map, per step.
 
     Play / pause buttons and a step slider run in the browser (no server round trip per frame).
-    The slider ends on the last step, whose posterior mean is the output.
+    It opens on the last step, whose posterior mean is the output; Play runs from the noisiest step.
+    entropy_max: the top of the entropy colour scale in nats (export.max_entropy: log of the number
+    of keys, the same for every run of a machine on a set, so runs compare); None: this run's largest.
+    show_k: False for IS, which has no window.
     """
     batch = check_run(traj, batch)
     height = as_int("height", height, 100, MAX_PICTURE, " (pixels)")
     frame_ms = as_int("frame_ms", frame_ms, 1, 60_000, " (milliseconds per step)")
     frames = traj.frames
     ent_top = max(float(f.entropy[batch].max()) for f in frames if f.entropy is not None) if frames[0].entropy is not None else 1.0
+    if entropy_max is not None:
+        ent_top = as_float("entropy_max", entropy_max, 1e-6, 1e6, hint=" (nats)")
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.04,
                         subplot_titles=("noisy image x_t", "denoised estimate (posterior mean)",
                                         "entropy: how undecided each pixel is"))
@@ -326,26 +332,26 @@ def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int
                        hovertemplate="row %{y}, col %{x}<br>entropy %{z:.2f} nats<extra></extra>"),
         ]
 
-    for tr, col in zip(traces(frames[0]), (1, 2, 3)):
+    for tr, col in zip(traces(frames[-1]), (1, 2, 3)):  # the output first
         fig.add_trace(tr, row=1, col=col)
     fig.frames = [go.Frame(data=traces(f), traces=[0, 1, 2], name=str(f.i),
-                           layout=go.Layout(title_text=step_title(f))) for f in frames]
+                           layout=go.Layout(title_text=step_title(f, show_k))) for f in frames]
     h, w = frames[0].x.shape[-2:]
     for n in (1, 2, 3):
         fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, range=[-0.5, w - 0.5],
                          constrain="domain", row=1, col=n)
         fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, range=[h - 0.5, -0.5],
                          scaleanchor=f"x{'' if n == 1 else n}", constrain="domain", row=1, col=n)
-    play = dict(frame=dict(duration=frame_ms, redraw=True), fromcurrent=True, transition=dict(duration=0),
+    play = dict(frame=dict(duration=frame_ms, redraw=True), fromcurrent=False, transition=dict(duration=0),
                 mode="immediate")
     pause = dict(frame=dict(duration=0, redraw=False), mode="immediate", transition=dict(duration=0))
     fig.update_layout(
-        height=height, margin=dict(l=10, r=10, t=70, b=10), title=dict(text=step_title(frames[0]), x=0.01, y=0.98),
+        height=height, margin=dict(l=10, r=10, t=70, b=10), title=dict(text=step_title(frames[-1], show_k), x=0.01, y=0.98),
         updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.02, xanchor="left", yanchor="top",
                           pad=dict(t=0, r=8), showactive=False,
-                          buttons=[dict(label="▶ Play", method="animate", args=[None, play]),
+                          buttons=[dict(label="▶ Play", method="animate", args=[[str(f.i) for f in frames], play]),
                                    dict(label="❚❚ Pause", method="animate", args=[[None], pause])])],
-        sliders=[dict(active=0, x=0.16, len=0.84, y=-0.02, yanchor="top", pad=dict(t=0),
+        sliders=[dict(active=len(frames) - 1, x=0.16, len=0.84, y=-0.02, yanchor="top", pad=dict(t=0),
                       currentvalue=dict(prefix="step ", font=dict(size=13)),
                       steps=[dict(label=str(f.i), method="animate",
                                   args=[[str(f.i)], dict(frame=dict(duration=0, redraw=True), mode="immediate",

@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import streamlit as st
 
-from elsviz import figures
+from elsviz import export, figures
 from elsviz.errors import ElsvizError
 from elsviz.runs import MACHINE_NAMES, MACHINES, changed_fraction, k_limit, k_sweep
 from elsviz.ui import branch_run, derived, estimate_seconds, main_result, previous_result, settings, show, spec_run
@@ -56,10 +56,18 @@ def run_all(specs, what, button_label):
     return out
 
 
-def show_strip(specs, results, caption, target=128):
+def download_png(picture, name: str, key: str) -> None:
+    """A PNG download of a strip on this page (for slides)."""
+    st.download_button("Download this strip (PNG)", export.png_bytes(picture), file_name=f"{export.slug(name)}.png",
+                       mime="image/png", key=key, icon=":material/download:")
+
+
+def show_strip(specs, results, caption, target=128, name="strip"):
     good = [(sp, r) for sp, r in zip(specs, results) if not isinstance(r, ElsvizError)]
     if good:
-        show(figures.strip([r.traj.final[0] for _, r in good], [caption(sp) for sp, _ in good], target=target))
+        pic = figures.strip([r.traj.final[0] for _, r in good], [caption(sp) for sp, _ in good], target=target)
+        show(pic)
+        download_png(pic, f"{s.train.name} {name} {good[0][0].describe()}", key=f"dl_{export.slug(name)}")
     for sp, r in zip(specs, results):
         if isinstance(r, ElsvizError):
             st.caption(f"{caption(sp)}: not run. {r}")
@@ -78,7 +86,7 @@ if view == "four machines":
     specs = [replace(spec, machine=m, size=None) for m in MACHINES]
     results = run_all(specs, lambda sp: MACHINE_NAMES[sp.machine], "Run the four machines")
     if results:
-        show_strip(specs, results, lambda sp: MACHINE_NAMES[sp.machine], target=160)
+        show_strip(specs, results, lambda sp: MACHINE_NAMES[sp.machine], target=160, name="four machines")
         if spec.size is not None:
             st.caption("All four at the training size (IS and LS cannot make other sizes).")
 
@@ -92,7 +100,7 @@ elif view == "k-sweep":
     specs = [replace(spec, k=k) for k in ks]
     results = run_all(specs, lambda sp: f"k-sweep, k = {sp.k}", "Run the k-sweep")
     if results:
-        show_strip(specs, results, lambda sp: f"k = {sp.k}", target=112)
+        show_strip(specs, results, lambda sp: f"k = {sp.k}", target=112, name="k-sweep")
 
 elif view == "branch at a step":
     st.markdown("Keep the run as it was down to step s+1, then finish it from step s with another k. Early "
@@ -111,8 +119,10 @@ elif view == "branch at a step":
         st.error(str(err))
     else:
         a, b = result.traj.final[0], other.traj.final[0]
-        show(derived(other, f"branch-{at}-{k2}", lambda: figures.strip(
+        pic = derived(other, f"branch-{at}-{k2}", lambda: figures.strip(
             [result.traj.frame(at).mean[0], a, b, figures.difference_picture(a, b, target=160)],
-            [f"estimate at step {at}", "as run", f"k = {k2} from step {at}", "difference"], target=160)))
+            [f"estimate at step {at}", "as run", f"k = {k2} from step {at}", "difference"], target=160))
+        show(pic)
+        download_png(pic, f"{s.train.name} branch at {at} k{k2} {spec.describe()}", key="dl_branch")
         st.caption(f"{changed_fraction(a, b):.0%} of the pixels changed. Left: what the machine believed "
                    "when the branch started.")

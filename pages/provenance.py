@@ -2,7 +2,7 @@
 import streamlit as st
 from streamlit_image_coordinates import streamlit_image_coordinates
 
-from elsviz import figures
+from elsviz import export, figures
 from elsviz.runs import distinct_sources, mosaic, pixel_from_click, shared_mask, source_shares
 from elsviz.ui import derived, explain, main_result, show
 
@@ -52,6 +52,18 @@ with left:
     st.caption(f"{result.spec.describe()}. Step {step}, t = {frame.t:.2f}"
                f"{'' if window is None else f', k = {window}'}. One colour per training image; grey hatched: "
                "shared; white lines: seams; red square: the selected pixel.")
+    name = export.slug(f"{train.name} {result.spec.describe()} step {step}")
+    dl = st.columns(2)
+    dl[0].download_button("Picture (PNG)", derived(result, f"provenance-png-{step}-{colour}-{seams_on}", lambda: export.png_bytes(
+        figures.provenance_picture(frame.mean[0], frame.source_index[0], frame.source_pos[0], frame.source_count[0],
+                                   target=640, colour=colour, draw_seams=seams_on))),
+        file_name=f"provenance-{name}.png", mime="image/png", key="dl_provenance", icon=":material/download:",
+        help="This picture, large, without the selected pixel's mark.")
+    dl[1].download_button("Numbers (.npz)", derived(result, "npz", lambda: export.npz_bytes(
+        traj, spec=result.spec, dataset=train.name)), file_name=f"{export.slug(f'{train.name} {result.spec.describe()}')}.npz",
+        mime="application/octet-stream", key="dl_npz", icon=":material/download:",
+        help="Every step's provenance (source image, position, weight, count, entropy) and images as arrays; "
+             "its README entry says what each is.")
 
 with right:
     cols = st.columns(2)

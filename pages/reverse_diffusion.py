@@ -1,9 +1,9 @@
-"""Page 1: the run as an animation: noisy image, denoised estimate and entropy map, step by step."""
+"""Page 1: the output first, then the run as an animation: noisy image, denoised estimate and entropy map, step by step."""
 import streamlit as st
 
-from elsviz import figures
+from elsviz import export, figures
 from elsviz.runs import distinct_sources, shared_mask
-from elsviz.ui import derived, main_result
+from elsviz.ui import derived, main_result, show
 
 st.title("Reverse diffusion")
 st.markdown(
@@ -17,12 +17,14 @@ result = main_result()
 traj, spec = result.traj, result.spec
 last = traj.frames[-1]
 
-left, right = st.columns([3, 2], vertical_alignment="center")
-with left:
+left, right = st.columns([1, 1], gap="large")
+with left:  # the result first: the output of this run, large and still
+    show(derived(result, "output", lambda: figures.picture(traj.final[0], target=448)))
+    st.caption(f"The output (step 1): **{spec.describe()}** on *{result.train.name}*, computed in "
+               f"{result.seconds:.2f} s on {result.engine.device}.")
+with right:
     gif = derived(result, "gif", lambda: figures.animation_gif(traj))
     st.image(gif, caption="Looping: the noisy image x_t (left) and the estimate (right), step by step.")
-with right:
-    st.markdown(f"**{spec.describe()}** on *{result.train.name}*")
     if last.source_index is not None:
         cols = st.columns(2)
         cols[0].metric("Source images", distinct_sources(last.source_index[0], last.source_count[0]),
@@ -30,13 +32,28 @@ with right:
                             "pixels not counted). See the Patch provenance page.")
         cols[1].metric("Shared pixels", f"{float(shared_mask(last.source_count[0]).float().mean()):.0%}",
                        help="Pixels whose window matches many identical patches (flat background): no single source.")
-    st.caption(f"Computed in {result.seconds:.2f} s on {result.engine.device}. Change k, the machine or the seed "
-               "in the sidebar and watch what changes.")
+    st.caption("Change k, the machine or the seed in the sidebar and watch what changes.")
+    name = export.slug(f"{result.train.name} {spec.describe()}")
+    cols = st.columns(3)
+    cols[0].download_button("GIF", derived(result, "gif-slides", lambda: export.run_gif(traj)), file_name=f"{name}.gif",
+                            mime="image/gif", key="dl_gif", icon=":material/download:",
+                            help="The run for slides: x_t beside the estimate, one frame per step.")
+    cols[1].download_button("PNG", derived(result, "output-png", lambda: export.png_bytes(
+        figures.picture(traj.final[0], target=640))), file_name=f"{name}.png", mime="image/png", key="dl_png",
+        icon=":material/download:", help="The output, large, each pixel a sharp square.")
+    cols[2].download_button("Numbers", derived(result, "npz", lambda: export.npz_bytes(
+        traj, spec=spec, dataset=result.train.name)), file_name=f"{name}.npz", mime="application/octet-stream",
+        key="dl_npz", icon=":material/download:",
+        help="Every step as arrays (.npz): x_t, estimate, entropy, provenance; its README entry says what each is.")
 
 st.subheader("Step through the run")
-st.caption("Press ▶ Play or drag the slider. Left: the noisy input x_t of the step. Middle: the machine's guess "
+st.caption("It opens on the last step (the output). Press ▶ Play to run it from the noise, or drag the slider. "
+           "Left: the noisy input x_t of the step. Middle: the machine's guess "
            "of the clean image (the posterior mean); at the last step it is the output. Right: the entropy "
-           "of each pixel's patch weights, how undecided it still is: bright = many patches still in play, "
+           "of each pixel's patch weights, how undecided it still is, on a scale fixed for the machine and set "
+           "(0 to log of the number of keys) so runs compare: bright = many patches still in play, "
            "dark = settled on one patch (or on identical ones, as on flat background).")
-fig = derived(result, "animation", lambda: figures.animation_figure(traj))
+fig = derived(result, "animation", lambda: figures.animation_figure(
+    traj, entropy_max=export.max_entropy(spec.machine, len(result.train), result.train.shape),
+    show_k=spec.machine != "is"))
 st.plotly_chart(fig, key="animation", config={"displayModeBar": False})

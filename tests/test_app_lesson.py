@@ -41,7 +41,7 @@ def downloads(at: AppTest, media: dict) -> dict[str, tuple[str, bytes]]:
     out = {}
     for button in at.get("download_button"):
         file_id = button.proto.url.rsplit("/", 1)[-1].split(".")[0]
-        out[button.proto.id.rsplit("-", 1)[-1]] = media[file_id]
+        out[button.proto.id.split("-", 2)[-1]] = media[file_id]
     return out
 
 

@@ -153,7 +153,7 @@ def watch_click_and_change_k(pg, shots):
     n_frames = pg.evaluate("s => document.querySelector(s)._transitionData._frames.length", PLOT)
     assert n_frames == 19
     first_title = plot_title(pg)
-    assert first_title.startswith("step 19")
+    assert first_title.startswith("step 1 ")  # the result first: the player opens on the output
     lap("opened")
     pg.screenshot(path=shots / "reverse_diffusion.png", full_page=False)
 

@@ -1,0 +1,48 @@
+"""Downloads in the app (AppTest): each page offers what it shows, and the bytes are valid files of the right size."""
+import io
+
+import numpy as np
+from PIL import Image
+
+from elsviz import export, figures
+from tests.test_app import app, navigation_as_served, ok  # noqa: F401 - autouse: the app as `streamlit run` serves it
+from tests.test_app_lesson import downloads, image_bytes, media  # noqa: F401 - media: a fixture
+
+
+def test_reverse_diffusion_offers_gif_png_and_npz_of_its_run(media):
+    at = ok(app(steps=6))
+    files = downloads(at, media)
+    assert {"dl_gif", "dl_png", "dl_npz"} <= set(files)
+    name, gif = files["dl_gif"]
+    gif = Image.open(io.BytesIO(gif))
+    assert name.endswith(".gif") and gif.format == "GIF"
+    assert gif.n_frames == 5 and gif.size == (2 * export.SLIDE_TARGET + 8, export.SLIDE_TARGET)
+    png = Image.open(io.BytesIO(files["dl_png"][1]))
+    assert png.format == "PNG" and png.size == (640, 640)
+    data = np.load(io.BytesIO(files["dl_npz"][1]), allow_pickle=False)
+    assert "README" in data.files and data["mean"].shape == (5, 1, 1, 16, 16) and list(data["step"]) == [5, 4, 3, 2, 1]
+    assert str(data["spec"]) == "bbELS, k=5, 6 steps, seed 0"
+    # the result first: the first picture on the page is the output, drawn large
+    first = np.asarray(Image.open(io.BytesIO(image_bytes(at, media)[0])).convert("RGB"))
+    side = first.shape[0] // 16
+    assert side * 16 >= 384  # large
+    assert np.array_equal(first[side // 2::side, side // 2::side], figures.to_rgb(data["final"][0]))
+
+def test_provenance_and_locality_offer_their_pictures(media):
+    at = ok(app(steps=6))
+    at.switch_page("pages/provenance.py")
+    ok(at.run())
+    files = downloads(at, media)
+    png = Image.open(io.BytesIO(files["dl_provenance"][1]))
+    assert png.format == "PNG" and png.size == (640, 640)
+    assert np.load(io.BytesIO(files["dl_npz"][1]), allow_pickle=False)["source_index"].shape == (5, 1, 16, 16)
+
+    at.switch_page("pages/locality.py")
+    ok(at.run())
+    start = [b for b in at.button if b.label.startswith("Run the")]
+    if start:
+        start[0].click()
+        ok(at.run())
+    files = downloads(at, media)
+    strip = Image.open(io.BytesIO(files["dl_four-machines"][1]))
+    assert strip.format == "PNG" and strip.width > 4 * 160 and files["dl_four-machines"][0].endswith(".png")
