@@ -233,6 +233,20 @@ def key_in_image(image, row: int, col: int, k: int | None, *, target: int = 160)
     return im
 
 
+def box_in_image(image, box: tuple[int, int, int, int], *, target: int = 96) -> Image.Image:
+    """A training image [C, H, W] with the pixels top..bottom, left..right (inclusive) outlined: the part
+    a copied piece came from (fingers_view.piece_patches' box)."""
+    rgb = to_rgb(image)
+    h, w = rgb.shape[:2]
+    s = fit_scale((h, w), target)
+    im = enlarge(rgb, s)
+    top, left, bottom, right = (int(v) for v in box)
+    top, left, bottom, right = max(top, 0), max(left, 0), min(bottom, h - 1), min(right, w - 1)
+    _outline(ImageDraw.Draw(im), top * s, left * s, (bottom - top + 1) * s, (right - left + 1) * s, (255, 200, 0),
+             max(2, s // 3))
+    return im
+
+
 def key_card(image, row: int, col: int, k: int | None, *, target: int = 150, gap: int = 6) -> Image.Image:
     """One key: its k x k patch (zero-padded where it sticks out) beside its training image with the
     patch outlined, both the same height. k=None (IS): the training image alone, pixel marked."""

@@ -7,6 +7,7 @@ PAGES = (
     ("pages/provenance.py", "Patch provenance", ":material/grid_view:"),
     ("pages/locality.py", "Locality explorer", ":material/tune:"),
     ("pages/network.py", "Network vs machine", ":material/compare:"),
+    ("pages/extra_fingers.py", "Extra fingers", ":material/back_hand:"),
 )
 
 

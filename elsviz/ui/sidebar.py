@@ -64,6 +64,13 @@ def _new_seed() -> None:
 
 
 def _dataset():
+def choose_dataset(name: str, limit: int = 0) -> None:
+    """Switch the sidebar to a built-in set and a subset of it (a button's on_click, on any page)."""
+    ss = st.session_state
+    ss["dataset"] = ss["_choice"] = name  # _choice too: the subset is not reset as for a set picked by hand
+    ss["limit"], ss["resize"] = int(limit), 0
+
+
     """(key, ImageSet): the chosen set, or the last good one (with a message) when it fails to load."""
     ss = st.session_state
     names = data.builtin_names()

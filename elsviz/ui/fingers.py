@@ -1,0 +1,169 @@
+"""The Streamlit side of "Extra fingers": the hands the page works on (the sidebar's set, thresholded
+into silhouettes when it is not, checked to hold hands), the study with a time estimate and a
+progress bar, the chosen hand's run and its branch test, all cached.
+
+The single runs go through the app's run cache (ui.cache.spec_run), keyed by the hands' dataset
+key, so a hand opened here is the run the other pages show for that seed and k.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import streamlit as st
+
+from ..fingers import DEFAULT_STUDY, finger_birth, finger_study
+from ..fingers_view import Studied, hand_check, seconds_per_step, silhouette_problem, silhouettes
+from . import data
+from .cache import _runs, spec_run
+from .sidebar import Settings, choose_dataset
+
+PROBE_BATCH = 8  # images in the step timed for the study's estimate (a batch costs less per image)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Thresholding the images into silhouettes ...")
+def _silhouettes(dataset_key, threshold, _train):
+    return silhouettes(_train, threshold)
+
+
+@st.cache_data(max_entries=16, show_spinner="Checking that the images are hands ...")
+def _check(dataset_key, _images):
+    return hand_check(_images)
+
+
+def hands(s: Settings) -> Settings | None:
+    """The sidebar's settings on hand silhouettes, or None with a message (and a way out) on the page.
+
+    A set too small to show fingers is refused (the page offers the hands set); a colour or grey
+    set is thresholded into silhouettes (automatically, or at the page's threshold); then a sample
+    of the images must read as hands.
+    """
+    problem = silhouette_problem(s.train)
+    if problem and "Resize" in problem:
+        st.info(f"This page counts fingers on hand silhouettes. {problem}")
+        st.button(f"Use the hands set ({DEFAULT_STUDY.n_train:,} hands, a subset sized for the study)", type="primary",
+                  on_click=choose_dataset, args=("hands", DEFAULT_STUDY.n_train), key="fing_use_hands")
+        return None
+    key, train, engine = s.dataset_key, s.train, s.engine
+    if problem:
+        auto = st.toggle("Threshold automatically (Otsu's method, per image)", value=True, key="fing_auto",
+                         help="The side of the threshold that touches less of the picture's border is the hand.")
+        level = None if auto else st.slider("Threshold", -1.0, 1.0, 0.0, 0.05, key="fing_level")
+        train = _silhouettes(key, level, s.train)
+        key = (*key, "silhouettes", level)
+        engine = data.engine(key, s.spec.machine, train)
+        st.caption(f"{problem.split(':')[0]}: thresholded into white-on-black silhouettes "
+                   f"({'automatic threshold' if level is None else f'threshold {level:+.2f}'}); the machine copies "
+                   "patches of these.")
+    check = training_check(key, train)
+    if not check.usable:
+        st.warning(f"These images do not look like hands. {check.describe()} This page needs hand silhouettes "
+                   "(a white hand on black, or photos of one hand on a plain background). Upload other images, or "
+                   "use the built-in hands.")
+        st.button("Use the hands set", on_click=choose_dataset, args=("hands", DEFAULT_STUDY.n_train),
+                  key="fing_use_hands_2")
+        return None
+    return Settings(key, train, engine, s.spec)
+
+
+def training_check(dataset_key, train):
+    """The finger counts of (a sample of) the training images: fingers_view.hand_check, cached."""
+    return _check(dataset_key, train.images)
+
+
+# -- the study ----------------------------------------------------------------------------------------
+def _speed_key(hs: Settings, alone: bool = False):
+    return (hs.dataset_key, hs.engine.machine, "seconds-per-step", "alone" if alone else "per image in a batch")
+
+
+def _probe_k(ks):
+    numbers = [k for k in ks if isinstance(k, int)]
+    return numbers[len(numbers) // 2] if numbers else 5
+
+
+def estimate(hs: Settings, n_seeds: int, ks, steps: int) -> float:
+    """Seconds the study would take: seconds per step and image on the warm engine (one batch step
+    timed once per training set and machine, later the studies' own time), times seeds, steps and
+    settings. IS costs next to nothing."""
+    batch = min(n_seeds, PROBE_BATCH)
+    per = _runs().fetch(_speed_key(hs), lambda: seconds_per_step(hs.engine, batch, _probe_k(ks),
+                                                                 label=hs.spec.label) / batch)
+    return per * n_seeds * (steps - 1) * len(ks)
+
+
+def _study_key(hs: Settings, seeds, ks, steps: int):
+    return (hs.dataset_key, hs.engine.machine, tuple(seeds), tuple(ks), steps, hs.spec.label, "finger-study")
+
+
+def cached_study(hs: Settings, seeds, ks, steps: int) -> Studied | None:
+    """The study of these settings if it has run, else None."""
+    return _runs().get(_study_key(hs, seeds, ks, steps))
+
+
+def run_study(hs: Settings, seeds, ks, steps: int) -> Studied:
+    """finger_study on the hands' engine, and on IS as the reference, with a progress bar; cached
+    (same settings, same counts). ElsvizError for settings the machine refuses."""
+    def make():
+        bar = st.progress(0.0, text="Study: starting ...")
+        start = time.perf_counter()
+
+        def progress(done, total, what=""):
+            left = (time.perf_counter() - start) / max(done, 1) * (total - done)
+            bar.progress(min(done / max(total, 1), 1.0), text=f"Study: {what} ({done} of {total} steps, "
+                                                              f"about {left:.0f} s left)")
+
+        try:
+            study = finger_study(hs.engine, list(seeds), list(ks), steps=steps, label=hs.spec.label, progress=progress)
+            fresh = sum(study.seconds.values())
+            if fresh > 1.0:  # a study that ran (not from finger_study's own cache) times the machine
+                _runs().put(_speed_key(hs), fresh / (len(seeds) * (steps - 1) * len(ks)))
+            bar.progress(1.0, text="Study: IS, the reference ...")
+            ideal = finger_study(data.engine(hs.dataset_key, "is", hs.train), list(seeds), [ks[0]], steps=steps,
+                                 label=hs.spec.label)
+        finally:
+            bar.empty()
+        return Studied(study, ideal)
+
+    return _runs().fetch(_study_key(hs, seeds, ks, steps), make)
+
+
+# -- one hand -----------------------------------------------------------------------------------------
+def hand_run(hs: Settings, k, steps: int, seed: int):
+    """One hand's run (the sidebar's machine, k, steps, seed) through the app's run cache: the same
+    noise as the study's row for that seed."""
+    spec = replace(hs.spec, k=k, steps=steps, seed=int(seed), size=None)
+    return spec_run(hs, spec, what=f"Seed {seed}, k = {k}", confirm=False)
+
+
+def _birth_key(result, k_fix, bisect: bool):
+    return (result.dataset_key, result.spec, "finger-birth", k_fix, bisect)
+
+
+def birth_seconds(hs: Settings, steps: int, k_fix: int, bisect: bool) -> float:
+    """About how long the branch test takes: a branch from step s runs s steps of one image; all steps,
+    or a binary search (about log2(steps) branches, from half the steps on average)."""
+    per = _runs().fetch(_speed_key(hs, alone=True), lambda: seconds_per_step(hs.engine, 1, k_fix, label=hs.spec.label))
+    n = steps - 1
+    work = (n + 1 + math.ceil(math.log2(max(n, 2))) * n / 2) if bisect else n * (n + 1) / 2
+    return per * work
+
+
+def cached_birth(result, k_fix, bisect: bool):
+    return _runs().get(_birth_key(result, k_fix, bisect))
+
+
+def birth(result, k_fix, bisect: bool):
+    """finger_birth of a run (cached per run, larger k and search), with a progress bar."""
+    def make():
+        bar = st.progress(0.0, text="Branch test: starting ...")
+
+        def progress(done, total, what=""):
+            bar.progress(min(done / max(total, 1), 1.0), text=f"Branch test: {what} ({done} of about {total})")
+
+        try:
+            return finger_birth(result.traj, k=k_fix, bisect=bisect, progress=progress)
+        finally:
+            bar.empty()
+
+    return _runs().fetch(_birth_key(result, k_fix, bisect), make)

@@ -1,0 +1,228 @@
+"""Page 5: extra fingers: how often a local machine grows them, on which seeds, and for one hand where,
+when and from which training hands the extra finger came."""
+import streamlit as st
+from streamlit_image_coordinates import streamlit_image_coordinates
+
+from elsviz import figures
+from elsviz.errors import ElsvizError
+from elsviz.fingers import DEFAULT_STUDY, HAND, commitment_map, count_fingers, explain_extra_finger, region_sources, seam_map
+from elsviz.fingers_view import cell_at, parse_ks, patch_caption, patches_sentence, piece_patches, pieces, timeline
+from elsviz.runs import MACHINE_NAMES, k_limit, pixel_from_click
+from elsviz.ui import fingers as fui
+from elsviz.ui import settings, show
+
+st.title("Extra fingers")
+st.markdown(
+    "With a **local** score, pixels further apart than the window never see each other: each finger-sized "
+    "region is settled by patches that agree with their neighbours, not with the whole hand, and a hand can "
+    "come out with a finger too many. Here: **how often** that happens as the window k grows (IS, which "
+    "copies whole hands, is the reference), **which seeds** do it, and for one of them **where, when and from "
+    "which training hands** the extra finger was assembled."
+)
+
+s = settings()
+hs = fui.hands(s)
+if hs is None:
+    st.stop()
+ss = st.session_state
+machine, train = hs.engine.machine, hs.train
+train_hw = tuple(train.shape[1:])
+check = fui.training_check(hs.dataset_key, train)
+st.caption(f"**{train.name}**, {len(train):,} images, {MACHINE_NAMES[machine]} (the sidebar's machine). "
+           f"Training hands: {check.describe()}")
+if machine == "is":
+    st.info("IS memorises whole training hands, so it never grows a finger: pick LS, ELS or bbELS in the sidebar "
+            "to study what locality does (IS stays in the study as the reference).")
+    st.stop()
+
+# -- the study -------------------------------------------------------------------------------------------
+st.subheader("How often: finger counts against the window size")
+ss.setdefault("fing_seeds", DEFAULT_STUDY.n_seeds)
+ss.setdefault("fing_ks", " ".join(str(k) for k in DEFAULT_STUDY.ks))
+ss.setdefault("fing_steps", DEFAULT_STUDY.steps)
+cols = st.columns([1, 2, 1])
+cols[0].number_input("Seeds", 0, 512, step=4, key="fing_seeds", help="Hands generated per setting, from the sidebar's "
+                     "seed on. More seeds, a steadier rate.")
+cols[1].text_input("Window sizes k (or schedules)", key="fing_ks",
+                   help=f"Odd window sizes up to {k_limit(machine, train_hw)}, or paper schedules such as mnist-resnet, "
+                        "separated by spaces or commas.")
+cols[2].select_slider("Steps", sorted({5, 8, 10, 15, 20, 30, DEFAULT_STUDY.steps}), key="fing_steps",
+                      help="Reverse-diffusion steps per hand.")
+n_seeds, steps = int(ss["fing_seeds"]), int(ss["fing_steps"])
+try:
+    ks = parse_ks(ss["fing_ks"], machine, train_hw)
+    if n_seeds < 1:
+        raise ElsvizError("Choose at least one seed: the study counts the fingers of that many generated hands.")
+except ElsvizError as err:
+    st.error(str(err))
+    st.stop()
+seeds = list(range(int(s.spec.seed), int(s.spec.seed) + n_seeds))
+
+study = fui.cached_study(hs, seeds, ks, steps)
+if study is None:
+    seconds = fui.estimate(hs, n_seeds, ks, steps)
+    slot = st.empty()
+    with slot.container():
+        go = st.button(f"Run the study: {n_seeds} seeds x {len(ks)} window sizes, and IS (about {seconds:.0f} s)",
+                       type="primary", key="fing_go")
+        st.caption(f"Estimated from this engine's measured speed on {len(train):,} training images. "
+                   + ("A smaller training set (Resize / subset in the sidebar) or fewer seeds is faster."
+                      if seconds > 300 else ""))
+    if not go:
+        st.stop()
+    slot.empty()
+    try:
+        study = fui.run_study(hs, seeds, ks, steps)
+    except ElsvizError as err:
+        st.error(str(err))
+        st.stop()
+
+left, right = st.columns(2)
+left.plotly_chart(figures.finger_histogram(study.distributions()), key="fing_hist",
+                  config={"displayModeBar": False})
+left.caption("How many fingers each generated hand has, per window size (grey: IS). 'no hand': the picture is "
+             "not a hand at all.")
+right.plotly_chart(figures.extra_rate_figure(study.rates(), reference=study.ideal_rate), key="fing_rate",
+                   config={"displayModeBar": False})
+right.caption(study.sentence())
+
+# -- the gallery -----------------------------------------------------------------------------------------
+st.subheader("Which seeds: the gallery")
+shown_ks = [k for k in ks]
+if ss.get("fing_gallery_k") not in shown_ks:
+    ss["fing_gallery_k"] = study.worst()
+cols = st.columns([3, 1])
+cols[0].segmented_control("Window size", shown_ks, key="fing_gallery_k", format_func=lambda k: f"k = {k}")
+only_odd = cols[1].toggle("Only the odd ones", key="fing_only_odd", help=f"Hands without exactly {HAND} fingers.")
+gk = ss["fing_gallery_k"] or shown_ks[0]
+entries = study.entries(gk, only_odd)
+if not entries:
+    st.success(f"k = {gk}: every one of the {len(seeds)} hands has {HAND} fingers.")
+else:
+    columns = 8
+    pick = ss.get("fing_pick")
+    selected = next((n for n, e in enumerate(entries) if pick == (gk, e["seed"])), None)
+    pic = figures.gallery([e["image"] for e in entries], [f"seed {e['seed']}: {e['count']}" for e in entries],
+                          [e["count"] != HAND for e in entries], columns=columns, target=96, selected=selected)
+    click = streamlit_image_coordinates(pic, key="fing_gallery_click", cursor="pointer")
+    if click and click.get("unix_time") != ss.get("_fing_click_seen"):
+        ss["_fing_click_seen"] = click.get("unix_time")
+        n = cell_at(click, len(entries), columns)
+        if n is not None:
+            ss["fing_pick"] = (gk, entries[n]["seed"])
+            st.rerun()
+    st.caption(f"k = {gk}: each hand with its finger count; red: not {HAND} fingers. **Click a hand** to open it below.")
+
+# -- one hand --------------------------------------------------------------------------------------------
+pick = ss.get("fing_pick")
+if not pick or pick[0] not in ks or pick[1] not in seeds:
+    odd = study.first_odd()
+    pick = ss["fing_pick"] = odd or (ks[0], seeds[0])
+pk, pseed = pick
+st.divider()
+st.subheader(f"One hand: seed {pseed}, k = {pk}")
+summary = st.empty()  # the sentence in plain words, filled in at the end (after the branch test, if run)
+result = fui.hand_run(hs, pk, steps, pseed)
+traj, frame = result.traj, result.traj.frames[-1]
+out = traj.final[0]
+fc = count_fingers(out)
+hand = fc.hand if fc.hand is not None else (out[0] > 0).numpy()
+
+opts = st.columns(4)
+style = opts[0].radio("Sources as", ["tint", "outlines"], key="fing_style", horizontal=True,
+                      help="Tint: each pixel coloured by its training image. Outlines: the picture as it is, each "
+                           "copied piece outlined in its training image's colour.")
+alpha = opts[1].slider("Colour strength", 0.0, 1.0, 0.6, 0.05, key="fing_alpha")
+on_hand = opts[2].toggle("On the hand only", value=True, key="fing_on_hand")
+threshold = opts[3].slider("Decided below (nats)", 0.05, 2.0, 0.5, 0.05, key="fing_entropy",
+                           help="The commitment map shows the step at which each pixel's entropy first fell below this.")
+
+cols = st.columns(4)
+with cols[0]:
+    show(figures.fingers_picture(out, fc.regions, fc.tips if fc.count else None, target=256),
+         caption=f"{fc.count} fingers found" if fc.count else f"not a hand: {fc.reason}")
+with cols[1]:
+    prov = figures.provenance_picture(frame.mean[0], frame.source_index[0], frame.source_pos[0], frame.source_count[0],
+                                      target=256, alpha=alpha, style="edges" if style == "outlines" else "tint",
+                                      outline=True, within=hand if on_hand else None)
+    prov_click = streamlit_image_coordinates(prov, key="fing_prov_click", cursor="crosshair")
+    st.caption("Where each pixel was copied from (white: the hand's outline). **Click** to select that copied piece.")
+with cols[2]:
+    show(figures.map_picture(out, seam_map(frame), target=256),
+         caption="Seams (red): neighbours copied from different hands, or from one hand at other offsets.")
+with cols[3]:
+    st.plotly_chart(figures.commitment_figure(commitment_map(traj, threshold), height=256), key="fing_commit",
+                    config={"displayModeBar": False})
+    st.caption("The step at which each pixel decided (entropy below the threshold); dark = early, while still noisy.")
+
+# -- where each finger came from ---------------------------------------------------------------------------
+if fc.count:
+    st.markdown("**The training hands each finger was copied from**")
+    for label in range(1, fc.count + 1):
+        sources = region_sources(frame, fc.finger(label), top=5)
+        row = st.columns([1, 6], vertical_alignment="center")
+        row[0].markdown(f"<span style='color:rgb{figures.finger_colour(label)}; font-size:1.6em'>■</span> "
+                        f"**finger {label}**", unsafe_allow_html=True)
+        pictures = [train.images[src["image"]] for src in sources]
+        if pictures:
+            with row[1]:
+                show(figures.strip(pictures, [f"#{src['image']}: {src['pixels']} px" for src in sources], target=72,
+                                   font_size=12))
+        else:
+            row[1].caption("shared pixels only: no single source")
+
+# -- a whole copied piece ----------------------------------------------------------------------------------
+st.markdown("**A copied piece, and its story across the steps**")
+h, w = out.shape[-2:]
+if prov_click and prov_click.get("unix_time") != ss.get("_fing_prov_seen"):
+    ss["_fing_prov_seen"] = prov_click.get("unix_time")
+    ss["fing_pixel"] = pixel_from_click(prov_click, (h, w))
+    ss["fing_region"] = "the piece I clicked"
+choices = [f"finger {n}" for n in range(1, fc.count + 1)] + ["the piece I clicked"]
+if ss.get("fing_region") not in choices:
+    ss["fing_region"] = choices[0]
+region_name = st.radio("Inspect", choices, key="fing_region", horizontal=True)
+labels = pieces(frame.source_index[0], frame.source_pos[0], frame.source_count[0])
+if region_name.startswith("finger"):
+    mask = fc.finger(int(region_name.split()[1]))
+else:
+    r, c = ss.get("fing_pixel") or (h // 2, w // 2)
+    mask = labels == labels[r, c] if labels[r, c] else (labels * 0 == 1)
+    if not labels[r, c]:
+        mask[r, c] = True  # a shared pixel: its own region
+patches, shared = piece_patches(frame, mask)
+left, right = st.columns([2, 3])
+with left:
+    show(figures.fingers_picture(out, mask.astype(int), target=224), caption=f"{region_name}: {int(mask.sum())} pixels")
+    st.caption(patches_sentence(patches, shared))
+    if patches:
+        show(figures.strip([figures.box_in_image(train.images[p["image"]], p["box"], target=96) for p in patches[:6]],
+                           [patch_caption(p) for p in patches[:6]], target=96, font_size=12))
+with right:
+    st.plotly_chart(figures.timeline_figure(timeline(traj, mask)), key="fing_timeline",
+                    config={"displayModeBar": False})
+    st.caption("Across the steps: the training hand the region leans towards (label), its winning weight, and the "
+               "entropy (how undecided). A dashed line: it switched to another training hand.")
+
+# -- when it was born --------------------------------------------------------------------------------------
+st.markdown("**When the extra finger is born: the branch test**")
+kmax = k_limit(machine, train_hw)
+numbers = [k for k in ks if isinstance(k, int)]
+k_fix = min(kmax, max(numbers) + 8) if numbers else kmax
+cols = st.columns([3, 2], vertical_alignment="bottom")
+cols[0].caption(f"Finish the run from step s with a larger window (k = {k_fix}) and count the fingers. Branching early "
+                "redoes most of the run and gives a normal hand; branching late keeps what was decided. Where the count "
+                "changes, the extra finger was born.")
+every = cols[1].toggle("Every step (slower; else a binary search)", key="fing_every")
+born = fui.cached_birth(result, k_fix, not every)
+if born is None:
+    seconds = fui.birth_seconds(hs, steps, k_fix, not every)
+    if st.button(f"Run the branch test (about {seconds:.0f} s)", key="fing_birth_go"):
+        try:
+            born = fui.birth(result, k_fix, not every)
+        except ElsvizError as err:
+            st.error(str(err))
+if born is not None:
+    st.plotly_chart(figures.birth_figure(born.points, born=born.window, normal=HAND), key="fing_birth",
+                    config={"displayModeBar": False})
+summary.info(explain_extra_finger(traj, born, train=train))
