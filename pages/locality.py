@@ -7,6 +7,7 @@ from elsviz import export, figures
 from elsviz.errors import ElsvizError
 from elsviz.runs import MACHINE_NAMES, MACHINES, changed_fraction, k_limit, k_sweep
 from elsviz.ui import branch_run, derived, estimate_seconds, main_result, previous_result, settings, show, spec_run
+from elsviz.ui.links import write_link
 
 AUTO_S = 8.0  # comparisons estimated under this run at once; longer ones wait for a button
 
@@ -76,6 +77,7 @@ def show_strip(specs, results, caption, target=128, name="strip"):
 st.divider()
 view = st.segmented_control("Compare", ["four machines", "k-sweep", "branch at a step"], default="four machines",
                             key="loc_view")
+write_link(view=view)
 spec = result.spec
 train_hw = tuple(s.train.shape[1:])
 

@@ -5,6 +5,7 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 from elsviz import export, figures
 from elsviz.runs import distinct_sources, mosaic, pixel_from_click, shared_mask, source_shares
 from elsviz.ui import derived, explain, main_result, show
+from elsviz.ui.links import write_link
 
 st.title("Patch provenance")
 st.markdown(
@@ -40,6 +41,7 @@ if click and click.get("unix_time") != ss.get("_click_seen"):
 ss["px_row"] = min(int(ss.get("px_row", h // 2)), h - 1)
 ss["px_col"] = min(int(ss.get("px_col", w // 2)), w - 1)
 pixel = (ss["px_row"], ss["px_col"])
+write_link(step=step, row=pixel[0], col=pixel[1])  # a shared link opens this step and pixel
 
 left, right = st.columns([1, 1], gap="large")
 with left:

@@ -19,6 +19,7 @@ from ..networks import calibrated_schedules
 from ..runs import MACHINE_NAMES, MACHINE_SENTENCES, MACHINES, RunSpec, k_limit
 from ..schedule import PRESET_NOTES, PRESETS, locality_schedule
 from . import data
+from .links import link_message, link_size, read_link, write_link
 from .nav import through_app
 
 PATH = "a local path ..."
@@ -63,7 +64,6 @@ def _new_seed() -> None:
     st.session_state["seed"] = random.randrange(1_000_000)
 
 
-def _dataset():
 def choose_dataset(name: str, limit: int = 0) -> None:
     """Switch the sidebar to a built-in set and a subset of it (a button's on_click, on any page)."""
     ss = st.session_state
@@ -71,6 +71,7 @@ def choose_dataset(name: str, limit: int = 0) -> None:
     ss["limit"], ss["resize"] = int(limit), 0
 
 
+def _dataset():
     """(key, ImageSet): the chosen set, or the last good one (with a message) when it fails to load."""
     ss = st.session_state
     names = data.builtin_names()
@@ -120,6 +121,7 @@ def choose_dataset(name: str, limit: int = 0) -> None:
     if ss.get("_size_for") != key:  # a new set: reset the choices that depend on it
         ss["_size_for"] = key
         ss["out_h"], ss["out_w"] = h, w
+        ss.update(link_size())  # a shared link's output size (once)
         if ss["label"] not in train.classes:
             ss["label"] = ANY
     if train.labels is not None:
@@ -186,6 +188,7 @@ def _preset_ks(name: str, steps: int) -> list[int]:
 
 def sidebar() -> Settings:
     """Draw the shared controls and store the Settings for the page (see settings())."""
+    read_link()  # a shared link's choices, before any widget (the session's first run only)
     _init_state()
     ss = st.session_state
     with st.sidebar:
@@ -221,5 +224,8 @@ def sidebar() -> Settings:
             st.error(str(err))
             st.stop()
         st.caption(f"Device: **{eng.device}**")
+        ss["_link_slot"] = st.empty()  # "Copy link" (write_link fills it, again when a page adds its own state)
+    link_message()
+    write_link()
     ss["_settings"] = Settings(key, train, eng, spec)
     return ss["_settings"]
