@@ -81,7 +81,8 @@ def _train(args) -> int:
         net = train_network(train, args.out, arch=args.arch, width=args.width, layers=args.layers,
                             conditional=args.conditional, steps=args.steps, batch=args.batch, lr=args.lr,
                             seed=args.seed, save_every=args.save_every, resume=args.resume, device=args.device,
-                            source=args.dataset, options=options, progress=progress, report_every=10)
+                            source=args.dataset, options=options, progress=progress, report_every=10,
+                            threads="auto")
     except KeyboardInterrupt:
         _say(f"elsviz train: interrupted. The last checkpoint in {args.out} is kept; continue with "
              f"elsviz train --resume --out {args.out} --dataset {args.dataset}")

@@ -588,7 +588,7 @@ def train_network(train, out, *, arch: str = "resnet", width: int | None = None,
                   lr: float = 2e-3, ema: float = 0.999, seed: int = 0, save_every: int = 500,
                   resume: bool = False, device="auto", source: str | None = None, options: dict | None = None,
                   progress: Callable[[TrainProgress], None] | None = None, report_every: int = 25,
-                  stop: Callable[[], bool] | None = None) -> Network:
+                  stop: Callable[[], bool] | None = None, threads: str | None = None) -> Network:
     """Train an eps-network on the ImageSet `train` and keep checkpoints in the folder `out`.
 
     Loss: mean |eps_theta(a_t x0 + b_t eps, t) - eps|^2, t ~ U(0.001, 1), the machines' schedule.
@@ -600,6 +600,10 @@ def train_network(train, out, *, arch: str = "resnet", width: int | None = None,
     returning True ends training early after saving a checkpoint (resume it later); so does
     KeyboardInterrupt (which is then raised again). source/options: how load_dataset made `train`,
     so that compare and calibrate can load it again (default: train.name, no options).
+    threads="auto" (CPU): every 250 steps, time a few steps with all of torch's threads and with
+    one, and go on with the faster; on a machine that other jobs keep busy one thread can be several
+    times faster (no thread waits for a descheduled partner). None leaves torch's setting alone,
+    which keeps runs bit-for-bit reproducible.
     Returns the network with its EMA weights.
     """
     from .imageset import ImageSet
@@ -687,6 +691,7 @@ def train_network(train, out, *, arch: str = "resnet", width: int | None = None,
                  "generator": gen.get_state()}
         _save_checkpoint(folder, config, averaged.state_dict(), state)
 
+    pick = _ThreadPicker(threads == "auto" and dev.type == "cpu")
     t0 = time.perf_counter()
     recent: list[float] = []
     step, last_saved = start, start
@@ -694,6 +699,7 @@ def train_network(train, out, *, arch: str = "resnet", width: int | None = None,
     updating = False  # True while the weights are half-way through one update
     try:
         while step < total:
+            pick.before(step - start)
             idx = torch.randint(0, n, (min(tr["batch"], n),), generator=gen).to(dev)
             x0 = images[idx]  # [b, C, H, W]
             t = T_MIN + (1 - T_MIN) * torch.rand(x0.shape[0], generator=gen).to(dev)  # [b]
@@ -732,16 +738,52 @@ def train_network(train, out, *, arch: str = "resnet", width: int | None = None,
             if stop is not None and stop() and step < total:
                 break
     except ElsvizError:
+        pick.restore()
         raise
     except BaseException:
+        pick.restore()
         # stopped from outside (Ctrl-C, the app's Stop button): keep what was learned, atomically, unless the
         # weights were caught half-way through an update (then the last checkpoint stays as it was)
         if step > last_saved and not updating:
             save(step, sum(recent) / len(recent) if recent else None, time.perf_counter() - t0 - seconds_at_save)
         raise
+    pick.restore()
     if step > last_saved:
         save(step, sum(recent) / len(recent) if recent else tr["loss"], time.perf_counter() - t0 - seconds_at_save)
     return load_network(folder, device=dev)
+
+
+class _ThreadPicker:
+    """Every `every` steps, time `probe` steps with all threads and `probe` with one; keep the faster."""
+
+    def __init__(self, on: bool, every: int = 250, probe: int = 8):
+        self.most = torch.get_num_threads()
+        self.on = on and self.most > 1
+        self.every, self.probe = every, probe
+        self.mark = 0.0
+        self.times: list[float] = []
+
+    def before(self, done: int) -> None:
+        """Called before each step; `done` steps of this session are behind."""
+        if not self.on:
+            return
+        k = done % self.every
+        if k in (0, self.probe, 2 * self.probe):
+            now = time.perf_counter()
+            if k:
+                self.times.append(now - self.mark)
+            self.mark = now
+            if k == 0:
+                self.times = []
+                torch.set_num_threads(self.most)
+            elif k == self.probe:
+                torch.set_num_threads(1)
+            else:
+                torch.set_num_threads(1 if self.times[1] < self.times[0] else self.most)
+
+    def restore(self) -> None:
+        if self.on:
+            torch.set_num_threads(self.most)
 
 
 def default_network_dir() -> Path:

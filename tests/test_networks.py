@@ -405,3 +405,17 @@ def test_figures_of_a_comparison(trained, digits8):
     diagonal, points = fig.data
     assert list(diagonal.x) == list(diagonal.y)  # the diagonal: equal agreement
     assert list(points.y) == result.agreement["network-6"]["bbels"] and list(points.customdata) == [0, 1]
+
+
+def test_auto_threads_try_one_thread_and_restore_the_setting(digits8, tmp_path, monkeypatch):
+    before = torch.get_num_threads()
+    real = torch.set_num_threads
+    real(2)
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n)))
+    try:
+        assert tiny(digits8, tmp_path / "n", steps=20, threads="auto").steps_done == 20
+        assert calls[:2] == [2, 1] and calls[2] in (1, 2)  # all threads, one thread, then the faster
+        assert calls[-1] == 2 and torch.get_num_threads() == 2  # torch's setting is back
+    finally:
+        real(before)

@@ -111,7 +111,7 @@ def train_pending(settings) -> Path | None:
         source, options = source_of(key) or (None, None)
         train_network(images, folder, arch=req.get("arch", "resnet"), steps=int(req["steps"]),
                       resume=bool(req.get("resume")), source=source, options=options, progress=progress,
-                      report_every=5)
+                      report_every=5, threads="auto")
     finally:
         _clear_request()
         bar.empty()
