@@ -600,7 +600,7 @@ def train_network(train, out, *, arch: str = "resnet", width: int | None = None,
     returning True ends training early after saving a checkpoint (resume it later); so does
     KeyboardInterrupt (which is then raised again). source/options: how load_dataset made `train`,
     so that compare and calibrate can load it again (default: train.name, no options).
-    threads="auto" (CPU): every 250 steps, time a few steps with all of torch's threads and with
+    threads="auto" (CPU): every 500 steps, time a few steps with all of torch's threads and with
     one, and go on with the faster; on a machine that other jobs keep busy one thread can be several
     times faster (no thread waits for a descheduled partner). None leaves torch's setting alone,
     which keeps runs bit-for-bit reproducible.
@@ -754,20 +754,22 @@ def train_network(train, out, *, arch: str = "resnet", width: int | None = None,
 
 
 class _ThreadPicker:
-    """Every `every` steps, time `probe` steps with all threads and `probe` with one; keep the faster."""
+    """Every `every` steps, time `probe` steps with all threads and `probe` with one; keep the faster.
 
-    def __init__(self, on: bool, every: int = 250, probe: int = 8):
+    The first `skip` steps of a session are left out (they pay for warming up)."""
+
+    def __init__(self, on: bool, every: int = 500, probe: int = 4, skip: int = 2):
         self.most = torch.get_num_threads()
         self.on = on and self.most > 1
-        self.every, self.probe = every, probe
+        self.every, self.probe, self.skip = every, probe, skip
         self.mark = 0.0
         self.times: list[float] = []
 
     def before(self, done: int) -> None:
         """Called before each step; `done` steps of this session are behind."""
-        if not self.on:
+        if not self.on or done < self.skip:
             return
-        k = done % self.every
+        k = (done - self.skip) % self.every
         if k in (0, self.probe, 2 * self.probe):
             now = time.perf_counter()
             if k:
@@ -784,40 +786,3 @@ class _ThreadPicker:
     def restore(self) -> None:
         if self.on:
             torch.set_num_threads(self.most)
-
-
-def default_network_dir() -> Path:
-    """Where the app keeps the networks it trains: $ELSVIZ_NETWORKS, else ~/.cache/elsviz/networks."""
-    if os.environ.get("ELSVIZ_NETWORKS"):
-        return Path(os.environ["ELSVIZ_NETWORKS"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache).expanduser() / "elsviz" / "networks"
-
-
-BUNDLED = Path(__file__).resolve().parent.parent / "assets" / "networks"  # shipped with the repository
-
-
-def catalogue() -> dict[str, Path]:
-    """label -> folder of every network found: the bundled ones, then those in default_network_dir()."""
-    found = {}
-    for base, tag in ((BUNDLED, "bundled"), (default_network_dir(), "trained here")):
-        if base.is_dir():
-            for cfg in sorted(base.glob(f"*/{CONFIG}")):
-                found[f"{cfg.parent.name} ({tag})"] = cfg.parent
-    return found
-
-
-def calibrated_schedules() -> dict[str, tuple[list[int], str]]:
-    """'calibrated: NAME' -> (k per step, a note) for every network of the catalogue with a schedule.json."""
-    out = {}
-    for folder in catalogue().values():
-        try:
-            cal = json.loads((folder / SCHEDULE).read_text())
-            ks = [int(k) for k in cal["schedule"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if len(ks) >= 2 and all(k >= 1 and k % 2 for k in ks):
-            seeds = len(cal.get("seeds") or [])
-            out[f"calibrated: {folder.name}"] = (ks, f"fitted to the network {folder.name}, "
-                                                     f"{cal.get('machine', 'bbels')}, {seeds} samples")
-    return out

@@ -414,7 +414,7 @@ def test_auto_threads_try_one_thread_and_restore_the_setting(digits8, tmp_path, 
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n)))
     try:
-        assert tiny(digits8, tmp_path / "n", steps=20, threads="auto").steps_done == 20
+        assert tiny(digits8, tmp_path / "n", steps=12, threads="auto").steps_done == 12
         assert calls[:2] == [2, 1] and calls[2] in (1, 2)  # all threads, one thread, then the faster
         assert calls[-1] == 2 and torch.get_num_threads() == 2  # torch's setting is back
     finally:
