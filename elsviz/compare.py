@@ -155,6 +155,7 @@ class Calibration:
 
 
 def _odd_median(values: list[int]) -> int:
+    """The median of odd ks, rounded to an odd k; halfway (the median of 3 and 5 is 4) rounds up."""
     m = statistics.median(values)
     return 2 * math.floor((m - 1) / 2 + 0.5) + 1
 

@@ -303,6 +303,14 @@ def test_calibration_recovers_the_schedule_of_a_machine(digits8):
     assert sample(engine, seed=0, steps=6, k=again).final.shape == (1, 1, 8, 8)  # usable as a schedule
 
 
+def test_the_schedule_is_the_median_best_k_rounded_to_odd():
+    from elsviz.compare import _odd_median
+
+    assert _odd_median([3, 3, 5, 9, 9]) == 5
+    assert _odd_median([3, 5]) == 5 and _odd_median([5, 7, 9, 11]) == 9  # halfway: up to the next odd k
+    assert _odd_median([1, 1, 1, 15]) == 1
+
+
 def test_calibration_is_saved_beside_the_network(copy_of, digits8):
     net = load_network(copy_of)
     assert net.schedule is None
