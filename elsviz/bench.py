@@ -7,8 +7,9 @@ trajectory that builds the cached key tables; every figure from a fresh process)
 - --study: hands, 64 seeds at k = 7 in one batched call against one-image calls (seeds per second);
 - --n N --size S: a synthetic set of N images of S x S (digits resized, shifted, flipped), e.g. on
   a GPU: --device cuda --n 60000 --size 28.
---baseline REV runs the same workloads with the engine of git revision REV (checked out into a
-temporary folder) in the same run and prints the ratio: absolute times on shared machines drift.
+--baseline REV also times the engine of git revision REV (checked out into a temporary folder and
+loaded beside this one in the same process, trajectories alternated) and prints the ratio:
+absolute times on shared machines drift, alternation puts both under the same load.
 --naive adds the naive dense formulation on digits. Prints a table; --json FILE writes the numbers.
 """
 from __future__ import annotations
@@ -35,36 +36,58 @@ WORKLOADS = {  # name: (dataset, schedule)
 # The child: one fresh process, one engine (this tree's or a baseline's), timed trajectories
 # ----------------------------------------------------------------------------------------------
 def _child(ns) -> None:
-    """Time trajectories with the elsviz found first on sys.path; print one JSON line."""
+    """Time trajectories of this tree's engine and, with --against ROOT, of the engine found in ROOT
+    (loaded as a second package), alternating one trajectory each, so that both see the same load.
+    Prints one JSON line."""
     import torch
 
-    from elsviz import Engine, load_dataset, sample
+    import elsviz
 
+    packages = {"new": elsviz}
+    if ns.against:
+        packages["baseline"] = _load_tree(Path(ns.against))
     if ns.n is not None:
         train = synthetic_set(ns.n, ns.size)
         k = "mnist-resnet"
     else:
         name, k = WORKLOADS[ns.set]
-        train = load_dataset(name)
-    engine = Engine(train, ns.machine, ns.device)
-    cuda = engine.device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(engine.device)
+        train = elsviz.load_dataset(name)
+    engines = {key: pkg.Engine(pkg.ImageSet(train.images, train.labels), ns.machine, ns.device) for key, pkg in packages.items()}
+    device = engines["new"].device
+    cuda = device.type == "cuda"
     shape = (ns.batch, *train.shape)
 
-    def run(seed):
+    def run(key, seed):
         if cuda:
-            torch.cuda.synchronize(engine.device)
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        sample(engine, seed=seed, steps=20, k=k, shape=shape)
+        packages[key].sample(engines[key], seed=seed, steps=20, k=k, shape=shape)
         if cuda:
-            torch.cuda.synchronize(engine.device)
+            torch.cuda.synchronize(device)
         return time.perf_counter() - t0
 
-    cold = run(1000)
-    times = [run(r) for r in range(ns.runs)]
-    print(json.dumps({"times": times, "cold": cold, "peak_rss": _peak_rss(), "device": str(engine.device),
-                      "gpu_peak": torch.cuda.max_memory_allocated(engine.device) if cuda else None}))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    cold = {key: run(key, 1000) for key in engines}
+    times = {key: [] for key in engines}
+    for r in range(ns.runs):
+        for key in engines:
+            times[key].append(run(key, r))
+    print(json.dumps({"times": times["new"], "cold": cold["new"], "baseline_times": times.get("baseline"),
+                      "peak_rss": _peak_rss(), "device": str(device),
+                      "gpu_peak": torch.cuda.max_memory_allocated(device) if cuda else None}))
+
+
+def _load_tree(root: Path):
+    """The elsviz package of another tree (e.g. a baseline revision) as a module of its own."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("elsviz_baseline", root / "elsviz" / "__init__.py",
+                                                  submodule_search_locations=[str(root / "elsviz")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["elsviz_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def synthetic_set(n: int, size: int, seed: int = 0):
@@ -97,12 +120,11 @@ def _peak_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _run_child(root: Path, args: list[str]) -> dict:
-    """This file's --child mode in a fresh process, importing elsviz from root."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--root", str(root), *args]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+def _run_child(args: list[str]) -> dict:
+    """This module's --child mode in a fresh process."""
+    out = subprocess.run([sys.executable, "-m", "elsviz.bench", "--child", *args], capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"benchmark child {' '.join(args)} ({root}) failed:\n{out.stderr[-4000:]}")
+        raise RuntimeError(f"benchmark child {' '.join(args)} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -165,7 +187,6 @@ def main(argv=None) -> int:
     p.add_argument("--machines", default="bbels,els")
     p.add_argument("--sets", default="digits,hands", help="workloads: digits, hands")
     p.add_argument("--baseline", default=None, metavar="REV", help="also time the engine of git revision REV")
-    p.add_argument("--baseline-runs", type=int, default=None, help="runs for the baseline (default: --runs)")
     p.add_argument("--study", action="store_true", help="hands: 64 seeds batched against one-image calls")
     p.add_argument("--study-singles", type=int, default=8, help="one-image calls timed for the study")
     p.add_argument("--naive", action="store_true", help="also the naive dense formulation on digits")
@@ -173,7 +194,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--json", default=None)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--root", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--against", default=None, help=argparse.SUPPRESS)
     p.add_argument("--set", default="digits", help=argparse.SUPPRESS)
     p.add_argument("--machine", default="bbels", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -182,31 +203,29 @@ def main(argv=None) -> int:
         _child(ns)
         return 0
 
-    here = Path(__file__).resolve().parents[1]
     print(f"machine: {machine_info()}")
-    print(f"{ns.runs} timed runs after one warm-up each, fresh process per row; times are per 20-step trajectory\n")
+    print(f"{ns.runs} timed runs after one warm-up each, fresh process per row; times are per 20-step trajectory"
+          + (f"; the baseline {ns.baseline} runs in the same process, trajectories alternated" if ns.baseline else "") + "\n")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        base = _checkout(ns.baseline, Path(tmp)) if ns.baseline else None
+        against = ["--against", str(_checkout(ns.baseline, Path(tmp)))] if ns.baseline else []
         workloads = [(f"synthetic {ns.n:,}x{ns.size}", ["--n", str(ns.n), "--size", str(ns.size)])] if ns.n else \
             [(s, ["--set", s]) for s in ns.sets.split(",")]
         for label, extra in workloads:
             for machine in ns.machines.split(","):
-                args = ["--machine", machine, "--device", ns.device, *extra]
-                new = _run_child(here, args + ["--runs", str(ns.runs)])
-                row = {"workload": label, "machine": machine, "device": new["device"], "median_s": statistics.median(new["times"]),
-                       "cold_s": new["cold"], "peak_rss": new["peak_rss"], "gpu_peak": new["gpu_peak"]}
-                if base is not None:
-                    old = _run_child(base, args + ["--runs", str(ns.baseline_runs or ns.runs)])
-                    row["baseline_s"] = statistics.median(old["times"])
-                    row["baseline_peak_rss"] = old["peak_rss"]
+                args = ["--machine", machine, "--device", ns.device, "--runs", str(ns.runs), *extra]
+                res = _run_child(args + against)
+                row = {"workload": label, "machine": machine, "device": res["device"], "median_s": statistics.median(res["times"]),
+                       "cold_s": res["cold"], "peak_rss": res["peak_rss"], "gpu_peak": res["gpu_peak"]}
+                if against:
+                    row["baseline_s"] = statistics.median(res["baseline_times"])
+                    row["peak_rss"] = _run_child(args + ["--runs", "1"])["peak_rss"]  # this engine alone
                 if ns.naive and label == "digits":
                     row["naive_s"] = _naive_median(machine, ns.device)
                 rows.append(row)
                 _print_row(row, header=len(rows) == 1, baseline=ns.baseline)
         if ns.study:
-            study = _study(here, ns)
-            rows.append(study)
+            rows.append(_study(ns))
     if ns.json:
         with open(ns.json, "w") as f:
             json.dump({"machine": machine_info(), "baseline": ns.baseline, "rows": rows}, f, indent=1)
@@ -227,11 +246,10 @@ def _print_row(r: dict, header: bool, baseline: str | None) -> None:
         print(f"{'':<22}naive dense: {r['naive_s']:.2f}s ({r['naive_s'] / r['median_s']:.1f}x)")
 
 
-def _study(here: Path, ns) -> dict:
+def _study(ns) -> dict:
     """hands at k = 7: 64 seeds in one batched call against single-image calls (seeds per second)."""
-    batched = _run_child(here, ["--set", "hands", "--machine", "bbels", "--device", ns.device, "--runs", "1", "--batch", "64"])
-    single = _run_child(here, ["--set", "hands", "--machine", "bbels", "--device", ns.device,
-                               "--runs", str(ns.study_singles)])
+    batched = _run_child(["--set", "hands", "--machine", "bbels", "--device", ns.device, "--runs", "1", "--batch", "64"])
+    single = _run_child(["--set", "hands", "--machine", "bbels", "--device", ns.device, "--runs", str(ns.study_singles)])
     per_seed_batched = batched["times"][0] / 64
     per_seed_single = statistics.median(single["times"])
     print(f"\nstudy, hands bbELS k=7: 64 seeds batched {batched['times'][0]:.1f}s ({64 / batched['times'][0]:.2f} seeds/s, "
@@ -243,7 +261,4 @@ def _study(here: Path, ns) -> dict:
 
 
 if __name__ == "__main__":
-    if "--child" in sys.argv:  # run as a script: import elsviz from --root, not from beside this file
-        root = sys.argv[sys.argv.index("--root") + 1]
-        sys.path[0] = root
     raise SystemExit(main())
