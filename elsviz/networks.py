@@ -786,3 +786,40 @@ class _ThreadPicker:
     def restore(self) -> None:
         if self.on:
             torch.set_num_threads(self.most)
+
+
+def default_network_dir() -> Path:
+    """Where the app keeps the networks it trains: $ELSVIZ_NETWORKS, else ~/.cache/elsviz/networks."""
+    if os.environ.get("ELSVIZ_NETWORKS"):
+        return Path(os.environ["ELSVIZ_NETWORKS"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "elsviz" / "networks"
+
+
+BUNDLED = Path(__file__).resolve().parent.parent / "assets" / "networks"  # shipped with the repository
+
+
+def catalogue() -> dict[str, Path]:
+    """label -> folder of every network found: the bundled ones, then those in default_network_dir()."""
+    found = {}
+    for base, tag in ((BUNDLED, "bundled"), (default_network_dir(), "trained here")):
+        if base.is_dir():
+            for cfg in sorted(base.glob(f"*/{CONFIG}")):
+                found[f"{cfg.parent.name} ({tag})"] = cfg.parent
+    return found
+
+
+def calibrated_schedules() -> dict[str, tuple[list[int], str]]:
+    """'calibrated: NAME' -> (k per step, a note) for every network of the catalogue with a schedule.json."""
+    out = {}
+    for folder in catalogue().values():
+        try:
+            cal = json.loads((folder / SCHEDULE).read_text())
+            ks = [int(k) for k in cal["schedule"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if len(ks) >= 2 and all(k >= 1 and k % 2 for k in ks):
+            seeds = len(cal.get("seeds") or [])
+            out[f"calibrated: {folder.name}"] = (ks, f"fitted to the network {folder.name}, "
+                                                     f"{cal.get('machine', 'bbels')}, {seeds} samples")
+    return out
