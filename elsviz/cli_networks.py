@@ -1,6 +1,6 @@
 """`elsviz train`, `elsviz calibrate`, `elsviz compare`: a trained network against the machines.
 
-    elsviz train --dataset digits --out nets/digits-resnet          # about 10 minutes on 2 CPU cores
+    elsviz train --dataset digits --out nets/digits-resnet          # about 6 CPU-minutes
     elsviz calibrate nets/digits-resnet                             # the schedule, saved beside it
     elsviz compare nets/digits-resnet --seeds 32                    # agreement per seed and the medians
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from .cli import FORCE, _dataset_options, _k_arg, arg, command, output_files
 from .errors import ElsvizError
 
-TRAIN_STEPS = 2000  # the digits ResNet: about 10 minutes on a 2-core CPU (docs/AGREEMENT.md)
+TRAIN_STEPS = 2000  # the digits ResNet: about 6 CPU-minutes (docs/AGREEMENT.md)
 
 
 def _say(msg: str) -> None:

@@ -69,7 +69,7 @@ with st.expander("Train a network", expanded=not networks):
                       help="ResNet: convolutions only, what the ELS machine models. UNet: one self-attention "
                            "block lets every pixel see the whole image, the paper's contrast case.")
         cols[2].select_slider("Training steps", [100, 250, 500, 1000, 2000, 5000], value=2000, key="net_steps",
-                              help="2,000 steps of 64 images: about 10 minutes on 2 CPU cores for 16x16 digits.")
+                              help="2,000 steps of 64 images: about 6 CPU-minutes for 16x16 digits (longer on a busy machine).")
         target = default_network_dir() / ss["net_name"].strip()
         if not ss["net_name"].strip() or "/" in ss["net_name"]:
             st.caption("Give the network a name (no slashes).")
