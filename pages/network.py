@@ -1,4 +1,4 @@
-"""Page 4: a trained network against the machines: the same noise through both, agreement, calibration."""
+"""Network vs machine: a trained network against the machines, from the same noise: agreement, calibration."""
 from pathlib import Path
 
 import streamlit as st
@@ -69,7 +69,8 @@ with st.expander("Train a network", expanded=not networks):
                       help="ResNet: convolutions only, what the ELS machine models. UNet: one self-attention "
                            "block lets every pixel see the whole image, the paper's contrast case.")
         cols[2].select_slider("Training steps", [100, 250, 500, 1000, 2000, 5000], value=2000, key="net_steps",
-                              help="2,000 steps of 64 images: about 6 CPU-minutes for 16x16 digits (longer on a busy machine).")
+                              help="2,000 steps of 64 images: about 6 CPU-minutes for 16x16 digits "
+                                   "(longer on a busy machine).")
         target = default_network_dir() / ss["net_name"].strip()
         if not ss["net_name"].strip() or "/" in ss["net_name"]:
             st.caption("Give the network a name (no slashes).")
