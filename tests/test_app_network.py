@@ -140,3 +140,10 @@ def test_a_network_trained_on_the_page_is_saved_and_shown(networks):
     assert "no calibrated schedule yet" in text(at)  # the machines use the sidebar's locality until calibrated
     config = json.loads((networks / "fresh" / "config.json").read_text())
     assert config["dataset"]["source"] == "digits" and config["dataset"]["options"] == {"size": 8, "limit": 40}
+
+    next(b for b in at.button if b.label.startswith("Calibrate bbELS on 4 samples")).click()
+    ok(at.run())
+    fitted = json.loads((networks / "fresh" / "schedule.json").read_text())
+    assert fitted["seeds"] == [1000, 1001, 1002, 1003] and len(fitted["schedule"]) == 20
+    assert at.radio(key="net_sched").value == "calibrated for this network"
+    assert " ".join(map(str, fitted["schedule"][19:0:-1])) in text(at)  # k per step, as the page lists it
