@@ -66,8 +66,10 @@ if study is None:
         go = st.button(f"Run the study: {n_seeds} seeds x {len(ks)} window sizes, and IS (about {seconds:.0f} s)",
                        type="primary", key="fing_go")
         st.caption(f"Estimated from this engine's measured speed on {len(train):,} training images. "
-                   + ("A smaller training set (Resize / subset in the sidebar) or fewer seeds is faster."
-                      if seconds > 300 else ""))
+                   + ("A smaller training set (Resize / subset in the sidebar) or fewer seeds is faster. "
+                      if seconds > 300 else "")
+                   + "The sidebar's set, machine, class and seed (the first of the seeds) apply here; its k and "
+                     "steps do not: the study has its own.")
     if not go:
         st.stop()
     slot.empty()
@@ -99,7 +101,7 @@ entries = study.entries(gk, only_odd)
 if not entries:
     st.success(f"k = {gk}: every one of the {len(seeds)} hands has {HAND} fingers.")
 else:
-    columns = 8
+    columns = min(8, len(entries))
     pick = ss.get("fing_pick")
     selected = next((n for n, e in enumerate(entries) if pick == (gk, e["seed"])), None)
     pic = figures.gallery([e["image"] for e in entries], [f"seed {e['seed']}: {e['count']}" for e in entries],

@@ -107,3 +107,13 @@ def test_study_plots_carry_their_numbers():
     com = figures.commitment_figure(steps)
     z = np.array(com.data[0].z, dtype=float)
     assert z[0, 0] == 3 and np.isnan(z[0, 1])  # never decided: no colour
+
+
+def test_box_in_image_outlines_the_copied_part():
+    img = -torch.ones(1, 8, 8)
+    pic = figures.box_in_image(img, (2, 3, 4, 6), target=80)  # rows 2-4, cols 3-6
+    assert pic.size == (80, 80)
+    assert cell(pic, 10, 2, 4, di=0.05) == (255, 200, 0)  # its top edge
+    assert cell(pic, 10, 3, 6, dj=0.95) == (255, 200, 0)  # its right edge
+    assert cell(pic, 10, 3, 4) == (0, 0, 0)  # inside: the image itself
+    assert cell(pic, 10, 6, 6) == (0, 0, 0)  # outside

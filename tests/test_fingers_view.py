@@ -8,7 +8,7 @@ import torch
 
 from elsviz import ImageSet, load_dataset
 from elsviz.errors import ElsvizError
-from elsviz.fingers_view import (cell_at, hand_check, parse_ks, piece_patches, pieces, silhouette_problem,
+from elsviz.fingers_view import (cell_at, hand_check, parse_ks, patch_caption, patches_sentence, piece_patches, pieces, silhouette_problem,
                                  silhouettes, timeline)
 from elsviz.sampling import Frame, Trajectory
 
@@ -66,6 +66,13 @@ def test_piece_patches_list_each_copied_patch_of_a_region():
     assert shared == 1 and [(p["image"], p["pixels"]) for p in patches] == [(0, 2), (0, 1)]
     with pytest.raises(ElsvizError, match="mask"):
         piece_patches(frame, np.ones((3, 3), bool))
+    assert patch_caption(patches[0]) == "#0 rows 2-3, cols 1-1: 2 px"  # copied one column to the right
+    assert patches_sentence(patches, shared) == ("Made of 2 copied patches from 1 training image, and 1 shared pixel.")
+    piece = np.zeros((4, 6), bool)
+    piece[:, 3:] = True
+    one, none = piece_patches(frame, piece)
+    assert patches_sentence(one, none).endswith("One patch copied whole: a single piece of the mosaic.")
+    assert "All its pixels are shared" in patches_sentence([], 1)
 
 
 def test_timeline_follows_the_region_and_marks_where_it_switches_source():
