@@ -53,6 +53,7 @@ def _child(ns) -> None:
         name, k = WORKLOADS[ns.set]
         train = elsviz.load_dataset(name)
     engines = {key: pkg.Engine(pkg.ImageSet(train.images, train.labels), ns.machine, ns.device) for key, pkg in packages.items()}
+    engines["new"].compile = ns.compile == "on"
     device = engines["new"].device
     cuda = device.type == "cuda"
     shape = (ns.batch, *train.shape)
@@ -193,6 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=None, help="a synthetic set of n images instead of --sets")
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--json", default=None)
+    p.add_argument("--compile", choices=["on", "off"], default="off",
+                   help="torch.compile the per-chunk softmax statistics (Engine(compile=True))")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--against", default=None, help=argparse.SUPPRESS)
     p.add_argument("--set", default="digits", help=argparse.SUPPRESS)
@@ -213,7 +216,7 @@ def main(argv=None) -> int:
             [(s, ["--set", s]) for s in ns.sets.split(",")]
         for label, extra in workloads:
             for machine in ns.machines.split(","):
-                args = ["--machine", machine, "--device", ns.device, "--runs", str(ns.runs), *extra]
+                args = ["--machine", machine, "--device", ns.device, "--runs", str(ns.runs), "--compile", ns.compile, *extra]
                 res = _run_child(args + against)
                 row = {"workload": label, "machine": machine, "device": res["device"], "median_s": statistics.median(res["times"]),
                        "cold_s": res["cold"], "peak_rss": res["peak_rss"], "gpu_peak": res["gpu_peak"]}

@@ -666,15 +666,15 @@ class Engine:
         rep, count = distinct_keys(self._hashes(k, label).flatten(1), g.pos[0], h * w)
         size = KeySet.bytes_needed(rep.shape[0], c * k * k, c)
         if size > self._cache.max_bytes // 2:
-            return None
+            return self._cache.get(cache_key, lambda: None)  # remembered: the plain table serves
         return self._cache.get(cache_key, lambda: KeySet.build(imgs, rep, count, k), size)
 
     def _pruned(self, sm, qwin, g: _Group, ks: KeySet, a, b):
         """One big class. Queries are sorted by the block their bound likes best and taken in small
         tiles; per tile those best blocks are computed first (a logit close to the maximum), then
         every other block whose bound comes within PRUNE_GAP of it. Where the first tile needs
-        nearly every block (large t: every key still counts) the rest go without bounds, in
-        larger tiles. Logits [tile, keys] per chunk."""
+        more than 30% of the blocks (large t: most keys still count; gathering them would cost more
+        than it saves) the rest go without bounds, in larger tiles. Logits [tile, keys] per chunk."""
         bsz, pq, dim = qwin.shape
         pix = g.pix[0]  # [P]
         queries = qwin[:, pix].reshape(-1, dim)  # [Q = B*P, D]
@@ -715,10 +715,10 @@ class Engine:
             return
         breaks = torch.nonzero(torch.diff(blocks) != 1).squeeze(1) + 1
         if breaks.shape[0] <= 16:  # a few runs of consecutive blocks: views of the table
-            bounds = [0, *breaks.tolist(), nblk]
-            firsts = blocks[bounds[:-1]].tolist()
+            edges = [0, *breaks.tolist(), nblk]
+            firsts = blocks[edges[:-1]].tolist()
             pieces = [ks.span(f + i, f + min(i + per_chunk, e - s_))
-                      for f, s_, e in zip(firsts, bounds[:-1], bounds[1:]) for i in range(0, e - s_, per_chunk)]
+                      for f, s_, e in zip(firsts, edges[:-1], edges[1:]) for i in range(0, e - s_, per_chunk)]
         else:  # scattered: gathered chunk by chunk
             pieces = (ks.rows(blocks[i:i + per_chunk]) for i in range(0, nblk, per_chunk))
         for keys, vals, rep, logc in pieces:
