@@ -57,12 +57,14 @@ picks = snapshot_steps(steps)
 st.markdown(
     "Generation starts from **pure noise** and removes a little of it at each step. At every step the "
     "model guesses the clean image from the noisy one (the *denoised estimate*) and moves towards that "
-    "guess. Early steps see almost only noise; the last step gives the picture."
+    "guess. Early guesses are blurry averages of many training images; the guess of the last step is "
+    "the picture."
 )
-picture(main, "reverse", lambda: figures.strip(
-    [main.traj.frame(i).x[0].clamp(-1, 1) for i in picks] + [main.traj.final[0]],
-    [f"step {i}: noisy image" for i in picks] + ["the output"], target=BIG * 2 // 3, font_size=18),
-    "From left to right: the noisy image x_t at steps spread over the run, then the output.")
+picture(main, "reverse", lambda: figures.grid(
+    [[main.traj.frame(i).x[0].clamp(-1, 1) for i in picks], [main.traj.frame(i).mean[0] for i in picks]],
+    [f"step {i}" for i in picks[:-1]] + ["step 1: the output"], ["noisy image", "the guess"],
+    target=BIG * 2 // 3, font_size=18),
+    "From left to right: steps spread over the run, from pure noise to the output (bottom right).")
 
 # 2 ----------------------------------------------------------------------------------------------
 st.header("2. The ideal model memorises")
@@ -140,7 +142,7 @@ fm = last(main)
 idx, pos, cnt = fm.source_index[0], fm.source_pos[0], fm.source_count[0]
 rebuilt = mosaic(train.images, fm.source_index, fm.source_pos)[0]
 n_src = distinct_sources(idx, cnt)
-top = source_shares(idx, cnt)[:4]
+top = source_shares(idx, cnt)[:1]
 st.markdown(
     "Back to the run of section 1 (bbELS with the paper's schedule of window sizes). At the end every "
     "pixel is the centre pixel of **one training patch**: rebuild the picture from those centres and "
@@ -148,12 +150,11 @@ st.markdown(
     "pieces meet at the white seams."
 )
 picture(main, "mosaic", lambda: figures.strip(
-    [main.traj.final[0], figures.provenance_picture(main.traj.final[0], idx, pos, cnt, target=BIG), rebuilt,
-     *[train.images[i] for i, _ in top]],
-    ["output", "its pieces", "rebuilt from the pieces", *[f"#{i}: {n} px" for i, n in top]],
-    target=BIG * 2 // 3, font_size=18),
-    "The training images that supply the most pixels are on the right. The Patch provenance page "
-    "shows any pixel's candidates.")
+    [main.traj.final[0], figures.provenance_picture(main.traj.final[0], idx, pos, cnt, target=BIG), rebuilt],
+    ["output", "its pieces, one colour per training image", "rebuilt from the pieces' centres"],
+    target=BIG, font_size=18),
+    f"The most pixels any one training image supplies: {top[0][1] if top else 0} (image #{top[0][0] if top else '-'}). "
+    "The Patch provenance page shows any pixel's candidates.")
 
 # 7 ----------------------------------------------------------------------------------------------
 st.header("7. What k does")
