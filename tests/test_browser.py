@@ -250,3 +250,21 @@ def watch_click_and_change_k(pg, shots):
     if os.environ.get("ELSVIZ_UPDATE_ASSETS") == "1":
         for shot, asset in ASSETS.items():
             shutil.copyfile(shots / shot, ROOT / "assets" / asset)
+
+
+def test_a_shared_link_on_a_fresh_server_shows_the_same_picture(browser):
+    """A link copied from one server opens the same view on another, started afresh: same settings, same output."""
+    link = "/?set=digits&limit=150&machine=els&loc=k&k=7&steps=6&seed=3"
+    seen = []
+    for _ in range(2):
+        with serve() as url:
+            pg = new_page(browser, url + link)
+            pg.wait_for_selector(PLOT + " .gtitle")
+            settle(pg)
+            no_exception(pg)
+            assert pg.get_by_text("ELS, k=7, 6 steps, seed 3").count() >= 1
+            assert plot_title(pg).startswith("step 1 ") and "k = 7" in plot_title(pg)
+            assert "k=7" in pg.locator('[data-testid="stSidebar"] [data-testid="stCode"]').text_content()  # Copy link
+            seen.append(pg.locator('[data-testid="stImage"] img').first.get_attribute("src").rsplit("/", 1)[-1])
+            pg.close()
+    assert seen[0] == seen[1]  # media files are named by their content: the same output picture
