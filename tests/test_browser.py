@@ -148,8 +148,9 @@ def watch_click_and_change_k(pg, shots):
     pg.wait_for_selector(PLOT + " .gtitle")
     settle(pg)
     no_exception(pg)
-    gif = pg.locator('[data-testid="stImage"] img').first
-    assert ".gif" in gif.get_attribute("src")
+    # the output first, as a large still picture, and the looping run beside it
+    srcs = [img.get_attribute("src") for img in pg.locator('[data-testid="stImage"] img').all()]
+    assert ".png" in srcs[0] and any(".gif" in s for s in srcs), srcs
     n_frames = pg.evaluate("s => document.querySelector(s)._transitionData._frames.length", PLOT)
     assert n_frames == 19
     first_title = plot_title(pg)
@@ -268,3 +269,34 @@ def test_a_shared_link_on_a_fresh_server_shows_the_same_picture(browser):
             seen.append(pg.locator('[data-testid="stImage"] img').first.get_attribute("src").rsplit("/", 1)[-1])
             pg.close()
     assert seen[0] == seen[1]  # media files are named by their content: the same output picture
+
+
+def test_extra_fingers_runs_a_tiny_study_and_opens_a_hand(browser, shots):
+    """The Extra fingers page on 30 hands: a two-seed study, the gallery, one hand opened; no exception box."""
+    with serve() as url:
+        pg = new_page(browser, f"{url}/extra_fingers?set=hands&limit=30")
+        try:
+            pg.get_by_text("How often: finger counts against the window size").wait_for()
+            settle(pg)
+            no_exception(pg)
+            for label, value in (("Seeds", "2"), ("Window sizes k (or schedules)", "5 13")):
+                box = pg.locator(f'input[aria-label="{label}"]')
+                box.fill(value)
+                box.press("Enter")
+                settle(pg)
+            run = pg.get_by_role("button", name="Run the study: 2 seeds x 2 window sizes", exact=False)
+            assert "about" in run.inner_text()  # the estimate, before it starts
+            run.click()
+            pg.get_by_text("Which seeds: the gallery").wait_for()
+            pg.get_by_role("heading", name="One hand: seed", exact=False).wait_for()
+            settle(pg)
+            no_exception(pg)
+            gallery = pg.frame_locator('iframe[title="streamlit_image_coordinates.streamlit_image_coordinates"]').first
+            assert gallery.locator("img#image").bounding_box()["width"] >= 200  # two hands, large enough to click
+            assert pg.locator('[data-testid="stAlertContentInfo"]').last.inner_text().strip()  # the sentence
+            pg.get_by_text("Which seeds: the gallery").evaluate("e => e.scrollIntoView()")
+            pg.mouse.move(5, 5)
+            pg.screenshot(path=shots / "extra_fingers.png", full_page=False)
+        except BaseException:
+            pg.screenshot(path=shots / "failure_fingers.png")
+            raise
