@@ -237,11 +237,12 @@ def _provenance(frame, what: str):
     return frame.source_index, frame.source_pos, frame.source_count
 
 
-def _batch(b, n: int) -> int | None:
-    if b is None:
+def _batch(b, n: int, all_ok: bool = True) -> int | None:
+    if b is None and all_ok:
         return None
     if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 0 <= b < n:
-        raise ElsvizError(f"batch must be an image of the run, 0 .. {n - 1} (or None for all), got {b!r}.")
+        every = " (or None for all)" if all_ok else ""
+        raise ElsvizError(f"batch must be an image of the run, 0 .. {n - 1}{every}, got {b!r}.")
     return int(b)
 
 
@@ -322,7 +323,7 @@ def region_sources(frame, mask, top: int | None = 5, batch: int = 0) -> list[dic
     single source) are left out. top: at most that many images (None: all).
     """
     idx, pos, cnt = _provenance(frame, "region_sources")
-    b = _batch(batch, idx.shape[0])
+    b = _batch(batch, idx.shape[0], all_ok=False)
     m = _mask(mask, idx.shape[1:]) & (cnt[b] == 1).cpu().numpy()  # attributed pixels of the region
     rows, cols = np.nonzero(m)
     src = idx[b].cpu().numpy()[rows, cols]  # [P]
@@ -345,15 +346,21 @@ def region_sources(frame, mask, top: int | None = 5, batch: int = 0) -> list[dic
 class FingerBirth:
     """The branch test of one run: finish it from step s with another locality and count fingers.
 
-    base:    fingers of the run's own output
-    target:  the count that counts as fixed (5 for a hand)
-    k:       the locality of the branches (an int, a schedule, or a preset name; None: the
-             denoiser's own, e.g. IS)
-    steps:   the steps s branched from, most noise first
-    counts:  fingers of each branch's output, in the order of `steps`
-    finals:  each branch's output [1, C, H, W]
-    window:  (first, last): the original run's steps that made the odd count, first >= last;
-             None when the count is already right or no branch fixes it
+    base:      fingers of the run's own output
+    target:    the count that counts as fixed (5 for a hand)
+    k:         the locality of the branches (an int, a schedule or a preset name; None: the
+               denoiser's own, e.g. IS)
+    steps:     the steps s branched from, most noise first
+    counts:    fingers of each branch's output, in the order of `steps`
+    finals:    each branch's output [1, C, H, W]
+    window:    (first, last), first >= last: the original run's steps that made the odd count.
+               Branching at `first` or earlier gives `target` fingers, branching after `last`
+               does not. None: the count is already right, or no such step fits the counts
+               better than "the branches never fix it"
+    agreement: share of the branches that fit that story (1.0: all of them; below, the larger
+               window itself sometimes makes odd hands, or the count flickers)
+    changed:   per branch, the share of the silhouette it redraws (1 - intersection over union
+               of the thresholded outputs with the run's own)
     """
 
     base: int
@@ -363,6 +370,8 @@ class FingerBirth:
     counts: list[int]
     finals: list[torch.Tensor] = field(repr=False)
     window: tuple[int, int] | None
+    agreement: float = 1.0
+    changed: list[float] = field(default_factory=list)
 
     @property
     def points(self) -> list[tuple[int, int]]:
@@ -371,11 +380,11 @@ class FingerBirth:
 
     @property
     def fixed_from(self) -> int | None:
-        """The latest step (smallest s) from which a branch still gives `target` fingers."""
-        fixed = [s for s, c in self.points if c == self.target]
-        return min(fixed) if fixed else None
+        """The latest step from which a branch gives `target` fingers: window[0]."""
+        return None if self.window is None else self.window[0]
 
     def final(self, s: int) -> torch.Tensor:
+        """The output [1, C, H, W] of the branch from step s."""
         return self.finals[self.steps.index(s)]
 
 
@@ -389,14 +398,25 @@ def _one(traj: Trajectory, b: int) -> Trajectory:
                       traj.seed, traj.denoiser)
 
 
-def _window(points: list[tuple[int, int]], target: int) -> tuple[int, int] | None:
-    """(first, last) steps of the original run that made the odd count; see FingerBirth."""
-    fixed = [s for s, c in points if c == target]
-    if not fixed:
-        return None
-    first = min(fixed)
-    stuck = [s for s, c in points if s < first]  # all of these keep the odd count
-    return first, (max(stuck) + 1 if stuck else 1)
+def _window(points: list[tuple[int, int]], target: int) -> tuple[tuple[int, int] | None, float]:
+    """The birth window and the share of branches that agree with it (see FingerBirth).
+
+    The story "branching at step b or earlier fixes it, later does not" is fitted to the counts:
+    b is the fixing step that the most branches agree with; "never fixed" competes too, and wins
+    ties with no window only when no branch fixes it. Counts that follow one step exactly give
+    b = the latest fixing step."""
+    fixes = {s: c == target for s, c in points}
+    never = sum(fixes.values())  # branches that disagree with "never fixed"
+    best, errors = None, never
+    for b in sorted((s for s in fixes if fixes[s]), reverse=True):
+        wrong = sum((s >= b) != fixed for s, fixed in fixes.items())
+        if wrong <= errors:  # ties: the later step, and a window over none
+            best, errors = b, wrong
+    share = 1.0 - errors / max(len(points), 1)
+    if best is None:
+        return None, share
+    stuck = [s for s in fixes if s < best]
+    return (best, max(stuck) + 1 if stuck else 1), share
 
 
 def finger_birth(trajectory: Trajectory, k=None, *, denoiser=None, at_steps=None, bisect: bool = False,
@@ -406,29 +426,32 @@ def finger_birth(trajectory: Trajectory, k=None, *, denoiser=None, at_steps=None
 
     Branching early (large s, much noise) redoes most of the run and gives a normal hand; branching
     late keeps what the run has already decided. The latest s that still gives `target` fingers
-    and the first one after it that does not bound the window: the extra finger was decided by the
-    original run's steps window[0] .. window[1]. at_steps: the steps to try (default all, steps-1
-    .. 1); bisect=True: a binary search over them instead (assumes branching earlier never breaks
-    what branching later fixed; about log2(steps) branches). A run of a batch: image `batch`.
-    progress(done, total, message) after each branch.
+    and the next step tried after it, which no longer does, bound the window: the extra finger was
+    decided by the original run's steps window[0] .. window[1]. The larger window sometimes makes
+    odd hands of its own, so the window is the step that most branches agree with (FingerBirth.
+    agreement says how many). at_steps: the steps to try (default all, steps-1 .. 1); bisect=True:
+    a binary search over them instead (about log2(steps) + 2 branches; it assumes branching earlier
+    never breaks what branching later fixed). A run of a batch: image `batch`. progress(done,
+    total, message) after each branch.
     """
     if not isinstance(trajectory, Trajectory):
         raise ElsvizError(f"finger_birth needs a Trajectory (from sample), got {type(trajectory).__name__}.")
     if k is None and denoiser is None:
         raise ElsvizError("finger_birth needs a larger window k (e.g. k=17) or another denoiser (e.g. an IS Engine) "
                           "to branch with.")
-    b = _batch(batch, trajectory.final.shape[0])
+    b = _batch(batch, trajectory.final.shape[0], all_ok=False)
     one = _one(trajectory, b)
     valid = range(1, trajectory.steps)
     steps = sorted(valid if at_steps is None else {int(s) for s in at_steps}, reverse=True)
     if not steps or any(s not in valid for s in steps):
         raise ElsvizError(f"at_steps must be steps of the run, {trajectory.steps - 1} .. 1; got {at_steps!r}.")
-    base = count_fingers(one.final[0].cpu()).count
+    original = one.final[0].cpu().mean(0)  # [H, W]
+    base = count_fingers(original).count
     tried: dict[int, tuple[int, torch.Tensor]] = {}
 
     def run(s: int) -> bool:
-        out = branch(one, s, k=k, denoiser=denoiser).final.cpu()
-        tried[s] = (count_fingers(out[0]).count, out)
+        out = branch(one, s, k=k, denoiser=denoiser).final.cpu()  # [1, C, H, W]
+        tried[s] = (count_fingers(out[0].mean(0)).count, out)
         if progress is not None:
             progress(len(tried), total, f"finished from step {s}")
         return tried[s][0] == target
@@ -449,8 +472,17 @@ def finger_birth(trajectory: Trajectory, k=None, *, denoiser=None, at_steps=None
             run(s)
     done = sorted(tried, reverse=True)
     points = [(s, tried[s][0]) for s in done]
-    window = None if base == target else _window(points, target)
-    return FingerBirth(base, target, k, done, [c for _, c in points], [tried[s][1] for s in done], window)
+    window, agreement = (None, 1.0) if base == target else _window(points, target)
+    finals = [tried[s][1] for s in done]
+    changed = [_redrawn(original, f[0].mean(0)) for f in finals]
+    return FingerBirth(base, target, k, done, [c for _, c in points], finals, window, agreement, changed)
+
+
+def _redrawn(a: torch.Tensor, b: torch.Tensor) -> float:
+    """1 - intersection over union of the silhouettes (> 0) of two images [H, W]."""
+    sa, sb = a > 0, b > 0
+    union = int((sa | sb).sum())
+    return 0.0 if union == 0 else 1.0 - int((sa & sb).sum()) / union
 
 
 # ----------------------------------------------------------------------------------------------
@@ -658,7 +690,7 @@ def extra_finger(trajectory: Trajectory, birth: FingerBirth | None = None, batch
     """The label of the finger most likely extra in the run's output, or None (not more than
     `target` fingers). With a branch test: the finger that the latest fixing branch's hand covers
     least (the one relaxing the locality removes); without: the last one around the hand."""
-    b = _batch(batch, trajectory.final.shape[0])
+    b = _batch(batch, trajectory.final.shape[0], all_ok=False)
     fc = count_fingers(trajectory.final[b].cpu().mean(0))
     target = birth.target if birth is not None else HAND
     if fc.count <= target:
@@ -680,7 +712,7 @@ def explain_extra_finger(trajectory: Trajectory, birth: FingerBirth | None = Non
     The sources are the training images most of the finger's pixels copy, summed over the steps of
     the birth window (without one: at the last step).
     """
-    b = _batch(batch, trajectory.final.shape[0])
+    b = _batch(batch, trajectory.final.shape[0], all_ok=False)
     fc = count_fingers(trajectory.final[b].cpu().mean(0))
     target = birth.target if birth is not None else HAND
     if not fc.is_hand:
@@ -689,13 +721,23 @@ def explain_extra_finger(trajectory: Trajectory, birth: FingerBirth | None = Non
         return f"This hand has {target} fingers: nothing extra to explain."
     window = birth.window if birth is not None else None
     how = ""
-    if window is not None:
-        k = "its other denoiser" if birth.k is None else f"k = {birth.k}"
-        later = f"; from step {window[1] - 1} on it no longer does" if window[1] > 1 else ""
-        how = f" Finishing the run with {k} from step {birth.fixed_from} or earlier gives {target} fingers{later}."
-    elif birth is not None and fc.count != target:
+    if birth is not None:
         k = "the other denoiser" if birth.k is None else f"k = {birth.k}"
-        how = f" No branch with {k} gives {target} fingers: try a larger k, or IS."
+        fixed = sum(c == target for c in birth.counts)
+    if window is not None:
+        later = f"; from step {window[1] - 1} on it no longer does" if window[1] > 1 else ""
+        how = f" Finishing the run with {k} from step {window[0]} or earlier gives {target} fingers{later}"
+        agree = round(birth.agreement * len(birth.steps))
+        how += "." if birth.agreement == 1 else f" ({agree} of {len(birth.steps)} branches fit this)."
+        if birth.changed:
+            how += f" That branch redraws {birth.changed[birth.steps.index(window[0])]:.0%} of the silhouette."
+        if window[0] == 1:
+            how += (f" Even the last step alone with {k} gives {target} fingers: that window overwrites the hand "
+                    "at the end, so it cannot tell when the finger was born; branch with a window nearer the run's.")
+    elif birth is not None and fc.count != target:
+        some = f"on only {fixed}" if fixed else "on none"
+        how = (f" Finishing the run with {k} gives {target} fingers {some} of the {len(birth.steps)} branches: "
+               "that window does not undo it reliably; try a larger k.")
     if fc.count < target and finger is None:
         where = f" The finger is lost at step{'s' if window[0] != window[1] else ''} {_span(window)}." if window else ""
         return f"This hand has {fc.count} fingers, {target - fc.count} fewer than {target}.{where}{how}"
@@ -703,7 +745,7 @@ def explain_extra_finger(trajectory: Trajectory, birth: FingerBirth | None = Non
     mask = fc.finger(label)
     frames = [f for f in trajectory.frames if window and window[1] <= f.i <= window[0]] or trajectory.frames[-1:]
     pixels: Counter = Counter()
-    for f in frames:
+    for f in frames if frames[0].source_index is not None else []:
         for src in region_sources(f, mask, top=None, batch=b):
             pixels[src["image"]] += src["pixels"]
     made = f"at step{'s' if window[0] != window[1] else ''} {_span(window)}" if window else "by the run"
@@ -714,6 +756,8 @@ def explain_extra_finger(trajectory: Trajectory, birth: FingerBirth | None = Non
         rotation = getattr(train, "meta", {}).get("rotation") if train is not None else None
         if rotation is not None and len(rotation) == len(train):
             text += " (turned " + " and ".join(f"{float(rotation[i]):+.0f}°" for i in images) + ")"
+    elif frames[0].source_index is None:
+        text += " (this run's denoiser names no training patches)"
     else:
         text += " from shared pixels only (windows that many training hands have alike)"
     return text + "." + how
