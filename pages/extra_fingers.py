@@ -1,5 +1,6 @@
 """Page 5: extra fingers: how often a local machine grows them, on which seeds, and for one hand where,
 when and from which training hands the extra finger came."""
+import numpy as np
 import streamlit as st
 from streamlit_image_coordinates import streamlit_image_coordinates
 
@@ -179,23 +180,26 @@ h, w = out.shape[-2:]
 if prov_click and prov_click.get("unix_time") != ss.get("_fing_prov_seen"):
     ss["_fing_prov_seen"] = prov_click.get("unix_time")
     ss["fing_pixel"] = pixel_from_click(prov_click, (h, w))
-    ss["fing_region"] = "the piece I clicked"
-choices = [f"finger {n}" for n in range(1, fc.count + 1)] + ["the piece I clicked"]
+    ss["fing_region"] = "the piece I clicked" if ss.get("fing_region") != "the pixel I clicked" else "the pixel I clicked"
+choices = [f"finger {n}" for n in range(1, fc.count + 1)] + ["the piece I clicked", "the pixel I clicked"]
 if ss.get("fing_region") not in choices:
     ss["fing_region"] = choices[0]
 region_name = st.radio("Inspect", choices, key="fing_region", horizontal=True)
 labels = pieces(frame.source_index[0], frame.source_pos[0], frame.source_count[0])
+r, c = ss.get("fing_pixel") or (h // 2, w // 2)
 if region_name.startswith("finger"):
     mask = fc.finger(int(region_name.split()[1]))
-else:
-    r, c = ss.get("fing_pixel") or (h // 2, w // 2)
-    mask = labels == labels[r, c] if labels[r, c] else (labels * 0 == 1)
-    if not labels[r, c]:
-        mask[r, c] = True  # a shared pixel: its own region
+elif region_name == "the piece I clicked" and labels[r, c]:
+    mask = labels == labels[r, c]
+else:  # one pixel (a shared pixel belongs to no piece: it is its own region)
+    mask = np.zeros((h, w), bool)
+    mask[r, c] = True
 patches, shared = piece_patches(frame, mask)
 left, right = st.columns([2, 3])
 with left:
-    show(figures.fingers_picture(out, mask.astype(int), target=224), caption=f"{region_name}: {int(mask.sum())} pixels")
+    where = f" ({r}, {c})" if region_name.endswith("clicked") else ""
+    show(figures.fingers_picture(out, mask.astype(int), target=224),
+         caption=f"{region_name}{where}: {int(mask.sum())} pixel{'s' if mask.sum() > 1 else ''}")
     st.caption(patches_sentence(patches, shared))
     if patches:
         show(figures.strip([figures.box_in_image(train.images[p["image"]], p["box"], target=96) for p in patches[:6]],

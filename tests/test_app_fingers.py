@@ -102,8 +102,13 @@ def test_another_hand_and_a_clicked_piece_open_below_the_gallery():
     at.session_state["fing_pixel"] = (16, 16)  # what a click on the provenance picture sets
     ok(at.run())
     assert f"One hand: seed {other[1]}, k = 13" in [h.value for h in at.subheader]
-    assert "the piece I clicked:" in "\n".join(c for im in at.get("image") for c in im.captions)
+    captions = "\n".join(c for im in at.get("image") for c in im.captions)
+    assert "the piece I clicked (16, 16):" in captions
     assert "copied patch" in text(at) or "shared" in text(at)
+    at.radio(key="fing_region").set_value("the pixel I clicked")
+    ok(at.run())
+    assert "the pixel I clicked (16, 16): 1 pixel" in "\n".join(c for im in at.get("image") for c in im.captions)
+    assert any(y_title(s) == "winning weight" for s in charts(at))  # its timeline
 
 
 def test_bad_input_shows_a_message_never_a_traceback():
