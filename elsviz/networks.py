@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .engine import _resolve_device
 from .errors import ElsvizError
 from .schedule import alpha_sigma, check_t
 
@@ -489,18 +490,6 @@ def _fit(model: nn.Module, state: dict, config: dict, file: Path) -> None:
 def _model_of(config: dict) -> nn.Module:
     return build_model(config["arch"], config["dataset"]["shape"], config["width"], config["layers"], config["emb"],
                        config.get("num_classes"))
-
-
-def _resolve_device(device) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ElsvizError(f"Unknown device {device!r}: use 'auto', 'cpu' or 'cuda'.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ElsvizError("device='cuda' was asked for but no CUDA GPU is available here; use 'cpu' or 'auto'.")
-    return dev
 
 
 def load_network(path, device="cpu") -> Network:
