@@ -615,16 +615,6 @@ def fingers_picture(img, regions, tips=None, *, target: int = 256, highlight: in
     return im
 
 
-def map_picture(img, values, *, target: int = 256, rgb=(255, 60, 60), strength: float = 0.85) -> Image.Image:
-    """The picture, dimmed, with a map [H, W] of values in [0, 1] laid over it in one colour (a seam map, say)."""
-    check_image(img)
-    v = values.detach().cpu().float().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float32)
-    v = np.clip(v, 0.0, 1.0)[..., None] * strength  # [H, W, 1]
-    base = to_rgb(img).astype(np.float32) * 0.5
-    out = (1 - v) * base + v * np.array(rgb, np.float32)
-    return enlarge(np.clip(np.rint(out), 0, 255).astype(np.uint8), fit_scale(v.shape[:2], target))
-
-
 def gallery(images, captions: list[str], flagged, *, columns: int = 8, target: int = 96, selected: int | None = None,
             font_size: int = 13) -> Image.Image:
     """Many small pictures in a grid of equal cells (so a click maps to a cell: fingers_view.cell_at),
@@ -693,23 +683,6 @@ def extra_rate_figure(points: list, *, reference: float | None = None, reference
     return fig
 
 
-def commitment_figure(steps_map, *, height: int = 300, title: str | None = None) -> go.Figure:
-    """When each pixel decided: steps_map [H, W] of the step at which its entropy first fell below the
-    threshold (NaN or a negative value: never), as a heat map; early (noisy) steps are dark."""
-    z = steps_map.detach().cpu().float().numpy() if isinstance(steps_map, torch.Tensor) else np.asarray(steps_map, np.float64)
-    z = np.where(z < 0, np.nan, z).astype(np.float64)
-    fig = go.Figure(go.Heatmap(z=z, colorscale="Viridis", reversescale=True, zsmooth=False,
-                               colorbar=dict(title="step", thickness=12, len=0.9),
-                               hovertemplate="row %{y}, col %{x}: decided at step %{z}<extra></extra>"))
-    h, w = z.shape
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, range=[-0.5, w - 0.5], constrain="domain")
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, range=[h - 0.5, -0.5], scaleanchor="x",
-                     constrain="domain")
-    fig.update_layout(height=height, margin=dict(l=0, r=0, t=30 if title else 0, b=0), title=title,
-                      plot_bgcolor="rgb(235,235,235)")
-    return fig
-
-
 def birth_figure(points: list, *, born: tuple[int, int] | None = None, normal: int = 5, height: int = 300) -> go.Figure:
     """The branch test: the fingers counted when the run is finished from step s with a larger window,
     points = [(s, fingers), ...]; `born` = (first, last) step of the window where the extra finger appears."""
@@ -755,3 +728,80 @@ def timeline_figure(rows: list[dict], *, height: int = 300) -> go.Figure:
     fig.update_yaxes(title_text="entropy (nats)", rangemode="tozero", secondary_y=True, showgrid=False)
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.3))
     return fig
+
+
+def seam_picture(img, source_index, source_pos, source_count, *, target: int = 256, within=None,
+                 rgb=(230, 30, 30)) -> Image.Image:
+    """The seams of a mosaic as red lines between pixels, over the picture dimmed: where neighbours are
+    copied from different training images or from one at other offsets (elsviz.runs.seams). within:
+    bool [H, W] (the hand, say): only seams with both pixels inside are drawn."""
+    check_image(img)
+    h, w = img.shape[-2:]
+    inside = np.ones((h, w), bool) if within is None else np.asarray(within, bool)
+    base = to_rgb(img).astype(np.float32) * 0.55
+    s = fit_scale((h, w), target)
+    im = enlarge(np.clip(np.rint(base), 0, 255).astype(np.uint8), s)
+    draw = ImageDraw.Draw(im)
+    vertical, horizontal = (m.numpy() for m in seams(source_index.detach().cpu(), source_pos.detach().cpu(),
+                                                      source_count.detach().cpu()))
+    line = max(2, s // 5)
+    for i, j in zip(*np.nonzero(vertical & inside[:, :-1] & inside[:, 1:])):
+        draw.line([((j + 1) * s, i * s), ((j + 1) * s, (i + 1) * s)], fill=rgb, width=line)
+    for i, j in zip(*np.nonzero(horizontal & inside[:-1] & inside[1:])):
+        draw.line([(j * s, (i + 1) * s), ((j + 1) * s, (i + 1) * s)], fill=rgb, width=line)
+    return im
+
+
+NEVER_RGB = (150, 150, 150)  # a pixel that never decided (commitment map)
+
+
+def commitment_picture(steps_map, img, steps: int, *, target: int = 256, font_size: int = 12) -> Image.Image:
+    """When each pixel decided (fingers.commitment_map: its step, -1 = never) in colour, the hand's outline
+    in white over it, and a key below: one box per step, early (noisy) dark to late bright, grey = never."""
+    check_image(img)
+    z = steps_map.detach().cpu().numpy() if isinstance(steps_map, torch.Tensor) else np.asarray(steps_map)
+    top = max(steps - 1, 2)
+    lut = _lut("Viridis")
+    late = np.clip((top - z) / max(top - 1, 1), 0.0, 1.0)  # step top -> 0 (dark), step 1 -> 1 (bright)
+    rgb = np.where((z < 1)[..., None], np.array(NEVER_RGB, np.uint8), lut[np.rint(late * 255).astype(np.int64)])
+    s = fit_scale(z.shape, target)
+    pic = enlarge(np.ascontiguousarray(rgb, dtype=np.uint8), s)
+    _halo(ImageDraw.Draw(pic), to_rgb(img).mean(-1) > 127.5, s, (255, 255, 255), max(2, s // 5))
+    # the key: a box per step, then "never"
+    font = _font(font_size)
+    labels = [str(i) for i in range(top, 0, -1)] + ["never"]
+    colours = [tuple(lut[round((top - i) / max(top - 1, 1) * 255)]) for i in range(top, 0, -1)] + [NEVER_RGB]
+    box = max(10, min(22, (pic.width - 50) // len(labels)))
+    key_h = box + font_size + 8
+    out = Image.new("RGB", (pic.width, pic.height + key_h + 4), BACKGROUND_RGB)
+    out.paste(pic, (0, 0))
+    draw = ImageDraw.Draw(out)
+    y = pic.height + 4
+    x = 0
+    for n, (text, colour) in enumerate(zip(labels, colours)):
+        wide = box if n < len(labels) - 1 else max(box, int(draw.textlength(text, font=font)) + 4)
+        draw.rectangle([x, y, x + wide - 2, y + box - 1], fill=tuple(int(c) for c in colour))
+        if n in (0, len(labels) - 2, len(labels) - 1) or top <= 12:
+            draw.text((x + wide / 2, y + box + 2), text, fill=TEXT_RGB, font=font, anchor="mt")
+        x += wide
+    return out
+
+
+def framed(pic: Image.Image, rgb, width: int = 4) -> Image.Image:
+    """pic with a border of `width` pixels in colour rgb around it."""
+    out = Image.new("RGB", (pic.width + 2 * width, pic.height + 2 * width), tuple(rgb))
+    out.paste(pic, (width, width))
+    return out
+
+
+def finger_sources_grid(images_per_finger: list[list], captions: list[list[str]], *, target: int = 72) -> Image.Image:
+    """The training hands each finger was copied from: a row per finger (its label at the left), its
+    sources' training images framed in the finger's colour, captioned (e.g. '#412: 9 px')."""
+    rows = [[framed(picture(im, target), finger_colour(n)) for im in ims] for n, ims in enumerate(images_per_finger, 1)]
+    width = max(len(r) for r in rows)
+    blank = Image.new("RGB", rows[0][0].size if rows and rows[0] else (target, target), BACKGROUND_RGB)
+    rows = [r + [blank] * (width - len(r)) for r in rows]
+    caps = [c + [""] * (width - len(c)) for c in captions]
+    ordinal = ["most pixels", "2nd", "3rd", "4th", "5th", "6th", "7th", "8th"]
+    return grid(rows, ordinal[:width] + [f"{n}th" for n in range(len(ordinal) + 1, width + 1)],
+                [f"finger {n}" for n in range(1, len(rows) + 1)], caps, target=target, font_size=13)

@@ -324,12 +324,14 @@ class Studied:
 
 
 # -- how long ------------------------------------------------------------------------------------
-def seconds_per_step(engine, batch: int, k, *, label: int | None = None) -> float:
-    """Seconds one reverse step takes for a batch of `batch` images on the warm engine: one step
-    to warm it up (key tables for k), then one timed. Used to estimate a study before it starts."""
+def step_seconds(engine, batch: int, k, *, label: int | None = None) -> tuple[float, float]:
+    """(cold, warm): seconds of one reverse step for a batch of `batch` images, the first time (the
+    engine builds its key tables for k) and again on the warm engine. The study's estimate."""
     c, h, w = engine.train.shape
     x = torch.randn((batch, c, h, w), generator=torch.Generator().manual_seed(0)).to(engine.device)
-    engine.denoise(x, 0.5, k, label=label)
-    start = time.perf_counter()
-    engine.denoise(x, 0.5, k, label=label)
-    return time.perf_counter() - start
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        engine.denoise(x, 0.5, k, label=label)
+        times.append(time.perf_counter() - start)
+    return times[0], times[1]

@@ -2,6 +2,7 @@
 when and from which training hands the extra finger came."""
 import numpy as np
 import streamlit as st
+import torch
 from streamlit_image_coordinates import streamlit_image_coordinates
 
 from elsviz import figures
@@ -143,36 +144,36 @@ threshold = opts[3].slider("Decided below (nats)", 0.05, 2.0, 0.5, 0.05, key="fi
 cols = st.columns(4)
 with cols[0]:
     show(figures.fingers_picture(out, fc.regions, fc.tips if fc.count else None, target=256),
-         caption=f"{fc.count} fingers found" if fc.count else f"not a hand: {fc.reason}")
+         caption=f"{fc.count} fingers found, numbered from the wrist" if fc.count else f"not a hand: {fc.reason}")
 with cols[1]:
     prov = figures.provenance_picture(frame.mean[0], frame.source_index[0], frame.source_pos[0], frame.source_count[0],
                                       target=256, alpha=alpha, style="edges" if style == "outlines" else "tint",
                                       outline=True, within=hand if on_hand else None)
-    prov_click = streamlit_image_coordinates(prov, key="fing_prov_click", cursor="crosshair")
-    st.caption("Where each pixel was copied from (white: the hand's outline). **Click** to select that copied piece.")
+    prov_click = streamlit_image_coordinates(prov, key="fing_prov_click", cursor="crosshair", width="stretch")
+    st.caption("Where each pixel was copied from, one colour per training hand (white: the hand's outline). "
+               "**Click** a piece to inspect it below.")
 with cols[2]:
-    show(figures.map_picture(out, seam_map(frame), target=256),
-         caption="Seams (red): neighbours copied from different hands, or from one hand at other offsets.")
+    seamy = seam_map(frame).numpy()
+    share = float(seamy[hand].mean()) if hand.any() else 0.0
+    show(figures.seam_picture(out, frame.source_index[0], frame.source_pos[0], frame.source_count[0], target=256,
+                              within=hand if on_hand else None),
+         caption=f"Seams (red): neighbours copied from different hands, or from one hand at other offsets. "
+                 f"{share:.0%} of the hand's pixels touch one.")
 with cols[3]:
-    st.plotly_chart(figures.commitment_figure(commitment_map(traj, threshold), height=256), key="fing_commit",
-                    config={"displayModeBar": False})
-    st.caption("The step at which each pixel decided (entropy below the threshold); dark = early, while still noisy.")
+    show(figures.commitment_picture(commitment_map(traj, threshold), out, steps, target=256),
+         caption=f"The step at which each pixel decided (its entropy fell below {threshold:.2f} nats): dark = early, "
+                 "while still noisy; grey = never.")
 
 # -- where each finger came from ---------------------------------------------------------------------------
 if fc.count:
     st.markdown("**The training hands each finger was copied from**")
-    for label in range(1, fc.count + 1):
-        sources = region_sources(frame, fc.finger(label), top=5)
-        row = st.columns([1, 6], vertical_alignment="center")
-        row[0].markdown(f"<span style='color:rgb{figures.finger_colour(label)}; font-size:1.6em'>■</span> "
-                        f"**finger {label}**", unsafe_allow_html=True)
-        pictures = [train.images[src["image"]] for src in sources]
-        if pictures:
-            with row[1]:
-                show(figures.strip(pictures, [f"#{src['image']}: {src['pixels']} px" for src in sources], target=72,
-                                   font_size=12))
-        else:
-            row[1].caption("shared pixels only: no single source")
+    found = [region_sources(frame, fc.finger(label), top=5) for label in range(1, fc.count + 1)]
+    show(figures.finger_sources_grid([[train.images[src["image"]] for src in srcs] or [-torch.ones(train.shape)]
+                                      for srcs in found],
+                                     [[f"#{src['image']}: {src['pixels']} px" for src in srcs] or ["shared only"]
+                                      for srcs in found], target=64))
+    st.caption("Each finger's pixels, by the training hand they were copied from at the last step (the index is the "
+               "hand's number in the training set). Shared pixels (windows many hands have alike) are left out.")
 
 # -- a whole copied piece ----------------------------------------------------------------------------------
 st.markdown("**A copied piece, and its story across the steps**")
@@ -223,7 +224,10 @@ every = cols[1].toggle("Every step (slower; else a binary search)", key="fing_ev
 born = fui.cached_birth(result, k_fix, not every)
 if born is None:
     seconds = fui.birth_seconds(hs, steps, k_fix, not every)
-    if st.button(f"Run the branch test (about {seconds:.0f} s)", key="fing_birth_go"):
+    slot = st.empty()
+    if slot.button(f"Run the branch test ({'under a second' if seconds < 1 else f'about {seconds:.0f} s'})",
+                   key="fing_birth_go"):
+        slot.empty()
         try:
             born = fui.birth(result, k_fix, not every)
         except ElsvizError as err:

@@ -103,10 +103,7 @@ def test_study_plots_carry_their_numbers():
             {"step": 1, "image": 7, "share": 0.5, "weight": 0.9, "entropy": 0.1, "switched": True}]
     tl = figures.timeline_figure(rows)
     assert list(tl.data[0].text) == ["#4", "#7"] and list(tl.data[1].y) == [1.0, 0.1]
-    steps = np.array([[3, -1], [2, 1]])
-    com = figures.commitment_figure(steps)
-    z = np.array(com.data[0].z, dtype=float)
-    assert z[0, 0] == 3 and np.isnan(z[0, 1])  # never decided: no colour
+
 
 
 def test_box_in_image_outlines_the_copied_part():
@@ -117,3 +114,35 @@ def test_box_in_image_outlines_the_copied_part():
     assert cell(pic, 10, 3, 6, dj=0.95) == (255, 200, 0)  # its right edge
     assert cell(pic, 10, 3, 4) == (0, 0, 0)  # inside: the image itself
     assert cell(pic, 10, 6, 6) == (0, 0, 0)  # outside
+
+
+def test_seams_are_red_lines_only_where_pieces_meet_and_only_on_the_hand_if_asked():
+    img, idx, pos, cnt = blob()
+    cnt[:] = 1
+    pic = figures.seam_picture(img, idx, pos, cnt, target=80)  # one seam: between columns 3 and 4
+    assert cell(pic, 10, 3, 4, dj=0.0) == (230, 30, 30) and cell(pic, 10, 0, 4, dj=0.0) == (230, 30, 30)
+    assert cell(pic, 10, 3, 3, dj=0.0) != (230, 30, 30)  # inside a piece: no line
+    assert cell(pic, 10, 3, 3) == (140, 140, 140)  # the hand, dimmed
+    hand = (img[0] > 0).numpy()
+    only = figures.seam_picture(img, idx, pos, cnt, target=80, within=hand)
+    assert cell(only, 10, 3, 4, dj=0.0) == (230, 30, 30) and cell(only, 10, 0, 4, dj=0.0) != (230, 30, 30)
+
+
+def test_commitment_picture_colours_early_dark_late_bright_never_grey_with_a_key():
+    img, *_ = blob()
+    steps_map = torch.full((8, 8), 9)
+    steps_map[:, 4:] = 1
+    steps_map[0, 0] = -1
+    pic = figures.commitment_picture(steps_map, img, 10, target=80)
+    assert pic.width == 80 and pic.height > 80  # the key under the map
+    early, late = np.array(cell(pic, 10, 7, 0)), np.array(cell(pic, 10, 7, 7))
+    assert early.sum() < late.sum()  # dark purple, bright yellow
+    assert cell(pic, 10, 0, 0, di=0.3, dj=0.3) == figures.NEVER_RGB
+    assert cell(pic, 10, 1, 3, di=0.9) == (255, 255, 255)  # the hand's outline, just outside it
+
+
+def test_finger_sources_grid_has_a_row_per_finger_framed_in_its_colour():
+    ims = [-torch.ones(1, 8, 8), torch.ones(1, 8, 8)]
+    pic = figures.finger_sources_grid([ims, ims[:1]], [["#3: 9 px", "#1: 2 px"], ["#0: 4 px"]], target=32)
+    colours = {tuple(v) for v in np.asarray(pic).reshape(-1, 3).tolist()}
+    assert figures.finger_colour(1) in colours and figures.finger_colour(2) in colours

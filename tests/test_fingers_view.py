@@ -142,3 +142,11 @@ def test_the_study_takes_odd_ks_and_schedule_names_and_says_what_is_wrong_with_o
             parse_ks(text, "bbels", (32, 32))
     with pytest.raises(ElsvizError, match="at most 31"):
         parse_ks("33", "els", (32, 32))
+
+
+def test_step_seconds_times_a_cold_and_a_warm_step(hands):
+    from elsviz import Engine
+    from elsviz.fingers_view import step_seconds
+
+    cold, warm = step_seconds(Engine(hands, machine="bbels", device="cpu"), 2, 5)
+    assert cold > 0 and warm > 0

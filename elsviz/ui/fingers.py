@@ -14,7 +14,7 @@ from dataclasses import replace
 import streamlit as st
 
 from ..fingers import DEFAULT_STUDY, finger_birth, finger_study
-from ..fingers_view import Studied, hand_check, seconds_per_step, silhouette_problem, silhouettes
+from ..fingers_view import Studied, hand_check, silhouette_problem, silhouettes, step_seconds
 from . import data
 from .cache import _runs, spec_run
 from .sidebar import Settings, choose_dataset
@@ -83,13 +83,16 @@ def _probe_k(ks):
 
 
 def estimate(hs: Settings, n_seeds: int, ks, steps: int) -> float:
-    """Seconds the study would take: seconds per step and image on the warm engine (one batch step
-    timed once per training set and machine, later the studies' own time), times seeds, steps and
-    settings. IS costs next to nothing."""
-    batch = min(n_seeds, PROBE_BATCH)
-    per = _runs().fetch(_speed_key(hs), lambda: seconds_per_step(hs.engine, batch, _probe_k(ks),
-                                                                 label=hs.spec.label) / batch)
-    return per * n_seeds * (steps - 1) * len(ks)
+    """Seconds the study would take: per step and image on the warm engine, times seeds, steps and
+    settings, plus building each k's key tables. Measured once per training set and machine (one
+    batch step timed cold and warm), then taken from the studies that ran. IS costs next to nothing."""
+    def probe():
+        batch = min(n_seeds, PROBE_BATCH)
+        cold, warm = step_seconds(hs.engine, batch, _probe_k(ks), label=hs.spec.label)
+        return {"per_image_step": warm / batch, "per_k": max(cold - warm, 0.0)}
+
+    speed = _runs().fetch(_speed_key(hs), probe)
+    return speed["per_image_step"] * n_seeds * (steps - 1) * len(ks) + speed["per_k"] * len(ks)
 
 
 def _study_key(hs: Settings, seeds, ks, steps: int):
@@ -117,7 +120,7 @@ def run_study(hs: Settings, seeds, ks, steps: int) -> Studied:
             study = finger_study(hs.engine, list(seeds), list(ks), steps=steps, label=hs.spec.label, progress=progress)
             fresh = sum(study.seconds.values())
             if fresh > 1.0:  # a study that ran (not from finger_study's own cache) times the machine
-                _runs().put(_speed_key(hs), fresh / (len(seeds) * (steps - 1) * len(ks)))
+                _runs().put(_speed_key(hs), {"per_image_step": fresh / (len(seeds) * (steps - 1) * len(ks)), "per_k": 0.0})
             bar.progress(1.0, text="Study: IS, the reference ...")
             ideal = finger_study(data.engine(hs.dataset_key, "is", hs.train), list(seeds), [ks[0]], steps=steps,
                                  label=hs.spec.label)
@@ -143,7 +146,7 @@ def _birth_key(result, k_fix, bisect: bool):
 def birth_seconds(hs: Settings, steps: int, k_fix: int, bisect: bool) -> float:
     """About how long the branch test takes: a branch from step s runs s steps of one image; all steps,
     or a binary search (about log2(steps) branches, from half the steps on average)."""
-    per = _runs().fetch(_speed_key(hs, alone=True), lambda: seconds_per_step(hs.engine, 1, k_fix, label=hs.spec.label))
+    per = _runs().fetch(_speed_key(hs, alone=True), lambda: step_seconds(hs.engine, 1, k_fix, label=hs.spec.label)[0])
     n = steps - 1
     work = (n + 1 + math.ceil(math.log2(max(n, 2))) * n / 2) if bisect else n * (n + 1) / 2
     return per * work
