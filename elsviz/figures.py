@@ -755,7 +755,7 @@ def seam_picture(img, source_index, source_pos, source_count, *, target: int = 2
 NEVER_RGB = (150, 150, 150)  # a pixel that never decided (commitment map)
 
 
-def commitment_picture(steps_map, img, steps: int, *, target: int = 256, font_size: int = 12) -> Image.Image:
+def commitment_picture(steps_map, img, steps: int, *, target: int = 256, font_size: int = 14) -> Image.Image:
     """When each pixel decided (fingers.commitment_map: its step, -1 = never) in colour, the hand's outline
     in white over it, and a key below: one box per step, early (noisy) dark to late bright, grey = never."""
     check_image(img)

@@ -7,9 +7,11 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 
 from elsviz import figures
 from elsviz.errors import ElsvizError
-from elsviz.fingers import DEFAULT_STUDY, HAND, commitment_map, count_fingers, explain_extra_finger, region_sources, seam_map
+from elsviz.fingers import (DEFAULT_STUDY, HAND, commitment_map, count_fingers, explain_extra_finger, extra_finger,
+                            region_sources, seam_map)
 from elsviz.fingers_view import cell_at, parse_ks, patch_caption, patches_sentence, piece_patches, pieces, timeline
 from elsviz.runs import MACHINE_NAMES, k_limit, pixel_from_click
+from elsviz.schedule import locality_schedule
 from elsviz.ui import fingers as fui
 from elsviz.ui import settings, show
 
@@ -131,6 +133,10 @@ traj, frame = result.traj, result.traj.frames[-1]
 out = traj.final[0]
 fc = count_fingers(out)
 hand = fc.hand if fc.hand is not None else (out[0] > 0).numpy()
+fresh = ss.get("_fing_hand") != pick  # another hand opened: its own defaults below
+ss["_fing_hand"] = pick
+born = None if fresh else fui.cached_birth(result, ss.get("fing_k_fix"), not ss.get("fing_every", False))
+extra = extra_finger(traj, born)  # the finger the sentence explains (None: not more than five)
 
 opts = st.columns(4)
 style = opts[0].radio("Sources as", ["tint", "outlines"], key="fing_style", horizontal=True,
@@ -143,8 +149,10 @@ threshold = opts[3].slider("Decided below (nats)", 0.05, 2.0, 0.5, 0.05, key="fi
 
 cols = st.columns(4)
 with cols[0]:
-    show(figures.fingers_picture(out, fc.regions, fc.tips if fc.count else None, target=256),
-         caption=f"{fc.count} fingers found, numbered from the wrist" if fc.count else f"not a hand: {fc.reason}")
+    show(figures.fingers_picture(out, fc.regions, fc.tips if fc.count else None, target=256, highlight=extra),
+         caption=(f"{fc.count} fingers found, numbered from the wrist"
+                  + (f"; finger {extra} (outlined) is the extra one" if extra else "")) if fc.count
+         else f"not a hand: {fc.reason}")
 with cols[1]:
     prov = figures.provenance_picture(frame.mean[0], frame.source_index[0], frame.source_pos[0], frame.source_count[0],
                                       target=256, alpha=alpha, style="edges" if style == "outlines" else "tint",
@@ -183,8 +191,8 @@ if prov_click and prov_click.get("unix_time") != ss.get("_fing_prov_seen"):
     ss["fing_pixel"] = pixel_from_click(prov_click, (h, w))
     ss["fing_region"] = "the piece I clicked" if ss.get("fing_region") != "the pixel I clicked" else "the pixel I clicked"
 choices = [f"finger {n}" for n in range(1, fc.count + 1)] + ["the piece I clicked", "the pixel I clicked"]
-if ss.get("fing_region") not in choices:
-    ss["fing_region"] = choices[0]
+if ss.get("fing_region") not in choices or fresh:
+    ss["fing_region"] = f"finger {extra}" if extra else choices[0]
 region_name = st.radio("Inspect", choices, key="fing_region", horizontal=True)
 labels = pieces(frame.source_index[0], frame.source_pos[0], frame.source_count[0])
 r, c = ss.get("fing_pixel") or (h // 2, w // 2)
@@ -203,8 +211,8 @@ with left:
          caption=f"{region_name}{where}: {int(mask.sum())} pixel{'s' if mask.sum() > 1 else ''}")
     st.caption(patches_sentence(patches, shared))
     if patches:
-        show(figures.strip([figures.box_in_image(train.images[p["image"]], p["box"], target=96) for p in patches[:6]],
-                           [patch_caption(p) for p in patches[:6]], target=96, font_size=12))
+        show(figures.strip([figures.box_in_image(train.images[p["image"]], p["box"], target=128) for p in patches[:6]],
+                           [patch_caption(p) for p in patches[:6]], target=128, font_size=12))
 with right:
     st.plotly_chart(figures.timeline_figure(timeline(traj, mask)), key="fing_timeline",
                     config={"displayModeBar": False})
@@ -214,13 +222,23 @@ with right:
 # -- when it was born --------------------------------------------------------------------------------------
 st.markdown("**When the extra finger is born: the branch test**")
 kmax = k_limit(machine, train_hw)
-numbers = [k for k in ks if isinstance(k, int)]
-k_fix = min(kmax, max(numbers) + 8) if numbers else kmax
-cols = st.columns([3, 2], vertical_alignment="bottom")
-cols[0].caption(f"Finish the run from step s with a larger window (k = {k_fix}) and count the fingers. Branching early "
-                "redoes most of the run and gives a normal hand; branching late keeps what was decided. Where the count "
-                "changes, the extra finger was born.")
-every = cols[1].toggle("Every step (slower; else a binary search)", key="fing_every")
+run_k = pk if isinstance(pk, int) else max(locality_schedule(pk, steps)[1:])
+larger = list(range(run_k + 2, kmax + 1, 2))
+if not larger:
+    st.caption(f"k = {run_k} already covers the whole image here: no larger window to branch with.")
+    summary.info(explain_extra_finger(traj, None, train=train))
+    st.stop()
+default = next((k for k in ks if isinstance(k, int) and k > run_k), min(run_k + 8, kmax))
+if ss.get("fing_k_fix") not in larger or fresh:
+    ss["fing_k_fix"] = default
+cols = st.columns([3, 2, 2], vertical_alignment="bottom")
+cols[0].caption("Finish the run from step s with a larger window and count the fingers. Branching early redoes most "
+                "of the run and gives a normal hand; branching late keeps what was decided. Where the count changes, "
+                "the extra finger was born. A window much larger than the run's redraws the whole hand even at the "
+                "last step: pick one near it.")
+k_fix = cols[1].select_slider("Larger window for the branches", larger, key="fing_k_fix")
+every = cols[2].toggle("Every step (slower)", key="fing_every",
+                       help="Branch from every step; off: a binary search over the steps (about log2(steps) branches).")
 born = fui.cached_birth(result, k_fix, not every)
 if born is None:
     seconds = fui.birth_seconds(hs, steps, k_fix, not every)
@@ -229,7 +247,8 @@ if born is None:
                    key="fing_birth_go"):
         slot.empty()
         try:
-            born = fui.birth(result, k_fix, not every)
+            fui.birth(result, k_fix, not every)
+            st.rerun()  # the whole hand again, with the branch test: the sentence, the extra finger outlined
         except ElsvizError as err:
             st.error(str(err))
 if born is not None:

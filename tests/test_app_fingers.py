@@ -3,6 +3,7 @@ sizes, 4 steps) so that each test runs in seconds: the study's histogram and rat
 hand in detail with its branch test and sentence, the user's own hand images, mixed finger counts, and
 bad input (a message, never a traceback)."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,10 @@ def test_the_study_shows_counts_rates_gallery_and_one_hand_explained():
     assert any(y_title(s) == "winning weight" for s in specs)  # the region's timeline
     sentence = at.info[-1].value
     assert sentence.startswith(("Finger", "This hand has", "No hand to explain"))
+    explained = re.match(r"Finger (\d+) of", sentence)
+    if explained:  # the hand opened has an extra finger: it is outlined, and the one inspected below
+        assert at.radio(key="fing_region").value == f"finger {explained.group(1)}"
+        assert "is the extra one" in "\n".join(c for im in at.get("image") for c in im.captions)
 
     # the branch test: finger count against the step
     button(at, "Run the branch test").click()
@@ -98,10 +103,11 @@ def test_another_hand_and_a_clicked_piece_open_below_the_gallery():
     first = at.session_state["fing_pick"]
     other = (13, next(s for s in seeds if (13, s) != first))
     at.session_state["fing_pick"] = other  # what a click on the gallery sets
+    ok(at.run())
+    assert f"One hand: seed {other[1]}, k = 13" in [h.value for h in at.subheader]
     at.session_state["fing_region"] = "the piece I clicked"
     at.session_state["fing_pixel"] = (16, 16)  # what a click on the provenance picture sets
     ok(at.run())
-    assert f"One hand: seed {other[1]}, k = 13" in [h.value for h in at.subheader]
     captions = "\n".join(c for im in at.get("image") for c in im.captions)
     assert "the piece I clicked (16, 16):" in captions
     assert "copied patch" in text(at) or "shared" in text(at)
