@@ -181,7 +181,8 @@ if fc.count:
                                      [[f"#{src['image']}: {src['pixels']} px" for src in srcs] or ["shared only"]
                                       for srcs in found], target=64))
     st.caption("Each finger's pixels, by the training hand they were copied from at the last step (the index is the "
-               "hand's number in the training set). Shared pixels (windows many hands have alike) are left out.")
+               "hand's number in the training set; the sentence above counts the steps in which the finger was born "
+               "instead). Shared pixels (windows many hands have alike) are left out.")
 
 # -- a whole copied piece ----------------------------------------------------------------------------------
 st.markdown("**A copied piece, and its story across the steps**")
