@@ -128,6 +128,12 @@ def test_bad_input_shows_a_message_never_a_traceback():
         assert not [b for b in at.button if b.label.startswith("Run the study")]
 
 
+def test_is_has_no_window_to_study_and_says_so():
+    at = page(**TINY, machine="is")
+    assert "IS memorises whole training hands" in text(at)
+    assert not at.error and not [b for b in at.button if b.label.startswith("Run the study")]
+
+
 def test_digits_are_too_small_and_the_page_offers_the_hands():
     at = page(limit=50, fing_seeds=2)
     assert "counts fingers on hand silhouettes" in text(at) and "16x16" in text(at)
