@@ -484,6 +484,9 @@ class Engine:
         # halves ELS on 60,000 images but slows bbELS (many small class shapes, recompiles), and on
         # the CPU it needs a C compiler and recompiles erratically (docs/BENCHMARKS.md)
         self.compile = bool(compile)
+        # the fused Triton kernel for key tables (elsviz/triton_kernel.py): opt-in, ELSVIZ_KERNEL=triton
+        from .triton_kernel import wanted
+        self._kernel = wanted(self.device)
 
     def clear_cache(self) -> None:
         """Forget the cached key tables, tie counts and plans (they are rebuilt when needed)."""
@@ -769,6 +772,10 @@ class Engine:
         queries = torch.cat([c1 * queries, torch.full_like(queries[..., :1], c2)], -1)  # [G, B*P, D + 1]
         # query index of each row: b * P' + pixel
         q_idx = (torch.arange(bsz, device=qwin.device).view(1, bsz, 1) * pq + g.pix.view(ng, 1, p)).view(ng, bsz * p)
+        if self._kernel:  # fused, no logits written (elsviz/triton_kernel.py); False: it failed, go on
+            from . import triton_kernel
+            if triton_kernel.windowed(self, sm, queries, q_idx, g, gi, imgs, k, label, hq, wq):
+                return
         # rows per tile and keys per chunk: the logits [G, rows, kc] and the keys [G, D, kc] of a
         # chunk each hold at most about chunk_elems numbers
         rt = min(bsz * p, max(p, self.chunk_elems // (32 * ng)))

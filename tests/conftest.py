@@ -1,9 +1,17 @@
 """Shared fixtures. tests/reference.py holds the float64 reference and the small test-data makers."""
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from tests.reference import Reference
+
+# Triton's interpreter (tests/test_triton_kernel.py) must be on before anything imports triton
+# (torch.compile does): triton.jit reads it when triton's own functions are decorated. Without a
+# GPU no Triton kernel can run compiled anyway; with one, the kernel is tested compiled.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

@@ -1,0 +1,283 @@
+"""A fused flash-attention-style Triton kernel for the local machines' softmax statistics.
+
+The torch path of `Engine._windowed` writes a chunk of logits [G, rows, keys] and reads it back
+about a dozen times (max, argmax, subtract, clamp, exp, sums, entropy term). This kernel computes
+the same statistics with the logits kept in registers, one tile of rows against one tile of keys
+at a time (docs/ENGINE.md, "The fused kernel"):
+
+    local_stats(q [G, R, D+1], keys [G, K, D+1], values [G, K, C], logc [G, K] or None)
+        -> m [G, R], s [G, R], acc [G, R, C], ent [G, R], arg [G, R] int64
+
+    l[g, r, j] = sum_d q[g, r, d] * keys[g, j, d]   (the engine's augmented queries (c1 Q, c2)
+                                                     against (K, |K|^2))
+    m = max_j l;  arg = the first j with l == m (torch.argmax; logc enters neither)
+    e_j = exp(l_j - m + logc_j);  s = sum_j e_j;  acc = sum_j e_j values_j;  ent = sum_j e_j (l_j - m)
+
+exactly what `_Softmax.merge_at` consumes. (The torch path clamps l - m at -80 for the CPU's
+vectorised exp; here a key that far below weighs exp(-80) ~ 2e-35 less, which no float32 sum
+sees.)
+
+Opt-in until measured on a GPU: `ELSVIZ_KERNEL=triton` (read when an Engine is made) turns it on
+for CUDA engines, and for CPU engines under Triton's interpreter (`TRITON_INTERPRET=1`, for the
+tests). Triton is imported lazily: elsviz works without it. If it is missing or the kernel fails,
+one warning, and the exact torch path serves.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import warnings
+
+import torch
+
+from .errors import ElsvizError
+
+# Tile sizes (rows, keys, window entries per tl.dot) and warps. Not tuned: no GPU has run this yet.
+BLOCK_R, BLOCK_K, BLOCK_D, NUM_WARPS = 64, 64, 32, 4
+# tl.dot on float32: "ieee" (exact float32 FMAs) or "tf32x3" (tensor cores, 3 passes, ~float32).
+# Plain tf32 (10-bit mantissa) is not enough: logits reach ~1e4 at small t.
+PRECISION = "ieee"
+# Split the keys across programs (flash-decoding) until about this many programs per SM run.
+PROGRAMS_PER_SM = 4
+
+_WARNED: set[str] = set()
+_KERNELS: dict = {}  # the jitted kernel, made on first use; per interpreter mode
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
+def wanted(device: torch.device) -> bool:
+    """Whether an Engine on `device` uses the kernel: ELSVIZ_KERNEL=triton, a CUDA device (or the
+    CPU under TRITON_INTERPRET=1), and triton importable. Read once, when the Engine is made."""
+    choice = os.environ.get("ELSVIZ_KERNEL", "torch").strip().lower() or "torch"
+    if choice not in ("torch", "triton"):
+        raise ElsvizError(f"ELSVIZ_KERNEL must be 'torch' (default) or 'triton', got {choice!r}.")
+    if choice == "torch":
+        return False
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        _warn_once("elsviz: ELSVIZ_KERNEL=triton runs on CUDA devices only (or on the CPU under "
+                   "TRITON_INTERPRET=1); using the torch path.")
+        return False
+    try:
+        missing = importlib.util.find_spec("triton") is None
+    except (ImportError, ValueError):
+        missing = True
+    if missing:
+        _warn_once("elsviz: ELSVIZ_KERNEL=triton but triton is not installed (pip install triton); "
+                   "using the torch path.")
+        return False
+    return True
+
+
+# triton.language, bound by _kernel(): the kernel below reads it as a global, as Triton expects
+tl = None
+
+
+def _local_stats_kernel(
+    # One program: BR query rows of group g against the keys of one split, BK keys at a time.
+    # Per tile: logits by tl.dot over D in pieces of BD, the tile's max and first argmax, the
+    # running statistics rescaled by exp(m_old - m_new) (flash attention's online softmax).
+    q_ptr, k_ptr, v_ptr, lc_ptr,  # inputs
+    m_ptr, s_ptr, acc_ptr, ent_ptr, arg_ptr,  # outputs [S, G, R] (acc [S, G, R, C])
+    R, K, D, keys_per_split,
+    sqg, sqr, sqd, skg, skj, skd, svg, svj, svc, slg, slj,
+    C: tl.constexpr, HAS_LOGC: tl.constexpr, PREC: tl.constexpr,
+    BR: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    g = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2)
+    ng = tl.num_programs(1)
+    rows = pid_r * BR + tl.arange(0, BR)  # [BR]
+    row_ok = rows < R
+    rows64 = rows.to(tl.int64)
+    dd = tl.arange(0, BD).to(tl.int64)  # [BD]
+    q_base = q_ptr + g * sqg + rows64[:, None] * sqr  # [BR, 1]
+    k_base = k_ptr + g * skg
+    v_base = v_ptr + g * svg
+    j_start = split * keys_per_split
+    j_end = tl.minimum(j_start + keys_per_split, K)
+
+    m = tl.full([BR], -1.0e30, tl.float32)  # finite: 0 * (m_old - m_new) stays 0
+    s = tl.zeros([BR], tl.float32)
+    ent = tl.zeros([BR], tl.float32)
+    acc0 = tl.zeros([BR], tl.float32)
+    acc1 = tl.zeros([BR], tl.float32)
+    acc2 = tl.zeros([BR], tl.float32)
+    arg = tl.zeros([BR], tl.int64)
+    for j0 in range(j_start, j_end, BK):
+        jj = j0 + tl.arange(0, BK)  # [BK]
+        key_ok = jj < j_end
+        jj64 = jj.to(tl.int64)
+        logits = tl.zeros([BR, BK], tl.float32)
+        for d0 in range(0, D, BD):
+            d_ok = (d0 + dd) < D
+            qt = tl.load(q_base + (d0 + dd)[None, :] * sqd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            kt = tl.load(k_base + (d0 + dd)[:, None] * skd + jj64[None, :] * skj,
+                         mask=d_ok[:, None] & key_ok[None, :], other=0.0)  # [BD, BK]
+            logits = tl.dot(qt, kt, logits, input_precision=PREC)
+        logits = tl.where(key_ok[None, :], logits, float("-inf"))
+        tmax = tl.max(logits, 1)  # [BR]
+        # the first key of the tile that holds the tile's maximum
+        targ = tl.min(tl.where(logits == tmax[:, None], jj64[None, :], K), 1)
+        arg = tl.where(tmax > m, targ, arg)  # strictly greater: an earlier tile keeps ties
+        m_new = tl.maximum(m, tmax)
+        alpha = tl.exp(m - m_new)
+        lm = logits - m_new[:, None]  # [BR, BK]; -inf for keys past the end
+        if HAS_LOGC:
+            lc = tl.load(lc_ptr + g * slg + jj64 * slj, mask=key_ok, other=0.0)
+            e = tl.exp(lm + lc[None, :])
+        else:
+            e = tl.exp(lm)
+        lm0 = tl.where(key_ok[None, :], lm, 0.0)  # (0 * -inf would be NaN)
+        ent = alpha * (ent + s * (m - m_new)) + tl.sum(e * lm0, 1)
+        s = alpha * s + tl.sum(e, 1)
+        v0 = tl.load(v_base + jj64 * svj, mask=key_ok, other=0.0)
+        acc0 = alpha * acc0 + tl.sum(e * v0[None, :], 1)
+        if C == 3:
+            v1 = tl.load(v_base + jj64 * svj + svc, mask=key_ok, other=0.0)
+            v2 = tl.load(v_base + jj64 * svj + 2 * svc, mask=key_ok, other=0.0)
+            acc1 = alpha * acc1 + tl.sum(e * v1[None, :], 1)
+            acc2 = alpha * acc2 + tl.sum(e * v2[None, :], 1)
+        m = m_new
+    out = (split * ng + g) * R + rows64  # [BR] index into [S, G, R]
+    tl.store(m_ptr + out, m, mask=row_ok)
+    tl.store(s_ptr + out, s, mask=row_ok)
+    tl.store(ent_ptr + out, ent, mask=row_ok)
+    tl.store(arg_ptr + out, arg, mask=row_ok)
+    tl.store(acc_ptr + out * C, acc0, mask=row_ok)
+    if C == 3:
+        tl.store(acc_ptr + out * C + 1, acc1, mask=row_ok)
+        tl.store(acc_ptr + out * C + 2, acc2, mask=row_ok)
+
+
+def _kernel():
+    """The Triton kernel, jitted on first use (so that importing this module needs no triton);
+    anew under the interpreter (triton.jit reads TRITON_INTERPRET when it decorates)."""
+    global tl
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if interpret not in _KERNELS:
+        import triton
+        import triton.language
+
+        tl = triton.language
+        _KERNELS[interpret] = triton.jit(_local_stats_kernel)
+    return _KERNELS[interpret]
+
+
+def _auto_splits(device: torch.device, programs: int, key_tiles: int) -> int:
+    """Key splits so that about PROGRAMS_PER_SM programs per SM run; at least 4 key tiles each."""
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        sms = 1  # the interpreter: one program at a time
+    want = math.ceil(PROGRAMS_PER_SM * sms / max(programs, 1))
+    return max(1, min(want, key_tiles // 4))
+
+
+def local_stats(q, keys, values, logc=None, *, splits: int | None = None,
+                block_r: int | None = None, block_k: int | None = None, block_d: int | None = None):
+    """Softmax statistics of the rows q [G, R, D+1] over the keys [G, K, D+1] (any strides),
+    fused: m, s, acc [G, R, C], ent, arg (see the module's docstring). values [G, K, C] with
+    C in {1, 3}; logc [G, K] (log counts added to the weights) or None.
+
+    splits: key ranges computed by separate programs and combined after (None: enough to fill
+    the GPU); block_*: tile sizes (None: the module's)."""
+    ng, nr, dim = q.shape
+    nk = keys.shape[1]
+    c = values.shape[2]
+    if keys.shape != (ng, nk, dim) or values.shape[:2] != (ng, nk) or c not in (1, 3) or nk < 1:
+        raise ValueError(f"local_stats: q {tuple(q.shape)}, keys {tuple(keys.shape)}, values {tuple(values.shape)}")
+    if logc is not None and logc.shape != (ng, nk):
+        raise ValueError(f"local_stats: logc {tuple(logc.shape)}, want {(ng, nk)}")
+    br, bk, bd = block_r or BLOCK_R, block_k or BLOCK_K, block_d or BLOCK_D
+    row_tiles, key_tiles = math.ceil(nr / br), math.ceil(nk / bk)
+    ns = splits or _auto_splits(q.device, row_tiles * ng, key_tiles)
+    ns = max(1, min(ns, key_tiles))
+    per_split = math.ceil(key_tiles / ns) * bk
+    ns = math.ceil(nk / per_split)  # no empty split
+    dev = q.device
+    m = torch.empty(ns, ng, nr, device=dev)
+    s = torch.empty(ns, ng, nr, device=dev)
+    acc = torch.empty(ns, ng, nr, c, device=dev)
+    ent = torch.empty(ns, ng, nr, device=dev)
+    arg = torch.empty(ns, ng, nr, dtype=torch.int64, device=dev)
+    lc = logc if logc is not None else q  # a dummy pointer when there are no counts
+    _kernel()[(row_tiles, ng, ns)](
+        q, keys, values, lc, m, s, acc, ent, arg, nr, nk, dim, per_split,
+        *q.stride(), *keys.stride(), *values.stride(),
+        *(logc.stride() if logc is not None else (0, 0)),
+        C=c, HAS_LOGC=logc is not None, PREC=PRECISION, BR=br, BK=bk, BD=bd,
+        num_warps=NUM_WARPS,
+    )
+    if ns == 1:
+        return m[0], s[0], acc[0], ent[0], arg[0]
+    # combine the key ranges, in order: on equal maxima the earlier range's key stays
+    mx = m.amax(0)  # [G, R]
+    w = torch.exp(m - mx)  # [S, G, R]
+    first = (m == mx).to(torch.int8).argmax(0)  # [G, R] first range that holds the maximum
+    return (mx, (w * s).sum(0), (w.unsqueeze(-1) * acc).sum(0), (w * (ent + s * (m - mx))).sum(0),
+            torch.gather(arg, 0, first.unsqueeze(0)).squeeze(0))
+
+
+def windowed(engine, sm, queries, q_idx, g, gi, imgs, k, label, hq, wq) -> bool:
+    """Engine._windowed through the kernel: the group's whole key table (cached when it fits,
+    else in large chunks) against its query rows in tiles; merged into sm. False (after one
+    warning, with nothing merged) if the kernel cannot run: the caller takes the torch path."""
+    from .engine import _combine, _table  # here: engine imports this module lazily too
+
+    ng, nrows, dim = queries.shape
+    n, c, h, w = imgs.shape
+    nkeys = g.pos.shape[1] * n
+    table_bytes = ng * nkeys * (dim + c) * 4
+    kc = max(BLOCK_K, engine.chunk_elems // (ng * dim) // BLOCK_K * BLOCK_K)  # keys per chunk while building
+    if table_bytes <= engine._cache.max_bytes:
+        whole = engine._cache.get(("ktable", engine.machine, k, label, hq, wq, gi),
+                                  lambda: _whole_table(imgs, g.pos, k, kc), table_bytes)
+        chunks = lambda: [whole]  # noqa: E731
+    else:  # does not fit: built chunk by chunk on every pass, each chunk as large as the cache allows
+        big = max(kc, engine._cache.max_bytes // (4 * ng * (dim + c)) // BLOCK_K * BLOCK_K)
+        chunks = lambda: _table(imgs, g.pos, k, big)  # noqa: E731
+    rt = max(1, engine.chunk_elems // (ng * dim))  # query rows per call
+    try:
+        results = []
+        for r0 in range(0, nrows, rt):
+            stats, j0 = None, 0
+            for keys, vals in chunks():  # [G, D + 1, kc] [G, C, kc]
+                part = local_stats(queries[:, r0:r0 + rt], keys.transpose(1, 2), vals.transpose(1, 2))
+                part = (*part[:4], part[4] + j0)
+                stats = part if stats is None else _combine(stats, part)
+                j0 += keys.shape[-1]
+            results.append((r0, stats))
+    except Exception as exc:  # no compiler, an unsupported GPU, a Triton bug: stay exact
+        _warn_once(f"elsviz: the Triton kernel failed ({type(exc).__name__}: {exc}); using the torch path.")
+        engine._kernel = False
+        return False
+    for r0, (m, ssum, acc, ent, j) in results:
+        pos = torch.gather(g.pos, 1, j // n)  # [G, R] training position
+        best = (j % n) * (h * w) + pos
+        sm.merge_at(q_idx[:, r0:r0 + rt].flatten(), m.flatten(), ssum.flatten(), acc.flatten(0, 1),
+                    ent.flatten(), best.flatten())
+    return True
+
+
+def _whole_table(imgs, pos, k, kc):
+    """The key table of _table in one piece: keys [G, D + 1, S*N], vals [G, C, S*N], built in
+    chunks of kc keys (no second copy at its peak)."""
+    from .engine import _table
+
+    n, c = imgs.shape[:2]
+    ng, npos = pos.shape
+    keys = torch.empty(ng, c * k * k + 1, npos * n, device=imgs.device)
+    vals = torch.empty(ng, c, npos * n, device=imgs.device)
+    j0 = 0
+    for kt, vt in _table(imgs, pos, k, kc):
+        keys[:, :, j0:j0 + kt.shape[-1]] = kt
+        vals[:, :, j0:j0 + kt.shape[-1]] = vt
+        j0 += kt.shape[-1]
+    return keys, vals

@@ -1,0 +1,319 @@
+"""The fused Triton kernel (elsviz/triton_kernel.py) on the CPU, under Triton's interpreter.
+
+TRITON_INTERPRET=1 runs a kernel's program instances one after another in numpy on CPU tensors, so
+the kernel's arithmetic (tiles, masks, the online max and rescaling, key splits, ties) is tested
+here without a GPU; its speed is not (elsviz/gpu_check.py, on a GPU). Sizes are small and tiles are
+16 wide so that every case crosses several row and key tiles in well under a second.
+
+Two levels: `local_stats` against a float64 torch statement of its contract, and the Engine with
+ELSVIZ_KERNEL=triton against tests/reference.py and the dense torch path.
+"""
+import math
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from elsviz import ElsvizError
+from tests.reference import noisy_query, random_images
+from tests.test_engine_exact import check_posterior
+from tests.test_engine_fast_paths import silhouettes
+
+
+
+def _have_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not _have_triton(), reason="triton is not installed (pip install -r requirements-dev.txt)")
+
+TILES = dict(block_r=16, block_k=16, block_d=16)
+
+
+@pytest.fixture
+def interpret():
+    """The kernel under Triton's interpreter. TRITON_INTERPRET=1 must be set before triton is
+    first imported (tests/conftest.py does so where there is no GPU), so it cannot be turned on here."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("TRITON_INTERPRET=1 is not set for this process (on a GPU machine: "
+                    "TRITON_INTERPRET=1 pytest tests/test_triton_kernel.py -k 'not cuda')")
+    from elsviz import triton_kernel
+
+    return triton_kernel
+
+
+def contract(q, keys, values, logc=None):
+    """local_stats as its docstring states it, in float64, with whole [G, R, K] logits."""
+    lg = torch.einsum("grd,gjd->grj", q.double(), keys.double())
+    m = lg.amax(-1)
+    lm = lg - m.unsqueeze(-1)
+    e = torch.exp(torch.clamp(lm + (0.0 if logc is None else logc.double().unsqueeze(1)), min=-80.0))
+    return (m, e.sum(-1), torch.einsum("grj,gjc->grc", e, values.double()), (e * lm).sum(-1),
+            lg.argmax(-1))
+
+
+def check(got, want):
+    m, s, acc, ent, arg = got
+    wm, ws, wacc, went, warg = want
+    assert arg.dtype == torch.int64 and m.dtype == s.dtype == acc.dtype == ent.dtype == torch.float32
+    assert torch.equal(arg, warg), f"argmax differs at {torch.nonzero(arg != warg)[:5].tolist()}"
+    scale = wm.abs().clamp(min=1.0)  # float32 logits: relative to their size
+    assert ((m.double() - wm).abs() <= 1e-6 * scale).all()
+    np.testing.assert_allclose(s.double(), ws, rtol=1e-5)
+    # acc, ent: relative to what they are compared with (acc / s, ent / s are what the engine uses)
+    np.testing.assert_allclose(acc.double(), wacc, rtol=1e-5, atol=1e-5 * float(ws.max()))
+    np.testing.assert_allclose(ent.double(), went, rtol=1e-5, atol=1e-5 * float(ws.max()))
+
+
+def problem(g, r, k, d, c, seed, scale=1.0, logc=False, dup=()):
+    """Random rows and keys; dup: pairs (later, earlier) of key indices made identical (exact ties)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(g, r, d, generator=gen) * scale
+    keys = torch.randn(g, k, d, generator=gen)
+    for later, earlier in dup:
+        keys[:, later] = keys[:, earlier]
+    values = torch.rand(g, k, c, generator=gen) * 2 - 1
+    lc = torch.log(torch.randint(1, 5, (g, k), generator=gen).float()) if logc else None
+    return q, keys, values, lc
+
+
+@pytest.mark.parametrize("g,r,k,d,c,logc", [
+    (1, 5, 7, 3, 1, False),  # smaller than one tile everywhere
+    (1, 37, 83, 20, 1, False),  # R, K, D not multiples of the tiles
+    (3, 20, 50, 17, 3, True),  # G > 1, colour, log counts
+    (2, 16, 64, 16, 3, False),  # exact multiples
+])
+def test_matches_the_contract(interpret, g, r, k, d, c, logc):
+    q, keys, values, lc = problem(g, r, k, d, c, seed=r + k, logc=logc)
+    check(interpret.local_stats(q, keys, values, lc, **TILES), contract(q, keys, values, lc))
+
+
+@pytest.mark.parametrize("splits", [2, 3, 7])
+def test_key_splits_combine_exactly(interpret, splits):
+    """Keys split over programs (flash-decoding) and combined after: the same statistics."""
+    q, keys, values, lc = problem(2, 20, 100, 9, 3, seed=5, logc=True, dup=[(90, 3), (60, 40)])
+    check(interpret.local_stats(q, keys, values, lc, splits=splits, **TILES), contract(q, keys, values, lc))
+
+
+@pytest.mark.parametrize("splits", [None, 4])
+def test_exact_ties_name_the_first_key(interpret, splits):
+    """Duplicate keys tie bit for bit: the first index wins, within a tile and across tiles and
+    splits, whatever the log counts (which do not enter the maximum)."""
+    q, keys, values, _ = problem(1, 24, 70, 7, 1, seed=7)
+    keys[0, [5, 12, 63]] = keys[0, 50].clone()  # key 50 has copies in tiles 0, 0 and 3 (its own: 3)
+    keys[..., -1] = (keys[..., :-1] ** 2).sum(-1)  # (K, |K|^2): l = -|Q - K|^2 / 2 + a term of Q
+    q[0, :12, :-1], q[0, :12, -1] = keys[0, 50, :-1], -0.5  # rows whose best key is 50 and its copies
+    lc = torch.zeros(1, 70)
+    lc[0, 63] = 5.0  # a heavier copy after the first: still not the argmax
+    got = interpret.local_stats(q, keys, values, lc, splits=splits, **TILES)
+    assert (got[4][0, :12] == 5).all()
+    check(got, contract(q, keys, values, lc))
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 300.0])
+def test_large_negative_logits(interpret, scale):
+    """Logits like the engine's: (c1 Q, c2) against (K, |K|^2). c1 = a/b^2 is ~1e3 near t = 0
+    (logits ~ -1e4, one key takes everything) and c2 -> 0 near t = 1 (all keys count)."""
+    for t in (0.02, 0.5, 0.98):
+        a, b = math.cos(t * math.pi / 2), math.sin(t * math.pi / 2)
+        c1, c2 = a / b**2, -a * a / (2 * b * b)
+        gen = torch.Generator().manual_seed(int(t * 100))
+        win = torch.rand(1, 45, 12, generator=gen) * scale / 100
+        keys = torch.cat([win, (win * win).sum(-1, keepdim=True)], -1)  # [1, K, D + 1]
+        qw = win[:, :9] + 0.1 * torch.randn(1, 9, 12, generator=gen) * scale / 100
+        q = torch.cat([c1 * qw, torch.full((1, 9, 1), c2)], -1)
+        values = win[..., :1]
+        check(interpret.local_stats(q, keys, values, **TILES), contract(q, keys, values))
+
+
+def test_strided_keys_like_the_table(interpret):
+    """The engine passes its key table [G, D + 1, K] transposed (not contiguous)."""
+    q, keys, values, lc = problem(2, 18, 40, 5, 3, seed=11)
+    kt, vt = keys.transpose(1, 2).contiguous(), values.transpose(1, 2).contiguous()
+    got = interpret.local_stats(q, kt.transpose(1, 2), vt.transpose(1, 2), **TILES)
+    check(got, contract(q, keys, values))
+
+
+def test_bad_shapes_are_refused(interpret):
+    q, keys, values, _ = problem(1, 4, 6, 3, 1, seed=1)
+    with pytest.raises(ValueError):
+        interpret.local_stats(q, keys[..., :2], values)
+    with pytest.raises(ValueError):
+        interpret.local_stats(q, keys, torch.zeros(1, 6, 2))
+
+
+# -- the Engine with ELSVIZ_KERNEL=triton ----------------------------------------------------------
+@pytest.fixture
+def kernel_engine(interpret, monkeypatch, make_pair):
+    """make_pair for engines with the kernel on; counts the kernel's calls."""
+    monkeypatch.setenv("ELSVIZ_KERNEL", "triton")
+    calls = {"n": 0}
+    real = interpret.local_stats
+
+    def spy(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **{**TILES, **kwargs})
+
+    monkeypatch.setattr(interpret, "local_stats", spy)
+    return make_pair, calls
+
+
+CASES = [  # machine, images, output size, k, labelled, B
+    ("els", lambda: random_images(11, 1, 7, 8, seed=1, levels=3), (7, 8), 3, False, 2),
+    ("bbels", lambda: random_images(9, 3, 6, 7, seed=2), (6, 7), 3, True, 1),
+    ("bbels", lambda: silhouettes(12, 8, 8, seed=3), (8, 8), 5, False, 1),
+    ("ls", lambda: random_images(13, 1, 5, 6, seed=4, levels=2), (5, 6), 1, False, 2),  # G = 30
+]
+
+
+@pytest.mark.parametrize("t", [0.05, 0.6])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_engine_with_the_kernel_matches_the_reference(kernel_engine, case, t):
+    make_pair, calls = kernel_engine
+    machine, make_images, out, k, labelled, bsz = CASES[case]
+    images = make_images()
+    labels = (np.arange(len(images)) % 3) if labelled else None
+    label = 1 if labelled else None
+    engine, ref = make_pair(machine, images, labels)
+    assert engine._kernel
+    x = noisy_query(bsz, images.shape[1], *out, t, seed=case + 20)
+    post = engine.denoise(torch.from_numpy(x), t, k, label=label)
+    assert calls["n"] > 0, "the kernel did not run"
+    check_posterior(post, ref.denoise(machine, x, t, k, label=label), ref, machine, x, t, k, label)
+
+
+def test_engine_with_the_kernel_agrees_with_the_dense_path(kernel_engine, monkeypatch):
+    """Same heaviest key (where no other window ties with it) and tie count as the torch path."""
+    make_pair, calls = kernel_engine
+    images = silhouettes(16, 9, 9, seed=5)
+    x = torch.from_numpy(noisy_query(2, 1, 9, 9, 0.2, seed=6))
+    fused, _ = make_pair("els", images)
+    got = fused.denoise(x, 0.2, 3)
+    assert calls["n"] > 0
+    monkeypatch.setenv("ELSVIZ_KERNEL", "torch")
+    dense, _ = make_pair("els", images)
+    assert not dense._kernel
+    want = dense.denoise(x, 0.2, 3)
+    torch.testing.assert_close(got.mean, want.mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.entropy, want.entropy, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.source_weight, want.source_weight, atol=1e-6, rtol=1e-4)
+    assert torch.equal(got.source_count, want.source_count)
+    unique = want.source_count == 1
+    assert unique.any()
+    assert torch.equal(got.source_index[unique], want.source_index[unique])
+    assert torch.equal(got.source_pos[unique], want.source_pos[unique])
+
+
+def test_a_table_too_big_for_the_cache_goes_in_chunks(kernel_engine):
+    """No cached table: the keys come in chunks, each through the kernel, merged in order."""
+    make_pair, calls = kernel_engine
+    images = random_images(10, 1, 6, 6, seed=8, levels=3)
+    engine, ref = make_pair("els", images, cache_bytes=2000, chunk_elems=256)
+    x = noisy_query(1, 1, 6, 6, 0.3, seed=9)
+    post = engine.denoise(torch.from_numpy(x), 0.3, 3)
+    assert calls["n"] > 1
+    check_posterior(post, ref.denoise("els", x, 0.3, 3), ref, "els", x, 0.3, 3)
+
+
+def test_a_failing_kernel_falls_back_to_torch_with_one_warning(kernel_engine, monkeypatch):
+    make_pair, _ = kernel_engine
+    from elsviz import triton_kernel
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(triton_kernel, "local_stats", broken)
+    monkeypatch.setattr(triton_kernel, "_WARNED", set())
+    images = random_images(8, 1, 6, 6, seed=10)
+    engine, ref = make_pair("els", images)
+    x = noisy_query(1, 1, 6, 6, 0.5, seed=11)
+    with pytest.warns(UserWarning, match="Triton kernel failed"):
+        post = engine.denoise(torch.from_numpy(x), 0.5, 3)
+    assert not engine._kernel
+    check_posterior(post, ref.denoise("els", x, 0.5, 3), ref, "els", x, 0.5, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine.denoise(torch.from_numpy(x), 0.5, 3)  # no second warning
+
+
+def test_kernel_switch(monkeypatch):
+    from elsviz import triton_kernel
+
+    monkeypatch.setattr(triton_kernel, "_WARNED", set())
+    monkeypatch.delenv("ELSVIZ_KERNEL", raising=False)
+    assert not triton_kernel.wanted(torch.device("cpu"))
+    monkeypatch.setenv("ELSVIZ_KERNEL", "cuda-please")
+    with pytest.raises(ElsvizError, match="ELSVIZ_KERNEL"):
+        triton_kernel.wanted(torch.device("cpu"))
+    monkeypatch.setenv("ELSVIZ_KERNEL", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.warns(UserWarning, match="CUDA devices only"):
+        assert not triton_kernel.wanted(torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert triton_kernel.wanted(torch.device("cpu"))
+
+
+# -- on a GPU: the compiled kernel (not the interpreter), production tiles -------------------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by python -m elsviz.gpu_check)")
+
+
+@pytest.fixture
+def compiled():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("TRITON_INTERPRET=1: the interpreter and the compiler cannot share a process")
+    from elsviz import triton_kernel
+
+    return triton_kernel
+
+
+@needs_cuda
+@pytest.mark.parametrize("splits", [None, 1, 5])
+@pytest.mark.parametrize("g,r,k,d,c,logc", [(1, 300, 5000, 50, 1, False), (3, 77, 2001, 76, 3, True), (2, 5, 9, 2, 1, False)])
+def test_cuda_kernel_matches_the_contract(compiled, splits, g, r, k, d, c, logc):
+    q, keys, values, lc = problem(g, r, k, d, c, seed=k, logc=logc, dup=[(k - 1, 0), (k // 2, 1)])
+    cuda = [None if v is None else v.cuda() for v in (q, keys, values, lc)]
+    got = compiled.local_stats(*cuda, splits=splits)
+    check([v.cpu() for v in got], contract(q, keys, values, lc))
+
+
+@needs_cuda
+def test_cuda_kernel_ties_and_large_logits(compiled):
+    q, keys, values, _ = problem(1, 200, 3000, 49, 1, seed=3)
+    keys[0, [7, 1500, 2999]] = keys[0, 2000].clone()
+    keys[..., -1] = (keys[..., :-1] ** 2).sum(-1)
+    q[0, :, :-1] = keys[0, 2000, :-1] + 0.01 * torch.randn(200, 48)
+    q[0, :, -1] = -0.5
+    q *= 1e3  # logits ~ -1e6 .. 0: one key takes everything
+    got = [v.cpu() for v in compiled.local_stats(q.cuda(), keys.cuda(), values.cuda())]
+    assert (got[4] == 7).all()
+    check(got, contract(q, keys, values))
+
+
+@needs_cuda
+@pytest.mark.parametrize("t", [0.05, 0.6])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_cuda_engine_with_the_kernel_matches_the_reference(compiled, monkeypatch, make_pair, case, t):
+    from types import SimpleNamespace
+
+    from tests.test_engine_exact import FIELDS
+
+    monkeypatch.setenv("ELSVIZ_KERNEL", "triton")
+    calls = {"n": 0}
+    real = compiled.local_stats
+    monkeypatch.setattr(compiled, "local_stats", lambda *a, **kw: (calls.__setitem__("n", calls["n"] + 1), real(*a, **kw))[1])
+    machine, make_images, out, k, labelled, bsz = CASES[case]
+    images = make_images()
+    labels = (np.arange(len(images)) % 3) if labelled else None
+    label = 1 if labelled else None
+    engine, ref = make_pair(machine, images, labels, device="cuda")
+    x = noisy_query(bsz, images.shape[1], *out, t, seed=case + 20)
+    post = engine.denoise(torch.from_numpy(x).cuda(), t, k, label=label)
+    assert calls["n"] > 0 and engine._kernel, "the kernel did not run (or failed and fell back)"
+    post = SimpleNamespace(**{f: getattr(post, f).cpu() for f in FIELDS})
+    check_posterior(post, ref.denoise(machine, x, t, k, label=label), ref, machine, x, t, k, label)
