@@ -38,6 +38,8 @@ BLOCK_R, BLOCK_K, BLOCK_D, NUM_WARPS = 64, 64, 32, 4
 # tl.dot on float32: "ieee" (exact float32 FMAs) or "tf32x3" (tensor cores, 3 passes, ~float32).
 # Plain tf32 (10-bit mantissa) is not enough: logits reach ~1e4 at small t.
 PRECISION = "ieee"
+# Programs along the group axis of one launch (CUDA's limit for grid dimensions 2 and 3)
+_MAX_GRID = 65535
 # Split the keys across programs (flash-decoding) until about this many programs per SM run.
 PROGRAMS_PER_SM = 4
 
@@ -87,7 +89,7 @@ def _local_stats_kernel(
     R, K, D, keys_per_split,
     sqg, sqr, sqd, skg, skj, skd, svg, svj, svc, slg, slj,
     C: tl.constexpr, HAS_LOGC: tl.constexpr, PREC: tl.constexpr,
-    BR: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
+    BR: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, ONE_D: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
@@ -110,17 +112,24 @@ def _local_stats_kernel(
     acc1 = tl.zeros([BR], tl.float32)
     acc2 = tl.zeros([BR], tl.float32)
     arg = tl.zeros([BR], tl.int64)
+    if ONE_D:
+        q_one = tl.load(q_base + dd[None, :] * sqd, mask=row_ok[:, None] & (dd < D)[None, :], other=0.0)  # [BR, BD]
     for j0 in range(j_start, j_end, BK):
         jj = j0 + tl.arange(0, BK)  # [BK]
         key_ok = jj < j_end
         jj64 = jj.to(tl.int64)
-        logits = tl.zeros([BR, BK], tl.float32)
-        for d0 in range(0, D, BD):
-            d_ok = (d0 + dd) < D
-            qt = tl.load(q_base + (d0 + dd)[None, :] * sqd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            kt = tl.load(k_base + (d0 + dd)[:, None] * skd + jj64[None, :] * skj,
-                         mask=d_ok[:, None] & key_ok[None, :], other=0.0)  # [BD, BK]
-            logits = tl.dot(qt, kt, logits, input_precision=PREC)
+        if ONE_D:  # the rows stay in registers
+            kt = tl.load(k_base + dd[:, None] * skd + jj64[None, :] * skj,
+                         mask=(dd < D)[:, None] & key_ok[None, :], other=0.0)  # [BD, BK]
+            logits = tl.dot(q_one, kt, input_precision=PREC)
+        else:
+            logits = tl.zeros([BR, BK], tl.float32)
+            for d0 in range(0, D, BD):
+                d_ok = (d0 + dd) < D
+                qt = tl.load(q_base + (d0 + dd)[None, :] * sqd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+                kt = tl.load(k_base + (d0 + dd)[:, None] * skd + jj64[None, :] * skj,
+                             mask=d_ok[:, None] & key_ok[None, :], other=0.0)  # [BD, BK]
+                logits = tl.dot(qt, kt, logits, input_precision=PREC)
         logits = tl.where(key_ok[None, :], logits, float("-inf"))
         tmax = tl.max(logits, 1)  # [BR]
         # the first key of the tile that holds the tile's maximum
@@ -170,6 +179,11 @@ def _kernel():
     return _KERNELS[interpret]
 
 
+def _next_pow2(v: int) -> int:
+    """The smallest power of 2 >= v (as triton.next_power_of_2)."""
+    return 1 << max(0, v - 1).bit_length()
+
+
 def _auto_splits(device: torch.device, programs: int, key_tiles: int) -> int:
     """Key splits so that about PROGRAMS_PER_SM programs per SM run; at least 4 key tiles each."""
     if device.type == "cuda":
@@ -192,10 +206,20 @@ def local_stats(q, keys, values, logc=None, *, splits: int | None = None,
     nk = keys.shape[1]
     c = values.shape[2]
     if keys.shape != (ng, nk, dim) or values.shape[:2] != (ng, nk) or c not in (1, 3) or nk < 1:
-        raise ValueError(f"local_stats: q {tuple(q.shape)}, keys {tuple(keys.shape)}, values {tuple(values.shape)}")
+        raise ElsvizError(f"local_stats needs q [G, R, D+1], keys [G, K, D+1] (K >= 1) and values [G, K, C] with "
+                          f"C = 1 or 3; got q {tuple(q.shape)}, keys {tuple(keys.shape)}, values {tuple(values.shape)}.")
     if logc is not None and logc.shape != (ng, nk):
-        raise ValueError(f"local_stats: logc {tuple(logc.shape)}, want {(ng, nk)}")
-    br, bk, bd = block_r or BLOCK_R, block_k or BLOCK_K, block_d or BLOCK_D
+        raise ElsvizError(f"local_stats needs logc [G, K] = {[ng, nk]} (or None), got {list(logc.shape)}.")
+    if ng > _MAX_GRID:  # CUDA grids allow 65,535 programs along the group axis: in pieces
+        cut = lambda v, g0: None if v is None else v[g0:g0 + _MAX_GRID]  # noqa: E731
+        parts = [local_stats(cut(q, g0), cut(keys, g0), cut(values, g0), cut(logc, g0), splits=splits,
+                             block_r=block_r, block_k=block_k, block_d=block_d) for g0 in range(0, ng, _MAX_GRID)]
+        return tuple(torch.cat(p, 0) for p in zip(*parts))
+    # tiles no larger than the problem (tl.dot needs 16 at least): few rows (bbELS's border
+    # classes) or a short window (k = 3) waste less
+    br = block_r or min(BLOCK_R, max(16, _next_pow2(nr)))
+    bk = block_k or BLOCK_K
+    bd = block_d or min(BLOCK_D, max(16, _next_pow2(dim)))
     row_tiles, key_tiles = math.ceil(nr / br), math.ceil(nk / bk)
     ns = splits or _auto_splits(q.device, row_tiles * ng, key_tiles)
     ns = max(1, min(ns, key_tiles))
@@ -212,7 +236,7 @@ def local_stats(q, keys, values, logc=None, *, splits: int | None = None,
         q, keys, values, lc, m, s, acc, ent, arg, nr, nk, dim, per_split,
         *q.stride(), *keys.stride(), *values.stride(),
         *(logc.stride() if logc is not None else (0, 0)),
-        C=c, HAS_LOGC=logc is not None, PREC=PRECISION, BR=br, BK=bk, BD=bd,
+        C=c, HAS_LOGC=logc is not None, PREC=PRECISION, BR=br, BK=bk, BD=bd, ONE_D=dim <= bd,
         num_warps=NUM_WARPS,
     )
     if ns == 1:

@@ -132,6 +132,19 @@ def test_large_negative_logits(interpret, scale):
         check(interpret.local_stats(q, keys, values, **TILES), contract(q, keys, values))
 
 
+@pytest.mark.parametrize("g,r,k,d", [(1, 9, 30, 5), (2, 70, 150, 40)])
+def test_default_tiles(interpret, g, r, k, d):
+    """The tiles local_stats picks itself (sized to R and D, 16 at least; 64 keys)."""
+    q, keys, values, lc = problem(g, r, k, d, 1, seed=d, logc=True)
+    check(interpret.local_stats(q, keys, values, lc), contract(q, keys, values, lc))
+
+
+def test_many_groups_go_in_launches_of_at_most_the_grid_limit(interpret, monkeypatch):
+    monkeypatch.setattr(interpret, "_MAX_GRID", 2)
+    q, keys, values, lc = problem(5, 7, 20, 4, 3, seed=2, logc=True)
+    check(interpret.local_stats(q, keys, values, lc, **TILES), contract(q, keys, values, lc))
+
+
 def test_strided_keys_like_the_table(interpret):
     """The engine passes its key table [G, D + 1, K] transposed (not contiguous)."""
     q, keys, values, lc = problem(2, 18, 40, 5, 3, seed=11)
@@ -142,10 +155,12 @@ def test_strided_keys_like_the_table(interpret):
 
 def test_bad_shapes_are_refused(interpret):
     q, keys, values, _ = problem(1, 4, 6, 3, 1, seed=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ElsvizError, match="keys"):
         interpret.local_stats(q, keys[..., :2], values)
-    with pytest.raises(ValueError):
+    with pytest.raises(ElsvizError, match="C = 1 or 3"):
         interpret.local_stats(q, keys, torch.zeros(1, 6, 2))
+    with pytest.raises(ElsvizError, match="logc"):
+        interpret.local_stats(q, keys, values, torch.zeros(1, 5))
 
 
 # -- the Engine with ELSVIZ_KERNEL=triton ----------------------------------------------------------
