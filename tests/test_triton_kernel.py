@@ -163,6 +163,60 @@ def test_bad_shapes_are_refused(interpret):
         interpret.local_stats(q, keys, values, torch.zeros(1, 5))
 
 
+# -- compiled for an H100 ahead of time (no GPU needed) ------------------------------------------
+# Run in a fresh process: Triton cannot generate code in a process whose triton was imported under
+# TRITON_INTERPRET=1 (this one, where there is no GPU).
+AOT = """
+import json, subprocess, sys, tempfile
+from pathlib import Path
+import triton, triton.language
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction
+from elsviz import triton_kernel as tk
+
+tk.tl = triton.language  # what tk._kernel() binds
+fn = JITFunction(tk._local_stats_kernel)
+out = []
+for c, has_logc, one_d in json.loads(sys.argv[1]):
+    consts = dict(C=c, HAS_LOGC=has_logc, PREC=tk.PRECISION, BR=tk.BLOCK_R, BK=tk.BLOCK_K, BD=tk.BLOCK_D, ONE_D=one_d)
+    sig = {n: "constexpr" if n in consts else ("*i64" if n == "arg_ptr" else "*fp32") if n.endswith("_ptr") else "i32"
+           for n in fn.arg_names}
+    kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": tk.NUM_WARPS, "enable_fp_fusion": True})
+    cubin = Path(tempfile.mkdtemp()) / "kernel.cubin"
+    cubin.write_bytes(kernel.asm["cubin"])
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    usage = subprocess.run([str(tool), "-res-usage", str(cubin)], capture_output=True, text=True, check=True).stdout
+    fields = dict(f.split(":") for f in next(line for line in usage.splitlines() if "REG:" in line).split())
+    out.append({"bytes": len(kernel.asm["cubin"]), "regs": int(fields["REG"]), "stack": int(fields["STACK"])})
+print(json.dumps(out))
+"""
+VARIANTS = [(1, False, False), (1, False, True), (3, True, False)]  # C, HAS_LOGC, ONE_D
+
+
+def test_compiles_for_an_h100_without_spilling_registers():
+    """Triton compiles for a GPU without one: the kernel must build for sm_90 (H100) with the
+    module's tiles, everything in registers (a spill to local memory would cost more than the
+    fusion saves)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
+        pytest.skip("this triton wheel has no NVIDIA tools")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", AOT, json.dumps(VARIANTS)], capture_output=True, text=True, env=env, cwd=root)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for variant, res in zip(VARIANTS, json.loads(run.stdout.strip().splitlines()[-1])):
+        assert res["bytes"] > 0 and res["regs"] <= 255
+        assert res["stack"] == 0, f"C, logc, one piece = {variant}: {res['regs']} registers, {res['stack']} bytes spilled"
+
+
 # -- the Engine with ELSVIZ_KERNEL=triton ----------------------------------------------------------
 @pytest.fixture
 def kernel_engine(interpret, monkeypatch, make_pair):
