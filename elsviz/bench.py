@@ -43,6 +43,8 @@ def _child(ns) -> None:
 
     import elsviz
 
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
     packages = {"new": elsviz}
     if ns.against:
         packages["baseline"] = _load_tree(Path(ns.against))
@@ -196,6 +198,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--compile", choices=["on", "off"], default="off",
                    help="torch.compile the per-chunk softmax statistics (Engine(compile=True))")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads in each timed process (default: torch's choice); 1 gives steadier ratios on a busy machine")
+    p.add_argument("--kernel", choices=["auto", "torch", "triton"], default="auto",
+                   help="ELSVIZ_KERNEL for this engine: auto (the compiled CPU kernel where it builds), torch, triton")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--against", default=None, help=argparse.SUPPRESS)
     p.add_argument("--set", default="digits", help=argparse.SUPPRESS)
@@ -205,8 +211,11 @@ def main(argv=None) -> int:
     if ns.child:
         _child(ns)
         return 0
+    os.environ["ELSVIZ_KERNEL"] = ns.kernel  # the children inherit it
+    threads = [] if ns.threads is None else ["--threads", str(ns.threads)]
 
-    print(f"machine: {machine_info()}")
+    print(f"machine: {machine_info()}" + (f"; timed with {ns.threads} thread(s)" if ns.threads else "")
+          + f"; ELSVIZ_KERNEL={ns.kernel}")
     print(f"{ns.runs} timed runs after one warm-up each, fresh process per row; times are per 20-step trajectory"
           + (f"; the baseline {ns.baseline} runs in the same process, trajectories alternated" if ns.baseline else "") + "\n")
     rows = []
@@ -216,7 +225,7 @@ def main(argv=None) -> int:
             [(s, ["--set", s]) for s in ns.sets.split(",")]
         for label, extra in workloads:
             for machine in ns.machines.split(","):
-                args = ["--machine", machine, "--device", ns.device, "--runs", str(ns.runs), "--compile", ns.compile, *extra]
+                args = ["--machine", machine, "--device", ns.device, "--runs", str(ns.runs), "--compile", ns.compile, *threads, *extra]
                 res = _run_child(args + against)
                 row = {"workload": label, "machine": machine, "device": res["device"], "median_s": statistics.median(res["times"]),
                        "cold_s": res["cold"], "peak_rss": res["peak_rss"], "gpu_peak": res["gpu_peak"]}
@@ -251,8 +260,9 @@ def _print_row(r: dict, header: bool, baseline: str | None) -> None:
 
 def _study(ns) -> dict:
     """hands at k = 7: 64 seeds in one batched call against single-image calls (seeds per second)."""
-    batched = _run_child(["--set", "hands", "--machine", "bbels", "--device", ns.device, "--runs", "1", "--batch", "64"])
-    single = _run_child(["--set", "hands", "--machine", "bbels", "--device", ns.device, "--runs", str(ns.study_singles)])
+    threads = [] if ns.threads is None else ["--threads", str(ns.threads)]
+    batched = _run_child(["--set", "hands", "--machine", "bbels", "--device", ns.device, "--runs", "1", "--batch", "64", *threads])
+    single = _run_child(["--set", "hands", "--machine", "bbels", "--device", ns.device, "--runs", str(ns.study_singles), *threads])
     per_seed_batched = batched["times"][0] / 64
     per_seed_single = statistics.median(single["times"])
     print(f"\nstudy, hands bbELS k=7: 64 seeds batched {batched['times'][0]:.1f}s ({64 / batched['times'][0]:.2f} seeds/s, "

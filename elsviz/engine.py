@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import cpu_kernel
 from .errors import ElsvizError
 from .imageset import ImageSet
 from .keyset import MICRO, PRUNE_GAP, KeySet, distinct_keys, key_windows
@@ -487,6 +488,9 @@ class Engine:
         # the fused Triton kernel for key tables (elsviz/triton_kernel.py): opt-in, ELSVIZ_KERNEL=triton
         from .triton_kernel import wanted
         self._kernel = wanted(self.device)
+        # the compiled pass over chunks of logits on the CPU (elsviz/cpu_kernel.py): on unless
+        # ELSVIZ_KERNEL=torch or no C++ compiler is found
+        self._cpu_kernel = self.device.type == "cpu" and cpu_kernel.enabled()
 
     def clear_cache(self) -> None:
         """Forget the cached key tables, tie counts and plans (they are rebuilt when needed)."""
@@ -548,11 +552,17 @@ class Engine:
         return idx.to(self.device)
 
     # -- the machine -----------------------------------------------------------------------------
-    def _rows(self, logits, vals, eager_values):
-        """Per-row softmax statistics of a chunk (see _Softmax.rows): fused when compiling.
+    def _rows(self, logits, vals, eager_values, grouped=None):
+        """Per-row softmax statistics of a chunk (see _Softmax.rows): by the compiled CPU kernel
+        where it serves (grouped [G, C, n]: the values of each group of rows, see cpu_kernel.rows),
+        fused when compiling, else torch's passes.
 
         vals [C, ...broadcastable to logits] for the fused path; eager_values(e) for the eager one.
         """
+        if grouped is not None and self._cpu_kernel and cpu_kernel.usable(flat := logits.view(-1, logits.shape[-1]), grouped):
+            m, s, acc, ent, arg = cpu_kernel.rows(flat, grouped)
+            lead = logits.shape[:-1]
+            return m.view(lead), s.view(lead), acc.view(*lead, -1), ent.view(lead), arg.view(lead)
         if self.compile:
             try:
                 return _compiled_rows()(logits, vals)
@@ -724,8 +734,12 @@ class Engine:
                       for f, s_, e in zip(firsts, edges[:-1], edges[1:]) for i in range(0, e - s_, per_chunk)]
         else:  # scattered: gathered chunk by chunk
             pieces = (ks.rows(blocks[i:i + per_chunk]) for i in range(0, nblk, per_chunk))
-        for keys, vals, rep, logc in pieces:
+        for keys, vals, rep, logc, centres in pieces:
             logits = torch.mm(qa, keys.T)  # [T, n]
+            if self._cpu_kernel and cpu_kernel.usable(logits, grouped := centres.unsqueeze(0)):
+                m, ssum, acc, ent, arg = cpu_kernel.rows(logits, grouped, logc if ks.duplicates else None)
+                sm.merge_at(r, m, ssum, acc, ent, rep[arg])
+                continue
             nt, n = logits.shape
             micro = logits.view(nt, n // MICRO, MICRO)  # runs of MICRO keys
             mmax = micro.amax(-1)  # [T, n / MICRO]
@@ -792,7 +806,8 @@ class Engine:
             j0 = 0
             for keys, vals in chunks():  # [G, D + 1, kc] [G, C, kc]
                 logits = torch.mm(qt[0], keys[0]).unsqueeze(0) if ng == 1 else torch.bmm(qt, keys)  # [G, R, kc]
-                m, ssum, acc, ent, arg = self._rows(logits, vals.transpose(0, 1).unsqueeze(2), lambda e: _weighted(e, vals))
+                m, ssum, acc, ent, arg = self._rows(logits, vals.transpose(0, 1).unsqueeze(2), lambda e: _weighted(e, vals),
+                                                    vals)
                 j = arg + j0  # [G, R] key index in the table
                 pos = torch.gather(g.pos, 1, j // n)  # [G, R] training position
                 best = (j % n) * (h * w) + pos
@@ -845,9 +860,11 @@ class Engine:
                 xc = flat[n0:n0 + step]  # [n, CHW]
                 sq = sq_all[n0:n0 + step][:, pos[mi]].T  # [R, n]
                 logits = torch.addmm(sq, emb, xc.T, beta=c2, alpha=c1)  # [R, n]
-                vals = imgs[n0:n0 + step].flatten(2)[:, :, pos[mi]].permute(1, 2, 0)  # [C, R, n] key centres
-                m, ssum, acc, ent, arg = self._rows(logits, vals,
-                                                    lambda e: torch.stack([torch.linalg.vecdot(e, v) for v in vals], -1))
+                vals = imgs[n0:n0 + step].flatten(2)[:, :, pos[mi]].permute(2, 1, 0).contiguous()  # [R, C, n] key centres
+                per_c = vals.transpose(0, 1)  # [C, R, n]
+                m, ssum, acc, ent, arg = self._rows(logits, per_c,
+                                                    lambda e: torch.stack([torch.linalg.vecdot(e, v) for v in per_c], -1),
+                                                    vals)
                 best = (arg + n0) * (h * w) + pos[mi]  # [R]
                 sm.merge(q_idx, m, ssum, acc, ent, best)
 

@@ -68,6 +68,7 @@ class KeySet:
     values: torch.Tensor  # [J*L, C + 2]
     rep: torch.Tensor  # [J*L] int64
     logc: torch.Tensor  # [J*L] log count (a copy of values[:, -1], contiguous)
+    centres: torch.Tensor  # [C, J*L] the key centres (values[:, 1:-1] transposed, for the CPU kernel)
     basis: torch.Tensor  # [r, D] orthonormal rows
     lo: torch.Tensor  # [J, r]
     hi: torch.Tensor  # [J, r]
@@ -82,19 +83,22 @@ class KeySet:
         return self.lo.shape[0]
 
     def rows(self, blocks: torch.Tensor):
-        """table, values, rep and logc rows of the given blocks [b], gathered block by block."""
+        """table, values, rep, logc and centres ([C, b*L]) of the given blocks [b], gathered block by block."""
         j = self.blocks
-        return tuple(v.view(j, -1).index_select(0, blocks).view(-1, *v.shape[1:])
+        rows = tuple(v.view(j, -1).index_select(0, blocks).view(-1, *v.shape[1:])
                      for v in (self.table, self.values, self.rep, self.logc))
+        c = self.centres.shape[0]
+        return *rows, self.centres.view(c, j, -1).index_select(1, blocks).view(c, -1)
 
     def span(self, b0: int, b1: int):
-        """table, values, rep and logc rows of blocks b0 .. b1 - 1 (views, no copy)."""
-        return tuple(v[b0 * self.block:b1 * self.block] for v in (self.table, self.values, self.rep, self.logc))
+        """table, values, rep, logc and centres ([C, n]) of blocks b0 .. b1 - 1 (views, no copy)."""
+        lo, hi = b0 * self.block, b1 * self.block
+        return *(v[lo:hi] for v in (self.table, self.values, self.rep, self.logc)), self.centres[:, lo:hi]
 
     @staticmethod
     def bytes_needed(keys: int, dim: int, c: int) -> int:
         """Memory of a KeySet of `keys` distinct keys of dimension dim (C channels)."""
-        return (keys + BLOCK) * (dim + 1 + c + 2 + 2) * 4
+        return (keys + BLOCK) * (dim + 1 + 2 * c + 2 + 2) * 4
 
     @classmethod
     def build(cls, imgs: torch.Tensor, rep: torch.Tensor, count: torch.Tensor, k: int) -> "KeySet":
@@ -134,7 +138,8 @@ class KeySet:
         fill = torch.cat([torch.arange(kd, device=imgs.device), last])
         pb, rb = proj[fill].view(j, BLOCK, r), resid[fill].view(j, BLOCK)
         return cls(
-            table=table, values=values, rep=rep_rows, logc=values[:, -1].contiguous(), basis=basis,
+            table=table, values=values, rep=rep_rows, logc=values[:, -1].contiguous(),
+            centres=values[:, 1:1 + c].T.contiguous(), basis=basis,
             lo=pb.amin(1), hi=pb.amax(1), rlo=rb.amin(1), rhi=rb.amax(1),
             logc_max=logc[fill].view(j, BLOCK).amax(1), block=BLOCK, duplicates=bool((count > 1).any()),
         )

@@ -14,12 +14,18 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-@pytest.fixture
-def make_pair():
+@pytest.fixture(params=["kernel", "torch"])
+def make_pair(request, monkeypatch):
     """make_pair(machine, images, labels=None, **engine_kwargs) -> (Engine, Reference) on the same set.
 
     images: float32 numpy [N, C, H, W] in [-1, 1]; labels: int array [N] or None.
+    Every test that uses it runs twice: with the compiled CPU kernel (elsviz/cpu_kernel.py) and
+    with the torch path (ELSVIZ_KERNEL=torch), so that both answer as the reference does.
     """
+    if request.param == "torch":
+        monkeypatch.setenv("ELSVIZ_KERNEL", "torch")
+    else:
+        monkeypatch.delenv("ELSVIZ_KERNEL", raising=False)
 
     def make(machine, images, labels=None, **kwargs):
         from elsviz import Engine, ImageSet

@@ -1,0 +1,126 @@
+// The CPU kernel of elsviz (elsviz/cpu_kernel.py compiles it on first use; docs/ENGINE.md,
+// "A compiled pass over each chunk of logits").
+//
+// rows_stats: for each row r of a chunk of logits L [R, n] (row stride ldl), in one call:
+//   m = max_j l_j;  arg = the first j with l_j == m;
+//   x_j = l_j - m + logc_j (logc_j = log of the key's count; 0 without logc);
+//   e_j = exp(x_j) where x_j >= -80, else 0 (exp(-80) ~ 2e-35: nothing next to the max's 1);
+//   s = sum_j e_j;  acc[c] = sum_j e_j v[c][j];  ent = sum_j e_j (l_j - m)
+// where v[c][j] = V[(r / rpg) * vgs + c * vcs + j]: the rows come in groups of rpg that share one
+// value table (a class of query pixels), or rpg = 1 and every row has its own.
+// Two passes over a row (its max; then everything else), sixteen keys at a time with GCC's vector
+// extensions, and an exp of our own so that the whole loop stays in vector registers. Sixteen keys
+// that all weigh nothing cost a comparison.
+#include <stdint.h>
+#include <string.h>
+#include <float.h>
+
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+static const int W = 16;
+
+static inline vf load(const float* p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline vf splat(float x) { return vf{} + x; }
+static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+// exp(x) for x in [-80, 0]: x = n ln 2 + f with |f| <= ln(2) / 2 (Cody-Waite: ln 2 in two parts,
+// so f is exact), exp(f) by its Taylor polynomial of degree 7 (error < 2e-9), times 2^n.
+static inline vf vexp(vf x)
+{
+    vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
+    vf f = x - n * 0.693359375f;
+    f = f + n * 2.12194440e-4f;  // ln 2 = 0.693359375 - 2.12194440e-4
+    vf p = splat(1.98412698e-4f);  // 1/7!
+    p = p * f + 1.38888889e-3f;
+    p = p * f + 8.33333333e-3f;
+    p = p * f + 4.16666667e-2f;
+    p = p * f + 1.66666667e-1f;
+    p = p * f + 0.5f;
+    p = p * f + 1.0f;
+    p = p * f + 1.0f;
+    vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+    return p * (vf)bits;
+}
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline bool any_ge(vf x, float t) { return _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(t), _CMP_GE_OQ) != 0; }
+#else
+static inline bool any_ge(vf x, float t)
+{
+    vi ge = (vi)(x >= t);
+    int32_t any = 0;
+    for (int q = 0; q < W; q++) any |= ge[q];
+    return any != 0;
+}
+#endif
+
+static inline float hmax(vf v) { float m = v[0]; for (int q = 1; q < W; q++) m = v[q] > m ? v[q] : m; return m; }
+static inline float hsum(vf v) { float s = 0; for (int q = 0; q < W; q++) s += v[q]; return s; }
+
+// exp(max(x, -80)) of x [n], n a multiple of 16 (for the tests)
+extern "C" void exp_clamped(const float* x, float* y, int64_t n)
+{
+    for (int64_t j = 0; j + W <= n; j += W) {
+        vf e = vexp(vmax(load(x + j), splat(-80.f)));
+        memcpy(y + j, &e, sizeof e);
+    }
+}
+
+template <int C, bool LOGC>
+static void rows_t(int64_t R, int64_t n, const float* L, int64_t ldl, const float* V, int64_t rpg, int64_t vgs,
+                   int64_t vcs, const float* logc, float* m_out, float* s_out, float* acc_out, float* ent_out,
+                   int64_t* arg_out)
+{
+    const int64_t nv = n / W * W;
+    for (int64_t r = 0; r < R; r++) {
+        const float* l = L + r * ldl;
+        const float* v = V + (r / rpg) * vgs;
+        vf m16 = splat(-FLT_MAX);
+        for (int64_t j = 0; j < nv; j += W) m16 = vmax(m16, load(l + j));
+        float mx = hmax(m16);
+        for (int64_t j = nv; j < n; j++) mx = l[j] > mx ? l[j] : mx;
+        int64_t arg = 0;
+        while (l[arg] != mx) arg++;
+        vf s16 = {}, e16 = {}, a16[C];
+        for (int c = 0; c < C; c++) a16[c] = vf{};
+        const vf vm = splat(mx), lo = splat(-80.f);
+        for (int64_t j = 0; j < nv; j += W) {
+            vf d = load(l + j) - vm;
+            vf x = LOGC ? d + load(logc + j) : d;
+            if (!any_ge(x, -80.f)) continue;  // sixteen keys that weigh nothing (small t: most of them)
+            vf e = vexp(vmax(x, lo));
+            e = x >= lo ? e : vf{};
+            s16 += e;
+            e16 += e * vmax(d, lo);  // (a padding key's d ~ -1e30 must not meet a nonzero e)
+            for (int c = 0; c < C; c++) a16[c] += e * load(v + c * vcs + j);
+        }
+        float s = hsum(s16), ent = hsum(e16), acc[C];
+        for (int c = 0; c < C; c++) acc[c] = hsum(a16[c]);
+        for (int64_t j = nv; j < n; j++) {  // the tail, one key at a time
+            float d = l[j] - mx, x = LOGC ? d + logc[j] : d;
+            if (x < -80.f) continue;
+            vf e = vexp(splat(x));
+            s += e[0];
+            ent += e[0] * (d < -80.f ? -80.f : d);
+            for (int c = 0; c < C; c++) acc[c] += e[0] * v[c * vcs + j];
+        }
+        m_out[r] = mx; s_out[r] = s; ent_out[r] = ent; arg_out[r] = arg;
+        for (int c = 0; c < C; c++) acc_out[r * C + c] = acc[c];
+    }
+}
+
+typedef void (*rows_fn)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, int64_t,
+                        const float*, float*, float*, float*, float*, int64_t*);
+
+extern "C" int rows_stats(int64_t R, int64_t n, const float* L, int64_t ldl, const float* V, int64_t C,
+                          int64_t rpg, int64_t vgs, int64_t vcs, const float* logc, float* m_out, float* s_out,
+                          float* acc_out, float* ent_out, int64_t* arg_out)
+{
+    rows_fn f;
+    if (C == 1) f = logc ? rows_t<1, true> : rows_t<1, false>;
+    else if (C == 3) f = logc ? rows_t<3, true> : rows_t<3, false>;
+    else return 1;
+    f(R, n, L, ldl, V, rpg, vgs, vcs, logc, m_out, s_out, acc_out, ent_out, arg_out);
+    return 0;
+}

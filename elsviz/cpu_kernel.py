@@ -1,0 +1,187 @@
+"""A compiled pass over each chunk of logits, for the engine on the CPU (docs/ENGINE.md).
+
+torch turns the softmax statistics of a chunk of logits (max, argmax, exp, sum, weighted values,
+entropy term) into about a dozen passes over memory: 4-7 ns per logit on the 2-core Xeon, three
+to five times the matrix product that made the logits. `cpu_kernel.cpp` does them in two passes
+per row, sixteen keys at a time: about 0.8 ns per logit. It is compiled with the machine's C++
+compiler on first use (about a second) and kept in a cache folder; where there is no compiler,
+or `ELSVIZ_KERNEL=torch` is set, the engine keeps its torch path, which computes the same numbers.
+
+    stats = rows(logits [R, n], values [G, C, n], logc [n] or None)
+    -> m [R], s [R], acc [R, C], ent [R], arg [R] int64
+
+Row r uses values[r // (R // G)]. With x_j = l_j - m + logc_j, e_j = exp(x_j) where x_j >= -80 and
+0 below (exp(-80) ~ 2e-35 adds nothing next to the max's 1): m = max_j l_j, arg = the first j with
+l_j == m, s = sum_j e_j, acc = sum_j e_j values[:, j], ent = sum_j e_j (l_j - m). Large chunks are split between torch's threads (the call
+releases the GIL).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17"]
+CHANNELS = (1, 3)  # the channel counts compiled in
+# a chunk with fewer logits than this runs on one thread (a thread hand-off costs ~20 us)
+SPLIT_MIN = 2**16
+
+_lock = threading.Lock()
+_state: dict = {}  # "lib": the loaded library, or None once it could not be had; "pool"
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: $ELSVIZ_CACHE/kernels, else ~/.cache/elsviz/kernels."""
+    root = os.environ.get("ELSVIZ_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "elsviz")
+    return Path(root) / "kernels"
+
+
+def enabled() -> bool:
+    """Whether ELSVIZ_KERNEL lets the engine use this kernel (anything but 'torch')."""
+    return os.environ.get("ELSVIZ_KERNEL", "").strip().lower() != "torch"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU's model and feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _build(cxx: str) -> Path:
+    """The compiled library for this source, compiler and CPU (compiled now if not cached)."""
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    digest = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, version, " ".join(FLAGS), _cpu_id()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"rows-{digest}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+        os.replace(tmp, target)  # atomic: another process may be compiling the same file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def library():
+    """The loaded kernel library, or None (no compiler, a failed build, ELSVIZ_KERNEL=torch)."""
+    if not enabled():
+        return None
+    with _lock:
+        if "lib" not in _state:
+            _state["lib"] = None
+            cxx = _compiler()
+            if cxx is None:
+                warnings.warn("elsviz: no C++ compiler (g++) found; the engine uses its slower torch path "
+                              "on the CPU (install g++ for a 2-4x faster engine).", stacklevel=2)
+                return None
+            try:
+                lib = ctypes.CDLL(str(_build(cxx)))
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                warnings.warn(f"elsviz: the CPU kernel could not be built ({exc}); the engine uses its "
+                              "torch path.", stacklevel=2)
+                return None
+            ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+            lib.rows_stats.argtypes = [i64, i64, ptr, i64, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+            lib.rows_stats.restype = ctypes.c_int
+            lib.exp_clamped.argtypes = [ptr, ptr, i64]
+            lib.exp_clamped.restype = None
+            _state["lib"] = lib
+        return _state["lib"]
+
+
+def _pool() -> ThreadPoolExecutor:
+    with _lock:
+        if "pool" not in _state:
+            _state["pool"] = ThreadPoolExecutor(max_workers=8, thread_name_prefix="elsviz-rows")
+        return _state["pool"]
+
+
+def usable(logits: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether rows() takes these tensors: float32 on the CPU, C in CHANNELS, keys contiguous."""
+    return (logits.device.type == "cpu" and logits.dtype == torch.float32 and values.dtype == torch.float32
+            and logits.dim() == 2 and logits.stride(1) == 1 and values.dim() == 3 and values.stride(2) == 1
+            and values.shape[1] in CHANNELS and values.shape[2] == logits.shape[1]
+            and logits.shape[0] % values.shape[0] == 0 and library() is not None)
+
+
+def rows(logits: torch.Tensor, values: torch.Tensor, logc: torch.Tensor | None = None):
+    """Softmax statistics of every row of logits [R, n] (see the module's docstring).
+
+    values [G, C, n] (keys contiguous: stride 1 on the last dim), logc [n] contiguous or None.
+    Call only where usable(logits, values) holds.
+    """
+    lib = library()
+    nr, n = logits.shape
+    g, c, _ = values.shape
+    if logc is not None:
+        logc = logc.contiguous()
+    m = torch.empty(nr)
+    s = torch.empty(nr)
+    acc = torch.empty(nr, c)
+    ent = torch.empty(nr)
+    arg = torch.empty(nr, dtype=torch.int64)
+    rpg = nr // g
+    ldl = logits.stride(0)
+    vgs, vcs = values.stride(0), values.stride(1)
+
+    def part(r0: int, r1: int) -> int:
+        # rows r0 .. r1 - 1; their groups start at r0 // rpg, the offsets below keep r // rpg right
+        # only if r0 is a multiple of rpg, so pieces are cut at group boundaries or inside one group
+        g0 = r0 // rpg
+        return lib.rows_stats(
+            r1 - r0, n, logits.data_ptr() + 4 * r0 * ldl, ldl, values.data_ptr() + 4 * g0 * vgs, c,
+            rpg if r0 % rpg == 0 else r1 - r0, vgs, vcs,
+            None if logc is None else logc.data_ptr(),
+            m.data_ptr() + 4 * r0, s.data_ptr() + 4 * r0, acc.data_ptr() + 4 * r0 * c, ent.data_ptr() + 4 * r0,
+            arg.data_ptr() + 8 * r0)
+
+    threads = min(torch.get_num_threads(), nr)
+    if threads <= 1 or nr * n < SPLIT_MIN:
+        codes = [part(0, nr)]
+    else:
+        cuts = _cuts(nr, rpg, threads)
+        codes = list(_pool().map(lambda ab: part(*ab), zip(cuts[:-1], cuts[1:])))
+    if any(codes):
+        raise RuntimeError(f"elsviz: rows_stats refused C = {c}")  # guarded by usable(): a bug
+    return m, s, acc, ent, arg
+
+
+def _cuts(nr: int, rpg: int, parts: int) -> list[int]:
+    """Row boundaries splitting nr rows into about `parts` pieces, each inside one group of rpg rows
+    or made of whole groups."""
+    step = -(-nr // parts)
+    if rpg < nr:  # several groups: whole groups per piece, or pieces inside each group
+        if step >= rpg:
+            step = -(-step // rpg) * rpg
+        else:
+            step = -(-rpg // -(-rpg // step))  # equal pieces of one group
+            return sorted({min(g0 + i, nr) for g0 in range(0, nr, rpg) for i in range(0, rpg + 1, step)} | {nr})
+    return list(range(0, nr, step)) + [nr]
