@@ -58,10 +58,11 @@ def _warn_once(msg: str) -> None:
 def wanted(device: torch.device) -> bool:
     """Whether an Engine on `device` uses the kernel: ELSVIZ_KERNEL=triton, a CUDA device (or the
     CPU under TRITON_INTERPRET=1), and triton importable. Read once, when the Engine is made."""
-    choice = os.environ.get("ELSVIZ_KERNEL", "torch").strip().lower() or "torch"
-    if choice not in ("torch", "triton"):
-        raise ElsvizError(f"ELSVIZ_KERNEL must be 'torch' (default) or 'triton', got {choice!r}.")
-    if choice == "torch":
+    choice = os.environ.get("ELSVIZ_KERNEL", "auto").strip().lower() or "auto"
+    if choice not in ("auto", "torch", "triton"):
+        raise ElsvizError(f"ELSVIZ_KERNEL must be 'auto' (default: the compiled kernel on the CPU, torch on a "
+                          f"GPU), 'torch' or 'triton', got {choice!r}.")
+    if choice != "triton":
         return False
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         _warn_once("elsviz: ELSVIZ_KERNEL=triton runs on CUDA devices only (or on the CPU under "
