@@ -46,6 +46,10 @@ def _child(ns) -> None:
     from elsviz.bench import synthetic_set
 
     dataset, machine, k, batch = WORKLOADS[ns.workload]
+    if ns.precision:
+        from elsviz import triton_kernel
+
+        triton_kernel.PRECISION = ns.precision
     train = synthetic_set(ns.n, 28) if dataset == "synthetic" else load_dataset(dataset)
     device = torch.device(ns.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda d: None)
@@ -77,10 +81,11 @@ def _child(ns) -> None:
 
 def _time(workload: str, kernel: str, ns, save: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("ELSVIZ_KERNEL", "TRITON_INTERPRET")}
-    if kernel == "triton":
-        env["ELSVIZ_KERNEL"] = "triton"
+    env["ELSVIZ_KERNEL"] = "torch" if kernel == "torch" else "triton"
+    precision = kernel.split("-")[1] if "-" in kernel else ""
     out = subprocess.run([sys.executable, "-m", "elsviz.gpu_check", "--child", "--workload", workload,
-                          "--runs", str(ns.runs), "--n", str(ns.n), "--save", str(save), "--device", ns.device],
+                          "--runs", str(ns.runs), "--n", str(ns.n), "--save", str(save), "--device", ns.device,
+                          "--precision", precision],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         return {"error": out.stderr[-2000:]}
@@ -103,12 +108,15 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=2, help="timed trajectories per row (after one cold one)")
     p.add_argument("--n", type=int, default=60000, help="images of the synthetic 28x28 set")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"any of {', '.join(WORKLOADS)}")
+    p.add_argument("--kernels", default="torch,triton",
+                   help="any of torch, triton, triton-tf32x3 (tl.dot on tensor cores, 3 passes)")
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--json", default=None)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a smoke test of this script
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workload", default=None, help=argparse.SUPPRESS)
     p.add_argument("--save", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="", help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.child:
         _child(ns)
@@ -144,24 +152,25 @@ def main(argv=None) -> int:
             if out.returncode:
                 print((out.stdout + out.stderr)[-4000:], flush=True)
             report["tests"][name] = {"rc": out.returncode, "tail": tail}
-    head = f"{'workload':<11}{'kernel':<8}{'median':>9}{'cold':>9}{'GPU peak':>10}  {'target':<8}{'kernel on':<11}final rel L2 / same sources"
+    head = f"{'workload':<11}{'kernel':<15}{'median':>9}{'cold':>9}{'GPU peak':>10}  {'target':<8}{'kernel on':<11}final rel L2 / same sources"
     print("\n" + head + "\n" + "-" * len(head), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for workload in ns.workloads.split(","):
             saves = {}
-            for kernel in ("torch", "triton"):
+            for kernel in ns.kernels.split(","):
                 saves[kernel] = Path(tmp) / f"{workload}-{kernel}.pt"
                 res = _time(workload, kernel, ns, saves[kernel])
                 row = {"workload": workload, "kernel": kernel, **res}
                 report["rows"].append(row)
                 if "error" in res:
-                    print(f"{workload:<11}{kernel:<8} failed:\n{res['error']}", flush=True)
+                    print(f"{workload:<11}{kernel:<15} failed:\n{res['error']}", flush=True)
                     continue
                 med = statistics.median(res["times"])
                 met = "met" if med <= TARGETS[workload] else "NOT met"
-                agree = _agreement(saves["triton"], saves["torch"]) if kernel == "triton" and saves["torch"].exists() else "-"
+                torch_out = saves.get("torch")
+                agree = _agreement(saves[kernel], torch_out) if kernel != "torch" and torch_out and torch_out.exists() else "-"
                 row["agreement"] = agree
-                print(f"{workload:<11}{kernel:<8}{med:>8.2f}s{res['cold']:>8.1f}s{res['gpu_peak'] / 2**30:>8.1f}GB  "
+                print(f"{workload:<11}{kernel:<15}{med:>8.2f}s{res['cold']:>8.1f}s{res['gpu_peak'] / 2**30:>8.1f}GB  "
                       f"{met:<8}{str(res['kernel_on']):<11}{agree}", flush=True)
                 for w in res["warnings"]:
                     print(f"    warning: {w}", flush=True)
