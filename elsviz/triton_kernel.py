@@ -178,7 +178,10 @@ def _kernel():
         import triton.language
 
         tl = triton.language
-        _KERNELS[interpret] = triton.jit(_local_stats_kernel)
+        # sizes and group strides change with every class group and k: specialising on them (a
+        # variant for multiples of 16) would compile the kernel again and again in a trajectory
+        _KERNELS[interpret] = triton.jit(_local_stats_kernel, do_not_specialize=[
+            "R", "K", "D", "keys_per_split", "sqg", "skg", "svg", "slg"])
     return _KERNELS[interpret]
 
 

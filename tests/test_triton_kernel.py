@@ -218,6 +218,11 @@ def test_compiles_for_an_h100_without_spilling_registers():
 
 
 # -- the Engine with ELSVIZ_KERNEL=triton ----------------------------------------------------------
+# make_pair runs each test with and without the compiled CPU kernel (tests/conftest.py); here
+# ELSVIZ_KERNEL=triton decides, so once is enough
+ONCE = pytest.mark.parametrize("make_pair", ["kernel"], indirect=True)
+
+
 @pytest.fixture
 def kernel_engine(interpret, monkeypatch, make_pair):
     """make_pair for engines with the kernel on; counts the kernel's calls."""
@@ -241,6 +246,7 @@ CASES = [  # machine, images, output size, k, labelled, B
 ]
 
 
+@ONCE
 @pytest.mark.parametrize("t", [0.05, 0.6])
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_engine_with_the_kernel_matches_the_reference(kernel_engine, case, t):
@@ -257,6 +263,7 @@ def test_engine_with_the_kernel_matches_the_reference(kernel_engine, case, t):
     check_posterior(post, ref.denoise(machine, x, t, k, label=label), ref, machine, x, t, k, label)
 
 
+@ONCE
 def test_engine_with_the_kernel_agrees_with_the_dense_path(kernel_engine, monkeypatch):
     """Same heaviest key (where no other window ties with it) and tie count as the torch path."""
     make_pair, calls = kernel_engine
@@ -279,6 +286,7 @@ def test_engine_with_the_kernel_agrees_with_the_dense_path(kernel_engine, monkey
     assert torch.equal(got.source_pos[unique], want.source_pos[unique])
 
 
+@ONCE
 def test_a_table_too_big_for_the_cache_goes_in_chunks(kernel_engine):
     """No cached table: the keys come in chunks, each through the kernel, merged in order."""
     make_pair, calls = kernel_engine
@@ -290,6 +298,7 @@ def test_a_table_too_big_for_the_cache_goes_in_chunks(kernel_engine):
     check_posterior(post, ref.denoise("els", x, 0.3, 3), ref, "els", x, 0.3, 3)
 
 
+@ONCE
 def test_a_failing_kernel_falls_back_to_torch_with_one_warning(kernel_engine, monkeypatch):
     make_pair, _ = kernel_engine
     from elsviz import triton_kernel
@@ -364,6 +373,7 @@ def test_cuda_kernel_ties_and_large_logits(compiled):
     check(got, contract(q, keys, values))
 
 
+@ONCE
 @needs_cuda
 @pytest.mark.parametrize("t", [0.05, 0.6])
 @pytest.mark.parametrize("case", range(len(CASES)))
