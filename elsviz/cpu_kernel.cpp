@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <float.h>
+#include <math.h>
 
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
@@ -67,10 +68,32 @@ extern "C" void exp_clamped(const float* x, float* y, int64_t n)
     }
 }
 
+// Merge the statistics (mx, s, acc, ent, best) of a chunk of keys into the running ones at row q
+// (m = -inf there: nothing seen yet). On equal maxima the earlier key stays, as argmax does.
+template <int C>
+static inline void merge(int64_t q, float mx, float s, const float* acc, float ent, int64_t best, float* m_io,
+                         float* s_io, float* acc_io, float* ent_io, int64_t* best_io)
+{
+    const float om = m_io[q];
+    if (om == -INFINITY) {
+        m_io[q] = mx; s_io[q] = s; ent_io[q] = ent; best_io[q] = best;
+        for (int c = 0; c < C; c++) acc_io[q * C + c] = acc[c];
+        return;
+    }
+    const float mn = om > mx ? om : mx;
+    const float alpha = expf(om - mn), beta = expf(mx - mn);
+    const float os = s_io[q];
+    ent_io[q] = alpha * (ent_io[q] + os * (om - mn)) + beta * (ent + s * (mx - mn));
+    s_io[q] = alpha * os + beta * s;
+    for (int c = 0; c < C; c++) acc_io[q * C + c] = alpha * acc_io[q * C + c] + beta * acc[c];
+    if (mx > om) best_io[q] = best;
+    m_io[q] = mn;
+}
+
 template <int C, bool LOGC>
 static void rows_t(int64_t R, int64_t n, const float* L, int64_t ldl, const float* V, int64_t rpg, int64_t vgs,
                    int64_t vcs, const float* logc, float* m_out, float* s_out, float* acc_out, float* ent_out,
-                   int64_t* arg_out)
+                   int64_t* arg_out, const int64_t* into, const int64_t* rep)
 {
     const int64_t nv = n / W * W;
     for (int64_t r = 0; r < R; r++) {
@@ -105,22 +128,29 @@ static void rows_t(int64_t R, int64_t n, const float* L, int64_t ldl, const floa
             ent += e[0] * (d < -80.f ? -80.f : d);
             for (int c = 0; c < C; c++) acc[c] += e[0] * v[c * vcs + j];
         }
+        if (into) {
+            merge<C>(into[r], mx, s, acc, ent, rep ? rep[arg] : arg, m_out, s_out, acc_out, ent_out, arg_out);
+            continue;
+        }
         m_out[r] = mx; s_out[r] = s; ent_out[r] = ent; arg_out[r] = arg;
         for (int c = 0; c < C; c++) acc_out[r * C + c] = acc[c];
     }
 }
 
 typedef void (*rows_fn)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, int64_t,
-                        const float*, float*, float*, float*, float*, int64_t*);
+                        const float*, float*, float*, float*, float*, int64_t*, const int64_t*, const int64_t*);
 
+// into = NULL: the statistics of row r go to m_out[r] ... arg_out[r] (arg: the key's index in the row).
+// into != NULL: they are merged into the running statistics at row into[r] of m_out ... (arg_out:
+// the heaviest key's id, rep[arg], or arg without rep). The rows of into must be distinct.
 extern "C" int rows_stats(int64_t R, int64_t n, const float* L, int64_t ldl, const float* V, int64_t C,
                           int64_t rpg, int64_t vgs, int64_t vcs, const float* logc, float* m_out, float* s_out,
-                          float* acc_out, float* ent_out, int64_t* arg_out)
+                          float* acc_out, float* ent_out, int64_t* arg_out, const int64_t* into, const int64_t* rep)
 {
     rows_fn f;
     if (C == 1) f = logc ? rows_t<1, true> : rows_t<1, false>;
     else if (C == 3) f = logc ? rows_t<3, true> : rows_t<3, false>;
     else return 1;
-    f(R, n, L, ldl, V, rpg, vgs, vcs, logc, m_out, s_out, acc_out, ent_out, arg_out);
+    f(R, n, L, ldl, V, rpg, vgs, vcs, logc, m_out, s_out, acc_out, ent_out, arg_out, into, rep);
     return 0;
 }

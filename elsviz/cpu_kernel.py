@@ -109,7 +109,7 @@ def library():
                               "torch path.", stacklevel=2)
                 return None
             ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-            lib.rows_stats.argtypes = [i64, i64, ptr, i64, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+            lib.rows_stats.argtypes = [i64, i64, ptr, i64, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
             lib.rows_stats.restype = ctypes.c_int
             lib.exp_clamped.argtypes = [ptr, ptr, i64]
             lib.exp_clamped.restype = None
@@ -138,30 +138,53 @@ def rows(logits: torch.Tensor, values: torch.Tensor, logc: torch.Tensor | None =
     values [G, C, n] (keys contiguous: stride 1 on the last dim), logc [n] contiguous or None.
     Call only where usable(logits, values) holds.
     """
+    nr, c = logits.shape[0], values.shape[1]
+    out = (torch.empty(nr), torch.empty(nr), torch.empty(nr, c), torch.empty(nr), torch.empty(nr, dtype=torch.int64))
+    _call(logits, values, logc, out, None, None)
+    return out
+
+
+def merge_rows(logits: torch.Tensor, values: torch.Tensor, logc: torch.Tensor | None, into: torch.Tensor,
+               rep: torch.Tensor | None, running) -> None:
+    """Merge the statistics of each row r of logits into the running statistics at row into[r].
+
+    running: (m [Q], s [Q], acc [Q, C], ent [Q], best [Q] int64), contiguous, updated in place
+    (m = -inf: nothing seen yet; best: rep[arg], the id of the heaviest key, or arg without rep).
+    into [R] int64: distinct rows. On equal maxima the earlier key stays. Call only where
+    usable(logits, values) holds and mergeable(running) does.
+    """
+    _call(logits, values, logc, running, into.contiguous(), None if rep is None else rep.contiguous())
+
+
+def mergeable(running) -> bool:
+    m, s, acc, ent, best = running
+    return (all(t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu" for t in (m, s, acc, ent))
+            and best.dtype == torch.int64 and best.is_contiguous())
+
+
+def _call(logits, values, logc, out, into, rep) -> None:
     lib = library()
     nr, n = logits.shape
     g, c, _ = values.shape
     if logc is not None:
         logc = logc.contiguous()
-    m = torch.empty(nr)
-    s = torch.empty(nr)
-    acc = torch.empty(nr, c)
-    ent = torch.empty(nr)
-    arg = torch.empty(nr, dtype=torch.int64)
+    m, s, acc, ent, arg = out
     rpg = nr // g
     ldl = logits.stride(0)
     vgs, vcs = values.stride(0), values.stride(1)
 
     def part(r0: int, r1: int) -> int:
-        # rows r0 .. r1 - 1; their groups start at r0 // rpg, the offsets below keep r // rpg right
-        # only if r0 is a multiple of rpg, so pieces are cut at group boundaries or inside one group
+        # rows r0 .. r1 - 1. Row r uses values group r // rpg: a piece starts at a group boundary,
+        # or lies inside one group (then it is told that its rows are one group)
         g0 = r0 // rpg
+        o = 0 if into is not None else r0  # merging writes at into[r], not at r
         return lib.rows_stats(
             r1 - r0, n, logits.data_ptr() + 4 * r0 * ldl, ldl, values.data_ptr() + 4 * g0 * vgs, c,
             rpg if r0 % rpg == 0 else r1 - r0, vgs, vcs,
             None if logc is None else logc.data_ptr(),
-            m.data_ptr() + 4 * r0, s.data_ptr() + 4 * r0, acc.data_ptr() + 4 * r0 * c, ent.data_ptr() + 4 * r0,
-            arg.data_ptr() + 8 * r0)
+            m.data_ptr() + 4 * o, s.data_ptr() + 4 * o, acc.data_ptr() + 4 * o * c, ent.data_ptr() + 4 * o,
+            arg.data_ptr() + 8 * o,
+            None if into is None else into.data_ptr() + 8 * r0, None if rep is None else rep.data_ptr())
 
     threads = min(torch.get_num_threads(), nr)
     if threads <= 1 or nr * n < SPLIT_MIN:
@@ -171,7 +194,6 @@ def rows(logits: torch.Tensor, values: torch.Tensor, logc: torch.Tensor | None =
         codes = list(_pool().map(lambda ab: part(*ab), zip(cuts[:-1], cuts[1:])))
     if any(codes):
         raise RuntimeError(f"elsviz: rows_stats refused C = {c}")  # guarded by usable(): a bug
-    return m, s, acc, ent, arg
 
 
 def _cuts(nr: int, rpg: int, parts: int) -> list[int]:

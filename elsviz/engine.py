@@ -737,8 +737,12 @@ class Engine:
         for keys, vals, rep, logc, centres in pieces:
             logits = torch.mm(qa, keys.T)  # [T, n]
             if self._cpu_kernel and cpu_kernel.usable(logits, grouped := centres.unsqueeze(0)):
-                m, ssum, acc, ent, arg = cpu_kernel.rows(logits, grouped, logc if ks.duplicates else None)
-                sm.merge_at(r, m, ssum, acc, ent, rep[arg])
+                running = (sm.m, sm.s, sm.acc, sm.ent, sm.best)
+                if cpu_kernel.mergeable(running):  # statistics merged in place, no torch ops per chunk
+                    cpu_kernel.merge_rows(logits, grouped, logc if ks.duplicates else None, r, rep, running)
+                else:
+                    m, ssum, acc, ent, arg = cpu_kernel.rows(logits, grouped, logc if ks.duplicates else None)
+                    sm.merge_at(r, m, ssum, acc, ent, rep[arg])
                 continue
             nt, n = logits.shape
             micro = logits.view(nt, n // MICRO, MICRO)  # runs of MICRO keys

@@ -156,3 +156,32 @@ def test_the_build_is_cached(monkeypatch, tmp_path):
     monkeypatch.setattr(ck, "_state", {})
     assert ck.library() is not None
     assert built[0].stat().st_mtime_ns == stamp, "compiled again although the source did not change"
+
+
+@needs_compiler
+@pytest.mark.parametrize("c", [1, 3])
+def test_merging_chunks_gives_the_statistics_of_all_keys(kernel, monkeypatch, c):
+    # _blocks: chunk after chunk of keys merged in place into the running statistics of rows `into`
+    monkeypatch.setattr(ck, "SPLIT_MIN", 1)  # also through the threads
+    g = torch.Generator().manual_seed(c)
+    q, n = 9, 120
+    logits = torch.randn(4, n, generator=g) * 25
+    logits[1, 100] = logits[1, 10] = logits[1].max() + 1  # a tie across chunks: the earlier key wins
+    values = torch.rand(1, c, n, generator=g)
+    logc = torch.log(torch.randint(1, 5, (n,), generator=g).float())
+    rep = torch.randperm(n, generator=g) + 1000  # key ids
+    into = torch.tensor([7, 0, 3, 5])
+    running = (torch.full((q,), -float("inf")), torch.zeros(q), torch.zeros(q, c), torch.zeros(q),
+               torch.zeros(q, dtype=torch.int64))
+    assert ck.mergeable(running)
+    for j0, j1 in [(0, 50), (50, 51), (51, n)]:
+        ck.merge_rows(logits[:, j0:j1].contiguous(), values[:, :, j0:j1], logc[j0:j1], into, rep[j0:j1], running)
+    m, s, acc, ent, arg = expected(logits, values, logc)
+    torch.testing.assert_close(running[0][into].double(), m)
+    torch.testing.assert_close(running[1][into].double(), s, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(running[2][into].double(), acc, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(running[3][into].double(), ent, rtol=1e-5, atol=1e-5)
+    assert torch.equal(running[4][into], rep[arg])
+    assert int(running[4][0]) == int(rep[10])
+    untouched = torch.tensor([1, 2, 4, 6, 8])
+    assert torch.isinf(running[0][untouched]).all() and (running[1][untouched] == 0).all()
