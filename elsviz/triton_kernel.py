@@ -134,10 +134,9 @@ def _local_stats_kernel(
                              mask=d_ok[:, None] & key_ok[None, :], other=0.0)  # [BD, BK]
                 logits = tl.dot(qt, kt, logits, input_precision=PREC)
         logits = tl.where(key_ok[None, :], logits, float("-inf"))
-        tmax = tl.max(logits, 1)  # [BR]
-        # the first key of the tile that holds the tile's maximum
-        targ = tl.min(tl.where(logits == tmax[:, None], jj64[None, :], K), 1)
-        arg = tl.where(tmax > m, targ, arg)  # strictly greater: an earlier tile keeps ties
+        # the tile's maximum and the first key that holds it (one reduction)
+        tmax, targ = tl.max(logits, 1, return_indices=True, return_indices_tie_break_left=True)  # [BR]
+        arg = tl.where(tmax > m, j0 + targ.to(tl.int64), arg)  # strictly greater: an earlier tile keeps ties
         m_new = tl.maximum(m, tmax)
         alpha = tl.exp(m - m_new)
         lm = logits - m_new[:, None]  # [BR, BK]; -inf for keys past the end

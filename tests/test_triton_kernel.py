@@ -363,7 +363,7 @@ def test_cuda_kernel_matches_the_contract(compiled, splits, g, r, k, d, c, logc)
 @needs_cuda
 def test_cuda_kernel_ties_and_large_logits(compiled):
     q, keys, values, _ = problem(1, 200, 3000, 49, 1, seed=3)
-    keys[0, [7, 1500, 2999]] = keys[0, 2000].clone()
+    keys[0, [7, 9, 1500, 2999]] = keys[0, 2000].clone()  # copies in one tile (7, 9) and in others
     keys[..., -1] = (keys[..., :-1] ** 2).sum(-1)
     q[0, :, :-1] = keys[0, 2000, :-1] + 0.01 * torch.randn(200, 48)
     q[0, :, -1] = -0.5
