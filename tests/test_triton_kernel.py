@@ -206,6 +206,8 @@ def test_compiles_for_an_h100_without_spilling_registers():
 
     import triton
 
+    if triton.__version__ != "3.9.0":  # the compiler's API (ASTSource, GPUTarget) moves between versions
+        pytest.skip(f"the ahead-of-time build is written for triton 3.9.0 (requirements-dev.txt), this is {triton.__version__}")
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
         pytest.skip("this triton wheel has no NVIDIA tools")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
