@@ -12,7 +12,10 @@ For a session that has a CUDA GPU (the kernel is opt-in until this has been run;
    the median of --runs trajectories after one cold one (key tables built, kernel compiled), the
    GPU peak, whether the kernel stayed on (a failure falls back to torch with a warning), and how
    far the triton run's output is from the torch run's (same seed).
-Rows are printed as they come; --json FILE writes them. Budget: a few minutes on an H100.
+--sweep also times local_stats alone per tile configuration (SWEEP_CONFIGS) on problems shaped
+like one step of each workload, for tuning the constants at the top of elsviz/triton_kernel.py.
+Rows are printed as they come; --json FILE writes them. Budget: a few minutes on an H100;
+--skip-tests, --workloads "" (no trajectories) and --kernels split it.
 """
 from __future__ import annotations
 
@@ -32,6 +35,18 @@ WORKLOADS = {  # name: (set, machine, schedule, batch)
     "hands-64": ("hands", "bbels", 7, 64),
 }
 TARGETS = {"60k-bbels": 2.0, "60k-els": 2.0, "hands-64": 5.0}
+# --sweep: local_stats alone, on problems shaped like one step of the workloads: rows, keys, D + 1
+SWEEP_PROBLEMS = {
+    "ELS k=3, 1 image": (784, 4_000_000, 10),
+    "ELS k=7, 1 image": (784, 4_000_000, 50),
+    "ELS k=15, 1 image": (784, 2_000_000, 226),
+    "hands k=7, 64 images": (43_264, 676_000, 50),
+}
+SWEEP_CONFIGS = [  # BLOCK_R, BLOCK_K, BLOCK_D, NUM_WARPS, PRECISION; the first is the module's
+    (64, 64, 16, 8, "ieee"), (32, 64, 16, 4, "ieee"), (64, 32, 16, 4, "ieee"), (64, 128, 16, 8, "ieee"),
+    (128, 64, 16, 8, "ieee"), (64, 64, 32, 8, "ieee"),
+    (64, 64, 16, 8, "tf32x3"), (64, 64, 32, 8, "tf32x3"), (128, 64, 32, 8, "tf32x3"),
+]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -92,6 +107,60 @@ def _time(workload: str, kernel: str, ns, save: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _sweep(device: str = "cuda", problems: dict = SWEEP_PROBLEMS) -> list[dict]:
+    """Time local_stats alone per tile configuration (SWEEP_CONFIGS) on SWEEP_PROBLEMS; agreement
+    with the module's configuration: largest relative difference of s, share of equal argmax."""
+    import torch
+
+    from elsviz import triton_kernel as tk
+
+    saved = (tk.BLOCK_R, tk.BLOCK_K, tk.BLOCK_D, tk.NUM_WARPS, tk.PRECISION)
+    gen = torch.Generator(device=device).manual_seed(0)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    rows = []
+    print(f"\n{'problem':<22}{'BR,BK,BD,warps,precision':<27}{'time':>9}{'G logits/s':>12}{'TFLOP/s':>9}  s rel diff / same argmax",
+          flush=True)
+    try:
+        for name, (nr, nk, dim) in problems.items():
+            win = torch.rand(1, dim - 1, nk, generator=gen, device=device) * 2 - 1  # key windows
+            keys = torch.cat([win, (win * win).sum(1, keepdim=True)], 1)  # [1, D + 1, K], the table's layout
+            values = win[:, (dim - 1) // 2:(dim - 1) // 2 + 1].contiguous()  # [1, 1, K] the centres
+            a, b = 0.7, 0.7  # t ~ 0.5
+            qw = torch.rand(1, nr, dim - 1, generator=gen, device=device) * 2 - 1
+            q = torch.cat([a / b**2 * qw, torch.full((1, nr, 1), -a * a / (2 * b * b), device=device)], -1)
+            ref = None
+            for br, bk, bd, nw, prec in SWEEP_CONFIGS:
+                tk.NUM_WARPS, tk.PRECISION = nw, prec
+
+                def call():
+                    return tk.local_stats(q, keys.transpose(1, 2), values.transpose(1, 2), block_r=br, block_k=bk, block_d=bd)
+
+                try:
+                    out = call()  # compiles
+                    sync()
+                    t0 = time.perf_counter()
+                    for _ in range(3):
+                        out = call()
+                    sync()
+                    dt = (time.perf_counter() - t0) / 3
+                except Exception as exc:  # a configuration that does not build: say so, go on
+                    print(f"{name:<22}{br},{bk},{bd},{nw},{prec:<15} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                    continue
+                ref = ref or out
+                diff = float(((out[1] - ref[1]).abs() / ref[1]).max())
+                same = float((out[4] == ref[4]).float().mean())
+                row = {"problem": name, "config": [br, bk, bd, nw, prec], "s": dt, "logits_per_s": nr * nk / dt,
+                       "tflops": 2 * nr * nk * dim / dt / 1e12, "s_rel_diff": diff, "same_arg": same}
+                rows.append(row)
+                cfg = f"{br},{bk},{bd},{nw},{prec}"
+                print(f"{name:<22}{cfg:<27}{dt * 1e3:>7.1f}ms{row['logits_per_s'] / 1e9:>12.0f}{row['tflops']:>9.1f}"
+                      f"  {diff:.1e} / {same:.2%}", flush=True)
+            del win, keys, values, q
+    finally:
+        tk.BLOCK_R, tk.BLOCK_K, tk.BLOCK_D, tk.NUM_WARPS, tk.PRECISION = saved
+    return rows
+
+
 def _agreement(a: Path, b: Path) -> str:
     """How far the triton run's output is from the torch run's: relative L2 of the final image
     (seeds alike; float rounding grows over 20 steps) and the share of equal sources at the last step."""
@@ -111,6 +180,7 @@ def main(argv=None) -> int:
     p.add_argument("--kernels", default="torch,triton",
                    help="any of torch, triton, triton-tf32x3 (tl.dot on tensor cores, 3 passes)")
     p.add_argument("--skip-tests", action="store_true")
+    p.add_argument("--sweep", action="store_true", help="also time local_stats alone per tile configuration")
     p.add_argument("--json", default=None)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a smoke test of this script
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -134,7 +204,7 @@ def main(argv=None) -> int:
         print(f", triton {triton.__version__}", flush=True)
     except ImportError:
         print(", triton NOT installed: the triton rows will fall back to torch", flush=True)
-    report = {"gpu": gpu, "tests": {}, "rows": []}
+    report = {"gpu": gpu, "tests": {}, "rows": [], "sweep": []}
     if not ns.skip_tests:
         base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
         plain = {k: v for k, v in os.environ.items() if k not in ("ELSVIZ_KERNEL", "TRITON_INTERPRET")}
@@ -152,10 +222,16 @@ def main(argv=None) -> int:
             if out.returncode:
                 print((out.stdout + out.stderr)[-4000:], flush=True)
             report["tests"][name] = {"rc": out.returncode, "tail": tail}
+    if ns.sweep and ns.device == "cuda":
+        os.environ.pop("TRITON_INTERPRET", None)  # compiled, not interpreted
+        report["sweep"] = _sweep()
+    workloads = [w for w in ns.workloads.split(",") if w]
+    if not workloads:
+        return _write(report, ns.json)
     head = f"{'workload':<11}{'kernel':<15}{'median':>9}{'cold':>9}{'GPU peak':>10}  {'target':<8}{'kernel on':<11}final rel L2 / same sources"
     print("\n" + head + "\n" + "-" * len(head), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for workload in ns.workloads.split(","):
+        for workload in workloads:
             saves = {}
             for kernel in ns.kernels.split(","):
                 saves[kernel] = Path(tmp) / f"{workload}-{kernel}.pt"
@@ -174,8 +250,12 @@ def main(argv=None) -> int:
                       f"{met:<8}{str(res['kernel_on']):<11}{agree}", flush=True)
                 for w in res["warnings"]:
                     print(f"    warning: {w}", flush=True)
-    if ns.json:
-        with open(ns.json, "w") as f:
+    return _write(report, ns.json)
+
+
+def _write(report: dict, path: str | None) -> int:
+    if path:
+        with open(path, "w") as f:
             json.dump(report, f, indent=1)
     return 0
 
