@@ -40,10 +40,12 @@ PRUNE_GAP = 36.0  # exp(-36) = 2e-16 per key: far below float32's resolution of 
 def key_windows(padded: torch.Tensor, img: torch.Tensor, pos: torch.Tensor, k: int, w: int) -> torch.Tensor:
     """The k x k windows of keys (image img[m], flat position pos[m]) -> [M, C*k*k], ordered
     (channel, row, col). padded: the training images zero-padded by k // 2, as [n, H+2d, W+2d, C]."""
-    off = torch.arange(k, device=padded.device)
-    rows = (pos // w).unsqueeze(-1) + off  # [M, k] in padded coordinates
-    cols = (pos % w).unsqueeze(-1) + off  # [M, k]
-    win = padded[img.view(-1, 1, 1), rows.unsqueeze(-1), cols.unsqueeze(-2)]  # [M, k, k, C]
+    padded = padded.contiguous()
+    n, hp, wp, c = padded.shape
+    # every window as a view [n, H, W, k, k, C] of the padded images; one gather picks the keys'
+    # (twice as fast as indexing rows and columns separately)
+    every = padded.as_strided((n, hp - k + 1, w, k, k, c), (hp * wp * c, wp * c, c, wp * c, c, 1))
+    win = every[img, pos // w, pos % w]  # [M, k, k, C]
     return win.permute(0, 3, 1, 2).reshape(img.shape[0], -1)
 
 
