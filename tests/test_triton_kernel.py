@@ -398,3 +398,13 @@ def test_cuda_engine_with_the_kernel_matches_the_reference(compiled, monkeypatch
     assert calls["n"] > 0 and engine._kernel, "the kernel did not run (or failed and fell back)"
     post = SimpleNamespace(**{f: getattr(post, f).cpu() for f in FIELDS})
     check_posterior(post, ref.denoise(machine, x, t, k, label=label), ref, machine, x, t, k, label)
+
+
+def test_gpu_check_sweep_runs_here(interpret):
+    """elsviz.gpu_check --sweep (for a GPU session) on a tiny problem, interpreted: every tile
+    configuration builds and agrees with the module's."""
+    from elsviz.gpu_check import SWEEP_CONFIGS, _sweep
+
+    rows = _sweep("cpu", {"tiny": (20, 150, 12)})
+    assert len(rows) == len(SWEEP_CONFIGS)
+    assert all(r["same_arg"] == 1.0 and r["s_rel_diff"] < 1e-5 for r in rows)
