@@ -245,6 +245,7 @@ CASES = [  # machine, images, output size, k, labelled, B
     ("bbels", lambda: random_images(9, 3, 6, 7, seed=2), (6, 7), 3, True, 1),
     ("bbels", lambda: silhouettes(12, 8, 8, seed=3), (8, 8), 5, False, 1),
     ("ls", lambda: random_images(13, 1, 5, 6, seed=4, levels=2), (5, 6), 1, False, 2),  # G = 30
+    ("bbels", lambda: random_images(10, 1, 6, 7, seed=5, levels=3), (8, 9), 3, False, 1),  # another output size
 ]
 
 
