@@ -6,7 +6,7 @@ The sidebar (training set, machine, locality, steps, seed) is shared by the thre
 """
 import streamlit as st
 
-from elsviz.ui import navigation, sidebar
+from elsviz.ui import navigation, sidebar, start_live_k
 
 st.set_page_config(page_title="elsviz: patch mosaics, step by step", page_icon=":material/grid_view:", layout="wide")
 
@@ -16,3 +16,4 @@ st.html("<style>[data-testid='stImage'] img {image-rendering: pixelated;}</style
 pages = navigation()
 sidebar()
 pages.run()
+start_live_k()  # the neighbouring k of a run with one k, in the background (after the page is drawn)

@@ -135,50 +135,53 @@ class RunCache:
         return len(self._items)
 
 
-def timed(fn, *args, **kwargs):
-    """(fn(*args, **kwargs), seconds)."""
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
-
-
 # -- how long will it take -------------------------------------------------------------------------
-def run_cost(n: int, shape: tuple[int, int, int], spec: RunSpec) -> float:
-    """A work count for a run: keys x query pixels x channels x steps.
+LONG_S = 20.0  # a run estimated above this asks first (when its work is also above GATE_WORK)
+GATE_WORK = 3e8  # ... and only when one step's work count (step_work) is above this: 32x32 sets, never the
+# 16x16 digits at their own size (1,797 x 256 keys x 256 pixels = 1.2e8 per step; hands: 1.0e9; photos: 6.3e9)
+SUBSET_TARGET_S = 10.0  # a subset offered instead of a long run aims at about this ...
+MIN_SUBSET = 100  # ... but is never smaller than this (fewer images make a poor training set)
 
-    shape: (C, H, W) of the training images. Used only to compare runs (see Throughput), so the
-    engine's constant factors cancel; the window size k is left out because the engine's time
-    hardly grows with it (larger windows leave fewer keys per pixel for ELS and bbELS).
+# Work per second (step_work units) before anything was measured: the slower end of what a warm
+# run did on the shared 2-core CPU at a load average of 2-5 (docs/APP.md, "Responsiveness"), and,
+# for CUDA, the H100 figures of docs/BENCHMARKS.md (bbELS: 2.5e10 on the digits, 9e10 on 60,000
+# 28x28 images) with IS and LS scaled by the same factor as the CPU's.
+PRIOR_RATES = {
+    ("cpu", "is"): 5e4, ("cpu", "ls"): 1e7, ("cpu", "els"): 2e8, ("cpu", "bbels"): 2e8,
+    ("cuda", "is"): 5e6, ("cuda", "ls"): 1e9, ("cuda", "els"): 2e10, ("cuda", "bbels"): 2e10,
+}
+RATE_EXPONENT = 0.35  # a rate carried to a workload with x times the work is x ** 0.35 times higher: overheads
+# weigh less in larger runs. Measured at k = 5 on the 2-core CPU, exponents 0.1-0.5: digits 100 -> 1,797 images
+# (18x the work) 2x the rate (0.24); hands 100 -> 300 1.1x (0.1); in the app, digits 150 -> hands 1,000 (100x the
+# work) 9x (0.48).
+PRIOR_BUILD_STEPS = 3.0  # the first step at a new k builds its key tables: about 3 warm steps (measured: 0.2-10)
+
+
+def step_work(n: int, shape: tuple[int, int, int], machine: str, size: tuple[int, int] | None = None) -> float:
+    """A work count for one denoising step: keys x query pixels x channels.
+
+    n: the training images that serve as keys (those of the class, for a conditional run);
+    shape: (C, H, W) of the training images; size: (H, W) of the output, None for the training
+    size. Used only to compare runs of one machine (see Estimator), so the engine's constant
+    factors cancel; the window size k is left out (its effect is learned per k by the Estimator).
     """
     c, h, w = shape
-    hq, wq = spec.size or (h, w)
-    keys = n if spec.machine in ("is", "ls") else n * h * w
-    pixels = 1 if spec.machine == "is" else hq * wq
-    return float((spec.steps - 1) * keys * pixels * c)
+    hq, wq = size or (h, w)
+    keys = n if machine in ("is", "ls") else n * h * w
+    pixels = 1 if machine == "is" else hq * wq
+    return float(keys * pixels * c)
 
 
-class Throughput:
-    """Work done per second, learned from the runs the app has timed.
+def run_cost(n: int, shape: tuple[int, int, int], spec: RunSpec) -> float:
+    """step_work of the spec times its steps (steps - 1 denoising calls)."""
+    return (spec.steps - 1) * step_work(n, shape, spec.machine, spec.size)
 
-    The estimate uses the best recent rate: a slow run (a cold start that builds key tables, a
-    busy machine) says little about what the machine can do, and a too-cautious estimate would
-    hold up ordinary runs behind a "this will take long" question.
-    """
 
-    def __init__(self, guess: float = 1e9):
-        self._rates: list[float] = []
-        self.guess = guess
-
-    def record(self, cost: float, seconds: float) -> None:
-        if seconds > 0.05 and cost > 0:
-            self._rates = (self._rates + [cost / seconds])[-9:]
-
-    @property
-    def rate(self) -> float:
-        return max(self._rates) if self._rates else self.guess
-
-    def seconds(self, cost: float) -> float:
-        return cost / self.rate
+def needs_confirmation(work: float, estimate_s: float) -> bool:
+    """Whether a run asks before it starts: only a truly long one, i.e. both its step's work count is
+    above GATE_WORK (a 32x32 set, not the digits at their size, whatever the machine's load) and it
+    is estimated above LONG_S."""
+    return work > GATE_WORK and estimate_s > LONG_S
 
 
 def subset_size(n: int, estimate_s: float, target_s: float) -> int:
@@ -186,6 +189,218 @@ def subset_size(n: int, estimate_s: float, target_s: float) -> int:
     if estimate_s <= target_s:
         return n
     return max(1, min(n, int(n * target_s / estimate_s)))
+
+
+def subset_offer(n: int, estimate_s: float, target_s: float = SUBSET_TARGET_S, minimum: int = MIN_SUBSET) -> int | None:
+    """The subset to offer instead of a run of n images estimated at estimate_s, or None.
+
+    About target_s worth of images (time grows with the number of keys), rounded down to a round
+    number, never fewer than `minimum`; None when the set is small (under 2 x minimum) or when the
+    subset would keep more than half the set (it would not save much).
+    """
+    if n < 2 * minimum:
+        return None
+    sub = max(minimum, subset_size(n, estimate_s, target_s))
+    step = 10 ** max(0, len(str(sub)) - 2)  # two significant digits: 137 -> 130, 2,480 -> 2,400
+    sub = max(minimum, sub // step * step)
+    return sub if sub <= n // 2 else None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a run's speed depends on besides k: the training set (its cache key), the machine, the
+    device type ('cpu', 'cuda'), the output size and the class (a conditional run has fewer keys)."""
+
+    dataset: Hashable
+    machine: str
+    device: str = "cpu"
+    size: tuple[int, int] | None = None
+    label: int | None = None
+    family: str = ""  # the set's name: its subsets share it, so they learn from each other first
+
+
+class StepClock:
+    """A sample() callback that times every step: steps = [(k, seconds), ...] in the order run.
+
+    Wraps another callback (a progress bar), which is called after the step is timed.
+    """
+
+    def __init__(self, then: Callable | None = None):
+        self.then = then
+        self.steps: list[tuple[int, float]] = []
+        self.start = self._last = time.perf_counter()
+
+    def __call__(self, frame):
+        now = time.perf_counter()
+        self.steps.append((int(frame.k), now - self._last))
+        self._last = now
+        if self.then is not None:
+            self.then(frame)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+class Estimator:
+    """How long a run will take, learned from the steps the app has timed, per workload and k.
+
+    Each timed step is kept as a rate (step_work per second) under (workload, k); k matters (on the
+    digits, bbELS runs 10x faster per step at k = 15 than at k = 3). The first step at a k on an
+    engine builds that k's key tables: it is cold, kept apart as a build time, never as a rate. A
+    rate of a run is its warm steps' work over their time; the estimate takes the median of the
+    last KEEP runs' rates, so one run slowed by a busy moment (or sped by a quiet one) does not move
+    it, while a lasting change of load does, within a few runs. Every run (foreground, background,
+    branch) corrects it.
+
+    Never measured: the workload's rate at the nearest k measured; else the rate of another workload
+    of the same machine and device (rates in step_work units carry over between sets, roughly):
+    of the same set if one was measured (another subset), else the one closest in work; else
+    PRIOR_RATES. A carried rate is scaled by (work ratio) ** RATE_EXPONENT. A build of a k not yet
+    seen on the engine costs the workload's median build (in warm steps), else PRIOR_BUILD_STEPS
+    (builds of small runs, dominated by overheads, say little about large ones).
+    Thread-safe: background runs record too.
+    """
+
+    KEEP = 7
+
+    def __init__(self, priors: dict | None = None, build_steps: float = PRIOR_BUILD_STEPS):
+        self.priors = dict(PRIOR_RATES if priors is None else priors)
+        self.build_steps = build_steps
+        self._rates: dict[tuple, list[float]] = {}  # (workload, k) -> recent warm rates
+        self._builds: dict[Workload, list[float]] = {}  # workload -> recent builds, in warm steps
+        self._seen: set = set()  # (engine token, workload, k): key tables built
+        self._work: dict[Workload, float] = {}  # workload -> its step_work (to find the closest one)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _k(workload: Workload, k) -> int | None:
+        return None if workload.machine == "is" else int(k)
+
+    def cold(self, workload: Workload, k, engine=None) -> bool:
+        """Whether a step at k would build key tables first (k never run on this engine)."""
+        return (id(engine), workload, self._k(workload, k)) not in self._seen
+
+    def record(self, workload: Workload, work: float, steps, engine=None) -> None:
+        """Learn from a run's timed steps [(k, seconds), ...] (StepClock.steps), work = step_work."""
+        by_k: dict = {}
+        with self._lock:
+            self._work[workload] = work
+            for k, seconds in steps:
+                k = self._k(workload, k)
+                seen = (id(engine), workload, k)
+                entry = by_k.setdefault(k, {"warm": [], "cold": None})
+                if seen not in self._seen:
+                    self._seen.add(seen)
+                    entry["cold"] = seconds
+                else:
+                    entry["warm"].append(seconds)
+            for k, entry in by_k.items():
+                warm = [s for s in entry["warm"] if s > 0]
+                if warm and work > 0:
+                    rates = self._rates.setdefault((workload, k), [])
+                    rates.append(work * len(warm) / sum(warm))
+                    del rates[:-self.KEEP]
+                if entry["cold"] is not None:
+                    step = self._step_seconds(workload, work, k)
+                    builds = self._builds.setdefault(workload, [])
+                    builds.append(max(entry["cold"] - step, 0.0) / step)
+                    del builds[:-self.KEEP]
+
+    @staticmethod
+    def _median(values: list[float]) -> float:
+        ordered = sorted(values)
+        return ordered[len(ordered) // 2]
+
+    def rate(self, workload: Workload, k) -> float:
+        """Work per second expected of a warm step at k (see the class's note for what stands in)."""
+        with self._lock:
+            return self._rate(workload, self._k(workload, k))
+
+    def _rate(self, workload: Workload, k) -> float:
+        def nearest(w):
+            ks = [kk for (ww, kk) in self._rates if ww == w]
+            if not ks:
+                return None
+            best = min(ks, key=lambda kk: (0 if kk is None or k is None else abs(kk - k), kk or 0))
+            return self._median(self._rates[(w, best)])
+
+        own = nearest(workload)
+        if own is not None:
+            return own
+        # another workload of this machine and device: the same set first (a subset of it), then
+        # the one whose work is closest (small runs spend more of their time on overheads)
+        others = [w for w in {w for (w, _) in self._rates}
+                  if w.machine == workload.machine and w.device == workload.device]
+        if others:
+            mine = self._work.get(workload, 1.0)
+
+            def closeness(w):
+                return w.family != workload.family, abs(math.log(self._work[w] / mine))
+
+            other = min(others, key=closeness)
+            return nearest(other) * (mine / self._work[other]) ** RATE_EXPONENT
+        return self.priors.get((workload.device, workload.machine), min(self.priors.values()))
+
+    def _step_seconds(self, workload, work, k) -> float:
+        return work / self._rate(workload, k)
+
+    def step_plan(self, workload: Workload, work: float, ks, engine=None) -> list[float]:
+        """Seconds expected of each step, for the k of each step in the order they run (a build added
+        to the first step at a k not yet run on the engine)."""
+        with self._lock:
+            self._work.setdefault(workload, work)
+            plan, fresh = [], set()
+            builds = self._builds.get(workload)
+            build = self._median(builds) if builds else self.build_steps
+            for k in ks:
+                k = self._k(workload, k)
+                seconds = self._step_seconds(workload, work, k)
+                if (id(engine), workload, k) not in self._seen and k not in fresh:
+                    fresh.add(k)
+                    seconds *= 1 + build
+                plan.append(seconds)
+            return plan
+
+    def seconds(self, workload: Workload, work: float, ks, engine=None) -> float:
+        """Seconds expected of a run with these k per step (see step_plan)."""
+        return sum(self.step_plan(workload, work, ks, engine))
+
+
+def run_ks(spec: RunSpec, from_step: int | None = None) -> list[int]:
+    """The k of each denoising step a run does, in order (steps S-1 .. 1, or from_step .. 1 for a branch)."""
+    ks = spec.schedule()
+    start = spec.steps - 1 if from_step is None else from_step
+    return [ks[i] for i in range(start, 0, -1)]
+
+
+def time_left(plan: list[float], done: int, elapsed: float) -> float:
+    """Seconds left after `done` steps of a run whose steps were expected to take plan[i] and took
+    `elapsed` in all: what is left of the plan, at the pace of the steps so far."""
+    ahead = sum(plan[done:])
+    behind = sum(plan[:done])
+    if done <= 0 or behind <= 0:
+        return ahead
+    return ahead * elapsed / behind
+
+
+def left_text(seconds: float) -> str:
+    """'about 40 s left', 'about 3 min left'; '' under 2 s (not worth saying)."""
+    if seconds < 2:
+        return ""
+    if seconds < 90:
+        return f"about {seconds:.0f} s left"
+    return f"about {seconds / 60:.0f} min left"
+
+
+def neighbour_ks(k: int, kmax: int | None, count: int = 4) -> list[int]:
+    """The window sizes next to k, nearest first (k + 2, k - 2, k + 4, k - 4, ...), odd, within 1..kmax."""
+    out, d = [], 2
+    top = kmax if kmax is not None else k + 2 * count
+    while len(out) < count and (k + d <= top or k - d >= 1):
+        out += [v for v in (k + d, k - d) if 1 <= v <= top]
+        d += 2
+    return out[:count]
 
 
 # -- locality -------------------------------------------------------------------------------------

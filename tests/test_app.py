@@ -137,6 +137,46 @@ def test_machine_k_seed_and_dataset_change_the_picture():
     assert len(set(seen)) == len(seen)  # every change showed a new picture
 
 
+def test_live_k_computes_the_neighbouring_k_in_the_background():
+    """After a run with one k, k = 3 and 7 are computed in the background: the slider shows them at once.
+    Changing the settings stops background work for the old ones."""
+    import threading
+
+    from elsviz.live import Job
+    from elsviz.ui.cache import _runs, _worker
+
+    at = ok(app(seed=515151))
+    assert _worker().idle(timeout=120)
+    s = at.session_state["_settings"]
+    near = {k: _runs().get((s.dataset_key, s.spec.__class__(**{**s.spec.__dict__, "k": k}))) for k in (3, 7, 9, 1)}
+    assert all(near.values()), [k for k, r in near.items() if r is None]
+    assert all((s.dataset_key, r.spec) in _worker().done for r in near.values())  # made in the background
+
+    at.slider(key="k").set_value(7)
+    ok(at.run())
+    assert at.session_state["_last_result"] is near[7]  # shown from the cache, not run again
+    assert "k=7" in text(at)
+    assert _worker().idle(timeout=120)
+
+    started, release, starts = threading.Event(), threading.Event(), []
+
+    def stuck(check):  # a background run of the old settings that would never end by itself
+        starts.append(1)
+        started.set()
+        while not release.wait(0.01):
+            check()
+
+    key = (s.dataset_key, "an old neighbour")
+    _worker().submit([Job(key, s.engine, stuck)])
+    assert started.wait(10)
+    at.number_input(key="seed").set_value(515152)  # other settings: the old neighbours are not wanted
+    ok(at.run())
+    release.set()
+    assert _worker().idle(timeout=120)
+    assert key in _worker().stopped and key not in _worker().done
+    assert len(starts) == 1  # dropped, not put back to resume after the new run
+
+
 def test_choices_survive_page_switches_and_schedules():
     at = ok(app())
     at.slider(key="k").set_value(9)
@@ -193,27 +233,40 @@ def test_a_missing_path_shows_a_message_and_keeps_the_set():
 
 
 def test_a_long_run_says_how_long_and_offers_a_subset():
-    from elsviz.ui.cache import _throughput
+    """Only a truly long run asks first: the 1,000 hands (32x32) on a CPU, never the digits, however slow
+    the machine looks; the subset offered is a sensible size."""
+    from elsviz.ui.cache import _estimator, _worker
 
-    tp = _throughput()
-    saved = tp._rates, tp.guess
-    tp._rates, tp.guess = [], 1e3  # pretend the machine is very slow: every run is "long"
+    est = _estimator()
+    saved = dict(est.__dict__)
+    est.priors = {key: 1e3 for key in est.priors}  # pretend the machine is very slow: every run is "long"
+    est._rates, est._builds = {}, {}
     try:
-        at = app(seed=424242)
-        ok(at)
+        digits = ok(app(limit=0, steps=3, seed=424242))  # all 1,797 digits: never gated
+        assert not digits.warning and digits.main.get("plotly_chart")
+        assert _worker().idle(timeout=120)  # its neighbouring k, computed in the background, are timed too
+        est._rates, est._builds = {}, {}  # forget them all: the machine is still "slow"
+
+        at = ok(app(limit=0, steps=3, seed=424242, dataset="hands"))
         warning = " ".join(w.value for w in at.warning)
-        assert "will take about" in warning
+        assert "will take about" in warning and "1,000 training images" in warning
         offer = [b for b in at.button if "subset" in b.label]
         assert offer and not at.main.get("plotly_chart")
         offer[0].click()
         ok(at.run())
-        assert 0 < at.session_state["limit"] < 150
+        assert 100 <= at.session_state["limit"] <= 500  # not "4 images"
+        assert at.main.get("plotly_chart") and not at.warning  # the subset runs without asking
+
+        assert any(w.dataset[1] == "hands" for w, _ in est._rates)  # the subset's run was timed ...
+        est._rates, est._builds = {}, {}  # ... and would correct the estimate: forget it, still "slow"
+        at.session_state["limit"] = 0  # back to all the hands: it asks again
+        ok(at.run())
         anyway = [b for b in at.button if "anyway" in b.label]
         anyway[0].click()
         ok(at.run())
         assert at.main.get("plotly_chart") and not at.warning  # confirmed: it ran
     finally:
-        tp._rates, tp.guess = saved
+        est.__dict__.update(saved)
 
 
 class Upload:

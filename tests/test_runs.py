@@ -5,7 +5,7 @@ import torch
 from elsviz import Engine, ImageSet
 from elsviz.errors import ElsvizError
 from elsviz.runs import (
-    Result, RunCache, RunSpec, Throughput, changed_fraction, distinct_sources, k_limit, k_sweep, mosaic, patch,
+    Estimator, Result, RunCache, RunSpec, Workload, changed_fraction, distinct_sources, k_limit, k_sweep, mosaic, patch,
     pixel_from_click, run, run_cost, seams, shared_mask, source_shares, subset_size,
 )
 
@@ -114,12 +114,14 @@ def test_time_estimates_scale_with_the_work():
     assert run_cost(100, (3, 16, 16), spec) == pytest.approx(3 * small)
     assert run_cost(100, (1, 16, 16), RunSpec(machine="bbels", k=5, steps=20, size=(32, 32))) == pytest.approx(4 * small)
     assert run_cost(100, (1, 16, 16), RunSpec(machine="ls", k=5, steps=20)) < small
-    tp = Throughput(guess=1e9)
-    assert tp.seconds(2e9) == pytest.approx(2.0)
-    tp.record(4e9, 1.0)
-    assert tp.seconds(2e9) == pytest.approx(0.5)
-    tp.record(4e9, 8.0)  # a slow (cold or busy) run does not make every estimate pessimistic
-    assert tp.seconds(2e9) == pytest.approx(0.5)
+    est = Estimator(priors={("cpu", "bbels"): 1e9}, build_steps=0.0)
+    w = Workload("digits", "bbels")
+    assert est.seconds(w, 2e9, [5]) == pytest.approx(2.0)  # the prior, before anything is measured
+    est.record(w, 4e9, [(5, 9.0), (5, 1.0)])  # the first step at k = 5 is cold: only the second counts
+    assert est.seconds(w, 2e9, [5]) == pytest.approx(0.5)
+    est.record(w, 4e9, [(5, 1.0), (5, 1.0)])
+    est.record(w, 4e9, [(5, 8.0)])  # one slow (busy) run does not make every estimate pessimistic
+    assert est.seconds(w, 2e9, [5]) == pytest.approx(0.5)
     assert subset_size(10_000, 40.0, 4.0) == 1000
     assert subset_size(500, 1.0, 4.0) == 500
 

@@ -1,20 +1,29 @@
 """Runs for the pages: cached per parameter set, with a progress bar while they compute.
 
 A run that fails (a k the machine refuses, say) shows its message and the last good result stays
-on the page. A run that would take long says so first and offers a subset of the training set.
+on the page. A run that truly takes long (runs.needs_confirmation: a 32x32 set on a CPU, never the
+digits) says so first and offers a subset of the training set. Estimates come from the steps this
+server has timed (runs.Estimator, per workload and k), and a running run says how long is left.
+
+Live k: after a run with one k, its neighbouring k are computed in the background (elsviz.live)
+into the same run cache, so moving the slider to one of them shows it at once.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import streamlit as st
 
 from ..errors import ElsvizError
-from ..runs import Result, RunCache, RunSpec, Throughput, run, run_cost, subset_size, timed
+from ..live import Job, Worker
+from ..runs import (GATE_WORK, Estimator, Result, RunCache, RunSpec, StepClock, Workload, k_limit,
+                    left_text, needs_confirmation, neighbour_ks, run, run_ks, step_work, subset_offer, time_left)
 from ..sampling import branch
 from . import data
 from .sidebar import settings
 
-LONG_S = 20.0  # ask before starting a run estimated to take longer than this
-SUBSET_TARGET_S = 4.0  # the subset offered instead aims at about this
+LIVE_K = 4  # neighbouring k computed in the background after a run with one k (k + 2, k - 2, k + 4, k - 4)
+LIVE_MAX_S = 15.0  # ... only when each is estimated under this (and never on a 32x32 set on a CPU)
 
 
 @st.cache_resource(show_spinner=False)
@@ -23,24 +32,98 @@ def _runs() -> RunCache:
 
 
 @st.cache_resource(show_spinner=False)
-def _throughput() -> Throughput:
-    return Throughput()
+def _estimator() -> Estimator:
+    return Estimator()
 
 
-def _progress(spec: RunSpec, what: str):
+@st.cache_resource(show_spinner=False)
+def _worker() -> Worker:
+    return Worker()
+
+
+def engine_use(engine):
+    """A context for using an engine in the foreground (one thread at a time; the background yields)."""
+    return _worker().foreground(engine)
+
+
+def _n_keys(train, label) -> int:
+    """How many training images serve as keys (those of the class, for a conditional run)."""
+    if label is None or train.labels is None:
+        return len(train)
+    return int((train.labels == label).sum())
+
+
+def _workload(settings, spec: RunSpec, engine):
+    """(Workload, step_work) of a spec on the settings' training set."""
+    device = getattr(getattr(engine, "device", None), "type", "cpu")
+    workload = Workload(settings.dataset_key, spec.machine, device, spec.size, spec.label, settings.train.name)
+    return workload, step_work(_n_keys(settings.train, spec.label), settings.train.shape, spec.machine, spec.size)
+
+
+def _engine_of(settings, machine: str):
+    if settings.engine.machine == machine:
+        return settings.engine
+    return data.engine(settings.dataset_key, machine, settings.train)
+
+
+def _timed_run(engine, workload, work, go, then=None):
+    """go(callback) under a StepClock; every step it completed is recorded, even if it was stopped."""
+    clock = StepClock(then)
+    try:
+        out = go(clock)
+    finally:
+        _estimator().record(workload, work, clock.steps, engine)
+    return out, clock.elapsed
+
+
+def _progress(what: str, plan: list[float]):
+    """A progress bar and the step callback that moves it, with the time left (plan: seconds per step)."""
     bar = st.progress(0.0, text=f"{what}: starting ...")
-    total = spec.steps - 1
+    total = len(plan)
+    clock = {"done": 0}
 
-    def callback(frame):
-        done = spec.steps - frame.i
-        bar.progress(min(done / total, 1.0), text=f"{what}: step {frame.i} (t = {frame.t:.2f}, k = {frame.k}), "
-                                                  f"{done} of {total}")
+    def callback(frame, elapsed):
+        clock["done"] += 1
+        done = clock["done"]
+        left = left_text(time_left(plan, done, elapsed))
+        bar.progress(min(done / max(total, 1), 1.0),
+                     text=f"{what}: step {frame.i} (t = {frame.t:.2f}, k = {frame.k}), {done} of {total}"
+                          + (f", {left}" if left else ""))
 
     return bar, callback
 
 
+def _run_with_progress(engine, workload, work, ks, what, go):
+    """go(callback) in the foreground with a progress bar that says how long is left; (out, seconds)."""
+    plan = _estimator().step_plan(workload, work, ks, engine)
+    bar, show = _progress(what, plan)
+    holder = {}
+
+    def then(frame):
+        show(frame, holder["clock"].elapsed)
+
+    def go_clocked(clock):
+        holder["clock"] = clock
+        return go(clock)
+
+    try:
+        with engine_use(engine):
+            return _timed_run(engine, workload, work, go_clocked, then)
+    finally:
+        bar.empty()
+
+
 def _use_subset(n: int) -> None:
     st.session_state["limit"] = n
+
+
+def estimate(settings, spec: RunSpec) -> float:
+    """About how many seconds spec takes on the settings' set (0 when it is cached)."""
+    if _runs().get((settings.dataset_key, spec)) is not None:
+        return 0.0
+    engine = _engine_of(settings, spec.machine)
+    workload, work = _workload(settings, spec, engine)
+    return _estimator().seconds(workload, work, run_ks(spec), engine)
 
 
 def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, confirm: bool = True) -> Result | None:
@@ -53,36 +136,96 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
     key = (settings.dataset_key, spec)
     cache = _runs()
     hit = cache.get(key)
+    if hit is None and _worker().wait_for(key):  # being computed in the background: finish it there
+        hit = cache.get(key)
     if hit is not None:
         return hit
-    if settings.engine.machine != spec.machine:
-        engine = data.engine(settings.dataset_key, spec.machine, settings.train)
-    else:
-        engine = settings.engine
-    spec.schedule()  # a bad k fails here, before any work
+    engine = _engine_of(settings, spec.machine)
+    ks = run_ks(spec)  # a bad k fails here, before any work
     what = what or spec.describe()
-    cost = run_cost(len(settings.train), settings.train.shape, spec)
-    estimate = _throughput().seconds(cost)
+    workload, work = _workload(settings, spec, engine)
+    seconds = _estimator().seconds(workload, work, ks, engine)
     confirmed = st.session_state.setdefault("_confirmed_runs", set())
-    if confirm and estimate > LONG_S and key not in confirmed:
+    if confirm and needs_confirmation(work, seconds) and key not in confirmed:
         n = len(settings.train)
-        sub = subset_size(n, estimate, SUBSET_TARGET_S)
-        st.warning(f"{what} on {n:,} training images will take about {estimate:.0f} s.")
+        st.warning(f"{what} on {n:,} training images will take about {seconds:.0f} s on this machine "
+                   f"(measured on the runs so far).")
         cols = st.columns(2)
-        cols[0].button(f"Run it anyway (about {estimate:.0f} s)", key=f"go_{hash(key)}",
+        cols[0].button(f"Run it anyway (about {seconds:.0f} s)", key=f"go_{hash(key)}",
                        on_click=confirmed.add, args=(key,))
-        cols[1].button(f"Use a random subset of {sub:,} images (about {SUBSET_TARGET_S:.0f} s)",
-                       key=f"sub_{hash(key)}", on_click=_use_subset, args=(sub,))
+        sub = subset_offer(n, seconds)
+        if sub is not None:
+            cols[1].button(f"Use a random subset of {sub:,} images (about {max(seconds * sub / n, 1):.0f} s)",
+                           key=f"sub_{hash(key)}", on_click=_use_subset, args=(sub,))
         return None
-    bar, callback = _progress(spec, what)
-    try:
-        traj, seconds = timed(run, engine, spec, callback)
-    finally:
-        bar.empty()
-    _throughput().record(cost, seconds)
-    result = Result(settings.dataset_key, settings.train, engine, spec, traj, seconds)
+    traj, took = _run_with_progress(engine, workload, work, ks, what, lambda cb: run(engine, spec, cb))
+    result = Result(settings.dataset_key, settings.train, engine, spec, traj, took)
     cache.put(key, result)
     return result
+
+
+# -- live k ----------------------------------------------------------------------------------------
+def _live_base(settings, spec: RunSpec):
+    """What the neighbouring runs share with the shown one: everything but k."""
+    return settings.dataset_key, replace(spec, k=0)
+
+
+def live_plan(settings, spec: RunSpec) -> list[Job]:
+    """Background jobs for the k next to spec's (nearest first), not yet cached; [] where live k
+    does not apply: a schedule, IS, a 32x32 set on a CPU (runs.GATE_WORK), or runs estimated
+    above LIVE_MAX_S."""
+    if spec.machine == "is" or not isinstance(spec.k, int):
+        return []
+    engine = _engine_of(settings, spec.machine)
+    workload, work = _workload(settings, spec, engine)
+    if workload.device == "cpu" and work > GATE_WORK:
+        return []
+    kmax = k_limit(spec.machine, tuple(settings.train.shape[1:]), spec.size)
+    jobs = []
+    for k in neighbour_ks(spec.k, kmax, LIVE_K):
+        other = replace(spec, k=k)
+        key = (settings.dataset_key, other)
+        if _runs().get(key) is not None:
+            continue
+        if _estimator().seconds(workload, work, run_ks(other), engine) > LIVE_MAX_S:
+            continue
+        jobs.append(Job(key, engine, _background_run(settings, other, engine, workload, work)))
+    return jobs
+
+
+def _background_run(settings, spec, engine, workload, work):
+    def go(check):
+        def callback(frame):
+            check()
+
+        traj, took = _timed_run(engine, workload, work, lambda cb: run(engine, spec, cb), callback)
+        _runs().put((settings.dataset_key, spec), Result(settings.dataset_key, settings.train, engine, spec, traj, took))
+
+    return go
+
+
+def _want_live(settings, spec: RunSpec) -> None:
+    """Note the neighbours to compute after this page (start_live_k), and stop background work for
+    other settings at once."""
+    ss = st.session_state
+    base = _live_base(settings, spec)
+    if ss.get("_live_base") != base:
+        _worker().cancel()  # the settings changed: the old neighbours are not wanted
+    ss["_live_base"] = base
+    ss["_live_next"] = (settings, spec)
+
+
+def start_live_k() -> None:
+    """Start the background runs noted by this rerun's page (app.py calls it after the page ran, so
+    they never slow the page down)."""
+    pending = st.session_state.pop("_live_next", None)
+    if pending is None:
+        return
+    try:
+        jobs = live_plan(*pending)
+    except ElsvizError:
+        jobs = []
+    _worker().submit(jobs)
 
 
 def main_result() -> Result:
@@ -98,6 +241,9 @@ def main_result() -> Result:
         result = st.session_state.get("_last_result")
         if result is not None:
             st.info(f"Showing the previous result ({result.spec.describe()}).")
+    else:
+        if result is not None:
+            _want_live(s, s.spec)
     if result is None:
         st.stop()
     ss = st.session_state
@@ -105,23 +251,22 @@ def main_result() -> Result:
         ss["_previous_result"] = ss["_last_result"]  # the locality explorer shows it beside the new one
     ss["_last_result"] = result
     return result
-
-
 def previous_result() -> Result | None:
     """The result shown before the current one (another k, seed, machine ...), if any."""
     return st.session_state.get("_previous_result")
 
 
 def branch_run(result: Result, at_step: int, k) -> Result:
-    """result's run kept down to step at_step + 1, then finished with another k (cached)."""
+    """result's run kept down to step at_step + 1, then finished with another k (cached), with a
+    progress bar that says how long is left; timed like every run."""
 
     def make():
-        bar, callback = _progress(RunSpec(steps=at_step + 1), f"Branch at step {at_step} with k = {k}")
-        try:
-            traj, seconds = timed(branch, result.traj, at_step=at_step, k=k, callback=callback)
-        finally:
-            bar.empty()
-        return Result(result.dataset_key, result.train, result.engine, result.spec, traj, seconds)
+        spec = replace(result.spec, k=k)
+        ks = run_ks(spec, from_step=at_step)  # a bad k fails here
+        workload, work = _workload(result, spec, result.engine)
+        traj, took = _run_with_progress(result.engine, workload, work, ks, f"Branch at step {at_step} with k = {k}",
+                                        lambda cb: branch(result.traj, at_step=at_step, k=k, callback=cb))
+        return Result(result.dataset_key, result.train, result.engine, result.spec, traj, took)
 
     return _runs().fetch((result.dataset_key, result.spec, "branch", at_step, k), make)
 
@@ -129,9 +274,12 @@ def branch_run(result: Result, at_step: int, k) -> Result:
 def explain(result: Result, step: int, pixel: tuple[int, int], top: int = 8) -> list[dict]:
     """The top keys of one pixel at one step of the result's run (engine.explain), cached."""
     frame = result.traj.frame(step)
-    return _runs().fetch((result.dataset_key, result.spec, "explain", step, pixel, top),
-                         lambda: result.engine.explain(frame.x, frame.t, frame.k, pixel=pixel, top=top,
-                                                       label=result.spec.label))
+
+    def make():
+        with engine_use(result.engine):
+            return result.engine.explain(frame.x, frame.t, frame.k, pixel=pixel, top=top, label=result.spec.label)
+
+    return _runs().fetch((result.dataset_key, result.spec, "explain", step, pixel, top), make)
 
 
 def derived(result: Result, name: str, make):
@@ -144,6 +292,4 @@ def derived(result: Result, name: str, make):
 
 def estimate_seconds(settings, specs) -> float:
     """About how long the uncached runs among specs will take, from the runs timed so far."""
-    cache = _runs()
-    todo = [s for s in specs if cache.get((settings.dataset_key, s)) is None]
-    return sum(_throughput().seconds(run_cost(len(settings.train), settings.train.shape, s)) for s in todo)
+    return sum(estimate(settings, s) for s in specs)

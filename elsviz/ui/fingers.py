@@ -16,7 +16,7 @@ import streamlit as st
 from ..fingers import DEFAULT_STUDY, finger_birth, finger_study
 from ..fingers_view import Studied, hand_check, silhouette_problem, silhouettes, step_seconds
 from . import data
-from .cache import _runs, spec_run
+from .cache import _runs, engine_use, spec_run
 from .sidebar import Settings, choose_dataset
 
 PROBE_BATCH = 8  # images in the step timed for the study's estimate (a batch costs less per image)
@@ -88,7 +88,8 @@ def estimate(hs: Settings, n_seeds: int, ks, steps: int) -> float:
     batch step timed cold and warm), then taken from the studies that ran. IS costs next to nothing."""
     def probe():
         batch = min(n_seeds, PROBE_BATCH)
-        cold, warm = step_seconds(hs.engine, batch, _probe_k(ks), label=hs.spec.label)
+        with engine_use(hs.engine):
+            cold, warm = step_seconds(hs.engine, batch, _probe_k(ks), label=hs.spec.label)
         return {"per_image_step": warm / batch, "per_k": max(cold - warm, 0.0)}
 
     speed = _runs().fetch(_speed_key(hs), probe)
@@ -117,13 +118,16 @@ def run_study(hs: Settings, seeds, ks, steps: int) -> Studied:
                                                               f"about {left:.0f} s left)")
 
         try:
-            study = finger_study(hs.engine, list(seeds), list(ks), steps=steps, label=hs.spec.label, progress=progress)
+            with engine_use(hs.engine):
+                study = finger_study(hs.engine, list(seeds), list(ks), steps=steps, label=hs.spec.label,
+                                     progress=progress)
             fresh = sum(study.seconds.values())
             if fresh > 1.0:  # a study that ran (not from finger_study's own cache) times the machine
                 _runs().put(_speed_key(hs), {"per_image_step": fresh / (len(seeds) * (steps - 1) * len(ks)), "per_k": 0.0})
             bar.progress(1.0, text="Study: IS, the reference ...")
-            ideal = finger_study(data.engine(hs.dataset_key, "is", hs.train), list(seeds), [ks[0]], steps=steps,
-                                 label=hs.spec.label)
+            ideal_engine = data.engine(hs.dataset_key, "is", hs.train)
+            with engine_use(ideal_engine):
+                ideal = finger_study(ideal_engine, list(seeds), [ks[0]], steps=steps, label=hs.spec.label)
         finally:
             bar.empty()
         return Studied(study, ideal)
@@ -146,7 +150,11 @@ def _birth_key(result, k_fix, bisect: bool):
 def birth_seconds(hs: Settings, steps: int, k_fix: int, bisect: bool) -> float:
     """About how long the branch test takes: a branch from step s runs s steps of one image; all steps,
     or a binary search (about log2(steps) branches, from half the steps on average)."""
-    per = _runs().fetch(_speed_key(hs, alone=True), lambda: step_seconds(hs.engine, 1, k_fix, label=hs.spec.label)[0])
+    def probe():
+        with engine_use(hs.engine):
+            return step_seconds(hs.engine, 1, k_fix, label=hs.spec.label)[0]
+
+    per = _runs().fetch(_speed_key(hs, alone=True), probe)
     n = steps - 1
     work = (n + 1 + math.ceil(math.log2(max(n, 2))) * n / 2) if bisect else n * (n + 1) / 2
     return per * work
@@ -165,7 +173,8 @@ def birth(result, k_fix, bisect: bool):
             bar.progress(min(done / max(total, 1), 1.0), text=f"Branch test: {what} ({done} of about {total})")
 
         try:
-            return finger_birth(result.traj, k=k_fix, bisect=bisect, progress=progress)
+            with engine_use(result.engine):
+                return finger_birth(result.traj, k=k_fix, bisect=bisect, progress=progress)
         finally:
             bar.empty()
 

@@ -1,0 +1,149 @@
+"""Engine use shared by the app's sessions, and runs computed ahead in one background thread.
+
+"Live k": after a run with one k, the runs at the neighbouring k (nearest first, a few) are
+computed in the background and kept in the app's run cache, so moving the k slider shows them at
+once. The rules that keep this safe and cheap:
+
+- one engine is used by one thread at a time (an engine keeps internal caches): every use goes
+  through `Worker.foreground(engine)` or the background thread, both under the engine's lock;
+- the foreground comes first: while a foreground use waits or runs, the background run stops at its
+  next step (it is put back at the front of the plan) and no other starts, so a user waits at most
+  one background step;
+- a foreground run that is already being computed in the background waits for it (`wait_for`)
+  instead of computing it twice;
+- a new plan replaces the old one: a background run no longer in the plan stops at its next step
+  (settings changed, or the slider moved on);
+- when the plan is done the thread sleeps on a condition: an idle app uses no CPU.
+
+Plain Python (no Streamlit): the app holds one Worker in st.cache_resource; tests drive it directly.
+"""
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Callable, Hashable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .errors import ElsvizError
+
+
+class _Stopped(ElsvizError):
+    """Raised inside a background run's step callback to stop it; never leaves this module."""
+
+
+@dataclass
+class Job:
+    """One background run: key names it (the run cache key), engine is what it uses, and
+    run(check) computes and stores the result, calling check() after every step."""
+
+    key: Hashable
+    engine: object
+    run: Callable = field(repr=False)
+
+
+class Worker:
+    """Engine locks and one background thread that works through a plan of Jobs, nearest first."""
+
+    def __init__(self):
+        self._locks: dict[int, threading.RLock] = {}  # id(engine) -> its lock (an id reused later shares one: harmless)
+        self._guard = threading.Lock()
+        self._cond = threading.Condition()
+        self._plan: list[Job] = []
+        self._wanted: set = set()  # keys of the current plan, the running job's included
+        self._running: Job | None = None
+        self._foreground = 0  # foreground uses waiting or running
+        self._thread: threading.Thread | None = None
+        self.done: list[Hashable] = []  # keys finished in the background, in order (for tests and docs)
+        self.stopped: list[Hashable] = []  # keys stopped part-way
+        self.failed: list[tuple[Hashable, Exception]] = []  # keys whose run raised, with the error
+
+    # -- the engine lock ---------------------------------------------------------------------------
+    def lock(self, engine) -> threading.RLock:
+        with self._guard:
+            return self._locks.setdefault(id(engine), threading.RLock())
+
+    @contextmanager
+    def foreground(self, engine):
+        """Use the engine now: the background stops at its next step and waits until this is done."""
+        with self._cond:
+            self._foreground += 1
+        try:
+            with self.lock(engine):
+                yield
+        finally:
+            with self._cond:
+                self._foreground -= 1
+                self._cond.notify_all()
+
+    # -- the plan ----------------------------------------------------------------------------------
+    def submit(self, jobs: list[Job]) -> None:
+        """Replace the plan with jobs (nearest first). A running job not among them stops."""
+        with self._cond:
+            self._plan = list(jobs)
+            self._wanted = {j.key for j in jobs}
+            if self._running is not None and self._running.key in self._wanted:
+                self._plan = [j for j in self._plan if j.key != self._running.key]
+            if self._plan and (self._thread is None or not self._thread.is_alive()):
+                self._thread = threading.Thread(target=self._loop, name="elsviz-live-k", daemon=True)
+                self._thread.start()
+                atexit.register(self._stop_at_exit)
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        """Drop the plan; a running job stops at its next step."""
+        self.submit([])
+
+    def running(self) -> Hashable | None:
+        with self._cond:
+            return None if self._running is None else self._running.key
+
+    def wait_for(self, key, timeout: float | None = None) -> bool:
+        """If key is being computed in the background, wait until it has finished or stopped; True if
+        it was running."""
+        with self._cond:
+            if self._running is None or self._running.key != key:
+                return False
+            self._cond.wait_for(lambda: self._running is None or self._running.key != key, timeout)
+            return True
+
+    def idle(self, timeout: float | None = None) -> bool:
+        """Wait until the plan is done and nothing runs in the background; True if so within timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._plan and self._running is None, timeout)
+
+    def _stop_at_exit(self) -> None:
+        """At interpreter exit: stop the background run at its next step and wait for it (a daemon thread
+        killed inside torch during finalization can crash the process)."""
+        self.cancel()
+        self.idle(timeout=30)
+
+    # -- the thread --------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._plan and not self._foreground)
+                job = self._running = self._plan.pop(0)
+            try:
+                with self.lock(job.engine):
+                    job.run(lambda: self._check(job))
+            except _Stopped:
+                with self._cond:
+                    self.stopped.append(job.key)
+                    if job.key in self._wanted and job not in self._plan:
+                        self._plan.insert(0, job)  # stopped for the foreground: do it when that is done
+            except Exception as err:  # noqa: BLE001 - a failing background run (a k the machine refuses) is dropped
+                with self._cond:
+                    self.failed.append((job.key, err))
+            else:
+                with self._cond:
+                    self.done.append(job.key)
+            finally:
+                with self._cond:
+                    self._running = None
+                    self._cond.notify_all()
+
+    def _check(self, job: Job) -> None:
+        with self._cond:
+            if self._foreground or job.key not in self._wanted:
+                raise _Stopped("stopped")
