@@ -269,8 +269,8 @@ def windowed(engine, sm, queries, q_idx, g, gi, imgs, k, label, hq, wq) -> bool:
         whole = engine._cache.get(("ktable", engine.machine, k, label, hq, wq, gi),
                                   lambda: _whole_table(imgs, g.pos, k, kc), table_bytes)
         chunks = lambda: [whole]  # noqa: E731
-    else:  # does not fit: built chunk by chunk on every pass, each chunk as large as the cache allows
-        big = max(kc, engine._cache.max_bytes // (4 * ng * (dim + c)) // BLOCK_K * BLOCK_K)
+    else:  # does not fit: built chunk by chunk on every pass, chunks of a quarter of the cache
+        big = max(kc, engine._cache.max_bytes // (16 * ng * (dim + c)) // BLOCK_K * BLOCK_K)
         chunks = lambda: _table(imgs, g.pos, k, big)  # noqa: E731
     rt = max(1, engine.chunk_elems // (ng * dim))  # query rows per call
     try:
