@@ -273,21 +273,20 @@ def windowed(engine, sm, queries, q_idx, g, gi, imgs, k, label, hq, wq) -> bool:
         big = max(kc, engine._cache.max_bytes // (16 * ng * (dim + c)) // BLOCK_K * BLOCK_K)
         chunks = lambda: _table(imgs, g.pos, k, big)  # noqa: E731
     rt = max(1, engine.chunk_elems // (ng * dim))  # query rows per call
+    tiles = range(0, nrows, rt)
     try:
-        results = []
-        for r0 in range(0, nrows, rt):
-            stats, j0 = None, 0
-            for keys, vals in chunks():  # [G, D + 1, kc] [G, C, kc]
+        results, j0 = dict.fromkeys(tiles), 0
+        for keys, vals in chunks():  # [G, D + 1, kc] [G, C, kc]; each chunk built once
+            for r0 in tiles:
                 part = local_stats(queries[:, r0:r0 + rt], keys.transpose(1, 2), vals.transpose(1, 2))
                 part = (*part[:4], part[4] + j0)
-                stats = part if stats is None else _combine(stats, part)
-                j0 += keys.shape[-1]
-            results.append((r0, stats))
+                results[r0] = part if results[r0] is None else _combine(results[r0], part)
+            j0 += keys.shape[-1]
     except Exception as exc:  # no compiler, an unsupported GPU, a Triton bug: stay exact
         _warn_once(f"elsviz: the Triton kernel failed ({type(exc).__name__}: {exc}); using the torch path.")
         engine._kernel = False
         return False
-    for r0, (m, ssum, acc, ent, j) in results:
+    for r0, (m, ssum, acc, ent, j) in results.items():
         pos = torch.gather(g.pos, 1, j // n)  # [G, R] training position
         best = (j % n) * (h * w) + pos
         sm.merge_at(q_idx[:, r0:r0 + rt].flatten(), m.flatten(), ssum.flatten(), acc.flatten(0, 1),
