@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 from collections.abc import Callable, Hashable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,11 +36,16 @@ class _Stopped(ElsvizError):
 @dataclass
 class Job:
     """One background run: key names it (the run cache key), engine is what it uses, and
-    run(check) computes and stores the result, calling check() after every step."""
+    run(check) computes and stores the result, calling check(done, total) after every step (it
+    notes the progress, and stops the run when the foreground needs the engine or the job is no
+    longer wanted)."""
 
     key: Hashable
     engine: object
     run: Callable = field(repr=False)
+    done: int = 0  # steps done so far, of total (from check(done, total); wait_for's tick shows them)
+    total: int = 0
+    started: float = 0.0  # time.perf_counter() when it started
 
 
 class Worker:
@@ -98,13 +104,20 @@ class Worker:
         with self._cond:
             return None if self._running is None else self._running.key
 
-    def wait_for(self, key, timeout: float | None = None) -> bool:
+    def wait_for(self, key, timeout: float | None = None, tick: Callable | None = None) -> bool:
         """If key is being computed in the background, wait until it has finished or stopped; True if
-        it was running."""
+        it was running. tick(job), if given, is called about every 0.25 s meanwhile (a progress bar)."""
         with self._cond:
-            if self._running is None or self._running.key != key:
+            job = self._running
+            if job is None or job.key != key:
                 return False
-            self._cond.wait_for(lambda: self._running is None or self._running.key != key, timeout)
+            gone = lambda: self._running is not job  # noqa: E731
+            waited = 0.0
+            while not gone() and (timeout is None or waited < timeout):
+                self._cond.wait_for(gone, 0.25)
+                waited += 0.25
+                if tick is not None and not gone():
+                    tick(job)
             return True
 
     def idle(self, timeout: float | None = None) -> bool:
@@ -124,9 +137,10 @@ class Worker:
             with self._cond:
                 self._cond.wait_for(lambda: self._plan and not self._foreground)
                 job = self._running = self._plan.pop(0)
+                job.started, job.done = time.perf_counter(), 0
             try:
                 with self.lock(job.engine):
-                    job.run(lambda: self._check(job))
+                    job.run(lambda done=0, total=0: self._check(job, done, total))
             except _Stopped:
                 with self._cond:
                     self.stopped.append(job.key)
@@ -143,7 +157,8 @@ class Worker:
                     self._running = None
                     self._cond.notify_all()
 
-    def _check(self, job: Job) -> None:
+    def _check(self, job: Job, done: int = 0, total: int = 0) -> None:
         with self._cond:
+            job.done, job.total = done, total
             if self._foreground or job.key not in self._wanted:
                 raise _Stopped("stopped")

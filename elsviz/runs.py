@@ -93,6 +93,7 @@ class Result:
     spec: RunSpec
     traj: object  # Trajectory
     seconds: float
+    background: bool = False  # computed ahead in the background (live k), not while the user waited
 
     def differences(self, other: "Result") -> str:
         """What sets this result apart from other ('k=7', 'hands, bbELS'); 'same settings' if nothing."""

@@ -20,8 +20,9 @@ last = traj.frames[-1]
 left, right = st.columns([1, 1], gap="large")
 with left:  # the result first: the output of this run, large and still
     show(derived(result, "output", lambda: figures.picture(traj.final[0], target=448)))
+    ahead = " (ahead, in the background)" if result.background else ""
     st.caption(f"The output (step 1): **{spec.describe()}** on *{result.train.name}*, computed in "
-               f"{result.seconds:.2f} s on {result.engine.device}.")
+               f"{result.seconds:.2f} s on {result.engine.device}{ahead}.")
 with right:
     gif = derived(result, "gif", lambda: figures.animation_gif(traj))
     st.image(gif, caption="Looping: the noisy image x_t (left) and the estimate (right), step by step.")

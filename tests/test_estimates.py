@@ -139,7 +139,7 @@ class Slow:
         for _ in range(self.n):
             time.sleep(self.step)
             self.steps += 1
-            check()
+            check(self.steps, self.n)
 
 
 def test_the_worker_computes_the_plan_nearest_first_then_sleeps():
@@ -187,8 +187,11 @@ def test_the_foreground_waits_at_most_one_background_step():
 def test_a_foreground_run_waits_for_the_same_run_in_the_background():
     worker, engine = Worker(), object()
     started = threading.Event()
-    worker.submit([Job("k=7", engine, Slow("k=7", n=10, step=0.02, started=started))])
+    worker.submit([Job("k=7", engine, Slow("k=7", n=20, step=0.05, started=started))])
     assert started.wait(5)
-    assert worker.wait_for("k=7", timeout=10)
+    seen = []
+    assert worker.wait_for("k=7", timeout=10, tick=lambda job: seen.append((job.done, job.total)))
     assert worker.done == ["k=7"]
+    assert seen and all(0 <= d <= 20 and t in (0, 20) for d, t in seen)  # its progress, for a progress bar
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] >= 10
     assert not worker.wait_for("k=9")  # not running: the caller computes it

@@ -10,6 +10,7 @@ into the same run cache, so moving the slider to one of them shows it at once.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import streamlit as st
@@ -66,9 +67,8 @@ def _engine_of(settings, machine: str):
     return data.engine(settings.dataset_key, machine, settings.train)
 
 
-def _timed_run(engine, workload, work, go, then=None):
-    """go(callback) under a StepClock; every step it completed is recorded, even if it was stopped."""
-    clock = StepClock(then)
+def _timed_run(engine, workload, work, go, clock: StepClock):
+    """go(clock) (clock: the step callback); every step it completed is recorded, even if it was stopped."""
     try:
         out = go(clock)
     finally:
@@ -95,20 +95,27 @@ def _progress(what: str, plan: list[float]):
 
 def _run_with_progress(engine, workload, work, ks, what, go):
     """go(callback) in the foreground with a progress bar that says how long is left; (out, seconds)."""
-    plan = _estimator().step_plan(workload, work, ks, engine)
-    bar, show = _progress(what, plan)
-    holder = {}
-
-    def then(frame):
-        show(frame, holder["clock"].elapsed)
-
-    def go_clocked(clock):
-        holder["clock"] = clock
-        return go(clock)
-
+    bar, show = _progress(what, _estimator().step_plan(workload, work, ks, engine))
+    clock = StepClock(lambda frame: show(frame, clock.elapsed))
     try:
         with engine_use(engine):
-            return _timed_run(engine, workload, work, go_clocked, then)
+            return _timed_run(engine, workload, work, go, clock)
+    finally:
+        bar.empty()
+
+
+def _wait_for_background(key, what: str) -> None:
+    """Wait for the run under key, which the background is computing, with a progress bar."""
+    bar = st.progress(0.0, text=f"{what}: being computed ahead ...")
+
+    def tick(job):
+        if job.done and job.total:
+            left = left_text((time.perf_counter() - job.started) / job.done * (job.total - job.done))
+            bar.progress(min(job.done / job.total, 1.0), text=f"{what}: computed ahead, {job.done} of {job.total} steps"
+                                                            + (f", {left}" if left else ""))
+
+    try:
+        _worker().wait_for(key, tick=tick)
     finally:
         bar.empty()
 
@@ -136,7 +143,8 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
     key = (settings.dataset_key, spec)
     cache = _runs()
     hit = cache.get(key)
-    if hit is None and _worker().wait_for(key):  # being computed in the background: finish it there
+    if hit is None and _worker().running() == key:  # being computed in the background: finish it there
+        _wait_for_background(key, what or spec.describe())
         hit = cache.get(key)
     if hit is not None:
         return hit
@@ -195,11 +203,17 @@ def live_plan(settings, spec: RunSpec) -> list[Job]:
 
 def _background_run(settings, spec, engine, workload, work):
     def go(check):
-        def callback(frame):
-            check()
+        key = (settings.dataset_key, spec)
+        if _runs().get(key) is not None:  # run in the foreground meanwhile
+            return
+        total, done = spec.steps - 1, []
 
-        traj, took = _timed_run(engine, workload, work, lambda cb: run(engine, spec, cb), callback)
-        _runs().put((settings.dataset_key, spec), Result(settings.dataset_key, settings.train, engine, spec, traj, took))
+        def callback(frame):
+            done.append(frame.i)
+            check(len(done), total)
+
+        traj, took = _timed_run(engine, workload, work, lambda cb: run(engine, spec, cb), StepClock(callback))
+        _runs().put(key, Result(settings.dataset_key, settings.train, engine, spec, traj, took, background=True))
 
     return go
 
