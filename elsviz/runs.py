@@ -221,19 +221,19 @@ class Workload:
 
 
 class StepClock:
-    """A sample() callback that times every step: steps = [(k, seconds), ...] in the order run.
+    """A sample() callback that times every step: steps = [(k, t, seconds), ...] in the order run.
 
     Wraps another callback (a progress bar), which is called after the step is timed.
     """
 
     def __init__(self, then: Callable | None = None):
         self.then = then
-        self.steps: list[tuple[int, float]] = []
+        self.steps: list[tuple[int, float, float]] = []
         self.start = self._last = time.perf_counter()
 
     def __call__(self, frame):
         now = time.perf_counter()
-        self.steps.append((int(frame.k), now - self._last))
+        self.steps.append((int(frame.k), float(frame.t), now - self._last))
         self._last = now
         if self.then is not None:
             self.then(frame)
@@ -254,6 +254,13 @@ class Estimator:
     it, while a lasting change of load does, within a few runs. Every run (foreground, background,
     branch) corrects it.
 
+    Steps at different noise levels t cost differently on some sets (the hands: a step at t = 0.9
+    takes 6-10x one at t = 0.2, when most windows have settled on one flat patch; the digits: about
+    the same): a profile per set, machine and device (PROFILE_BINS bins of t, each the median of
+    the recent full runs' step time there over their mean) weighs each step, so a branch from a late
+    step and the time left during a run are estimated from the steps still to come. Flat until a
+    full run (one k, from the top) of that set has been timed.
+
     Never measured: the workload's rate at the nearest k measured; else the rate of another workload
     of the same machine and device (rates in step_work units carry over between sets, roughly):
     of the same set if one was measured (another subset), else the one closest in work; else
@@ -264,6 +271,7 @@ class Estimator:
     """
 
     KEEP = 7
+    PROFILE_BINS = 10
 
     def __init__(self, priors: dict | None = None, build_steps: float = PRIOR_BUILD_STEPS):
         self.priors = dict(PRIOR_RATES if priors is None else priors)
@@ -272,40 +280,77 @@ class Estimator:
         self._builds: dict[Workload, list[float]] = {}  # workload -> recent builds, in warm steps
         self._seen: set = set()  # (engine token, workload, k): key tables built
         self._work: dict[Workload, float] = {}  # workload -> its step_work (to find the closest one)
+        self._profiles: dict[tuple, list[list[float]]] = {}  # (device, machine, family) -> per bin, recent weights
         self._lock = threading.Lock()
 
     @staticmethod
     def _k(workload: Workload, k) -> int | None:
         return None if workload.machine == "is" else int(k)
 
+    @staticmethod
+    def _steps(steps):
+        """[(k, t or None, seconds)] from [(k, t, seconds)] or [(k, seconds)]."""
+        return [(st[0], st[1] if len(st) == 3 else None, st[-1]) for st in steps]
+
     def cold(self, workload: Workload, k, engine=None) -> bool:
         """Whether a step at k would build key tables first (k never run on this engine)."""
         return (id(engine), workload, self._k(workload, k)) not in self._seen
 
+    def _bin(self, t) -> int | None:
+        return None if t is None else min(max(int(t * self.PROFILE_BINS), 0), self.PROFILE_BINS - 1)
+
+    def weight(self, workload: Workload, t) -> float:
+        """How much a step at t costs against the mean step of a full run (1.0 when not known)."""
+        b = self._bin(t)
+        bins = self._profiles.get((workload.device, workload.machine, workload.family))
+        if b is None or not bins or not bins[b]:
+            return 1.0
+        return self._median(bins[b])
+
+    def _learn_profile(self, workload: Workload, warm) -> None:
+        """warm: [(t, seconds)] of one k; a run covering most bins of t teaches the set's profile."""
+        by_bin: dict[int, list[float]] = {}
+        for t, seconds in warm:
+            if t is not None and seconds > 0:
+                by_bin.setdefault(self._bin(t), []).append(seconds)
+        if len(by_bin) < self.PROFILE_BINS - 2:
+            return
+        means = {b: sum(v) / len(v) for b, v in by_bin.items()}
+        mean = sum(means.values()) / len(means)
+        bins = self._profiles.setdefault((workload.device, workload.machine, workload.family),
+                                         [[] for _ in range(self.PROFILE_BINS)])
+        for b, m in means.items():
+            bins[b].append(m / mean)
+            del bins[b][:-self.KEEP]
+
     def record(self, workload: Workload, work: float, steps, engine=None) -> None:
-        """Learn from a run's timed steps [(k, seconds), ...] (StepClock.steps), work = step_work."""
+        """Learn from a run's timed steps [(k, t, seconds), ...] (StepClock.steps; t may be left out),
+        work = step_work."""
         by_k: dict = {}
         with self._lock:
             self._work[workload] = work
-            for k, seconds in steps:
+            for k, t, seconds in self._steps(steps):
                 k = self._k(workload, k)
                 seen = (id(engine), workload, k)
                 entry = by_k.setdefault(k, {"warm": [], "cold": None})
                 if seen not in self._seen:
                     self._seen.add(seen)
-                    entry["cold"] = seconds
+                    entry["cold"] = (t, seconds)
                 else:
-                    entry["warm"].append(seconds)
+                    entry["warm"].append((t, seconds))
+            for entry in by_k.values():
+                self._learn_profile(workload, entry["warm"])
             for k, entry in by_k.items():
-                warm = [s for s in entry["warm"] if s > 0]
-                if warm and work > 0:
+                warm = [(t, s) for t, s in entry["warm"] if s > 0]
+                if warm and work > 0:  # seconds of an average step: each weighed by its t
                     rates = self._rates.setdefault((workload, k), [])
-                    rates.append(work * len(warm) / sum(warm))
+                    rates.append(work * len(warm) / sum(s / self.weight(workload, t) for t, s in warm))
                     del rates[:-self.KEEP]
                 if entry["cold"] is not None:
-                    step = self._step_seconds(workload, work, k)
+                    t, seconds = entry["cold"]
+                    step = self._step_seconds(workload, work, k, t)
                     builds = self._builds.setdefault(workload, [])
-                    builds.append(max(entry["cold"] - step, 0.0) / step)
+                    builds.append(max(seconds - step, 0.0) / step)
                     del builds[:-self.KEEP]
 
     @staticmethod
@@ -314,7 +359,7 @@ class Estimator:
         return ordered[len(ordered) // 2]
 
     def rate(self, workload: Workload, k) -> float:
-        """Work per second expected of a warm step at k (see the class's note for what stands in)."""
+        """Work per second expected of an average warm step at k (see the class's note for what stands in)."""
         with self._lock:
             return self._rate(workload, self._k(workload, k))
 
@@ -343,29 +388,29 @@ class Estimator:
             return nearest(other) * (mine / self._work[other]) ** RATE_EXPONENT
         return self.priors.get((workload.device, workload.machine), min(self.priors.values()))
 
-    def _step_seconds(self, workload, work, k) -> float:
-        return work / self._rate(workload, k)
+    def _step_seconds(self, workload, work, k, t=None) -> float:
+        return work / self._rate(workload, k) * self.weight(workload, t)
 
-    def step_plan(self, workload: Workload, work: float, ks, engine=None) -> list[float]:
-        """Seconds expected of each step, for the k of each step in the order they run (a build added
-        to the first step at a k not yet run on the engine)."""
+    def step_plan(self, workload: Workload, work: float, ks, engine=None, ts=None) -> list[float]:
+        """Seconds expected of each step, for the k (and, if given, the t) of each step in the order
+        they run (a build added to the first step at a k not yet run on the engine)."""
         with self._lock:
             self._work.setdefault(workload, work)
             plan, fresh = [], set()
             builds = self._builds.get(workload)
             build = self._median(builds) if builds else self.build_steps
-            for k in ks:
+            for i, k in enumerate(ks):
                 k = self._k(workload, k)
-                seconds = self._step_seconds(workload, work, k)
+                seconds = self._step_seconds(workload, work, k, None if ts is None else ts[i])
                 if (id(engine), workload, k) not in self._seen and k not in fresh:
                     fresh.add(k)
-                    seconds *= 1 + build
+                    seconds += build * self._step_seconds(workload, work, k)
                 plan.append(seconds)
             return plan
 
-    def seconds(self, workload: Workload, work: float, ks, engine=None) -> float:
-        """Seconds expected of a run with these k per step (see step_plan)."""
-        return sum(self.step_plan(workload, work, ks, engine))
+    def seconds(self, workload: Workload, work: float, ks, engine=None, ts=None) -> float:
+        """Seconds expected of a run with these k (and t) per step (see step_plan)."""
+        return sum(self.step_plan(workload, work, ks, engine, ts))
 
 
 def run_ks(spec: RunSpec, from_step: int | None = None) -> list[int]:
@@ -373,6 +418,12 @@ def run_ks(spec: RunSpec, from_step: int | None = None) -> list[int]:
     ks = spec.schedule()
     start = spec.steps - 1 if from_step is None else from_step
     return [ks[i] for i in range(start, 0, -1)]
+
+
+def run_ts(spec: RunSpec, from_step: int | None = None) -> list[float]:
+    """The noise level t = i / steps of each denoising step a run does, in the order of run_ks."""
+    start = spec.steps - 1 if from_step is None else from_step
+    return [i / spec.steps for i in range(start, 0, -1)]
 
 
 def time_left(plan: list[float], done: int, elapsed: float) -> float:

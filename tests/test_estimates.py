@@ -88,6 +88,25 @@ def test_one_loaded_run_does_not_move_the_estimate_but_lasting_load_does():
     assert est.seconds(w, DIGITS, [5] * 19) == pytest.approx(19 * 1.0, rel=0.01)
 
 
+def test_steps_at_high_noise_weigh_more_where_the_set_says_so():
+    """On the hands a step at large t takes about 8x one at small t: after a full run the estimate of a
+    branch from a late step (small t only) counts its steps as the cheap ones they are."""
+    est = Estimator(build_steps=0.0)
+    hands = Workload("hands", "bbels", family="hands")
+    ts = [i / 20 for i in range(19, 0, -1)]
+    took = [(5, t, 4.0 if t >= 0.5 else 0.5) for t in ts]  # 10 slow steps, 9 fast ones: 44.5 s
+    est.record(hands, HANDS, took)
+    est.record(hands, HANDS, took)
+    assert est.seconds(hands, HANDS, [5] * 19, ts=ts) == pytest.approx(44.5, rel=0.1)
+    late = [0.2, 0.15, 0.1, 0.05]
+    assert est.seconds(hands, HANDS, [5] * 4, ts=late) == pytest.approx(2.0, rel=0.2)  # flat would say 10 s
+    assert est.weight(hands, 0.9) > 4 * est.weight(hands, 0.1)
+    assert est.weight(Workload("digits", "bbels", family="digits"), 0.9) == 1.0  # another set: flat until measured
+    # the time left during such a run: after the 10 slow steps, only the 9 fast ones remain
+    plan = est.step_plan(hands, HANDS, [5] * 19, ts=ts)
+    assert time_left(plan, 10, 40.0) == pytest.approx(4.5, rel=0.2)
+
+
 def test_digits_are_never_gated_and_hands_on_a_cpu_are_with_a_sensible_subset():
     slow = Estimator(priors={("cpu", "bbels"): 1e3})  # a machine so loaded every run looks endless
     digits = slow.seconds(Workload("digits", "bbels"), DIGITS, run_ks(RunSpec(k=5, steps=50)))

@@ -18,7 +18,7 @@ import streamlit as st
 from ..errors import ElsvizError
 from ..live import Job, Worker
 from ..runs import (GATE_WORK, Estimator, Result, RunCache, RunSpec, StepClock, Workload, k_limit,
-                    left_text, needs_confirmation, neighbour_ks, run, run_ks, step_work, subset_offer, time_left)
+                    left_text, needs_confirmation, neighbour_ks, run, run_ks, run_ts, step_work, subset_offer, time_left)
 from ..sampling import branch
 from . import data
 from .sidebar import settings
@@ -93,9 +93,10 @@ def _progress(what: str, plan: list[float]):
     return bar, callback
 
 
-def _run_with_progress(engine, workload, work, ks, what, go):
-    """go(callback) in the foreground with a progress bar that says how long is left; (out, seconds)."""
-    bar, show = _progress(what, _estimator().step_plan(workload, work, ks, engine))
+def _run_with_progress(engine, workload, work, ks, ts, what, go):
+    """go(callback) in the foreground with a progress bar that says how long is left; (out, seconds).
+    ks, ts: the k and t of each step it runs."""
+    bar, show = _progress(what, _estimator().step_plan(workload, work, ks, engine, ts))
     clock = StepClock(lambda frame: show(frame, clock.elapsed))
     try:
         with engine_use(engine):
@@ -130,7 +131,7 @@ def estimate(settings, spec: RunSpec) -> float:
         return 0.0
     engine = _engine_of(settings, spec.machine)
     workload, work = _workload(settings, spec, engine)
-    return _estimator().seconds(workload, work, run_ks(spec), engine)
+    return _estimator().seconds(workload, work, run_ks(spec), engine, run_ts(spec))
 
 
 def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, confirm: bool = True) -> Result | None:
@@ -152,7 +153,7 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
     ks = run_ks(spec)  # a bad k fails here, before any work
     what = what or spec.describe()
     workload, work = _workload(settings, spec, engine)
-    seconds = _estimator().seconds(workload, work, ks, engine)
+    seconds = _estimator().seconds(workload, work, ks, engine, run_ts(spec))
     confirmed = st.session_state.setdefault("_confirmed_runs", set())
     if confirm and needs_confirmation(work, seconds) and key not in confirmed:
         n = len(settings.train)
@@ -166,7 +167,7 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
             cols[1].button(f"Use a random subset of {sub:,} images (about {max(seconds * sub / n, 1):.0f} s)",
                            key=f"sub_{hash(key)}", on_click=_use_subset, args=(sub,))
         return None
-    traj, took = _run_with_progress(engine, workload, work, ks, what, lambda cb: run(engine, spec, cb))
+    traj, took = _run_with_progress(engine, workload, work, ks, run_ts(spec), what, lambda cb: run(engine, spec, cb))
     result = Result(settings.dataset_key, settings.train, engine, spec, traj, took)
     cache.put(key, result)
     return result
@@ -195,7 +196,7 @@ def live_plan(settings, spec: RunSpec) -> list[Job]:
         key = (settings.dataset_key, other)
         if _runs().get(key) is not None:
             continue
-        if _estimator().seconds(workload, work, run_ks(other), engine) > LIVE_MAX_S:
+        if _estimator().seconds(workload, work, run_ks(other), engine, run_ts(other)) > LIVE_MAX_S:
             continue
         jobs.append(Job(key, engine, _background_run(settings, other, engine, workload, work)))
     return jobs
@@ -278,7 +279,8 @@ def branch_run(result: Result, at_step: int, k) -> Result:
         spec = replace(result.spec, k=k)
         ks = run_ks(spec, from_step=at_step)  # a bad k fails here
         workload, work = _workload(result, spec, result.engine)
-        traj, took = _run_with_progress(result.engine, workload, work, ks, f"Branch at step {at_step} with k = {k}",
+        traj, took = _run_with_progress(result.engine, workload, work, ks, run_ts(spec, from_step=at_step),
+                                        f"Branch at step {at_step} with k = {k}",
                                         lambda cb: branch(result.traj, at_step=at_step, k=k, callback=cb))
         return Result(result.dataset_key, result.train, result.engine, result.spec, traj, took)
 
