@@ -143,12 +143,13 @@ GATE_WORK = 3e8  # ... and only when one step's work count (step_work) is above 
 SUBSET_TARGET_S = 10.0  # a subset offered instead of a long run aims at about this ...
 MIN_SUBSET = 100  # ... but is never smaller than this (fewer images make a poor training set)
 
-# Work per second (step_work units) before anything was measured: the slower end of what a warm
-# run did on the shared 2-core CPU at a load average of 2-5 (docs/APP.md, "Responsiveness"), and,
+# Work per second (step_work units) before anything was measured: what warm runs did on the shared 2-core
+# CPU at a load average of about 3 (bbELS, k = 5, 20 steps: the 1,797 digits 1.4e8-1.1e9, the 1,000 hands
+# 4e8-1.5e9; IS and LS on the digits 5e4-7e5 and 7e6-6e7; docs/APP.md, "Responsiveness"), and,
 # for CUDA, the H100 figures of docs/BENCHMARKS.md (bbELS: 2.5e10 on the digits, 9e10 on 60,000
 # 28x28 images) with IS and LS scaled by the same factor as the CPU's.
 PRIOR_RATES = {
-    ("cpu", "is"): 5e4, ("cpu", "ls"): 1e7, ("cpu", "els"): 2e8, ("cpu", "bbels"): 2e8,
+    ("cpu", "is"): 5e4, ("cpu", "ls"): 1e7, ("cpu", "els"): 3e8, ("cpu", "bbels"): 3e8,
     ("cuda", "is"): 5e6, ("cuda", "ls"): 1e9, ("cuda", "els"): 2e10, ("cuda", "bbels"): 2e10,
 }
 RATE_EXPONENT = 0.35  # a rate carried to a workload with x times the work is x ** 0.35 times higher: overheads
@@ -357,6 +358,16 @@ class Estimator:
     def _median(values: list[float]) -> float:
         ordered = sorted(values)
         return ordered[len(ordered) // 2]
+
+    def basis(self, workload: Workload) -> str:
+        """What an estimate for the workload rests on: 'measured' (runs of it), 'carried' (runs of another
+        set or subset, scaled) or 'prior' (nothing comparable has run yet)."""
+        with self._lock:
+            if any(w == workload for (w, _) in self._rates):
+                return "measured"
+            if any(w.machine == workload.machine and w.device == workload.device for (w, _) in self._rates):
+                return "carried"
+            return "prior"
 
     def rate(self, workload: Workload, k) -> float:
         """Work per second expected of an average warm step at k (see the class's note for what stands in)."""

@@ -38,8 +38,10 @@ def test_rates_are_kept_per_workload_and_k():
 
 def test_a_never_measured_workload_scales_a_measured_one_by_its_work():
     est = Estimator(build_steps=0.0)
+    assert est.basis(Workload("hands", "bbels", family="hands")) == "prior"
     est.record(Workload("hands", "bbels", family="hands"), HANDS, steps(5, 5.0))
     subset = Workload(("hands", 200), "bbels", family="hands")  # a subset: another set, never run
+    assert est.basis(Workload("hands", "bbels", family="hands")) == "measured" and est.basis(subset) == "carried"
     work = step_work(200, (1, 32, 32), "bbels")
     # 1/5 of the work, at a rate 5 ** -0.35 = 0.57 times as high (overheads weigh more in small runs)
     assert est.seconds(subset, work, [5] * 19) == pytest.approx(19 * 5.0 * 0.2 ** 0.65, rel=0.01)

@@ -23,6 +23,8 @@ from ..sampling import branch
 from . import data
 from .sidebar import settings
 
+BASIS = {"measured": "from the runs timed on this set", "carried": "a first guess, from runs on other sets",
+         "prior": "a first guess: nothing comparable has run yet"}
 LIVE_K = 4  # neighbouring k computed in the background after a run with one k (k + 2, k - 2, k + 4, k - 4)
 LIVE_MAX_S = 15.0  # ... only when each is estimated under this (and never on a 32x32 set on a CPU)
 
@@ -158,13 +160,17 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
     if confirm and needs_confirmation(work, seconds) and key not in confirmed:
         n = len(settings.train)
         st.warning(f"{what} on {n:,} training images will take about {seconds:.0f} s on this machine "
-                   f"(measured on the runs so far).")
+                   f"({BASIS[_estimator().basis(workload)]}).")
         cols = st.columns(2)
         cols[0].button(f"Run it anyway (about {seconds:.0f} s)", key=f"go_{hash(key)}",
                        on_click=confirmed.add, args=(key,))
         sub = subset_offer(n, seconds)
         if sub is not None:
-            cols[1].button(f"Use a random subset of {sub:,} images (about {max(seconds * sub / n, 1):.0f} s)",
+            part = replace(workload, dataset=(settings.dataset_key, "subset", sub))
+            part_work = step_work(_n_keys(settings.train, spec.label) * sub // n, settings.train.shape, spec.machine,
+                                  spec.size)
+            part_s = _estimator().seconds(part, part_work, ks, None, run_ts(spec))
+            cols[1].button(f"Use a random subset of {sub:,} images (about {part_s:.0f} s)",
                            key=f"sub_{hash(key)}", on_click=_use_subset, args=(sub,))
         return None
     traj, took = _run_with_progress(engine, workload, work, ks, run_ts(spec), what, lambda cb: run(engine, spec, cb))
