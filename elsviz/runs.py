@@ -196,13 +196,15 @@ def subset_size(n: int, estimate_s: float, target_s: float) -> int:
 def subset_offer(n: int, estimate_s: float, target_s: float = SUBSET_TARGET_S, minimum: int = MIN_SUBSET) -> int | None:
     """The subset to offer instead of a run of n images estimated at estimate_s, or None.
 
-    About target_s worth of images (time grows with the number of keys), rounded down to a round
-    number, never fewer than `minimum`; None when the set is small (under 2 x minimum) or when the
-    subset would keep more than half the set (it would not save much).
+    About target_s worth of images (a run's time grows as its work ** (1 - RATE_EXPONENT): a tenth
+    of the images takes about a fifth of the time, not a tenth), rounded down to a round number,
+    never fewer than `minimum`; None when the set is small (under 2 x minimum) or when the subset
+    would keep more than half the set (it would not save much).
     """
     if n < 2 * minimum:
         return None
-    sub = max(minimum, subset_size(n, estimate_s, target_s))
+    share = min(1.0, target_s / max(estimate_s, 1e-9)) ** (1 / (1 - RATE_EXPONENT))
+    sub = max(minimum, int(n * share))
     step = 10 ** max(0, len(str(sub)) - 2)  # two significant digits: 137 -> 130, 2,480 -> 2,400
     sub = max(minimum, sub // step * step)
     return sub if sub <= n // 2 else None
@@ -257,10 +259,11 @@ class Estimator:
 
     Steps at different noise levels t cost differently on some sets (the hands: a step at t = 0.9
     takes 6-10x one at t = 0.2, when most windows have settled on one flat patch; the digits: about
-    the same): a profile per set, machine and device (PROFILE_BINS bins of t, each the median of
-    the recent full runs' step time there over their mean) weighs each step, so a branch from a late
-    step and the time left during a run are estimated from the steps still to come. Flat until a
-    full run (one k, from the top) of that set has been timed.
+    the same; and where the slow steps end depends on k): a profile per set, machine, device and k
+    (PROFILE_BINS bins of t, each the median of the recent full runs' step time there over their
+    mean; the nearest k's where this k has none) weighs each step, so a branch from a late step and
+    the time left during a run are estimated from the steps still to come. Flat until a full run
+    (one k, from the top) of that set has been timed.
 
     Never measured: the workload's rate at the nearest k measured; else the rate of another workload
     of the same machine and device (rates in step_work units carry over between sets, roughly):
@@ -281,7 +284,7 @@ class Estimator:
         self._builds: dict[Workload, list[float]] = {}  # workload -> recent builds, in warm steps
         self._seen: set = set()  # (engine token, workload, k): key tables built
         self._work: dict[Workload, float] = {}  # workload -> its step_work (to find the closest one)
-        self._profiles: dict[tuple, list[list[float]]] = {}  # (device, machine, family) -> per bin, recent weights
+        self._profiles: dict[tuple, list[list[float]]] = {}  # (device, machine, family, k) -> per bin, recent weights
         self._lock = threading.Lock()
 
     @staticmethod
@@ -300,15 +303,19 @@ class Estimator:
     def _bin(self, t) -> int | None:
         return None if t is None else min(max(int(t * self.PROFILE_BINS), 0), self.PROFILE_BINS - 1)
 
-    def weight(self, workload: Workload, t) -> float:
-        """How much a step at t costs against the mean step of a full run (1.0 when not known)."""
+    def weight(self, workload: Workload, t, k=None) -> float:
+        """How much a step at t costs against the mean step of a full run at k (the nearest k measured on
+        the set; 1.0 when none was)."""
         b = self._bin(t)
-        bins = self._profiles.get((workload.device, workload.machine, workload.family))
-        if b is None or not bins or not bins[b]:
+        k = None if k is None else self._k(workload, k)
+        ks = [key[3] for key in self._profiles if key[:3] == (workload.device, workload.machine, workload.family)]
+        if b is None or not ks:
             return 1.0
-        return self._median(bins[b])
+        near = min(ks, key=lambda kk: (0 if kk is None or k is None else abs(kk - k), kk or 0))
+        bins = self._profiles[(workload.device, workload.machine, workload.family, near)]
+        return self._median(bins[b]) if bins[b] else 1.0
 
-    def _learn_profile(self, workload: Workload, warm) -> None:
+    def _learn_profile(self, workload: Workload, k, warm) -> None:
         """warm: [(t, seconds)] of one k; a run covering most bins of t teaches the set's profile."""
         by_bin: dict[int, list[float]] = {}
         for t, seconds in warm:
@@ -318,7 +325,7 @@ class Estimator:
             return
         means = {b: sum(v) / len(v) for b, v in by_bin.items()}
         mean = sum(means.values()) / len(means)
-        bins = self._profiles.setdefault((workload.device, workload.machine, workload.family),
+        bins = self._profiles.setdefault((workload.device, workload.machine, workload.family, k),
                                          [[] for _ in range(self.PROFILE_BINS)])
         for b, m in means.items():
             bins[b].append(m / mean)
@@ -339,13 +346,13 @@ class Estimator:
                     entry["cold"] = (t, seconds)
                 else:
                     entry["warm"].append((t, seconds))
-            for entry in by_k.values():
-                self._learn_profile(workload, entry["warm"])
+            for k, entry in by_k.items():
+                self._learn_profile(workload, k, entry["warm"])
             for k, entry in by_k.items():
                 warm = [(t, s) for t, s in entry["warm"] if s > 0]
                 if warm and work > 0:  # seconds of an average step: each weighed by its t
                     rates = self._rates.setdefault((workload, k), [])
-                    rates.append(work * len(warm) / sum(s / self.weight(workload, t) for t, s in warm))
+                    rates.append(work * len(warm) / sum(s / self.weight(workload, t, k) for t, s in warm))
                     del rates[:-self.KEEP]
                 if entry["cold"] is not None:
                     t, seconds = entry["cold"]
@@ -400,7 +407,7 @@ class Estimator:
         return self.priors.get((workload.device, workload.machine), min(self.priors.values()))
 
     def _step_seconds(self, workload, work, k, t=None) -> float:
-        return work / self._rate(workload, k) * self.weight(workload, t)
+        return work / self._rate(workload, k) * self.weight(workload, t, k)
 
     def step_plan(self, workload: Workload, work: float, ks, engine=None, ts=None) -> list[float]:
         """Seconds expected of each step, for the k (and, if given, the t) of each step in the order

@@ -102,7 +102,13 @@ def test_steps_at_high_noise_weigh_more_where_the_set_says_so():
     assert est.seconds(hands, HANDS, [5] * 19, ts=ts) == pytest.approx(44.5, rel=0.1)
     late = [0.2, 0.15, 0.1, 0.05]
     assert est.seconds(hands, HANDS, [5] * 4, ts=late) == pytest.approx(2.0, rel=0.2)  # flat would say 10 s
-    assert est.weight(hands, 0.9) > 4 * est.weight(hands, 0.1)
+    assert est.weight(hands, 0.9, 5) > 4 * est.weight(hands, 0.1, 5)
+    assert est.weight(hands, 0.9, 9) == est.weight(hands, 0.9, 5)  # another k: the nearest k's profile ...
+    flat = [(9, t, 1.0) for t in ts]
+    est.record(hands, HANDS, flat)
+    est.record(hands, HANDS, flat)
+    assert est.weight(hands, 0.9, 9) == pytest.approx(1.0)  # ... until its own is measured
+    assert est.weight(hands, 0.9, 5) > 1.5
     assert est.weight(Workload("digits", "bbels", family="digits"), 0.9) == 1.0  # another set: flat until measured
     # the time left during such a run: after the 10 slow steps, only the 9 fast ones remain
     plan = est.step_plan(hands, HANDS, [5] * 19, ts=ts)
@@ -118,10 +124,11 @@ def test_digits_are_never_gated_and_hands_on_a_cpu_are_with_a_sensible_subset():
     assert hands > LONG_S  # the prior on a CPU: 1,000 hands take minutes
     assert needs_confirmation(HANDS, hands) and needs_confirmation(PHOTOS, 30.0)
     assert not needs_confirmation(HANDS, LONG_S / 2)  # measured fast (a GPU, a quiet machine): no question
-    # the subset: sized for about 10 s, never under 100 images, round, absent for small sets
+    # the subset: sized for about 10 s (time grows as work ** 0.65), never under 100 images, round,
+    # absent for small sets
     assert subset_offer(1000, 280.0) == 100
-    assert subset_offer(1000, 50.0) == 200
-    assert subset_offer(2000, 40.0) == 500
+    assert subset_offer(1000, 39.0) == 120  # (10 / 39) ** (1 / 0.65) = 12%
+    assert subset_offer(2000, 40.0) == 230
     assert subset_offer(60, 280.0) is None  # not "4 images out of 60"
     assert subset_offer(150, 100.0) is None
     assert subset_offer(1000, 15.0) is None  # a subset would keep most of the set
