@@ -154,3 +154,105 @@ extern "C" int rows_stats(int64_t R, int64_t n, const float* L, int64_t ldl, con
     f(R, n, L, ldl, V, rpg, vgs, vcs, logc, m_out, s_out, acc_out, ent_out, arg_out, into, rep);
     return 0;
 }
+
+// query_blocks: the pruned path one query at a time (docs/ENGINE.md, "Per-query blocks").
+// Keys are in blocks of L (a multiple of 16, at most 1024) columns of KT [D1, NK] (dim-major: row d holds entry
+// d of every key; the last row is |K|^2, so that <(c1 Q, c2), K> is the logit). For query q the
+// blocks come in order[q, :] with their upper bounds ub[q, :] (descending); a block whose bound lies
+// more than gap below the largest logit found so far is not computed, nor is any after it. The
+// statistics of the computed keys are merged into the running ones at row into[q] (see merge);
+// counted[q] (if not NULL) receives the number of blocks computed.
+template <int C, bool LOGC>
+static void query_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* KT, int64_t NK, int64_t L,
+                           const float* V, const float* logc, const int64_t* rep, const int64_t* order,
+                           const float* ub, int64_t J, float gap, const int64_t* into, float* m_io, float* s_io,
+                           float* acc_io, float* ent_io, int64_t* best_io, int64_t* counted)
+{
+    float buf[1024] __attribute__((aligned(64)));
+    const vf lo = splat(-80.f);
+    for (int64_t q = 0; q < Qn; q++) {
+        const float* qa = Qa + q * D1;
+        float mx = -INFINITY, s = 0.f, ent = 0.f, acc[C];
+        for (int c = 0; c < C; c++) acc[c] = 0.f;
+        int64_t best = 0, done = 0;
+        for (int64_t i = 0; i < J; i++) {
+            if (ub[q * J + i] < mx - gap) break;
+            const int64_t k0 = order[q * J + i] * L;
+            done++;
+            // logits of the block, 64 keys at a time, then 16 at a time
+            int64_t j = 0;
+            for (; j + 4 * W <= L; j += 4 * W) {
+                vf a0 = {}, a1 = {}, a2 = {}, a3 = {};
+                const float* kp = KT + k0 + j;
+                for (int64_t d = 0; d < D1; d++, kp += NK) {
+                    const vf qd = splat(qa[d]);
+                    a0 += qd * load(kp);
+                    a1 += qd * load(kp + W);
+                    a2 += qd * load(kp + 2 * W);
+                    a3 += qd * load(kp + 3 * W);
+                }
+                memcpy(buf + j, &a0, sizeof a0);
+                memcpy(buf + j + W, &a1, sizeof a1);
+                memcpy(buf + j + 2 * W, &a2, sizeof a2);
+                memcpy(buf + j + 3 * W, &a3, sizeof a3);
+            }
+            for (; j < L; j += W) {
+                vf a0 = {};
+                const float* kp = KT + k0 + j;
+                for (int64_t d = 0; d < D1; d++, kp += NK) a0 += splat(qa[d]) * load(kp);
+                memcpy(buf + j, &a0, sizeof a0);
+            }
+            vf m16 = splat(-FLT_MAX);
+            for (int64_t j = 0; j < L; j += W) m16 = vmax(m16, load(buf + j));
+            const float bm = hmax(m16);
+            if (bm > mx) {  // a new maximum: rescale what was summed so far
+                int64_t arg = 0;
+                while (buf[arg] != bm) arg++;
+                if (mx != -INFINITY) {
+                    const float alpha = expf(mx - bm);
+                    ent = alpha * (ent + s * (mx - bm));
+                    s *= alpha;
+                    for (int c = 0; c < C; c++) acc[c] *= alpha;
+                }
+                mx = bm;
+                best = rep[k0 + arg];
+            }
+            vf s16 = {}, e16 = {}, a16[C];
+            for (int c = 0; c < C; c++) a16[c] = vf{};
+            const vf vm = splat(mx);
+            for (int64_t j = 0; j < L; j += W) {
+                vf d = load(buf + j) - vm;
+                vf x = LOGC ? d + load(logc + k0 + j) : d;
+                if (!any_ge(x, -80.f)) continue;
+                vf e = vexp(vmax(x, lo));
+                e = x >= lo ? e : vf{};
+                s16 += e;
+                e16 += e * vmax(d, lo);
+                for (int c = 0; c < C; c++) a16[c] += e * load(V + c * NK + k0 + j);
+            }
+            s += hsum(s16);
+            ent += hsum(e16);
+            for (int c = 0; c < C; c++) acc[c] += hsum(a16[c]);
+        }
+        if (counted) counted[q] = done;
+        if (done) merge<C>(into[q], mx, s, acc, ent, best, m_io, s_io, acc_io, ent_io, best_io);
+    }
+}
+
+typedef void (*query_fn)(int64_t, const float*, int64_t, const float*, int64_t, int64_t, const float*, const float*,
+                         const int64_t*, const int64_t*, const float*, int64_t, float, const int64_t*, float*, float*,
+                         float*, float*, int64_t*, int64_t*);
+
+extern "C" int query_blocks(int64_t Qn, const float* Qa, int64_t D1, const float* KT, int64_t NK, int64_t L,
+                            const float* V, int64_t C, const float* logc, const int64_t* rep, const int64_t* order,
+                            const float* ub, int64_t J, float gap, const int64_t* into, float* m_io, float* s_io,
+                            float* acc_io, float* ent_io, int64_t* best_io, int64_t* counted)
+{
+    if (L % W || L > 1024) return 2;
+    query_fn f;
+    if (C == 1) f = logc ? query_blocks_t<1, true> : query_blocks_t<1, false>;
+    else if (C == 3) f = logc ? query_blocks_t<3, true> : query_blocks_t<3, false>;
+    else return 1;
+    f(Qn, Qa, D1, KT, NK, L, V, logc, rep, order, ub, J, gap, into, m_io, s_io, acc_io, ent_io, best_io, counted);
+    return 0;
+}

@@ -111,6 +111,9 @@ def library():
             ptr, i64 = ctypes.c_void_p, ctypes.c_int64
             lib.rows_stats.argtypes = [i64, i64, ptr, i64, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
             lib.rows_stats.restype = ctypes.c_int
+            lib.query_blocks.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i64,
+                                         ctypes.c_float, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+            lib.query_blocks.restype = ctypes.c_int
             lib.exp_clamped.argtypes = [ptr, ptr, i64]
             lib.exp_clamped.restype = None
             _state["lib"] = lib
@@ -194,6 +197,46 @@ def _call(logits, values, logc, out, into, rep) -> None:
         codes = list(_pool().map(lambda ab: part(*ab), zip(cuts[:-1], cuts[1:])))
     if any(codes):
         raise RuntimeError(f"elsviz: rows_stats refused C = {c}")  # guarded by usable(): a bug
+
+
+def query_blocks(qa: torch.Tensor, keys_t: torch.Tensor, block: int, centres: torch.Tensor, logc: torch.Tensor | None,
+                 rep: torch.Tensor, order: torch.Tensor, ub: torch.Tensor, gap: float, into: torch.Tensor,
+                 running) -> torch.Tensor:
+    """The pruned path one query at a time, the logits computed inside the kernel (never written).
+
+    qa [Q, D+1] augmented queries; keys_t [D+1, NK] with NK a multiple of `block` (a multiple of
+    16, at most 1024); centres [C, NK]; logc [NK] or None; rep [NK] key ids; order [Q, J] the
+    blocks of each query by descending bound, ub [Q, J] those bounds; into [Q] distinct rows of
+    the running statistics (see merge_rows), merged in place. Blocks whose bound is more than gap
+    below the best logit found are skipped. Returns the number of blocks computed per query [Q].
+    """
+    lib = library()
+    nq, d1 = qa.shape
+    nk = keys_t.shape[1]
+    c = centres.shape[0]
+    qa, order, ub, into = qa.contiguous(), order.contiguous(), ub.contiguous(), into.contiguous()
+    keys_t, centres, rep = keys_t.contiguous(), centres.contiguous(), rep.contiguous()
+    logc = None if logc is None else logc.contiguous()
+    j = order.shape[1]
+    m, s, acc, ent, best = running
+    counted = torch.zeros(nq, dtype=torch.int64)
+
+    def part(q0: int, q1: int) -> int:
+        return lib.query_blocks(
+            q1 - q0, qa.data_ptr() + 4 * q0 * d1, d1, keys_t.data_ptr(), nk, block, centres.data_ptr(), c,
+            None if logc is None else logc.data_ptr(), rep.data_ptr(), order.data_ptr() + 8 * q0 * j,
+            ub.data_ptr() + 4 * q0 * j, j, float(gap), into.data_ptr() + 8 * q0, m.data_ptr(), s.data_ptr(),
+            acc.data_ptr(), ent.data_ptr(), best.data_ptr(), counted.data_ptr() + 8 * q0)
+
+    threads = min(torch.get_num_threads(), nq)
+    if threads <= 1:
+        codes = [part(0, nq)]
+    else:
+        cuts = _cuts(nq, nq, threads)
+        codes = list(_pool().map(lambda ab: part(*ab), zip(cuts[:-1], cuts[1:])))
+    if any(codes):
+        raise RuntimeError(f"elsviz: query_blocks refused C = {c}, block = {block}")  # callers check: a bug
+    return counted
 
 
 def _cuts(nr: int, rpg: int, parts: int) -> list[int]:

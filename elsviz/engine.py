@@ -61,6 +61,9 @@ _TABLE_READ_COST = 16.0
 # A class with at least this many logits per step (query pixels x keys) goes through the pruned
 # path of distinct keys (keyset.py); smaller ones are not worth its set-up.
 _PRUNE_MIN_LOGITS = 2**21
+# The per-query pruned path (compiled CPU kernel) is taken while a query needs at most this share
+# of the blocks; above it, tiles of queries and matrix products do the work faster.
+PER_QUERY_MAX = 0.25
 
 
 # ----------------------------------------------------------------------------------------------
@@ -697,6 +700,11 @@ class Engine:
         aug = torch.cat([c1 * queries, torch.full_like(queries[:, :1], c2)], -1)  # [Q, D + 1]
         nq, nb = queries.shape[0], ks.blocks
         piece = max(1, self.chunk_elems // (nb * ks.basis.shape[0]))  # queries per bound computation
+        done = self._per_query(sm, queries, qsq, aug, rows, ks, a, b, piece)
+        if done == nq:
+            return
+        queries, qsq, aug, rows = queries[done:], qsq[done:], aug[done:], rows[done:]
+        nq = queries.shape[0]
         home = torch.cat([ks.upper_logits(queries[i:i + piece], qsq[i:i + piece], a, b).argmax(-1)
                           for i in range(0, nq, piece)])  # [Q] block with the best bound
         order = torch.argsort(home)
@@ -721,6 +729,39 @@ class Engine:
             if t0 == tile and kept.shape[0] > 0.3 * nb:  # bounds do not pay at this t (gathers cost)
                 tile = self._tile * 8
 
+    def _per_query(self, sm, queries, qsq, aug, rows, ks: KeySet, a, b, piece) -> int:
+        """The compiled kernel's pruned path, one query at a time (cpu_kernel.query_blocks): each
+        query takes its blocks by descending bound and stops at the first whose bound is more than
+        PRUNE_GAP below its best logit. Pays where a query needs few blocks (small t): a query needs
+        far fewer than a tile of queries does; but a query that needs most blocks reads the whole
+        table from memory on its own. So a few sample queries decide first: the exact logits of their
+        best block bound each one's maximum from below, and if the bounds leave more than
+        PER_QUERY_MAX of the blocks in play, the tiles serve. Returns how many queries it took
+        (all or none)."""
+        nq, nb = queries.shape[0], ks.blocks
+        c = ks.centres.shape[0]
+        running = (sm.m, sm.s, sm.acc, sm.ent, sm.best)
+        if (not self._cpu_kernel or c not in cpu_kernel.CHANNELS or ks.block % 16 or ks.block > 1024
+                or not cpu_kernel.mergeable(running) or cpu_kernel.library() is None):
+            return 0
+        logc = ks.logc if ks.duplicates else None
+        sample = torch.linspace(0, nq - 1, min(nq, 16)).long()
+        ub, order = ks.upper_logits(queries[sample], qsq[sample], a, b).sort(dim=1, descending=True)
+        ns = sample.shape[0]
+        scratch = (torch.full((ns,), -math.inf), torch.zeros(ns), torch.zeros(ns, c), torch.zeros(ns),
+                   torch.zeros(ns, dtype=torch.int64))
+        cpu_kernel.query_blocks(aug[sample], ks.keys_t, ks.block, ks.centres, logc, ks.rep, order[:, :1], ub[:, :1],
+                                PRUNE_GAP, torch.arange(ns), scratch)  # their best block only
+        in_play = (ub >= (scratch[0] - PRUNE_GAP).unsqueeze(1)).sum(1).float().mean()
+        if float(in_play) > PER_QUERY_MAX * nb:
+            return 0  # large t: most blocks count; the tiles (dense products) do better
+        for q0 in range(0, nq, piece):
+            q1 = min(nq, q0 + piece)
+            ub, order = ks.upper_logits(queries[q0:q1], qsq[q0:q1], a, b).sort(dim=1, descending=True)
+            cpu_kernel.query_blocks(aug[q0:q1], ks.keys_t, ks.block, ks.centres, logc, ks.rep, order, ub,
+                                    PRUNE_GAP, rows[q0:q1], running)
+        return nq
+
     def _blocks(self, sm, r, qa, ks: KeySet, blocks, per_chunk):
         """Merge the keys of `blocks` into the softmax of the queries r (augmented queries qa [T, D + 1])."""
         nblk = blocks.shape[0]
@@ -734,8 +775,8 @@ class Engine:
                       for f, s_, e in zip(firsts, edges[:-1], edges[1:]) for i in range(0, e - s_, per_chunk)]
         else:  # scattered: gathered chunk by chunk
             pieces = (ks.rows(blocks[i:i + per_chunk]) for i in range(0, nblk, per_chunk))
-        for keys, vals, rep, logc, centres in pieces:
-            logits = torch.mm(qa, keys.T)  # [T, n]
+        for keys_t, vals, rep, logc, centres in pieces:
+            logits = torch.mm(qa, keys_t)  # [T, n]
             if self._cpu_kernel and cpu_kernel.usable(logits, grouped := centres.unsqueeze(0)):
                 running = (sm.m, sm.s, sm.acc, sm.ent, sm.best)
                 if cpu_kernel.mergeable(running):  # statistics merged in place, no torch ops per chunk

@@ -17,7 +17,9 @@ Two exact ideas (docs/ENGINE.md gives the measurements behind them):
   and is skipped; nothing it holds can change a mean, a weight, an entropy or the heaviest key.
 
 Rows of a KeySet (distinct keys, in block order, padded to a whole number of blocks):
-    table  [J*L, D + 1]  the window K (channel, row, col) and |K|^2
+    keys_t [D + 1, J*L]  the window K (channel, row, col) and |K|^2, one column per key (dim-major:
+                         a block's keys are contiguous in every row, for the CPU kernel; the
+                         product takes column slices at full speed)
     values [J*L, C + 2]  1 (for the sum of weights), the key's centre pixel (C values), log count
     rep    [J*L]         id n * H * W + position of the first key (in the dense order) with this window
 Padding rows have |K|^2 = PAD_SQ (a logit far below any real one) and values 0, so they add nothing.
@@ -66,7 +68,7 @@ def distinct_keys(hashes: torch.Tensor, pos: torch.Tensor, hw: int):
 
 @dataclass
 class KeySet:
-    table: torch.Tensor  # [J*L, D + 1]
+    keys_t: torch.Tensor  # [D + 1, J*L]
     values: torch.Tensor  # [J*L, C + 2]
     rep: torch.Tensor  # [J*L] int64
     logc: torch.Tensor  # [J*L] log count (a copy of values[:, -1], contiguous)
@@ -85,17 +87,18 @@ class KeySet:
         return self.lo.shape[0]
 
     def rows(self, blocks: torch.Tensor):
-        """table, values, rep, logc and centres ([C, b*L]) of the given blocks [b], gathered block by block."""
+        """keys_t ([D + 1, b*L]), values, rep, logc and centres ([C, b*L]) of the given blocks [b],
+        gathered block by block."""
         j = self.blocks
         rows = tuple(v.view(j, -1).index_select(0, blocks).view(-1, *v.shape[1:])
-                     for v in (self.table, self.values, self.rep, self.logc))
-        c = self.centres.shape[0]
-        return *rows, self.centres.view(c, j, -1).index_select(1, blocks).view(c, -1)
+                     for v in (self.values, self.rep, self.logc))
+        cols = tuple(v.view(v.shape[0], j, -1).index_select(1, blocks).view(v.shape[0], -1) for v in (self.keys_t, self.centres))
+        return cols[0], *rows, cols[1]
 
     def span(self, b0: int, b1: int):
-        """table, values, rep, logc and centres ([C, n]) of blocks b0 .. b1 - 1 (views, no copy)."""
+        """keys_t ([D + 1, n]), values, rep, logc and centres ([C, n]) of blocks b0 .. b1 - 1 (views, no copy)."""
         lo, hi = b0 * self.block, b1 * self.block
-        return *(v[lo:hi] for v in (self.table, self.values, self.rep, self.logc)), self.centres[:, lo:hi]
+        return self.keys_t[:, lo:hi], *(v[lo:hi] for v in (self.values, self.rep, self.logc)), self.centres[:, lo:hi]
 
     @staticmethod
     def bytes_needed(keys: int, dim: int, c: int) -> int:
@@ -125,10 +128,10 @@ class KeySet:
         keys, proj, resid = keys[order], proj[order], resid[order]
         centre = padded[img[order], pos[order] // w + d, pos[order] % w + d]  # [Kd, C]
         logc = count[order].to(keys.dtype).log()
-        table = torch.zeros(j * BLOCK, dim + 1, device=imgs.device)
-        table[:kd, :dim] = keys
-        table[:kd, dim] = (keys * keys).sum(-1)
-        table[kd:, dim] = PAD_SQ
+        keys_t = torch.zeros(dim + 1, j * BLOCK, device=imgs.device)
+        keys_t[:dim, :kd] = keys.T
+        keys_t[dim, :kd] = (keys * keys).sum(-1)
+        keys_t[dim, kd:] = PAD_SQ
         values = torch.zeros(j * BLOCK, c + 2, device=imgs.device)
         values[:kd, 0] = 1.0
         values[:kd, 1:1 + c] = centre
@@ -140,7 +143,7 @@ class KeySet:
         fill = torch.cat([torch.arange(kd, device=imgs.device), last])
         pb, rb = proj[fill].view(j, BLOCK, r), resid[fill].view(j, BLOCK)
         return cls(
-            table=table, values=values, rep=rep_rows, logc=values[:, -1].contiguous(),
+            keys_t=keys_t, values=values, rep=rep_rows, logc=values[:, -1].contiguous(),
             centres=values[:, 1:1 + c].T.contiguous(), basis=basis,
             lo=pb.amin(1), hi=pb.amax(1), rlo=rb.amin(1), rhi=rb.amax(1),
             logc_max=logc[fill].view(j, BLOCK).amax(1), block=BLOCK, duplicates=bool((count > 1).any()),

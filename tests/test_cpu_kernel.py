@@ -185,3 +185,38 @@ def test_merging_chunks_gives_the_statistics_of_all_keys(kernel, monkeypatch, c)
     assert int(running[4][0]) == int(rep[10])
     untouched = torch.tensor([1, 2, 4, 6, 8])
     assert torch.isinf(running[0][untouched]).all() and (running[1][untouched] == 0).all()
+
+
+@needs_compiler
+@pytest.mark.parametrize("c,block,with_logc", [(1, 64, False), (3, 32, True), (1, 256, True)])
+def test_query_blocks_computes_the_logits_and_skips_only_what_weighs_nothing(kernel, monkeypatch, c, block, with_logc):
+    # the per-query pruned path: logits <qa, keys_t[:, j]> inside the kernel, blocks by descending
+    # bound, stop at the first bound more than gap below the best logit found
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # also split between threads
+    g = torch.Generator().manual_seed(block + c)
+    nq, d1, nb = 7, 11, 6
+    nk = nb * block
+    keys_t = torch.randn(d1, nk, generator=g)
+    qa = torch.randn(nq, d1, generator=g) * 3
+    centres = torch.rand(c, nk, generator=g)
+    logc = torch.log(torch.randint(1, 4, (nk,), generator=g).float()) if with_logc else None
+    rep = torch.arange(nk) * 10 + 3
+    logits = qa @ keys_t  # [Q, NK]
+    want = expected(logits, centres.unsqueeze(0), logc)
+    # exact bounds: each block's true max logit (plus its largest log count)
+    bmax = (logits + (0 if logc is None else logc)).view(nq, nb, block).amax(-1)
+    ub, order = bmax.sort(dim=1, descending=True)
+    for gap in (1e9, 36.0, 5.0):
+        running = (torch.full((nq,), -float("inf")), torch.zeros(nq), torch.zeros(nq, c), torch.zeros(nq),
+                   torch.zeros(nq, dtype=torch.int64))
+        into = torch.arange(nq).flip(0)  # rows of the running statistics, not in query order
+        counted = ck.query_blocks(qa, keys_t, block, centres, logc, rep, order, ub, gap, into, running)
+        m, s, acc, ent, best = (v[into] for v in running)
+        torch.testing.assert_close(m.double(), want[0], rtol=1e-5, atol=1e-4)
+        assert torch.equal(best, rep[want[4]]), f"gap {gap}: heaviest key differs"
+        if gap >= 36:  # what is skipped weighs < exp(-36) per key
+            torch.testing.assert_close(s.double(), want[1], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(acc.double(), want[2], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(ent.double(), want[3], rtol=1e-4, atol=1e-4)
+        skippable = (ub < (want[0].float() - gap).unsqueeze(1)).sum(1)
+        assert torch.equal(counted, nb - skippable), f"gap {gap}: blocks computed {counted.tolist()}"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import elsviz.cpu_kernel as cpu_kernel
 import elsviz.engine as engine_mod
 import elsviz.keyset as keyset_mod
 from tests.reference import noisy_query, random_images
@@ -32,8 +33,17 @@ def fast_path(monkeypatch):
         calls["possible"] = calls.get("possible", 0) + ks.blocks * g.pix.shape[1] * qwin.shape[0]
         return real_pruned(self, sm, qwin, g, ks, a, b)
 
+    real_query = cpu_kernel.query_blocks
+
+    def spy_query(*args, **kwargs):  # the per-query path computes blocks inside the kernel
+        counted = real_query(*args, **kwargs)
+        calls["blocks"] += int(counted.sum())
+        calls["per_query"] = calls.get("per_query", 0) + counted.shape[0]
+        return counted
+
     monkeypatch.setattr(engine_mod.Engine, "_blocks", spy_blocks)
     monkeypatch.setattr(engine_mod.Engine, "_pruned", spy_pruned)
+    monkeypatch.setattr(cpu_kernel, "query_blocks", spy_query)
     return calls
 
 
@@ -106,11 +116,13 @@ def test_blocks_are_skipped_when_noise_is_low(make_pair, fast_path):
     post = engine.denoise(x, 0.05, 3)  # also goes through the runs-of-32 path (few runs count)
     check_posterior(post, ref.denoise("els", x.numpy(), 0.05, 3), ref, "els", x.numpy(), 0.05, 3)
     low = fast_path["blocks"] / fast_path["possible"]
+    if engine._cpu_kernel:  # the compiled kernel takes the queries one by one at small t
+        assert fast_path.get("per_query", 0) >= 2 * 100  # every query (and a few samples that decide)
     fast_path.update(blocks=0, possible=0)
     engine.denoise(torch.from_numpy(noisy_query(2, 1, 10, 10, 0.95, seed=11)), 0.95, 3)
     high = fast_path["blocks"] / fast_path["possible"]
     assert low < 0.5, f"{low:.0%} of the (query, block) pairs computed at t = 0.05"
-    assert high == pytest.approx(1.0), "at t = 0.95 every block must be computed"
+    assert high >= 1.0, "at t = 0.95 every block must be computed (a few sample queries may probe one more)"
 
 
 @pytest.mark.parametrize("machine,k", [("els", 3), ("bbels", 5), ("ls", 3)])
