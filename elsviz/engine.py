@@ -861,11 +861,12 @@ class Engine:
                 j0 += keys.shape[-1]
 
     def _sq_windows(self, imgs, k, label):
-        """|K|^2 of the zero-padded k x k window at every position of every image: [N, H*W]."""
+        """|K|^2 of the zero-padded k x k window at every position of every image, position-major:
+        [H*W, N] (a key position's row is contiguous, so the embedded path gathers whole rows)."""
         def make():
             sq = (imgs * imgs).sum(1, keepdim=True)  # [N, 1, H, W]
             box = F.conv2d(sq, torch.ones(1, 1, k, k, device=imgs.device), padding=k // 2)  # [N, 1, H, W]
-            return box.flatten(1)
+            return box.flatten(1).T.contiguous()
 
         return self._cache.get(("sq", k, label), make)
 
@@ -890,7 +891,8 @@ class Engine:
         spot = rr * w + cc  # [M, k, k]
         chan = torch.arange(c, device=imgs.device).view(1, c, 1, 1) * (h * w)
         target = torch.where(inside.unsqueeze(1), chan + spot.unsqueeze(1), c * h * w).reshape(m_pairs, dim)  # [M, D]
-        sq_all = self._sq_windows(imgs, k, label)  # [N, H*W]
+        sq_all = self._sq_windows(imgs, k, label)  # [H*W, N]
+        centres = self._cache.get(("centres", label), lambda: imgs.flatten(2).permute(2, 1, 0).contiguous())  # [H*W, C, N]
         flat = imgs.flatten(1)  # [N, CHW]
         rt = max(1, self.chunk_elems // (c * h * w))  # rows per tile: the embedded queries hold chunk_elems
         step = max(1, self.chunk_elems // min(rt, bsz * m_pairs))  # training images per chunk
@@ -903,9 +905,9 @@ class Engine:
             q_idx = bi * pq + pix[mi]  # [R]
             for n0 in range(0, n, step):
                 xc = flat[n0:n0 + step]  # [n, CHW]
-                sq = sq_all[n0:n0 + step][:, pos[mi]].T  # [R, n]
+                sq = sq_all[pos[mi], n0:n0 + step]  # [R, n]
                 logits = torch.addmm(sq, emb, xc.T, beta=c2, alpha=c1)  # [R, n]
-                vals = imgs[n0:n0 + step].flatten(2)[:, :, pos[mi]].permute(2, 1, 0).contiguous()  # [R, C, n] key centres
+                vals = centres[pos[mi], :, n0:n0 + step]  # [R, C, n] key centres
                 per_c = vals.transpose(0, 1)  # [C, R, n]
                 m, ssum, acc, ent, arg = self._rows(logits, per_c,
                                                     lambda e: torch.stack([torch.linalg.vecdot(e, v) for v in per_c], -1),
