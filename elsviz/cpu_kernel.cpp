@@ -8,6 +8,8 @@
 //   s = sum_j e_j;  acc[c] = sum_j e_j v[c][j];  ent = sum_j e_j (l_j - m)
 // where v[c][j] = V[(r / rpg) * vgs + c * vcs + j]: the rows come in groups of rpg that share one
 // value table (a class of query pixels), or rpg = 1 and every row has its own.
+// Rows (and queries) are shared out over `threads` OpenMP threads: compiled with -fopenmp, this
+// library uses the OpenMP runtime torch has loaded (same soname), so its threads are torch's.
 // Two passes over a row (its max; then everything else), sixteen keys at a time with GCC's vector
 // extensions, and an exp of our own so that the whole loop stays in vector registers. Sixteen keys
 // that all weigh nothing cost a comparison.
@@ -93,9 +95,10 @@ static inline void merge(int64_t q, float mx, float s, const float* acc, float e
 template <int C, bool LOGC>
 static void rows_t(int64_t R, int64_t n, const float* L, int64_t ldl, const float* V, int64_t rpg, int64_t vgs,
                    int64_t vcs, const float* logc, float* m_out, float* s_out, float* acc_out, float* ent_out,
-                   int64_t* arg_out, const int64_t* into, const int64_t* rep)
+                   int64_t* arg_out, const int64_t* into, const int64_t* rep, int threads)
 {
     const int64_t nv = n / W * W;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t r = 0; r < R; r++) {
         const float* l = L + r * ldl;
         const float* v = V + (r / rpg) * vgs;
@@ -138,20 +141,21 @@ static void rows_t(int64_t R, int64_t n, const float* L, int64_t ldl, const floa
 }
 
 typedef void (*rows_fn)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, int64_t,
-                        const float*, float*, float*, float*, float*, int64_t*, const int64_t*, const int64_t*);
+                        const float*, float*, float*, float*, float*, int64_t*, const int64_t*, const int64_t*, int);
 
 // into = NULL: the statistics of row r go to m_out[r] ... arg_out[r] (arg: the key's index in the row).
 // into != NULL: they are merged into the running statistics at row into[r] of m_out ... (arg_out:
 // the heaviest key's id, rep[arg], or arg without rep). The rows of into must be distinct.
 extern "C" int rows_stats(int64_t R, int64_t n, const float* L, int64_t ldl, const float* V, int64_t C,
                           int64_t rpg, int64_t vgs, int64_t vcs, const float* logc, float* m_out, float* s_out,
-                          float* acc_out, float* ent_out, int64_t* arg_out, const int64_t* into, const int64_t* rep)
+                          float* acc_out, float* ent_out, int64_t* arg_out, const int64_t* into, const int64_t* rep,
+                          int64_t threads)
 {
     rows_fn f;
     if (C == 1) f = logc ? rows_t<1, true> : rows_t<1, false>;
     else if (C == 3) f = logc ? rows_t<3, true> : rows_t<3, false>;
     else return 1;
-    f(R, n, L, ldl, V, rpg, vgs, vcs, logc, m_out, s_out, acc_out, ent_out, arg_out, into, rep);
+    f(R, n, L, ldl, V, rpg, vgs, vcs, logc, m_out, s_out, acc_out, ent_out, arg_out, into, rep, (int)threads);
     return 0;
 }
 
@@ -166,12 +170,13 @@ template <int C, bool LOGC>
 static void query_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* KT, int64_t NK, int64_t L,
                            const float* V, const float* logc, const int64_t* rep, const int64_t* order,
                            const float* ub, int64_t J, float gap, const int64_t* into, float* m_io, float* s_io,
-                           float* acc_io, float* ent_io, int64_t* best_io, int64_t* counted)
+                           float* acc_io, float* ent_io, int64_t* best_io, int64_t* counted, int threads)
 {
-    float buf[1024] __attribute__((aligned(64)));
     const vf lo = splat(-80.f);
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads) if (threads > 1)
     for (int64_t q = 0; q < Qn; q++) {
         const float* qa = Qa + q * D1;
+        float buf[1024] __attribute__((aligned(64)));
         float mx = -INFINITY, s = 0.f, ent = 0.f, acc[C];
         for (int c = 0; c < C; c++) acc[c] = 0.f;
         int64_t best = 0, done = 0;
@@ -241,18 +246,19 @@ static void query_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float*
 
 typedef void (*query_fn)(int64_t, const float*, int64_t, const float*, int64_t, int64_t, const float*, const float*,
                          const int64_t*, const int64_t*, const float*, int64_t, float, const int64_t*, float*, float*,
-                         float*, float*, int64_t*, int64_t*);
+                         float*, float*, int64_t*, int64_t*, int);
 
 extern "C" int query_blocks(int64_t Qn, const float* Qa, int64_t D1, const float* KT, int64_t NK, int64_t L,
                             const float* V, int64_t C, const float* logc, const int64_t* rep, const int64_t* order,
                             const float* ub, int64_t J, float gap, const int64_t* into, float* m_io, float* s_io,
-                            float* acc_io, float* ent_io, int64_t* best_io, int64_t* counted)
+                            float* acc_io, float* ent_io, int64_t* best_io, int64_t* counted, int threads)
 {
     if (L % W || L > 1024) return 2;
     query_fn f;
     if (C == 1) f = logc ? query_blocks_t<1, true> : query_blocks_t<1, false>;
     else if (C == 3) f = logc ? query_blocks_t<3, true> : query_blocks_t<3, false>;
     else return 1;
-    f(Qn, Qa, D1, KT, NK, L, V, logc, rep, order, ub, J, gap, into, m_io, s_io, acc_io, ent_io, best_io, counted);
+    f(Qn, Qa, D1, KT, NK, L, V, logc, rep, order, ub, J, gap, into, m_io, s_io, acc_io, ent_io, best_io, counted,
+      (int)threads);
     return 0;
 }

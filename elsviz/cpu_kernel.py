@@ -12,8 +12,10 @@ or `ELSVIZ_KERNEL=torch` is set, the engine keeps its torch path, which computes
 
 Row r uses values[r // (R // G)]. With x_j = l_j - m + logc_j, e_j = exp(x_j) where x_j >= -80 and
 0 below (exp(-80) ~ 2e-35 adds nothing next to the max's 1): m = max_j l_j, arg = the first j with
-l_j == m, s = sum_j e_j, acc = sum_j e_j values[:, j], ent = sum_j e_j (l_j - m). Large chunks are split between torch's threads (the call
-releases the GIL).
+l_j == m, s = sum_j e_j, acc = sum_j e_j values[:, j], ent = sum_j e_j (l_j - m). Large chunks are shared out over torch's threads: the library is
+built with OpenMP and, loaded after torch, uses torch's OpenMP runtime (the same libgomp.so.1), so
+its threads are the ones that just ran the matrix product; a thread pool of our own was measured
+to gain nothing next to torch's spinning OpenMP threads on 2 cores.
 """
 from __future__ import annotations
 
@@ -26,19 +28,18 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17"]
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 CHANNELS = (1, 3)  # the channel counts compiled in
-# a chunk with fewer logits than this runs on one thread (a thread hand-off costs ~20 us)
+# a chunk with fewer logits than this runs on one thread (starting threads costs a few us)
 SPLIT_MIN = 2**16
 
 _lock = threading.Lock()
-_state: dict = {}  # "lib": the loaded library, or None once it could not be had; "pool"
+_state: dict = {}  # "lib": the loaded library, or None once it could not be had
 
 
 def cache_dir() -> Path:
@@ -109,22 +110,15 @@ def library():
                               "torch path.", stacklevel=2)
                 return None
             ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-            lib.rows_stats.argtypes = [i64, i64, ptr, i64, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+            lib.rows_stats.argtypes = [i64, i64, ptr, i64, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64]
             lib.rows_stats.restype = ctypes.c_int
             lib.query_blocks.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i64,
-                                         ctypes.c_float, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+                                         ctypes.c_float, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64]
             lib.query_blocks.restype = ctypes.c_int
             lib.exp_clamped.argtypes = [ptr, ptr, i64]
             lib.exp_clamped.restype = None
             _state["lib"] = lib
         return _state["lib"]
-
-
-def _pool() -> ThreadPoolExecutor:
-    with _lock:
-        if "pool" not in _state:
-            _state["pool"] = ThreadPoolExecutor(max_workers=8, thread_name_prefix="elsviz-rows")
-        return _state["pool"]
 
 
 def usable(logits: torch.Tensor, values: torch.Tensor) -> bool:
@@ -176,26 +170,12 @@ def _call(logits, values, logc, out, into, rep) -> None:
     ldl = logits.stride(0)
     vgs, vcs = values.stride(0), values.stride(1)
 
-    def part(r0: int, r1: int) -> int:
-        # rows r0 .. r1 - 1. Row r uses values group r // rpg: a piece starts at a group boundary,
-        # or lies inside one group (then it is told that its rows are one group)
-        g0 = r0 // rpg
-        o = 0 if into is not None else r0  # merging writes at into[r], not at r
-        return lib.rows_stats(
-            r1 - r0, n, logits.data_ptr() + 4 * r0 * ldl, ldl, values.data_ptr() + 4 * g0 * vgs, c,
-            rpg if r0 % rpg == 0 else r1 - r0, vgs, vcs,
-            None if logc is None else logc.data_ptr(),
-            m.data_ptr() + 4 * o, s.data_ptr() + 4 * o, acc.data_ptr() + 4 * o * c, ent.data_ptr() + 4 * o,
-            arg.data_ptr() + 8 * o,
-            None if into is None else into.data_ptr() + 8 * r0, None if rep is None else rep.data_ptr())
-
-    threads = min(torch.get_num_threads(), nr)
-    if threads <= 1 or nr * n < SPLIT_MIN:
-        codes = [part(0, nr)]
-    else:
-        cuts = _cuts(nr, rpg, threads)
-        codes = list(_pool().map(lambda ab: part(*ab), zip(cuts[:-1], cuts[1:])))
-    if any(codes):
+    threads = torch.get_num_threads() if nr * n >= SPLIT_MIN else 1
+    code = lib.rows_stats(
+        nr, n, logits.data_ptr(), ldl, values.data_ptr(), c, rpg, vgs, vcs, None if logc is None else logc.data_ptr(),
+        m.data_ptr(), s.data_ptr(), acc.data_ptr(), ent.data_ptr(), arg.data_ptr(),
+        None if into is None else into.data_ptr(), None if rep is None else rep.data_ptr(), threads)
+    if code:
         raise RuntimeError(f"elsviz: rows_stats refused C = {c}")  # guarded by usable(): a bug
 
 
@@ -221,32 +201,11 @@ def query_blocks(qa: torch.Tensor, keys_t: torch.Tensor, block: int, centres: to
     m, s, acc, ent, best = running
     counted = torch.zeros(nq, dtype=torch.int64)
 
-    def part(q0: int, q1: int) -> int:
-        return lib.query_blocks(
-            q1 - q0, qa.data_ptr() + 4 * q0 * d1, d1, keys_t.data_ptr(), nk, block, centres.data_ptr(), c,
-            None if logc is None else logc.data_ptr(), rep.data_ptr(), order.data_ptr() + 8 * q0 * j,
-            ub.data_ptr() + 4 * q0 * j, j, float(gap), into.data_ptr() + 8 * q0, m.data_ptr(), s.data_ptr(),
-            acc.data_ptr(), ent.data_ptr(), best.data_ptr(), counted.data_ptr() + 8 * q0)
-
-    threads = min(torch.get_num_threads(), nq)
-    if threads <= 1:
-        codes = [part(0, nq)]
-    else:
-        cuts = _cuts(nq, nq, threads)
-        codes = list(_pool().map(lambda ab: part(*ab), zip(cuts[:-1], cuts[1:])))
-    if any(codes):
+    code = lib.query_blocks(
+        nq, qa.data_ptr(), d1, keys_t.data_ptr(), nk, block, centres.data_ptr(), c,
+        None if logc is None else logc.data_ptr(), rep.data_ptr(), order.data_ptr(), ub.data_ptr(), j, float(gap),
+        into.data_ptr(), m.data_ptr(), s.data_ptr(), acc.data_ptr(), ent.data_ptr(), best.data_ptr(),
+        counted.data_ptr(), torch.get_num_threads())
+    if code:
         raise RuntimeError(f"elsviz: query_blocks refused C = {c}, block = {block}")  # callers check: a bug
     return counted
-
-
-def _cuts(nr: int, rpg: int, parts: int) -> list[int]:
-    """Row boundaries splitting nr rows into about `parts` pieces, each inside one group of rpg rows
-    or made of whole groups."""
-    step = -(-nr // parts)
-    if rpg < nr:  # several groups: whole groups per piece, or pieces inside each group
-        if step >= rpg:
-            step = -(-step // rpg) * rpg
-        else:
-            step = -(-rpg // -(-rpg // step))  # equal pieces of one group
-            return sorted({min(g0 + i, nr) for g0 in range(0, nr, rpg) for i in range(0, rpg + 1, step)} | {nr})
-    return list(range(0, nr, step)) + [nr]
