@@ -225,15 +225,13 @@ def _background_run(settings, spec, engine, workload, work):
     return go
 
 
-def _want_live(settings, spec: RunSpec) -> None:
-    """Note the neighbours to compute after this page (start_live_k), and stop background work for
-    other settings at once."""
+def _settings_changed(settings) -> None:
+    """Stop background work for other settings at once (before this rerun's own run)."""
     ss = st.session_state
-    base = _live_base(settings, spec)
+    base = _live_base(settings, settings.spec)
     if ss.get("_live_base") != base:
         _worker().cancel()  # the settings changed: the old neighbours are not wanted
     ss["_live_base"] = base
-    ss["_live_next"] = (settings, spec)
 
 
 def start_live_k() -> None:
@@ -255,6 +253,7 @@ def main_result() -> Result:
     Stops the page when there is nothing to show yet.
     """
     s = settings()
+    _settings_changed(s)
     try:
         result = spec_run(s)
     except ElsvizError as err:
@@ -263,8 +262,8 @@ def main_result() -> Result:
         if result is not None:
             st.info(f"Showing the previous result ({result.spec.describe()}).")
     else:
-        if result is not None:
-            _want_live(s, s.spec)
+        if result is not None:  # its neighbours, after the page (start_live_k)
+            st.session_state["_live_next"] = (s, s.spec)
     if result is None:
         st.stop()
     ss = st.session_state
