@@ -126,7 +126,7 @@ def usable(logits: torch.Tensor, values: torch.Tensor) -> bool:
     return (logits.device.type == "cpu" and logits.dtype == torch.float32 and values.dtype == torch.float32
             and logits.dim() == 2 and logits.stride(1) == 1 and values.dim() == 3 and values.stride(2) == 1
             and values.shape[1] in CHANNELS and values.shape[2] == logits.shape[1]
-            and logits.shape[0] % values.shape[0] == 0 and library() is not None)
+            and logits.shape[0] % values.shape[0] == 0 and (_state.get("lib") or library()) is not None)
 
 
 def rows(logits: torch.Tensor, values: torch.Tensor, logc: torch.Tensor | None = None):
@@ -160,7 +160,7 @@ def mergeable(running) -> bool:
 
 
 def _call(logits, values, logc, out, into, rep) -> None:
-    lib = library()
+    lib = _state.get("lib") or library()
     nr, n = logits.shape
     g, c, _ = values.shape
     if logc is not None:
@@ -190,7 +190,7 @@ def query_blocks(qa: torch.Tensor, keys_t: torch.Tensor, block: int, centres: to
     the running statistics (see merge_rows), merged in place. Blocks whose bound is more than gap
     below the best logit found are skipped. Returns the number of blocks computed per query [Q].
     """
-    lib = library()
+    lib = _state.get("lib") or library()
     nq, d1 = qa.shape
     nk = keys_t.shape[1]
     c = centres.shape[0]
