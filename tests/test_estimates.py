@@ -124,6 +124,8 @@ def test_digits_are_never_gated_and_hands_on_a_cpu_are_with_a_sensible_subset():
     assert hands > LONG_S  # the prior on a CPU: 1,000 hands take minutes
     assert needs_confirmation(HANDS, hands) and needs_confirmation(PHOTOS, 30.0)
     assert not needs_confirmation(HANDS, LONG_S / 2)  # measured fast (a GPU, a quiet machine): no question
+    assert not needs_confirmation(HANDS, 1.5 * LONG_S, guess=True)  # a guess must be clearly long to ask
+    assert needs_confirmation(HANDS, 2.5 * LONG_S, guess=True)
     # the subset: sized for about 10 s (time grows as work ** 0.65), never under 100 images, round,
     # absent for small sets
     assert subset_offer(1000, 280.0) == 100

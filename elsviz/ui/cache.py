@@ -157,10 +157,11 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
     workload, work = _workload(settings, spec, engine)
     seconds = _estimator().seconds(workload, work, ks, engine, run_ts(spec))
     confirmed = st.session_state.setdefault("_confirmed_runs", set())
-    if confirm and needs_confirmation(work, seconds) and key not in confirmed:
+    basis = _estimator().basis(workload)
+    if confirm and needs_confirmation(work, seconds, guess=basis != "measured") and key not in confirmed:
         n = len(settings.train)
         st.warning(f"{what} on {n:,} training images will take about {seconds:.0f} s on this machine "
-                   f"({BASIS[_estimator().basis(workload)]}).")
+                   f"({BASIS[basis]}).")
         cols = st.columns(2)
         cols[0].button(f"Run it anyway (about {seconds:.0f} s)", key=f"go_{hash(key)}",
                        on_click=confirmed.add, args=(key,))
