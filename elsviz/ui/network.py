@@ -19,7 +19,7 @@ from ..networks import CONFIG, SCHEDULE, load_network, save_schedule, train_netw
 from ..runs import RunSpec, k_limit
 from ..sampling import sample
 from . import data
-from .cache import _runs, estimate_seconds, spec_run
+from .cache import _runs, engine_use, estimate_seconds, spec_run
 from .sidebar import Settings
 
 MACHINES = ("bbels", "els", "is")  # the grid's machines (LS is in `elsviz compare`)
@@ -128,7 +128,8 @@ def calibrate_here(net, engine, seeds: list[int], steps: int = 20) -> None:
                                         f"{time.perf_counter() - start:.0f} s")
 
     try:
-        cal = calibration(net, engine, seeds, steps, progress=progress)
+        with engine_use(engine):  # one thread at a time on an engine; background runs wait
+            cal = calibration(net, engine, seeds, steps, progress=progress)
     finally:
         bar.empty()
     save_schedule(net, cal.to_json())
