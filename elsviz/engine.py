@@ -62,8 +62,10 @@ _TABLE_READ_COST = 16.0
 # path of distinct keys (keyset.py); smaller ones are not worth its set-up.
 _PRUNE_MIN_LOGITS = 2**21
 # The per-query pruned path (compiled CPU kernel) is taken while a query needs at most this share
-# of the blocks; above it, tiles of queries and matrix products do the work faster.
+# of the blocks; above it, tiles of queries and matrix products do the work faster; above
+# DENSE_SHARE the tiles skip the bounds altogether (every block, large tiles).
 PER_QUERY_MAX = 0.25
+DENSE_SHARE = 0.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -686,11 +688,14 @@ class Engine:
         return self._cache.get(cache_key, lambda: KeySet.build(imgs, rep, count, k), size)
 
     def _pruned(self, sm, qwin, g: _Group, ks: KeySet, a, b):
-        """One big class. Queries are sorted by the block their bound likes best and taken in small
-        tiles; per tile those best blocks are computed first (a logit close to the maximum), then
-        every other block whose bound comes within PRUNE_GAP of it. Where the first tile needs
-        more than 30% of the blocks (large t: most keys still count; gathering them would cost more
-        than it saves) the rest go without bounds, in larger tiles. Logits [tile, keys] per chunk."""
+        """One big class, three ways (docs/ENGINE.md). With the compiled CPU kernel, sample queries
+        first say how many blocks their bounds leave in play: few (small t), each query alone
+        (_per_query); most (large t, over DENSE_SHARE), every block in large tiles, no bounds.
+        Otherwise (and without the kernel) queries are sorted by the block their bound likes best
+        and taken in small tiles; per tile those best blocks are computed first (a logit close to
+        the maximum), then every other block whose bound comes within PRUNE_GAP of it. Where the
+        first tile needs more than 30% of the blocks (gathering them would cost more than it
+        saves) the rest go without bounds, in larger tiles. Logits [tile, keys] per chunk."""
         bsz, pq, dim = qwin.shape
         pix = g.pix[0]  # [P]
         queries = qwin[:, pix].reshape(-1, dim)  # [Q = B*P, D]
@@ -700,15 +705,19 @@ class Engine:
         aug = torch.cat([c1 * queries, torch.full_like(queries[:, :1], c2)], -1)  # [Q, D + 1]
         nq, nb = queries.shape[0], ks.blocks
         piece = max(1, self.chunk_elems // (nb * ks.basis.shape[0]))  # queries per bound computation
-        done = self._per_query(sm, queries, qsq, aug, rows, ks, a, b, piece)
-        if done == nq:
+        in_play = self._per_query(sm, queries, qsq, aug, rows, ks, a, b, piece)
+        if in_play is None:  # the per-query path took every query
             return
-        queries, qsq, aug, rows = queries[done:], qsq[done:], aug[done:], rows[done:]
-        nq = queries.shape[0]
+        everything = torch.arange(nb, device=qwin.device)
+        if in_play > DENSE_SHARE * nb:  # large t: every block counts, no bounds, large tiles
+            tile = self._tile * 8
+            for t0 in range(0, nq, tile):
+                self._blocks(sm, rows[t0:t0 + tile], aug[t0:t0 + tile], ks, everything,
+                             max(1, self.chunk_elems // (min(tile, nq - t0) * ks.block)))
+            return
         home = torch.cat([ks.upper_logits(queries[i:i + piece], qsq[i:i + piece], a, b).argmax(-1)
                           for i in range(0, nq, piece)])  # [Q] block with the best bound
         order = torch.argsort(home)
-        everything = torch.arange(nb, device=qwin.device)
         t0, tile = 0, min(nq, self._tile)
         while t0 < nq:
             sel = order[t0:t0 + tile]  # [T]
@@ -729,21 +738,23 @@ class Engine:
             if t0 == tile and kept.shape[0] > 0.3 * nb:  # bounds do not pay at this t (gathers cost)
                 tile = self._tile * 8
 
-    def _per_query(self, sm, queries, qsq, aug, rows, ks: KeySet, a, b, piece) -> int:
+    def _per_query(self, sm, queries, qsq, aug, rows, ks: KeySet, a, b, piece) -> float | None:
         """The compiled kernel's pruned path, one query at a time (cpu_kernel.query_blocks): each
         query takes its blocks by descending bound and stops at the first whose bound is more than
         PRUNE_GAP below its best logit. Pays where a query needs few blocks (small t): a query needs
         far fewer than a tile of queries does; but a query that needs most blocks reads the whole
         table from memory on its own. So a few sample queries decide first: the exact logits of their
         best block bound each one's maximum from below, and if the bounds leave more than
-        PER_QUERY_MAX of the blocks in play, the tiles serve. Returns how many queries it took
-        (all or none)."""
+        PER_QUERY_MAX of the blocks in play, the tiles serve.
+
+        Returns None when it took every query, else the mean number of blocks the samples' bounds
+        leave in play (0 without the kernel: nothing known), for the tiles to choose their way."""
         nq, nb = queries.shape[0], ks.blocks
         c = ks.centres.shape[0]
         running = (sm.m, sm.s, sm.acc, sm.ent, sm.best)
         if (not self._cpu_kernel or c not in cpu_kernel.CHANNELS or ks.block % 16 or ks.block > 1024
                 or not cpu_kernel.mergeable(running) or cpu_kernel.library() is None):
-            return 0
+            return 0.0
         logc = ks.logc if ks.duplicates else None
         sample = torch.linspace(0, nq - 1, min(nq, 16)).long()
         ub, order = ks.upper_logits(queries[sample], qsq[sample], a, b).sort(dim=1, descending=True)
@@ -752,15 +763,15 @@ class Engine:
                    torch.zeros(ns, dtype=torch.int64))
         cpu_kernel.query_blocks(aug[sample], ks.keys_t, ks.block, ks.centres, logc, ks.rep, order[:, :1], ub[:, :1],
                                 PRUNE_GAP, torch.arange(ns), scratch)  # their best block only
-        in_play = (ub >= (scratch[0] - PRUNE_GAP).unsqueeze(1)).sum(1).float().mean()
-        if float(in_play) > PER_QUERY_MAX * nb:
-            return 0  # large t: most blocks count; the tiles (dense products) do better
+        in_play = float((ub >= (scratch[0] - PRUNE_GAP).unsqueeze(1)).sum(1).float().mean())
+        if in_play > PER_QUERY_MAX * nb:
+            return in_play  # larger t: many blocks count; the tiles (dense products) do better
         for q0 in range(0, nq, piece):
             q1 = min(nq, q0 + piece)
             ub, order = ks.upper_logits(queries[q0:q1], qsq[q0:q1], a, b).sort(dim=1, descending=True)
             cpu_kernel.query_blocks(aug[q0:q1], ks.keys_t, ks.block, ks.centres, logc, ks.rep, order, ub,
                                     PRUNE_GAP, rows[q0:q1], running)
-        return nq
+        return None
 
     def _blocks(self, sm, r, qa, ks: KeySet, blocks, per_chunk):
         """Merge the keys of `blocks` into the softmax of the queries r (augmented queries qa [T, D + 1])."""
