@@ -3,7 +3,7 @@
     elsviz fetch  mnist|fashion-mnist|cifar10 [--dir DIR] [--base-url URL]
     elsviz info   NAME_OR_PATH [-O key=value ...]
     elsviz sheet  NAME_OR_PATH [-o sheet.png] [--force] [-O key=value ...]
-    elsviz sample NAME_OR_PATH [--machine M] [--k K] [--steps S] [--seed N] [-o FOLDER] [--npz] [--force] ...
+    elsviz sample NAME_OR_PATH [--machine M] [--k K] [--steps S] [--seed N] [-o FOLDER] [--mp4] [--npz] [--force] ...
     elsviz app    [streamlit options, e.g. --server.port 8502]
 
 Exit codes: 0 done; 2 bad usage (the command line does not parse; argparse prints the usage);
@@ -286,7 +286,10 @@ def _k_arg(value: str):
          arg("--label", type=int, default=None, help="class label (conditional generation)"),
          arg("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="output size (ELS, bbELS)"),
          arg("--device", default="auto"),
-         arg("-o", "--out", default="elsviz-run", help="folder for final.png, run.gif, provenance.png"),
+         arg("-o", "--out", default="elsviz-run",
+             help="folder for final.png, run.gif, provenance.png (and run.mp4, run.npz)"),
+         arg("--mp4", action="store_true", help="also write run.mp4: the run as a video for slides (H.264, the "
+                                                "app's 'MP4' download; needs PyAV: pip install av)"),
          arg("--npz", action="store_true", help="also write run.npz: every step's images and provenance as arrays "
                                                 "(the app's 'Numbers' download; its README entry describes them)"),
          FORCE)
@@ -305,13 +308,18 @@ def _sample(args) -> int:
         print(f"step {frame.i:>3}  t={frame.t:.3f}  k={frame.k}", file=sys.stderr)
 
     out = Path(args.out)
-    files = [out / "final.png", out / "run.gif", out / "provenance.png"] + ([out / "run.npz"] if args.npz else [])
+    if args.mp4:
+        export.video_codec()  # without PyAV: say so before the run
+    files = ([out / "final.png", out / "run.gif", out / "provenance.png"] + ([out / "run.mp4"] if args.mp4 else [])
+             + ([out / "run.npz"] if args.npz else []))
     with output_files(files, force=args.force) as tmp:  # refused before the run if they exist
         traj = sample(engine, steps=args.steps, k=args.k, label=args.label, seed=args.seed, shape=shape,
                       callback=progress)
         last = traj.frames[-1]
         figures.picture(traj.final[0]).save(tmp[out / "final.png"])
         tmp[out / "run.gif"].write_bytes(export.run_gif(traj))
+        if args.mp4:  # the same file as the app's download of this run
+            tmp[out / "run.mp4"].write_bytes(export.run_mp4(traj))
         figures.provenance_picture(traj.final[0], last.source_index[0], last.source_pos[0],
                                    last.source_count[0]).save(tmp[out / "provenance.png"])
         if args.npz:  # the same file as the app's download of this run

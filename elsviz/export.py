@@ -1,7 +1,11 @@
-"""What leaves elsviz for slides and notebooks: the run as a GIF, pictures as PNG, the numbers as .npz.
+"""What leaves elsviz for slides and notebooks: the run as a GIF and an MP4, pictures as PNG, the numbers as .npz.
 
-The app's download buttons and the command line (`elsviz sample ... --npz`) call these same
+The app's download buttons and the command line (`elsviz sample ... --mp4 --npz`) call these same
 functions, so a file saved from either is the same file. No Streamlit here.
+
+The MP4 (run_mp4) is H.264 in yuv420p, the video every slide program and browser plays; PyAV
+(`pip install av`, FFmpeg's libraries in its wheel) encodes it. Without PyAV everything else here
+still works and run_mp4 says how to get it.
 
 The .npz holds plain arrays only (np.load(..., allow_pickle=False) reads it); its `README` entry
 describes every array, so the file explains itself:
@@ -13,14 +17,22 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import secrets
+import tempfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from . import figures
 from .errors import ElsvizError
+from .validate import as_int
 
 SLIDE_TARGET = 320  # pixels on the larger side of each picture in a GIF: two pictures side by side fill a slide's half
+VIDEO_TARGET = 480  # ... in a video: 16x16 digits at 30x (968 x 480), sharp on a projector
+VIDEO_FPS = 50  # frames a second: the GIF's 220 ms a step and 1.5 s hold are whole numbers of frames
+VIDEO_CODECS = ("libx264", "mpeg4")  # H.264 where the FFmpeg build encodes it (PyAV's wheels do), else MPEG-4 part 2
 
 NPZ_README = """\
 elsviz run: the reverse process of an ELS machine, every step (Kamb & Ganguli, ICML 2025; docs/THEORY.md).
@@ -97,6 +109,112 @@ def npz_bytes(traj, *, spec=None, dataset: str = "") -> bytes:
 def run_gif(traj, *, target: int = SLIDE_TARGET) -> bytes:
     """The run as a looping GIF for slides: x_t beside the posterior mean, one frame per step, the output held."""
     return figures.animation_gif(traj, target=target)
+
+
+def _av():
+    """The PyAV module, or ElsvizError saying how to install it."""
+    try:
+        import av
+    except ImportError as exc:
+        raise ElsvizError("Saving the run as a video (MP4) needs PyAV, which brings FFmpeg's libraries: "
+                          "pip install av (requirements.txt pins it). The GIF needs nothing more.") from exc
+    return av
+
+
+def video_codec() -> str:
+    """The encoder run_mp4 uses: the first of VIDEO_CODECS this FFmpeg has; ElsvizError without PyAV."""
+    av = _av()
+    for name in VIDEO_CODECS:
+        try:
+            av.codec.Codec(name, "w")
+        except ValueError:  # UnknownCodecError: not in this build
+            continue
+        return name
+    raise ElsvizError(f"This FFmpeg (PyAV {av.__version__}) has no MP4 video encoder ({', '.join(VIDEO_CODECS)}); "
+                      "pip install --force-reinstall av gets one with its wheel.")
+
+
+def _even(picture: Image.Image) -> Image.Image:
+    """The picture on the background, one pixel wider or taller where needed: yuv420p needs even sides."""
+    w, h = picture.width + picture.width % 2, picture.height + picture.height % 2
+    if (w, h) == picture.size:
+        return picture
+    out = Image.new("RGB", (w, h), figures.BACKGROUND_RGB)
+    out.paste(picture, (0, 0))
+    return out
+
+
+def _held(pictures):
+    """(picture, how many video frames it is shown): figures.FRAME_MS each, the last figures.HOLD_MS."""
+    step, hold = (max(1, round(ms * VIDEO_FPS / 1000)) for ms in (figures.FRAME_MS, figures.HOLD_MS))
+    previous = None
+    for picture in pictures:
+        if previous is not None:
+            yield previous, step
+        previous = picture
+    yield previous, hold
+
+
+def _video_stream(box, codec: str, size: tuple[int, int]):
+    """An H.264 (or MPEG-4) stream of `size`: yuv420p, tagged BT.709 with video levels (players get the greys right)."""
+    stream = box.add_stream(codec, rate=VIDEO_FPS)
+    stream.width, stream.height = size
+    stream.pix_fmt = "yuv420p"
+    ctx = stream.codec_context
+    ctx.color_range, ctx.colorspace, ctx.color_primaries, ctx.color_trc = 1, 1, 1, 1  # MPEG (16-235); BT.709 x 3
+    if codec == "libx264":
+        ctx.options = {"crf": "16", "preset": "fast"}  # flat squares: near-lossless costs little
+    else:
+        ctx.bit_rate = 4_000_000
+    return stream
+
+
+def run_mp4(traj, *, target: int = VIDEO_TARGET, batch: int = 0, path=None) -> bytes:
+    """The run as an MP4 video for slides: the GIF's pictures (figures.animation_frames), larger and sharp.
+
+    x_t beside the posterior mean, one picture per step from the noise to the output, each shown
+    figures.FRAME_MS (at VIDEO_FPS, as repeated frames: constant frame rate, which every player takes) and
+    the output held figures.HOLD_MS. Each picture is about `target` pixels on its larger side, every image
+    pixel a sharp square (nearest neighbour). H.264, yuv420p, BT.709, even sides, the index at the front
+    (movflags faststart) so a browser starts playing before the whole file is there.
+
+    path: also write the file there, all or nothing (made as a hidden file beside it, renamed into place
+    when whole, removed if anything fails). Returns the bytes. ElsvizError without PyAV.
+    """
+    _av()
+    batch = figures.check_run(traj, batch)
+    target = as_int("target", target, 1, figures.MAX_PICTURE, " (pixels on the larger side of each picture)")
+    if path is None:  # the muxer writes a file (faststart moves the index to the front afterwards)
+        with tempfile.TemporaryDirectory(prefix="elsviz-video-") as folder:
+            file = Path(folder) / "run.mp4"
+            _encode_mp4(traj, target, batch, file)
+            return file.read_bytes()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial{path.suffix}")
+    try:
+        _encode_mp4(traj, target, batch, tmp)
+        data = tmp.read_bytes()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return data
+
+
+def _encode_mp4(traj, target: int, batch: int, file: Path) -> None:
+    av, codec = _av(), video_codec()
+    with av.open(str(file), mode="w", format="mp4", options={"movflags": "+faststart"}) as box:
+        stream, pts = None, 0
+        for picture, times in _held(figures.animation_frames(traj, target=target, batch=batch)):
+            picture = _even(picture)
+            if stream is None:
+                stream = _video_stream(box, codec, picture.size)
+            frame = av.VideoFrame.from_ndarray(np.asarray(picture.convert("RGB")), format="rgb24").reformat(
+                format="yuv420p", dst_colorspace="itu709", dst_color_range="MPEG")
+            for _ in range(times):  # a repeated frame costs a few bytes
+                frame.pts, pts = pts, pts + 1
+                box.mux(stream.encode(frame))
+        box.mux(stream.encode(None))  # what the encoder still holds
 
 
 def png_bytes(picture: Image.Image) -> bytes:

@@ -375,16 +375,29 @@ def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int
     return fig
 
 
-def animation_gif(traj, *, target: int = 200, frame_ms: int = 220, hold_ms: int = 1500, batch: int = 0) -> bytes:
-    """The run as a looping GIF: x_t and the posterior mean side by side, the last frame held longer."""
+FRAME_MS = 220  # how long each step of an exported run is shown (GIF and video)
+HOLD_MS = 1500  # ... and the last step, the output
+
+
+def animation_frames(traj, *, target: int = 200, batch: int = 0):
+    """The pictures of an exported run, one per step from the noise to the output: x_t beside the posterior mean.
+
+    The GIF (animation_gif) and the video (export.run_video) are made of these same pictures. A generator:
+    a long run is never in memory all at once.
+    """
     batch = check_run(traj, batch)
     target = as_int("target", target, 1, MAX_PICTURE, " (pixels on the larger side of each picture)")
+    for f in traj.frames:
+        yield _hstack([picture(f.x[batch].clamp(-1, 1), target), picture(f.mean[batch], target)], gap=8)
+
+
+def animation_gif(traj, *, target: int = 200, frame_ms: int = FRAME_MS, hold_ms: int = HOLD_MS,
+                  batch: int = 0) -> bytes:
+    """The run as a looping GIF: x_t and the posterior mean side by side, the last frame held longer."""
+    check_run(traj, batch)
     frame_ms = as_int("frame_ms", frame_ms, 1, 60_000, " (milliseconds per step)")
     hold_ms = as_int("hold_ms", hold_ms, 1, 60_000, " (milliseconds on the last step)")
-    tiles = []
-    for f in traj.frames:
-        row = [picture(f.x[batch].clamp(-1, 1), target), picture(f.mean[batch], target)]
-        tiles.append(_hstack(row, gap=8))
+    tiles = list(animation_frames(traj, target=target, batch=batch))
     durations = [frame_ms] * (len(tiles) - 1) + [hold_ms]
     buf = io.BytesIO()
     tiles[0].save(buf, format="GIF", save_all=True, append_images=tiles[1:], duration=durations, loop=0,

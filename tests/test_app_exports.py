@@ -7,16 +7,22 @@ from PIL import Image
 from elsviz import export, figures
 from tests.test_app import app, navigation_as_served, ok  # noqa: F401 - autouse: the app as `streamlit run` serves it
 from tests.test_app_lesson import downloads, image_bytes, media  # noqa: F401 - media: a fixture
+from tests.test_export import video
 
 
-def test_reverse_diffusion_offers_gif_png_and_npz_of_its_run(media):
+def test_reverse_diffusion_offers_gif_mp4_png_and_npz_of_its_run(media):
     at = ok(app(steps=6))
     files = downloads(at, media)
-    assert {"dl_gif", "dl_png", "dl_npz"} <= set(files)
+    assert {"dl_gif", "dl_mp4", "dl_png", "dl_npz"} <= set(files)
     name, gif = files["dl_gif"]
     gif = Image.open(io.BytesIO(gif))
     assert name.endswith(".gif") and gif.format == "GIF"
     assert gif.n_frames == 5 and gif.size == (2 * export.SLIDE_TARGET + 8, export.SLIDE_TARGET)
+    name, mp4 = files["dl_mp4"]
+    codec, _, _, frames = video(mp4)
+    assert name == files["dl_gif"][0][:-4] + ".mp4" and codec == "h264"
+    assert len(frames) == 4 * 11 + 75 and frames[0].shape == (export.VIDEO_TARGET, 2 * export.VIDEO_TARGET + 8, 3)
+    assert downloads(at, media)["dl_mp4"][1] is mp4  # made once, kept with the run
     png = Image.open(io.BytesIO(files["dl_png"][1]))
     assert png.format == "PNG" and png.size == (640, 640)
     data = np.load(io.BytesIO(files["dl_npz"][1]), allow_pickle=False)
@@ -46,3 +52,14 @@ def test_provenance_and_locality_offer_their_pictures(media):
     files = downloads(at, media)
     strip = Image.open(io.BytesIO(files["dl_four-machines"][1]))
     assert strip.format == "PNG" and strip.width > 4 * 160 and files["dl_four-machines"][0].endswith(".png")
+
+
+def test_without_pyav_the_page_says_how_to_get_it_and_still_offers_the_gif(media, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
+    at = ok(app(steps=6))
+    buttons = {b.proto.id.split("-", 2)[-1]: b for b in at.get("download_button")}
+    assert buttons["dl_mp4"].proto.disabled and "pip install av" in buttons["dl_mp4"].proto.help
+    assert any("pip install av" in c.value for c in at.caption)
+    assert Image.open(io.BytesIO(downloads(at, media)["dl_gif"][1])).n_frames == 5

@@ -4,6 +4,7 @@ On a subset of the digits with few steps (as tests/test_app.py), so it stays qui
 """
 import io
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,27 +22,43 @@ SECTIONS = ["1. Noise, then the reverse process", "2. The ideal model memorises"
 
 @pytest.fixture
 def media(monkeypatch):
-    """{file id: (file name or None, bytes)} of every file the app hands the browser (images, downloads)."""
+    """{file id: (file name or None, bytes)} of every file the app hands the browser (images, downloads);
+    a download made when it is clicked (st.download_button with a function) as (file name, that function)."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
     from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
     store = {}
-    load = MemoryMediaFileStorage.load_and_get_id
+    load, defer = MemoryMediaFileStorage.load_and_get_id, MediaFileManager.add_deferred
 
     def keep(self, path_or_data, mimetype, kind, filename=None):
         file_id = load(self, path_or_data, mimetype, kind, filename)
         store[file_id] = (filename, self.get_file(file_id).content)
         return file_id
 
+    def keep_deferred(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):
+        file_id = defer(self, data_callable, mimetype, coordinates, file_name, **kwargs)
+        store[file_id] = (file_name, data_callable)
+        return file_id
+
     monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", keep)
+    monkeypatch.setattr(MediaFileManager, "add_deferred", keep_deferred)
     return store
 
 
 def downloads(at: AppTest, media: dict) -> dict[str, tuple[str, bytes]]:
-    """{download button's key: (file name the user gets, bytes)}."""
+    """{download button's key: (file name the user gets, bytes)} of the buttons one can click; a download
+    made on click is made here, on another thread as Streamlit makes it (after the page has run)."""
     out = {}
     for button in at.get("download_button"):
-        file_id = button.proto.url.rsplit("/", 1)[-1].split(".")[0]
-        out[button.proto.id.split("-", 2)[-1]] = media[file_id]
+        if button.proto.disabled:
+            continue
+        key = button.proto.id.split("-", 2)[-1]
+        if button.proto.deferred_file_id:
+            name, make = media[button.proto.deferred_file_id]
+            with ThreadPoolExecutor(1) as pool:
+                out[key] = (name, pool.submit(make).result())
+        else:
+            out[key] = media[button.proto.url.rsplit("/", 1)[-1].split(".")[0]]
     return out
 
 

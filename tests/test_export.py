@@ -1,7 +1,9 @@
-"""Exports (elsviz.export) and the command line's `sample --npz`: valid files, the right frames and sizes,
-the same .npz from the app's code and from the command line; the step player opens on the output."""
+"""Exports (elsviz.export) and the command line's `sample --mp4 --npz`: valid files, the right frames and sizes,
+the same .npz and MP4 from the app's code and from the command line; the step player opens on the output."""
 import io
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +45,76 @@ def test_gif_for_slides_has_a_frame_per_step_at_slide_size(traj):
     assert gif.size == (2 * export.SLIDE_TARGET + 8, export.SLIDE_TARGET)  # x_t | estimate
 
 
+def video(data: bytes):
+    """(codec name, pixel format, frames per second, [every decoded frame as uint8 RGB]) of an MP4."""
+    import av
+
+    with av.open(io.BytesIO(data), format="mp4") as box:
+        stream = box.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in box.decode(stream)]
+        return stream.codec_context.name, stream.codec_context.pix_fmt, stream.average_rate, frames
+
+
+def test_mp4_for_slides_is_h264_and_shows_the_gifs_pictures_in_order_for_as_long(traj):
+    data = export.run_mp4(traj)
+    assert data[4:8] == b"ftyp" and data.find(b"moov") < data.find(b"mdat")  # MP4, index first: plays while loading
+    codec, pix_fmt, fps, frames = video(data)
+    assert codec == "h264" and pix_fmt == "yuv420p" and fps == export.VIDEO_FPS
+    pictures = [np.asarray(p, dtype=np.int16) for p in figures.animation_frames(traj, target=export.VIDEO_TARGET)]
+    assert len(pictures) == 4 and pictures[0].shape == (480, 2 * 480 + 8, 3)  # 16x16 at 30x, side by side
+    assert frames[0].shape == pictures[0].shape
+    # each decoded frame is one of the GIF's pictures: in order, 220 ms a step, the output held 1.5 s
+    shown = []
+    for frame in frames:
+        errors = [np.abs(frame.astype(np.int16) - p).mean() for p in pictures]
+        shown.append(int(np.argmin(errors)))
+        assert errors[shown[-1]] < 1.5, errors  # near-lossless: the squares stay sharp, the greys right
+    assert shown == [0] * 11 + [1] * 11 + [2] * 11 + [3] * 75
+    assert len(frames) / export.VIDEO_FPS == pytest.approx((3 * figures.FRAME_MS + figures.HOLD_MS) / 1000)
+
+
+def test_an_odd_sized_picture_becomes_an_even_video(train):
+    traj = run(Engine(train, "bbels", "cpu"), RunSpec(machine="bbels", k=3, steps=2, seed=1, size=(9, 7)))
+    _, pix_fmt, _, frames = video(export.run_mp4(traj, target=45))  # 45 x 35 pictures: 35 + 8 + 35 = 78 wide
+    assert pix_fmt == "yuv420p" and frames[0].shape == (46, 78, 3)
+    assert (frames[0][-1] > 245).all()  # the added row is the page's white background
+
+
+def test_mp4_to_a_file_is_written_all_or_none(tmp_path, traj, monkeypatch):
+    out = tmp_path / "run.mp4"
+    data = export.run_mp4(traj, path=out)
+    assert out.read_bytes() == data and sorted(p.name for p in tmp_path.iterdir()) == ["run.mp4"]
+    frames, written = figures.animation_frames, []
+
+    def half_way(*args, **kwargs):  # the encoder has some pictures, then the run's pictures fail
+        pictures = frames(*args, **kwargs)
+        yield next(pictures)
+        yield next(pictures)
+        raise OSError("No space left on device")
+
+    def rename_fails(src, dst):  # the whole file is written, then it cannot be moved into place
+        written.append(Path(src).stat().st_size)
+        raise OSError("Read-only file system")
+
+    with monkeypatch.context() as m:
+        m.setattr(figures, "animation_frames", half_way)
+        with pytest.raises(OSError, match="No space"):
+            export.run_mp4(traj, path=out)
+    monkeypatch.setattr(export.os, "replace", rename_fails)
+    with pytest.raises(OSError, match="Read-only"):
+        export.run_mp4(traj, path=tmp_path / "other.mp4")
+    assert written == [len(data)]  # it was there, whole, under another name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.mp4"] and out.read_bytes() == data
+
+
+def test_without_pyav_the_video_says_how_to_get_it_and_the_gif_still_works(traj, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
+    for make in (export.video_codec, lambda: export.run_mp4(traj)):
+        with pytest.raises(ElsvizError, match="pip install av"):
+            make()
+    assert Image.open(io.BytesIO(export.run_gif(traj))).n_frames == 4
+
+
 def test_png_and_provenance_png(traj):
     png = Image.open(io.BytesIO(export.provenance_png(traj, target=640)))
     assert png.format == "PNG" and png.size == (640, 640)
@@ -79,3 +151,11 @@ def test_cli_sample_npz_is_the_apps_file(tmp_path, train, traj):
     assert Image.open(out / "run.gif").n_frames == 4
     # the npz is one of the files written all or none: it exists now, so a second run is refused without --force
     assert main(["sample", "digits", "-O", "limit=20", "--k", "3", "--steps", "5", "-o", str(out), "--npz"]) == 1
+
+
+def test_cli_sample_mp4_is_the_apps_video(tmp_path, traj):
+    out = tmp_path / "run"
+    assert main(["sample", "digits", "-O", "limit=20", "--k", "3", "--steps", "5", "--seed", "4", "--device", "cpu",
+                 "-o", str(out), "--mp4"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["final.png", "provenance.png", "run.gif", "run.mp4"]
+    assert (out / "run.mp4").read_bytes() == export.run_mp4(traj)  # the same figure code, the same encoder settings

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from elsviz import ElsvizError, Engine, ImageSet, branch, figures, load_dataset, sample
+from elsviz import ElsvizError, Engine, ImageSet, branch, export, figures, load_dataset, sample
 from elsviz.schedule import locality_schedule
 from elsviz.validate import MAX_SEED
 
@@ -237,3 +237,12 @@ def test_figures(run, data):
                            "batch": st.just(0)}, {"traj": st.sampled_from([run.frames, run.final]),
                                                   "batch": st.sampled_from([1, -1]), "height": st.sampled_from([0, 10**6])})
     refused_or_done(lambda: figures.animation_figure(fig.pop("traj"), **fig))
+
+
+@settings(FUZZ, max_examples=20)  # each done call encodes a video
+@given(data=st.data())
+def test_run_mp4(run, data):
+    args = arguments(data, {"traj": st.just(run), "target": st.integers(1, 48), "batch": st.just(0)},
+                     {"traj": st.sampled_from([run.frames, run.final]), "batch": st.sampled_from([1, -1]),
+                      "target": st.sampled_from([0, -5, 10**6])})
+    refused_or_done(lambda: export.run_mp4(args.pop("traj"), **args))

@@ -312,6 +312,16 @@ def derived(result: Result, name: str, make):
     return _runs().fetch((result.dataset_key, result.spec, "derived", name), make)
 
 
+def derived_later(result: Result, name: str, make):
+    """derived(result, name, make) as a function to call later: a download button's data, made when it is clicked.
+
+    st.download_button runs it on another thread, after the page has run; the cache it fills is the
+    page's, taken now, so the next click (or a later visit to the same run) gets the same bytes at once.
+    """
+    runs, key = _runs(), (result.dataset_key, result.spec, "derived", name)
+    return lambda: runs.fetch(key, make)
+
+
 def estimate_seconds(settings, specs) -> float:
     """About how long the uncached runs among specs will take, from the runs timed so far."""
     return sum(estimate(settings, s) for s in specs)
