@@ -7,14 +7,14 @@ change k, see the image change; never an exception box. Screenshots go to out/sc
 import contextlib
 import os
 import shutil
-import socket
-import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.servers import free_port, running
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,43 +36,17 @@ pytestmark = [
 PLOT = '[data-testid="stMain"] .js-plotly-plot'  # the step player (the sidebar may hold a schedule plot)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve():
-    """`streamlit run app.py` on a free port of 127.0.0.1; yields its URL once it answers, stops it after."""
+    """`streamlit run app.py` on a free port of 127.0.0.1; yields its URL once it answers, stops it after.
+    Its output goes to a log in a temporary folder (shown if it does not start)."""
     port = free_port()
+    tmp_dir = Path(tempfile.mkdtemp(prefix="elsviz-server-"))
     env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
-                pytest.fail(f"streamlit did not start on {url}: {out[-2000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
+                  str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+                 cwd=ROOT, port=port, log=tmp_dir / f"server-{port}.log", env=env):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,13 @@ watcher on, the same server spent 12-13 s of CPU there (inotify queue overflows,
 """
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.servers import free_port, log_tail, running
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -49,12 +48,6 @@ def make_venv_sized_folder(root: Path, folders: int = 8000, files: int = 10) -> 
             (d / f"part{j}.py").touch()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def quiet_after(pid: int, limit_s: float, window_s: float = 3.0) -> float | None:
     """Seconds until the process spends under 0.1 s of CPU in window_s (its background work is done), or None."""
     start = time.monotonic()
@@ -76,21 +69,11 @@ def test_an_idle_server_with_a_venv_in_the_clone_uses_under_a_second_of_cpu(tmp_
     shutil.copytree(ROOT, clone, ignore=NOT_IN_A_CLONE)
     make_venv_sized_folder(clone)
     port = free_port()
-    log = (tmp_path / "server.log").open("w")
+    log = tmp_path / "server.log"
     # README: `streamlit run app.py` (here on a free port of 127.0.0.1)
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                               "--server.address", "127.0.0.1"], cwd=clone, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-2000:]
-            time.sleep(0.3)
+    with running([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                  "--server.address", "127.0.0.1"], cwd=clone, port=port, log=log) as server:
+        url = f"http://127.0.0.1:{port}"
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1440, "height": 1200})
@@ -112,13 +95,4 @@ def test_an_idle_server_with_a_venv_in_the_clone_uses_under_a_second_of_cpu(tmp_
             browser.close()
         print(f"idle server: {used:.2f} s of CPU in {elapsed:.1f} s")
         assert used < BUDGET_S, (f"the idle server used {used:.2f} s of CPU in {elapsed:.1f} s; "
-                                 "is Streamlit watching the tree again? (.streamlit/config.toml)\n"
-                                 + (tmp_path / "server.log").read_text()[-2000:])
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+                                 "is Streamlit watching the tree again? (.streamlit/config.toml)\n" + log_tail(log))
