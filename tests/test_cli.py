@@ -5,14 +5,14 @@ on stderr, the traceback only with --debug), 130 interrupted.
 """
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.servers import free_port, log_tail, running
 
 from elsviz import cli
 from elsviz.cli import COMMANDS, build_parser, main, output_files
@@ -240,26 +240,15 @@ def test_app_without_its_files_says_how_to_get_them(monkeypatch, tmp_path, capsy
 
 @pytest.mark.slow
 def test_elsviz_app_serves_the_app_from_any_folder_and_stops_cleanly_on_ctrl_c(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "elsviz", "app", "--server.port", str(port),
-                             "--server.address", "127.0.0.1"], cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode(errors="replace")
-            time.sleep(0.3)
-        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
-        assert page.status == 200 and b"<title>" in page.read().lower().replace(b"<title >", b"<title>")
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
-        code = proc.wait(timeout=30)
-    assert code == 0, proc.stdout.read().decode(errors="replace")
+    port = free_port()
+    log = tmp_path.parent / f"{tmp_path.name}-server.log"  # not in tmp_path: it must stay empty
+    with running([sys.executable, "-m", "elsviz", "app", "--server.port", str(port), "--server.address", "127.0.0.1"],
+                 cwd=tmp_path, port=port, log=log, timeout_s=90, start_new_session=True) as proc:
+        try:
+            page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
+            assert page.status == 200 and b"<title>" in page.read().lower().replace(b"<title >", b"<title>")
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
+            code = proc.wait(timeout=30)
+    assert code == 0, log_tail(log)
     assert list(tmp_path.iterdir()) == []  # nothing written where it was started
