@@ -117,7 +117,7 @@ def _av():
         import av
     except ImportError as exc:
         raise ElsvizError("Saving the run as a video (MP4) needs PyAV, which brings FFmpeg's libraries: "
-                          "pip install av (requirements.txt pins it). The GIF needs nothing more.") from exc
+                          "`pip install av` (requirements.txt pins it). The GIF needs nothing more.") from exc
     return av
 
 

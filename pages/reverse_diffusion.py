@@ -41,18 +41,19 @@ with right:
         no_video = None
     except ElsvizError as exc:  # no PyAV here: the GIF still is
         no_video = str(exc)
-    cols = st.columns(4)
-    cols[0].download_button("GIF", derived(result, "gif-slides", lambda: export.run_gif(traj)), file_name=f"{name}.gif",
-                            mime="image/gif", key="dl_gif", icon=":material/download:",
-                            help="The run for slides: x_t beside the estimate, one frame per step.")
-    cols[1].download_button("MP4", derived_later(result, "mp4", lambda: export.run_mp4(traj)), file_name=f"{name}.mp4",
-                            mime="video/mp4", key="dl_mp4", icon=":material/download:", disabled=no_video is not None,
-                            help=no_video or "The run as a video for slides (H.264, made when you click): x_t beside "
-                                             "the estimate, about 480 pixels tall, the output held at the end.")
-    cols[2].download_button("PNG", derived(result, "output-png", lambda: export.png_bytes(
+    row = st.container(horizontal=True)  # the four side by side, wrapping where the column is narrow
+    row.download_button("GIF", derived(result, "gif-slides", lambda: export.run_gif(traj)), file_name=f"{name}.gif",
+                        mime="image/gif", key="dl_gif", icon=":material/download:",
+                        help="The run for slides: x_t beside the estimate, one frame per step.")
+    row.download_button("MP4", derived_later(result, "mp4", lambda: export.run_mp4(traj)), file_name=f"{name}.mp4",
+                        mime="video/mp4", key="dl_mp4", icon=":material/download:", on_click="ignore",
+                        disabled=no_video is not None,
+                        help=no_video or "The run as a video for slides (H.264, made when you click): x_t beside "
+                                         "the estimate, about 480 pixels tall, the output held at the end.")
+    row.download_button("PNG", derived(result, "output-png", lambda: export.png_bytes(
         figures.picture(traj.final[0], target=640))), file_name=f"{name}.png", mime="image/png", key="dl_png",
         icon=":material/download:", help="The output, large, each pixel a sharp square.")
-    cols[3].download_button("Numbers", derived(result, "npz", lambda: export.npz_bytes(
+    row.download_button("Numbers", derived(result, "npz", lambda: export.npz_bytes(
         traj, spec=spec, dataset=result.train.name)), file_name=f"{name}.npz", mime="application/octet-stream",
         key="dl_npz", icon=":material/download:",
         help="Every step as arrays (.npz): x_t, estimate, entropy, provenance; its README entry says what each is.")
