@@ -137,6 +137,19 @@ class RunCache:
 
 
 # -- how long will it take -------------------------------------------------------------------------
+def app_threads(cores: int | None, environ) -> int | None:
+    """The torch threads the app's engines use: None (leave torch's choice) when OMP_NUM_THREADS or
+    ELSVIZ_THREADS says so, else one core fewer than the machine has (at least 1), for the browser
+    and the server. Measured on the 2-core CPU with headless Chromium on the same machine: the
+    digits' first run took 7.2 s with 2 threads (OpenMP threads wait for each other while the
+    browser renders) and 4.9 s with 1; the page showed after 13.6 s and 10.3 s."""
+    if environ.get("ELSVIZ_THREADS"):
+        return max(1, int(environ["ELSVIZ_THREADS"]))
+    if environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, (cores or 1) - 1)
+
+
 LONG_S = 20.0  # a run estimated above this asks first (when its work is also above GATE_WORK)
 GATE_WORK = 3e8  # ... and only when one step's work count (step_work) is above this: 32x32 sets, never the
 # 16x16 digits at their own size (1,797 x 256 keys x 256 pixels = 1.2e8 per step; hands: 1.0e9; photos: 6.3e9)

@@ -164,3 +164,13 @@ def test_run_makes_the_requested_size_and_is_reproducible():
     assert changed_fraction(traj.final[0], again.final[0]) == 0.0
     other = run(engine, RunSpec("bbels", 3, steps=4, seed=8, size=(10, 12)))
     assert changed_fraction(traj.final[0], other.final[0]) > 0.0
+
+
+def test_the_app_leaves_a_core_for_the_browser_unless_told_otherwise():
+    from elsviz.runs import app_threads
+
+    assert app_threads(2, {}) == 1  # 2 cores: the engine takes one, the browser and server the other
+    assert app_threads(8, {}) == 7
+    assert app_threads(1, {}) == 1 and app_threads(None, {}) == 1
+    assert app_threads(8, {"OMP_NUM_THREADS": "4"}) is None  # the user's own setting: torch reads it
+    assert app_threads(2, {"ELSVIZ_THREADS": "2"}) == 2

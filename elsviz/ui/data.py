@@ -6,15 +6,18 @@ or ("upload", sha256, size, limit); engines are cached per (key, machine).
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
+import torch
 
 from ..datasets import BUILTINS, DOWNLOADABLE, load_dataset
 from ..engine import Engine
 from ..errors import ElsvizError
+from ..runs import app_threads
 
 MAX_UPLOAD_BYTES = 200 * 2**20  # Streamlit's own upload limit is 200 MB too
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -130,4 +133,14 @@ def _speak_of_upload(text: str, paths: tuple[str, str]) -> str:
 @st.cache_resource(max_entries=8, show_spinner="Building the engine ...")
 def engine(dataset_key, machine: str, _train):
     """The Engine of a training set and machine (its key tables stay cached inside it)."""
+    _threads()
     return Engine(_train, machine=machine, device="auto")
+
+
+@st.cache_resource(show_spinner=False)
+def _threads() -> int:
+    """Once per server: torch's threads as runs.app_threads says (a core left for the browser)."""
+    n = app_threads(os.cpu_count(), os.environ)
+    if n is not None:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
