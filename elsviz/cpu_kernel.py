@@ -4,7 +4,7 @@ torch turns the softmax statistics of a chunk of logits (max, argmax, exp, sum, 
 entropy term) into about a dozen passes over memory: 4-7 ns per logit on the 2-core Xeon, three
 to five times the matrix product that made the logits. `cpu_kernel.cpp` does them in two passes
 per row, sixteen keys at a time: about 0.8 ns per logit. It is compiled with the machine's C++
-compiler on first use (about a second) and kept in a cache folder; where there is no compiler,
+compiler on first use (1-2 s) and kept in a cache folder; where there is no compiler,
 or `ELSVIZ_KERNEL=torch` is set, the engine keeps its torch path, which computes the same numbers.
 
     stats = rows(logits [R, n], values [G, C, n], logc [n] or None)
@@ -12,8 +12,9 @@ or `ELSVIZ_KERNEL=torch` is set, the engine keeps its torch path, which computes
 
 Row r uses values[r // (R // G)]. With x_j = l_j - m + logc_j, e_j = exp(x_j) where x_j >= -80 and
 0 below (exp(-80) ~ 2e-35 adds nothing next to the max's 1): m = max_j l_j, arg = the first j with
-l_j == m, s = sum_j e_j, acc = sum_j e_j values[:, j], ent = sum_j e_j (l_j - m). Large chunks are shared out over torch's threads: the library is
-built with OpenMP and, loaded after torch, uses torch's OpenMP runtime (the same libgomp.so.1), so
+l_j == m, s = sum_j e_j, acc = sum_j e_j values[:, j], ent = sum_j e_j (l_j - m).
+
+Large chunks are shared out over torch's threads: the library is built with OpenMP and, loaded after torch, uses torch's OpenMP runtime (the same libgomp.so.1), so
 its threads are the ones that just ran the matrix product; a thread pool of our own was measured
 to gain nothing next to torch's spinning OpenMP threads on 2 cores.
 """
@@ -154,6 +155,7 @@ def merge_rows(logits: torch.Tensor, values: torch.Tensor, logc: torch.Tensor | 
 
 
 def mergeable(running) -> bool:
+    """Whether merge_rows and query_blocks can update these running statistics in place."""
     m, s, acc, ent, best = running
     return (all(t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu" for t in (m, s, acc, ent))
             and best.dtype == torch.int64 and best.is_contiguous())
