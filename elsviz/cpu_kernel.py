@@ -14,9 +14,10 @@ Row r uses values[r // (R // G)]. With x_j = l_j - m + logc_j, e_j = exp(x_j) wh
 0 below (exp(-80) ~ 2e-35 adds nothing next to the max's 1): m = max_j l_j, arg = the first j with
 l_j == m, s = sum_j e_j, acc = sum_j e_j values[:, j], ent = sum_j e_j (l_j - m).
 
-Large chunks are shared out over torch's threads: the library is built with OpenMP and, loaded after torch, uses torch's OpenMP runtime (the same libgomp.so.1), so
-its threads are the ones that just ran the matrix product; a thread pool of our own was measured
-to gain nothing next to torch's spinning OpenMP threads on 2 cores.
+Large chunks are shared out over torch's threads: the library is built with OpenMP and, loaded
+after torch, uses torch's OpenMP runtime (the same libgomp.so.1), so its threads are the ones that
+just ran the matrix product; a thread pool of our own was measured to gain nothing next to
+torch's spinning OpenMP threads on 2 cores.
 """
 from __future__ import annotations
 
