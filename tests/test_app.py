@@ -53,6 +53,16 @@ def ok(at: AppTest) -> AppTest:
     return at
 
 
+def open_page(path: str, timeout: float = 300, /, **state) -> AppTest:
+    """The app with this session state (any keys: path, timeout included), switched to the page at
+    path (e.g. "pages/network.py"), run."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.switch_page(path)
+    return ok(at.run())
+
+
 def errors(at: AppTest) -> list[str]:
     return [e.value for e in at.error]
 

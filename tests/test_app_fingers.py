@@ -7,13 +7,13 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from elsviz import load_dataset
 from elsviz.fingers import DEFAULT_STUDY
 from tests.test_app import navigation_as_served  # noqa: F401 - autouse: the app as `streamlit run` serves it
+from tests.test_app import ok, open_page
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = "pages/extra_fingers.py"
@@ -21,16 +21,7 @@ TINY = dict(dataset="hands", limit=30, fing_seeds=3, fing_ks="5 13", fing_steps=
 
 
 def page(**state) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.switch_page(PAGE)
-    return ok(at.run())
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page(PAGE, 600, **state)
 
 
 def text(at: AppTest) -> str:

@@ -13,6 +13,7 @@ from elsviz import Engine, calibrate, load_dataset
 from elsviz.compare import resample
 from elsviz.networks import save_schedule, train_network
 from tests.test_app import navigation_as_served  # noqa: F401 - autouse: the app as `streamlit run` serves it
+from tests.test_app import ok, open_page, text
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = "pages/network.py"
@@ -40,21 +41,7 @@ def found_here(networks, monkeypatch):
 
 
 def page(**state) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    at.session_state["net_seeds"] = 2
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.switch_page(PAGE)
-    return ok(at.run())
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def text(at: AppTest) -> str:
-    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info])
+    return open_page(PAGE, 300, **{"net_seeds": 2, **state})
 
 
 def beats(at: AppTest) -> str:
