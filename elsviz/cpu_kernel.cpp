@@ -1,10 +1,15 @@
 // The CPU kernel of elsviz (elsviz/cpu_kernel.py compiles it on first use; docs/ENGINE.md,
-// "A compiled pass over each chunk of logits").
+// "The compiled CPU kernel").
 //
-// rows_stats: for each row r of a chunk of logits L [R, n] (row stride ldl), in one call:
+// tile_blocks (below): the logits of query rows against blocks of keys, made in registers and
+// folded into each row's softmax statistics at once, never written; blocks that cannot matter are
+// skipped by their bounds. rows_stats: the statistics of a chunk of logits already in memory
+// (the small classes, whose logits come from torch's batched products):
+//
+// rows_stats, for each row r of a chunk of logits L [R, n] (row stride ldl), in one call:
 //   m = max_j l_j;  arg = the first j with l_j == m;
 //   x_j = l_j - m + logc_j (logc_j = log of the key's count; 0 without logc);
-//   e_j = exp(x_j) where x_j >= -80, else 0 (exp(-80) ~ 2e-35: nothing next to the max's 1);
+//   e_j = exp(max(x_j, -80)) (exp(-80) ~ 2e-35: nothing next to the max's 1);
 //   s = sum_j e_j;  acc[c] = sum_j e_j v[c][j];  ent = sum_j e_j (l_j - m)
 // where v[c][j] = V[(r / rpg) * vgs + c * vcs + j]: the rows come in groups of rpg that share one
 // value table (a class of query pixels), or rpg = 1 and every row has its own.
@@ -12,41 +17,56 @@
 // library uses the OpenMP runtime torch has loaded (same soname), so its threads are torch's.
 // Two passes over a row (its max; then everything else), sixteen keys at a time with GCC's vector
 // extensions, and an exp of our own so that the whole loop stays in vector registers. Sixteen keys
-// that all weigh nothing cost a comparison.
+// that all weigh nothing (x_j < -80) cost a comparison and add exactly 0.
 #include <stdint.h>
 #include <string.h>
 #include <float.h>
 #include <math.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 static const int W = 16;
 
 static inline vf load(const float* p) { vf v; memcpy(&v, p, sizeof v); return v; }
-static inline vf splat(float x) { return vf{} + x; }
+// (vf{} + x would cost an addition in every broadcast: -0.0f + 0.0f is not -0.0f; x - 0.0f is x)
+static inline vf splat(float x) { return x - vf{}; }
 static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 
-// exp(x) for x in [-80, 0]: x = n ln 2 + f with |f| <= ln(2) / 2 (Cody-Waite: ln 2 in two parts,
-// so f is exact), exp(f) by its Taylor polynomial of degree 7 (error < 2e-9), times 2^n.
+// exp(x) for x in [-80, 20]: x = n ln 2 + f with |f| <= ln(2) / 2 (Cody-Waite: ln 2 in two parts,
+// so f is exact), exp(f) by a polynomial of degree 6 fitted for relative error (2e-9; 1.1e-7
+// evaluated in float32), times 2^n. With AVX-512, rounding and 2^n are one instruction each.
 static inline vf vexp(vf x)
 {
-    vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
-    vf f = x - n * 0.693359375f;
-    f = f + n * 2.12194440e-4f;  // ln 2 = 0.693359375 - 2.12194440e-4
-    vf p = splat(1.98412698e-4f);  // 1/7!
-    p = p * f + 1.38888889e-3f;
-    p = p * f + 8.33333333e-3f;
-    p = p * f + 4.16666667e-2f;
-    p = p * f + 1.66666667e-1f;
-    p = p * f + 0.5f;
+#if defined(__AVX512F__)
+    const __m512 n = _mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const vf vn = (vf)n;
+#else
+    const vf vn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
+#endif
+    vf f = x - vn * 0.693359375f;
+    f = f + vn * 2.12194440e-4f;  // ln 2 = 0.693359375 - 2.12194440e-4
+    vf p = splat(1.38436504e-3f);
+    p = p * f + 8.37415540e-3f;
+    p = p * f + 4.16680021e-2f;
+    p = p * f + 1.66664313e-1f;
+    p = p * f + 4.99999942e-1f;
+    p = p * f + 1.00000003f;
     p = p * f + 1.0f;
-    p = p * f + 1.0f;
-    vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+#if defined(__AVX512F__)
+    return (vf)_mm512_scalef_ps((__m512)p, n);
+#else
+    vi bits = (__builtin_convertvector(vn, vi) + 127) << 23;
     return p * (vf)bits;
+#endif
 }
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
 static inline bool any_ge(vf x, float t) { return _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(t), _CMP_GE_OQ) != 0; }
 #else
 static inline bool any_ge(vf x, float t)
@@ -58,8 +78,13 @@ static inline bool any_ge(vf x, float t)
 }
 #endif
 
+#if defined(__AVX512F__)
+static inline float hmax(vf v) { return _mm512_reduce_max_ps((__m512)v); }
+static inline float hsum(vf v) { return _mm512_reduce_add_ps((__m512)v); }
+#else
 static inline float hmax(vf v) { float m = v[0]; for (int q = 1; q < W; q++) m = v[q] > m ? v[q] : m; return m; }
 static inline float hsum(vf v) { float s = 0; for (int q = 0; q < W; q++) s += v[q]; return s; }
+#endif
 
 // exp(max(x, -80)) of x [n], n a multiple of 16 (for the tests)
 extern "C" void exp_clamped(const float* x, float* y, int64_t n)
@@ -95,7 +120,7 @@ static inline void merge(int64_t q, float mx, float s, const float* acc, float e
 template <int C, bool LOGC>
 static void rows_t(int64_t R, int64_t n, const float* L, int64_t ldl, const float* V, int64_t rpg, int64_t vgs,
                    int64_t vcs, const float* logc, float* m_out, float* s_out, float* acc_out, float* ent_out,
-                   int64_t* arg_out, const int64_t* into, const int64_t* rep, int threads)
+                   int64_t* arg_out, int threads)
 {
     const int64_t nv = n / W * W;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
@@ -115,8 +140,7 @@ static void rows_t(int64_t R, int64_t n, const float* L, int64_t ldl, const floa
             vf d = load(l + j) - vm;
             vf x = LOGC ? d + load(logc + j) : d;
             if (!any_ge(x, -80.f)) continue;  // sixteen keys that weigh nothing (small t: most of them)
-            vf e = vexp(vmax(x, lo));
-            e = x >= lo ? e : vf{};
+            const vf e = vexp(vmax(x, lo));  // (below -80: exp(-80) ~ 2e-35, nothing next to the max's 1)
             s16 += e;
             e16 += e * vmax(d, lo);  // (a padding key's d ~ -1e30 must not meet a nonzero e)
             for (int c = 0; c < C; c++) a16[c] += e * load(v + c * vcs + j);
@@ -131,134 +155,334 @@ static void rows_t(int64_t R, int64_t n, const float* L, int64_t ldl, const floa
             ent += e[0] * (d < -80.f ? -80.f : d);
             for (int c = 0; c < C; c++) acc[c] += e[0] * v[c * vcs + j];
         }
-        if (into) {
-            merge<C>(into[r], mx, s, acc, ent, rep ? rep[arg] : arg, m_out, s_out, acc_out, ent_out, arg_out);
-            continue;
-        }
         m_out[r] = mx; s_out[r] = s; ent_out[r] = ent; arg_out[r] = arg;
         for (int c = 0; c < C; c++) acc_out[r * C + c] = acc[c];
     }
 }
 
 typedef void (*rows_fn)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, int64_t,
-                        const float*, float*, float*, float*, float*, int64_t*, const int64_t*, const int64_t*, int);
+                        const float*, float*, float*, float*, float*, int64_t*, int);
 
-// into = NULL: the statistics of row r go to m_out[r] ... arg_out[r] (arg: the key's index in the row).
-// into != NULL: they are merged into the running statistics at row into[r] of m_out ... (arg_out:
-// the heaviest key's id, rep[arg], or arg without rep). The rows of into must be distinct.
+// The statistics of row r go to m_out[r] ... arg_out[r] (arg: the key's index in the row).
 extern "C" int rows_stats(int64_t R, int64_t n, const float* L, int64_t ldl, const float* V, int64_t C,
                           int64_t rpg, int64_t vgs, int64_t vcs, const float* logc, float* m_out, float* s_out,
-                          float* acc_out, float* ent_out, int64_t* arg_out, const int64_t* into, const int64_t* rep,
-                          int64_t threads)
+                          float* acc_out, float* ent_out, int64_t* arg_out, int64_t threads)
 {
     rows_fn f;
     if (C == 1) f = logc ? rows_t<1, true> : rows_t<1, false>;
     else if (C == 3) f = logc ? rows_t<3, true> : rows_t<3, false>;
     else return 1;
-    f(R, n, L, ldl, V, rpg, vgs, vcs, logc, m_out, s_out, acc_out, ent_out, arg_out, into, rep, (int)threads);
+    f(R, n, L, ldl, V, rpg, vgs, vcs, logc, m_out, s_out, acc_out, ent_out, arg_out, (int)threads);
     return 0;
 }
 
-// query_blocks: the pruned path one query at a time (docs/ENGINE.md, "Per-query blocks").
-// Keys are in blocks of L (a multiple of 16, at most 1024) columns of KT [D1, NK] (dim-major: row d holds entry
-// d of every key; the last row is |K|^2, so that <(c1 Q, c2), K> is the logit). For query q the
-// blocks come in order[q, :] with their upper bounds ub[q, :] (descending); a block whose bound lies
-// more than gap below the largest logit found so far is not computed, nor is any after it. The
-// statistics of the computed keys are merged into the running ones at row into[q] (see merge);
-// counted[q] (if not NULL) receives the number of blocks computed.
-template <int C, bool LOGC>
-static void query_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* KT, int64_t NK, int64_t L,
-                           const float* V, const float* logc, const int64_t* rep, const int64_t* order,
-                           const float* ub, int64_t J, float gap, const int64_t* into, float* m_io, float* s_io,
-                           float* acc_io, float* ent_io, int64_t* best_io, int64_t* counted, int threads)
+// ---------------------------------------------------------------------------------------------
+// Keys in panels: the fused kernels below read the keys as P [NK / 16, D1, 16]: panel p holds keys
+// 16p .. 16p + 15, entry d of all sixteen in one vector (row d of the panel). 64 keys (four
+// panels, D1 * 256 bytes) are contiguous, so a chunk stays in L1 while every query of a tile
+// reads it; a dim-major table would put the D1 rows of a chunk NK * 4 bytes apart, onto the same
+// few cache sets.
+
+// logits of R query rows (augmented, stride D1) against NV consecutive panels, into out[r * ldo + 16 v + lane]
+template <int R, int NV>
+static __attribute__((noinline)) void micro(const float* qa, int64_t D1, const float* pan, float* out, int64_t ldo)
 {
-    const vf lo = splat(-80.f);
-#pragma omp parallel for schedule(dynamic, 4) num_threads(threads) if (threads > 1)
-    for (int64_t q = 0; q < Qn; q++) {
-        const float* qa = Qa + q * D1;
-        float buf[1024] __attribute__((aligned(64)));
-        float mx = -INFINITY, s = 0.f, ent = 0.f, acc[C];
-        for (int c = 0; c < C; c++) acc[c] = 0.f;
-        int64_t best = 0, done = 0;
-        for (int64_t i = 0; i < J; i++) {
-            if (ub[q * J + i] < mx - gap) break;
-            const int64_t k0 = order[q * J + i] * L;
-            done++;
-            // logits of the block, 64 keys at a time, then 16 at a time
-            int64_t j = 0;
-            for (; j + 4 * W <= L; j += 4 * W) {
-                vf a0 = {}, a1 = {}, a2 = {}, a3 = {};
-                const float* kp = KT + k0 + j;
-                for (int64_t d = 0; d < D1; d++, kp += NK) {
-                    const vf qd = splat(qa[d]);
-                    a0 += qd * load(kp);
-                    a1 += qd * load(kp + W);
-                    a2 += qd * load(kp + 2 * W);
-                    a3 += qd * load(kp + 3 * W);
-                }
-                memcpy(buf + j, &a0, sizeof a0);
-                memcpy(buf + j + W, &a1, sizeof a1);
-                memcpy(buf + j + 2 * W, &a2, sizeof a2);
-                memcpy(buf + j + 3 * W, &a3, sizeof a3);
-            }
-            for (; j < L; j += W) {
-                vf a0 = {};
-                const float* kp = KT + k0 + j;
-                for (int64_t d = 0; d < D1; d++, kp += NK) a0 += splat(qa[d]) * load(kp);
-                memcpy(buf + j, &a0, sizeof a0);
-            }
-            vf m16 = splat(-FLT_MAX);
-            for (int64_t j = 0; j < L; j += W) m16 = vmax(m16, load(buf + j));
-            const float bm = hmax(m16);
-            if (bm > mx) {  // a new maximum: rescale what was summed so far
-                int64_t arg = 0;
-                while (buf[arg] != bm) arg++;
-                if (mx != -INFINITY) {
-                    const float alpha = expf(mx - bm);
-                    ent = alpha * (ent + s * (mx - bm));
-                    s *= alpha;
-                    for (int c = 0; c < C; c++) acc[c] *= alpha;
-                }
-                mx = bm;
-                best = rep[k0 + arg];
-            }
-            vf s16 = {}, e16 = {}, a16[C];
-            for (int c = 0; c < C; c++) a16[c] = vf{};
-            const vf vm = splat(mx);
-            for (int64_t j = 0; j < L; j += W) {
-                vf d = load(buf + j) - vm;
-                vf x = LOGC ? d + load(logc + k0 + j) : d;
-                if (!any_ge(x, -80.f)) continue;
-                vf e = vexp(vmax(x, lo));
-                e = x >= lo ? e : vf{};
-                s16 += e;
-                e16 += e * vmax(d, lo);
-                for (int c = 0; c < C; c++) a16[c] += e * load(V + c * NK + k0 + j);
-            }
-            s += hsum(s16);
-            ent += hsum(e16);
-            for (int c = 0; c < C; c++) acc[c] += hsum(a16[c]);
+    vf acc[R][NV];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = vf{};
+    const int64_t ps = D1 * W;  // floats per panel
+    for (int64_t d = 0; d < D1; d++) {
+        vf k[NV];
+        for (int v = 0; v < NV; v++) k[v] = load(pan + v * ps + d * W);
+        for (int r = 0; r < R; r++) {
+            const vf q = splat(qa[r * D1 + d]);
+            for (int v = 0; v < NV; v++) acc[r][v] += q * k[v];
         }
-        if (counted) counted[q] = done;
-        if (done) merge<C>(into[q], mx, s, acc, ent, best, m_io, s_io, acc_io, ent_io, best_io);
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < NV; v++) memcpy(out + r * ldo + v * W, &acc[r][v], sizeof(vf));
+}
+
+template <int NV>
+static inline void micro_rows(int rows, const float* qa, int64_t D1, const float* pan, float* out, int64_t ldo)
+{
+    switch (rows) {
+    case 6: micro<6, NV>(qa, D1, pan, out, ldo); break;
+    case 5: micro<5, NV>(qa, D1, pan, out, ldo); break;
+    case 4: micro<4, NV>(qa, D1, pan, out, ldo); break;
+    case 3: micro<3, NV>(qa, D1, pan, out, ldo); break;
+    case 2: micro<2, NV>(qa, D1, pan, out, ldo); break;
+    default: micro<1, NV>(qa, D1, pan, out, ldo); break;
     }
 }
 
-typedef void (*query_fn)(int64_t, const float*, int64_t, const float*, int64_t, int64_t, const float*, const float*,
-                         const int64_t*, const int64_t*, const float*, int64_t, float, const int64_t*, float*, float*,
-                         float*, float*, int64_t*, int64_t*, int);
+// The running statistics of one query row inside a fused kernel: the max so far and its key, the
+// sums of the current block lane by lane (float vectors), and those of earlier blocks (doubles).
+template <int C>
+struct RowState {
+    vf s16, e16, a16[C];
+    double s, ent, acc[C];
+    float mx;
+    int64_t best;
+    void reset()
+    {
+        s16 = e16 = vf{};
+        for (int c = 0; c < C; c++) a16[c] = vf{}, acc[c] = 0.0;
+        s = ent = 0.0;
+        mx = -INFINITY;
+        best = 0;
+    }
+    // a new maximum bm: everything summed so far weighs exp(mx - bm) as much
+    void rescale(float bm)
+    {
+        if (mx != -INFINITY) {
+            const float alpha = expf(mx - bm);
+            const vf va = splat(alpha);
+            e16 = va * (e16 + s16 * (mx - bm));
+            s16 *= va;
+            for (int c = 0; c < C; c++) a16[c] *= va;
+            ent = alpha * (ent + s * (double)(mx - bm));
+            s *= alpha;
+            for (int c = 0; c < C; c++) acc[c] *= alpha;
+        }
+        mx = bm;
+    }
+    void flush()
+    {
+        s += hsum(s16);
+        ent += hsum(e16);
+        s16 = e16 = vf{};
+        for (int c = 0; c < C; c++) acc[c] += hsum(a16[c]), a16[c] = vf{};
+    }
+};
 
-extern "C" int query_blocks(int64_t Qn, const float* Qa, int64_t D1, const float* KT, int64_t NK, int64_t L,
-                            const float* V, int64_t C, const float* logc, const int64_t* rep, const int64_t* order,
-                            const float* ub, int64_t J, float gap, const int64_t* into, float* m_io, float* s_io,
-                            float* acc_io, float* ent_io, int64_t* best_io, int64_t* counted, int threads)
+// Fold n logits l[0 .. n) (keys k0 .. k0 + n - 1, n a multiple of 16) into a row's statistics.
+template <int C, bool LOGC>
+static inline void fold(RowState<C>& st, const float* l, int64_t n, int64_t k0, const float* V, int64_t NK,
+                        const float* logc, const int64_t* rep)
 {
-    if (L % W || L > 1024) return 2;
-    query_fn f;
-    if (C == 1) f = logc ? query_blocks_t<1, true> : query_blocks_t<1, false>;
-    else if (C == 3) f = logc ? query_blocks_t<3, true> : query_blocks_t<3, false>;
+    vf m16 = load(l);
+    for (int64_t j = W; j < n; j += W) m16 = vmax(m16, load(l + j));
+    if (any_ge(m16, st.mx) ) {
+        const float bm = hmax(m16);
+        if (bm > st.mx) {  // strictly larger: on ties the earlier key stays
+            int64_t arg = 0;
+            while (l[arg] != bm) arg++;
+            st.rescale(bm);
+            st.best = rep[k0 + arg];
+        }
+    }
+    const vf vm = splat(st.mx), lo = splat(-80.f);
+    vf s16 = st.s16, e16 = st.e16, a16[C];  // (locals: the stores below cannot alias V)
+    for (int c = 0; c < C; c++) a16[c] = st.a16[c];
+    for (int64_t j = 0; j < n; j += W) {
+        vf d = load(l + j) - vm;
+        vf x = LOGC ? d + load(logc + k0 + j) : d;
+        if (!any_ge(x, -80.f)) continue;  // sixteen keys that weigh nothing
+        const vf e = vexp(vmax(x, lo));  // (below -80: exp(-80) ~ 2e-35, nothing next to the max's 1)
+        s16 += e;
+        e16 += e * vmax(d, lo);
+        for (int c = 0; c < C; c++) a16[c] += e * load(V + c * NK + k0 + j);
+    }
+    st.s16 = s16;
+    st.e16 = e16;
+    for (int c = 0; c < C; c++) st.a16[c] = a16[c];
+}
+
+// logits of one query against L consecutive keys starting at key k0 (a multiple of 16), into out
+static inline void query_logits(const float* qa, int64_t D1, const float* P, int64_t k0, int64_t L, float* out)
+{
+    int64_t j = 0;
+    for (; j + 4 * W <= L; j += 4 * W) micro<1, 4>(qa, D1, P + (k0 + j) / W * (D1 * W), out + j, 0);
+    for (; j < L; j += W) micro<1, 1>(qa, D1, P + (k0 + j) / W * (D1 * W), out + j, 0);
+}
+
+// Upper bounds of the logits (plus log count) of every key of each block (keyset.py, "Block
+// bounds"), for one query: its top-r principal coordinates pq [r], the norm rq of the rest and
+// |q|^2 = qsq; BT [2r + 3, Jp] holds per block the box lo (r rows) and hi (r rows) of those
+// coordinates, the range rlo, rhi of the residual norms and the largest log count (-inf for the
+// padding columns up to Jp, a multiple of 16). ub[j] = (qsq - box_j - rgap_j^2) / 2b^2 + lcmax_j.
+struct Bounds {
+    const float *pq, *rq, *qsq, *bt;
+    int64_t r, jp;
+    float a, inv2b2, gap;
+};
+
+static void row_bounds(const Bounds& B, int64_t q, float* ub)
+{
+    const float* pq = B.pq + q * B.r;
+    const vf a = splat(B.a), rq = splat(B.rq[q]), qsq = splat(B.qsq[q]), zero = vf{}, h = splat(B.inv2b2);
+    const float* rlo = B.bt + 2 * B.r * B.jp;
+    for (int64_t j = 0; j < B.jp; j += W) {
+        vf box = vf{};
+        for (int64_t i = 0; i < B.r; i++) {
+            const vf p = splat(pq[i]);
+            const vf g = vmax(a * load(B.bt + i * B.jp + j) - p, zero) + vmax(p - a * load(B.bt + (B.r + i) * B.jp + j), zero);
+            box += g * g;
+        }
+        const vf rg = vmax(a * load(rlo + j) - rq, zero) + vmax(rq - a * load(rlo + B.jp + j), zero);
+        const vf u = (qsq - box - rg * rg) * h + load(rlo + 2 * B.jp + j);
+        memcpy(ub + j, &u, sizeof u);
+    }
+}
+
+// block_home: for each query, the block with the largest bound (the first on ties) among J.
+extern "C" void block_home(int64_t Qn, const float* PQ, const float* RQ, const float* QSQ, int64_t r, const float* BT,
+                           int64_t Jp, int64_t J, float a, float inv2b2, int64_t* home, int threads)
+{
+    const Bounds B{PQ, RQ, QSQ, BT, r, Jp, a, inv2b2, 0.f};
+#pragma omp parallel num_threads(threads) if (threads > 1 && Qn > 64)
+    {
+        float* ub = new float[Jp];
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < Qn; q++) {
+            row_bounds(B, q, ub);
+            int64_t best = 0;
+            for (int64_t j = 1; j < J; j++) best = ub[j] > ub[best] ? j : best;
+            home[q] = best;
+        }
+        delete[] ub;
+    }
+}
+
+// tile_blocks: the softmax statistics of Qn query rows Qa [Qn, D1] (augmented: <qa, key> is the
+// logit) over the keys of blocks[0 .. J) (block b: keys b L .. b L + L - 1, L a multiple of 16)
+// of the panels P, merged into the running statistics at rows into[q] (see merge). The logits are
+// made six rows (a group) by 64 keys at a time in registers and folded into each row's statistics
+// while they are in L1; none is written to memory. Rows are shared out over `threads` OpenMP
+// threads and taken RT groups (a row tile) at a time: a block is read from memory once per tile.
+//
+// With bounds (B != NULL), blocks that cannot matter are skipped: each row first takes the listed
+// block with its largest bound alone (home[q] if given, else found here); that block's largest
+// logit m0 is a lower bound of the row's maximum, so a block whose bound lies more than gap below
+// m0 weighs less than exp(-gap) per key. A group of rows computes a block if any of its rows
+// needs it (sort the rows by home block, so that a group's rows need the same blocks). counted[q]
+// (if not NULL) receives the number of blocks computed for row q.
+template <int C, bool LOGC>
+static void tile_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* P, int64_t NK, int64_t L,
+                          const float* V, const float* logc, const int64_t* rep, const int64_t* blocks, int64_t J,
+                          const int64_t* into, float* m_io, float* s_io, float* acc_io, float* ent_io,
+                          int64_t* best_io, const Bounds* B, const int64_t* home_in, int64_t* counted, int threads)
+{
+    const int RG = 6;  // rows per group (register tile)
+    const int64_t groups = (Qn + RG - 1) / RG;
+    const int64_t RT = 40;  // groups per row tile: their statistics and queries stay in L2
+    const int64_t FLUSH = 8;  // blocks summed lane by lane in float before the sums go to doubles
+    const int64_t words = (J + 63) / 64;  // a group's blocks in play, one bit each
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#ifdef _OPENMP
+        const int nt = omp_get_num_threads(), me = omp_get_thread_num();
+#else
+        const int nt = 1, me = 0;
+#endif
+        const int64_t g0 = groups * me / nt, g1 = groups * (me + 1) / nt;
+        RowState<C>* st = new RowState<C>[RT * RG];
+        int64_t* home = new int64_t[RT * RG];  // the block each row took first (-1: none)
+        uint64_t* need = new uint64_t[RT * words];
+        float* ub = B ? new float[B->jp] : nullptr;
+        float buf[RG * 4 * W] __attribute__((aligned(64)));
+        float one[1024] __attribute__((aligned(64)));
+        for (int64_t t0 = g0; t0 < g1; t0 += RT) {
+            const int64_t t1 = t0 + RT < g1 ? t0 + RT : g1;
+            const int64_t r0 = t0 * RG, r1 = t1 * RG < Qn ? t1 * RG : Qn;
+            for (int64_t r = r0; r < r1; r++) {
+                st[r - r0].reset();
+                home[r - r0] = -1;
+                if (counted) counted[r] = 0;
+            }
+            if (!B) {
+                for (int64_t i = 0; i < (t1 - t0) * words; i++) need[i] = ~(uint64_t)0;
+            } else {
+                for (int64_t i = 0; i < (t1 - t0) * words; i++) need[i] = 0;
+                for (int64_t r = r0; r < r1; r++) {  // each row: its best block alone, then what it needs
+                    row_bounds(*B, r, ub);
+                    int64_t hb = 0;  // position in blocks
+                    if (home_in) {
+                        while (hb < J && blocks[hb] != home_in[r]) hb++;
+                        if (hb == J) hb = 0;
+                    } else {
+                        for (int64_t bi = 1; bi < J; bi++) hb = ub[blocks[bi]] > ub[blocks[hb]] ? bi : hb;
+                    }
+                    const int64_t k0 = blocks[hb] * L;
+                    for (int64_t j = 0; j < L; j += 1024) {
+                        const int64_t n = L - j < 1024 ? L - j : 1024;
+                        query_logits(Qa + r * D1, D1, P, k0 + j, n, one);
+                        fold<C, LOGC>(st[r - r0], one, n, k0 + j, V, NK, logc, rep);
+                    }
+                    st[r - r0].flush();
+                    home[r - r0] = hb;
+                    if (counted) counted[r] = 1;
+                    const float floor = st[r - r0].mx - B->gap;
+                    uint64_t* w = need + (r / RG - t0) * words;
+                    for (int64_t bi = 0; bi < J; bi++)
+                        if (ub[blocks[bi]] >= floor && bi != hb) w[bi / 64] |= (uint64_t)1 << (bi % 64);
+                }
+            }
+            int64_t since = 0;  // blocks computed since the last flush
+            for (int64_t bi = 0; bi < J; bi++) {
+                bool any = false;
+                for (int64_t g = 0; g < t1 - t0 && !any; g++) any = need[g * words + bi / 64] >> (bi % 64) & 1;
+                if (!any) continue;
+                const int64_t kb = blocks[bi] * L;
+                for (int64_t j = 0; j < L; j += 4 * W) {
+                    const int nv = L - j >= 4 * W ? 4 : (int)((L - j) / W);
+                    const float* pan = P + (kb + j) / W * (D1 * W);
+                    for (int64_t g = 0; g < t1 - t0; g++) {
+                        if (!(need[g * words + bi / 64] >> (bi % 64) & 1)) continue;
+                        const int64_t q = r0 + g * RG;
+                        const int rows = r1 - q < RG ? (int)(r1 - q) : RG;
+                        if (nv == 4) micro_rows<4>(rows, Qa + q * D1, D1, pan, buf, 4 * W);
+                        else if (nv == 3) micro_rows<3>(rows, Qa + q * D1, D1, pan, buf, 4 * W);
+                        else if (nv == 2) micro_rows<2>(rows, Qa + q * D1, D1, pan, buf, 4 * W);
+                        else micro_rows<1>(rows, Qa + q * D1, D1, pan, buf, 4 * W);
+                        for (int r = 0; r < rows; r++)
+                            if (home[q - r0 + r] != bi)  // (a row's home block is in already)
+                                fold<C, LOGC>(st[q - r0 + r], buf + r * 4 * W, nv * W, kb + j, V, NK, logc, rep);
+                        if (counted && j == 0)
+                            for (int r = 0; r < rows; r++) counted[q + r] += home[q - r0 + r] != bi;
+                    }
+                }
+                if (++since == FLUSH) {
+                    for (int64_t r = r0; r < r1; r++) st[r - r0].flush();
+                    since = 0;
+                }
+            }
+            for (int64_t r = r0; r < r1; r++) {
+                RowState<C>& s = st[r - r0];
+                s.flush();
+                if (s.mx == -INFINITY) continue;  // no block
+                float acc[C];
+                for (int c = 0; c < C; c++) acc[c] = (float)s.acc[c];
+                merge<C>(into[r], s.mx, (float)s.s, acc, (float)s.ent, s.best, m_io, s_io, acc_io, ent_io, best_io);
+            }
+        }
+        delete[] st;
+        delete[] home;
+        delete[] need;
+        delete[] ub;
+    }
+}
+
+typedef void (*tile_fn)(int64_t, const float*, int64_t, const float*, int64_t, int64_t, const float*, const float*,
+                        const int64_t*, const int64_t*, int64_t, const int64_t*, float*, float*, float*, float*,
+                        int64_t*, const Bounds*, const int64_t*, int64_t*, int);
+
+// PQ == NULL: every listed block for every row; else the bounds above (BT [2r + 3, Jp]: see row_bounds).
+extern "C" int tile_blocks(int64_t Qn, const float* Qa, int64_t D1, const float* P, int64_t NK, int64_t L,
+                           const float* V, int64_t C, const float* logc, const int64_t* rep, const int64_t* blocks,
+                           int64_t J, const int64_t* into, float* m_io, float* s_io, float* acc_io, float* ent_io,
+                           int64_t* best_io, const float* PQ, const float* RQ, const float* QSQ, int64_t r,
+                           const float* BT, int64_t Jp, float a, float inv2b2, float gap, const int64_t* home,
+                           int64_t* counted, int threads)
+{
+    if (L % W || NK % W) return 2;
+    tile_fn f;
+    if (C == 1) f = logc ? tile_blocks_t<1, true> : tile_blocks_t<1, false>;
+    else if (C == 3) f = logc ? tile_blocks_t<3, true> : tile_blocks_t<3, false>;
     else return 1;
-    f(Qn, Qa, D1, KT, NK, L, V, logc, rep, order, ub, J, gap, into, m_io, s_io, acc_io, ent_io, best_io, counted,
-      (int)threads);
+    const Bounds B{PQ, RQ, QSQ, BT, r, Jp, a, inv2b2, gap};
+    f(Qn, Qa, D1, P, NK, L, V, logc, rep, blocks, J, into, m_io, s_io, acc_io, ent_io, best_io, PQ ? &B : nullptr,
+      home, counted, threads);
     return 0;
 }

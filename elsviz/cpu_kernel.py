@@ -1,23 +1,31 @@
-"""A compiled pass over each chunk of logits, for the engine on the CPU (docs/ENGINE.md).
+"""The compiled CPU kernel of the engine (docs/ENGINE.md, "The compiled CPU kernel").
 
-torch turns the softmax statistics of a chunk of logits (max, argmax, exp, sum, weighted values,
-entropy term) into about a dozen passes over memory: 4-7 ns per logit on the 2-core Xeon, three
-to five times the matrix product that made the logits. `cpu_kernel.cpp` does them in two passes
-per row, sixteen keys at a time: about 0.8 ns per logit. It is compiled with the machine's C++
-compiler on first use (1-2 s) and kept in a cache folder; where there is no compiler,
-or `ELSVIZ_KERNEL=torch` is set, the engine keeps its torch path, which computes the same numbers.
+`cpu_kernel.cpp` is compiled with the machine's C++ compiler on first use (1-2 s) and kept in a
+cache folder; where there is no compiler, or `ELSVIZ_KERNEL=torch` is set, the engine keeps its
+torch path, which computes the same numbers. Two entry points:
+
+    counted = tile_blocks(qa, panels, block, centres, logc, rep, blocks, into, running, bounds, home)
+
+the big classes: the logits of query rows against blocks of keys (panels(keys_t)) made in
+registers, six rows by 64 keys at a time, and folded at once into each row's running softmax
+statistics (m, s, acc, ent, best), in place; no logit is written to memory. With bounds, blocks
+that cannot matter are skipped (block_home gives each query's most promising block).
 
     stats = rows(logits [R, n], values [G, C, n], logc [n] or None)
     -> m [R], s [R], acc [R, C], ent [R], arg [R] int64
 
-Row r uses values[r // (R // G)]. With x_j = l_j - m + logc_j, e_j = exp(x_j) where x_j >= -80 and
-0 below (exp(-80) ~ 2e-35 adds nothing next to the max's 1): m = max_j l_j, arg = the first j with
-l_j == m, s = sum_j e_j, acc = sum_j e_j values[:, j], ent = sum_j e_j (l_j - m).
+the small classes, whose logits come from torch's batched products: in two passes per row instead
+of torch's dozen. Row r uses values[r // (R // G)].
 
-Large chunks are shared out over torch's threads: the library is built with OpenMP and, loaded
-after torch, uses torch's OpenMP runtime (the same libgomp.so.1), so its threads are the ones that
-just ran the matrix product; a thread pool of our own was measured to gain nothing next to
-torch's spinning OpenMP threads on 2 cores.
+The statistics, for the logits l_j of a row's keys (x_j = l_j - m + logc_j, logc_j the log of the
+key's count): m = max_j l_j, arg = the first j with l_j == m (best: its key id), e_j = exp(x_j)
+where x_j >= -80 (below, 0 or exp(-80) ~ 2e-35: nothing next to the max's 1), s = sum_j e_j,
+acc = sum_j e_j values[:, j], ent = sum_j e_j (l_j - m).
+
+Work is shared out over torch's threads: the library is built with OpenMP and, loaded after
+torch, uses torch's OpenMP runtime (the same libgomp.so.1), so its threads are the ones that ran
+torch's products; a thread pool of our own was measured to gain nothing next to torch's spinning
+OpenMP threads on 2 cores.
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -112,11 +121,15 @@ def library():
                               "torch path.", stacklevel=2)
                 return None
             ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-            lib.rows_stats.argtypes = [i64, i64, ptr, i64, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64]
+            lib.rows_stats.argtypes = [i64, i64, ptr, i64, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64]
             lib.rows_stats.restype = ctypes.c_int
-            lib.query_blocks.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i64,
-                                         ctypes.c_float, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64]
-            lib.query_blocks.restype = ctypes.c_int
+            f32 = ctypes.c_float
+            lib.tile_blocks.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, i64, ptr,
+                                        ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, f32, f32, f32, ptr,
+                                        ptr, i64]
+            lib.tile_blocks.restype = ctypes.c_int
+            lib.block_home.argtypes = [i64, ptr, ptr, ptr, i64, ptr, i64, i64, f32, f32, ptr, i64]
+            lib.block_home.restype = None
             lib.exp_clamped.argtypes = [ptr, ptr, i64]
             lib.exp_clamped.restype = None
             _state["lib"] = lib
@@ -139,30 +152,11 @@ def rows(logits: torch.Tensor, values: torch.Tensor, logc: torch.Tensor | None =
     """
     nr, c = logits.shape[0], values.shape[1]
     out = (torch.empty(nr), torch.empty(nr), torch.empty(nr, c), torch.empty(nr), torch.empty(nr, dtype=torch.int64))
-    _call(logits, values, logc, out, None, None)
+    _call(logits, values, logc, out)
     return out
 
 
-def merge_rows(logits: torch.Tensor, values: torch.Tensor, logc: torch.Tensor | None, into: torch.Tensor,
-               rep: torch.Tensor | None, running) -> None:
-    """Merge the statistics of each row r of logits into the running statistics at row into[r].
-
-    running: (m [Q], s [Q], acc [Q, C], ent [Q], best [Q] int64), contiguous, updated in place
-    (m = -inf: nothing seen yet; best: rep[arg], the id of the heaviest key, or arg without rep).
-    into [R] int64: distinct rows. On equal maxima the earlier key stays. Call only where
-    usable(logits, values) holds and mergeable(running) does.
-    """
-    _call(logits, values, logc, running, into.contiguous(), None if rep is None else rep.contiguous())
-
-
-def mergeable(running) -> bool:
-    """Whether merge_rows and query_blocks can update these running statistics in place."""
-    m, s, acc, ent, best = running
-    return (all(t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu" for t in (m, s, acc, ent))
-            and best.dtype == torch.int64 and best.is_contiguous())
-
-
-def _call(logits, values, logc, out, into, rep) -> None:
+def _call(logits, values, logc, out) -> None:
     lib = _state.get("lib") or library()
     nr, n = logits.shape
     g, c, _ = values.shape
@@ -176,39 +170,86 @@ def _call(logits, values, logc, out, into, rep) -> None:
     threads = torch.get_num_threads() if nr * n >= SPLIT_MIN else 1
     code = lib.rows_stats(
         nr, n, logits.data_ptr(), ldl, values.data_ptr(), c, rpg, vgs, vcs, None if logc is None else logc.data_ptr(),
-        m.data_ptr(), s.data_ptr(), acc.data_ptr(), ent.data_ptr(), arg.data_ptr(),
-        None if into is None else into.data_ptr(), None if rep is None else rep.data_ptr(), threads)
+        m.data_ptr(), s.data_ptr(), acc.data_ptr(), ent.data_ptr(), arg.data_ptr(), threads)
     if code:
         raise RuntimeError(f"elsviz: rows_stats refused C = {c}")  # guarded by usable(): a bug
 
 
-def query_blocks(qa: torch.Tensor, keys_t: torch.Tensor, block: int, centres: torch.Tensor, logc: torch.Tensor | None,
-                 rep: torch.Tensor, order: torch.Tensor, ub: torch.Tensor, gap: float, into: torch.Tensor,
-                 running) -> torch.Tensor:
-    """The pruned path one query at a time, the logits computed inside the kernel (never written).
+def panels(keys_t: torch.Tensor) -> torch.Tensor:
+    """The keys [D1, NK] (NK a multiple of 16) as the fused kernels read them: [NK / 16, D1, 16],
+    sixteen keys per panel, entry d of all sixteen contiguous."""
+    d1, nk = keys_t.shape
+    return keys_t.view(d1, nk // 16, 16).permute(1, 0, 2).contiguous()
 
-    qa [Q, D+1] augmented queries; keys_t [D+1, NK] with NK a multiple of `block` (a multiple of
-    16, at most 1024); centres [C, NK]; logc [NK] or None; rep [NK] key ids; order [Q, J] the
-    blocks of each query by descending bound, ub [Q, J] those bounds; into [Q] distinct rows of
-    the running statistics (see merge_rows), merged in place. Blocks whose bound is more than gap
-    below the best logit found are skipped. Returns the number of blocks computed per query [Q].
+
+class Bounds(NamedTuple):
+    """What tile_blocks needs to skip blocks: the queries' top-r principal coordinates pq [Q, r],
+    the norms rq [Q] of the rest and |q|^2 = qsq [Q]; the KeySet's bound table [2r + 3, Jp]
+    (KeySet.bound_t); the step's a_t and b_t; and the gap below a row's maximum under which a
+    block is skipped."""
+    pq: torch.Tensor
+    rq: torch.Tensor
+    qsq: torch.Tensor
+    table: torch.Tensor
+    a: float
+    b: float
+    gap: float
+
+    def take(self, rows: torch.Tensor) -> "Bounds":
+        """The same bounds for the queries rows [R] (in that order)."""
+        return self._replace(pq=self.pq[rows], rq=self.rq[rows], qsq=self.qsq[rows])
+
+
+def block_home(bounds: Bounds, blocks: int) -> torch.Tensor:
+    """For each query, the block (of the first `blocks`) with the largest upper bound [Q] int64."""
+    lib = _state.get("lib") or library()
+    pq, rq, qsq = (v.contiguous() for v in (bounds.pq, bounds.rq, bounds.qsq))
+    nq, r = pq.shape
+    home = torch.empty(nq, dtype=torch.int64)
+    lib.block_home(nq, pq.data_ptr(), rq.data_ptr(), qsq.data_ptr(), r, bounds.table.data_ptr(), bounds.table.shape[1],
+                   blocks, bounds.a, 1.0 / (2 * bounds.b * bounds.b), home.data_ptr(), torch.get_num_threads())
+    return home
+
+
+def tile_blocks(qa: torch.Tensor, panel: torch.Tensor, block: int, centres: torch.Tensor, logc: torch.Tensor | None,
+                rep: torch.Tensor, blocks: torch.Tensor, into: torch.Tensor, running, bounds: Bounds | None = None,
+                home: torch.Tensor | None = None) -> torch.Tensor:
+    """Merge the keys of `blocks` into the running statistics of the queries qa [Q, D1] (augmented),
+    the logits computed inside the kernel and never written. Returns the number of blocks computed
+    for each query [Q].
+
+    panel: the keys as panels(keys_t) [NK / 16, D1, 16]; block: keys per block (a multiple of 16);
+    centres [C, NK]; logc [NK] or None; rep [NK] key ids; blocks [J] int64, taken in this order;
+    into [Q] distinct rows of the running statistics running = (m [N], s [N], acc [N, C], ent [N],
+    best [N] int64), float32 and contiguous (m = -inf: nothing seen yet), merged in place; on
+    equal maxima the earlier key stays. With bounds, each query first takes its block with the largest bound (home [Q], the block
+    ids from block_home, if given), and then only the blocks whose bound comes within bounds.gap
+    of the largest logit of that block, in groups of six rows: sort the queries by home block.
     """
     lib = _state.get("lib") or library()
     nq, d1 = qa.shape
-    nk = keys_t.shape[1]
+    nk = panel.shape[0] * 16
     c = centres.shape[0]
-    qa, order, ub, into = qa.contiguous(), order.contiguous(), ub.contiguous(), into.contiguous()
-    keys_t, centres, rep = keys_t.contiguous(), centres.contiguous(), rep.contiguous()
+    qa, blocks, into = qa.contiguous(), blocks.contiguous(), into.contiguous()
+    centres, rep = centres.contiguous(), rep.contiguous()
     logc = None if logc is None else logc.contiguous()
-    j = order.shape[1]
     m, s, acc, ent, best = running
     counted = torch.zeros(nq, dtype=torch.int64)
-
-    code = lib.query_blocks(
-        nq, qa.data_ptr(), d1, keys_t.data_ptr(), nk, block, centres.data_ptr(), c,
-        None if logc is None else logc.data_ptr(), rep.data_ptr(), order.data_ptr(), ub.data_ptr(), j, float(gap),
-        into.data_ptr(), m.data_ptr(), s.data_ptr(), acc.data_ptr(), ent.data_ptr(), best.data_ptr(),
+    if bounds is None:
+        pq = rq = qsq = table = None
+        r = jp = 0
+        a = inv2b2 = gap = 0.0
+    else:
+        pq, rq, qsq, table = (v.contiguous() for v in (bounds.pq, bounds.rq, bounds.qsq, bounds.table))
+        r, jp = pq.shape[1], table.shape[1]
+        a, inv2b2, gap = bounds.a, 1.0 / (2 * bounds.b * bounds.b), bounds.gap
+    home = None if home is None else home.contiguous()
+    ptr = lambda v: None if v is None else v.data_ptr()  # noqa: E731
+    code = lib.tile_blocks(
+        nq, qa.data_ptr(), d1, panel.data_ptr(), nk, block, centres.data_ptr(), c, ptr(logc), rep.data_ptr(),
+        blocks.data_ptr(), blocks.shape[0], into.data_ptr(), m.data_ptr(), s.data_ptr(), acc.data_ptr(),
+        ent.data_ptr(), best.data_ptr(), ptr(pq), ptr(rq), ptr(qsq), r, ptr(table), jp, a, inv2b2, gap, ptr(home),
         counted.data_ptr(), torch.get_num_threads())
     if code:
-        raise RuntimeError(f"elsviz: query_blocks refused C = {c}, block = {block}")  # callers check: a bug
+        raise RuntimeError(f"elsviz: tile_blocks refused C = {c}, block = {block}")  # callers check: a bug
     return counted

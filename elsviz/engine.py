@@ -678,24 +678,25 @@ class Engine:
         n, c, h, w = imgs.shape
         if ng != 1 or p * g.pos.shape[1] * n < _PRUNE_MIN_LOGITS or imgs.device.type != "cpu":
             return None  # on a GPU the plain table until this path has been measured there
-        cache_key = ("keyset", self.machine, k, label, hq, wq, gi)
+        fused = self._cpu_kernel and c in cpu_kernel.CHANNELS and cpu_kernel.library() is not None
+        cache_key = ("keyset", self.machine, k, label, hq, wq, gi, fused)
         if cache_key in self._cache:
             return self._cache.get(cache_key, None)
         rep, count = distinct_keys(self._hashes(k, label).flatten(1), g.pos[0], h * w)
         size = KeySet.bytes_needed(rep.shape[0], c * k * k, c)
         if size > self._cache.max_bytes // 2:
             return self._cache.get(cache_key, lambda: None)  # remembered: the plain table serves
-        return self._cache.get(cache_key, lambda: KeySet.build(imgs, rep, count, k), size)
+        return self._cache.get(cache_key, lambda: KeySet.build(imgs, rep, count, k, panels=fused), size)
 
     def _pruned(self, sm, qwin, g: _Group, ks: KeySet, a, b):
-        """One big class, three ways (docs/ENGINE.md). With the compiled CPU kernel, sample queries
-        first say how many blocks their bounds leave in play: few (small t), each query alone
-        (_per_query); most (large t, over DENSE_SHARE), every block in large tiles, no bounds.
-        Otherwise (and without the kernel) queries are sorted by the block their bound likes best
-        and taken in small tiles; per tile those best blocks are computed first (a logit close to
-        the maximum), then every other block whose bound comes within PRUNE_GAP of it. Where the
-        first tile needs more than 30% of the blocks (gathering them would cost more than it
-        saves) the rest go without bounds, in larger tiles. Logits [tile, keys] per chunk."""
+        """One big class (docs/ENGINE.md). With the compiled CPU kernel (the KeySet holds its
+        panels), one call: queries sorted by the block their bound likes best, each takes that
+        block first, then in groups of six every block whose bound comes within PRUNE_GAP of the
+        largest logit found there (large t: every block). Otherwise queries go in small tiles;
+        per tile their best blocks are computed first (a logit close to the maximum), then every
+        other block whose bound comes within PRUNE_GAP of it. Where the first tile needs more than
+        30% of the blocks (gathering them would cost more than it saves) the rest go without
+        bounds, in larger tiles. Logits [tile, keys] per chunk."""
         bsz, pq, dim = qwin.shape
         pix = g.pix[0]  # [P]
         queries = qwin[:, pix].reshape(-1, dim)  # [Q = B*P, D]
@@ -704,17 +705,17 @@ class Engine:
         c1, c2 = a / (b * b), -a * a / (2 * b * b)
         aug = torch.cat([c1 * queries, torch.full_like(queries[:, :1], c2)], -1)  # [Q, D + 1]
         nq, nb = queries.shape[0], ks.blocks
-        piece = max(1, self.chunk_elems // (nb * ks.basis.shape[0]))  # queries per bound computation
-        in_play = self._per_query(sm, queries, qsq, aug, rows, ks, a, b, piece)
-        if in_play is None:  # the per-query path took every query
-            return
         everything = torch.arange(nb, device=qwin.device)
-        if in_play > DENSE_SHARE * nb:  # large t: every block counts, no bounds, large tiles
-            tile = self._tile * 8
-            for t0 in range(0, nq, tile):
-                self._blocks(sm, rows[t0:t0 + tile], aug[t0:t0 + tile], ks, everything,
-                             max(1, self.chunk_elems // (min(tile, nq - t0) * ks.block)))
+        if ks.panels is not None:
+            proj = queries @ ks.basis.T  # [Q, r]
+            bounds = cpu_kernel.Bounds(proj, (queries - proj @ ks.basis).norm(dim=-1), qsq, ks.bound_t, a, b, PRUNE_GAP)
+            home = cpu_kernel.block_home(bounds, nb)
+            order = torch.argsort(home, stable=True)
+            cpu_kernel.tile_blocks(aug[order], ks.panels, ks.block, ks.centres, ks.logc if ks.duplicates else None,
+                                   ks.rep, everything, rows[order], (sm.m, sm.s, sm.acc, sm.ent, sm.best),
+                                   bounds.take(order), home[order])
             return
+        piece = max(1, self.chunk_elems // (nb * ks.basis.shape[0]))  # queries per bound computation
         home = torch.cat([ks.upper_logits(queries[i:i + piece], qsq[i:i + piece], a, b).argmax(-1)
                           for i in range(0, nq, piece)])  # [Q] block with the best bound
         order = torch.argsort(home)
@@ -738,43 +739,9 @@ class Engine:
             if t0 == tile and kept.shape[0] > 0.3 * nb:  # bounds do not pay at this t (gathers cost)
                 tile = self._tile * 8
 
-    def _per_query(self, sm, queries, qsq, aug, rows, ks: KeySet, a, b, piece) -> float | None:
-        """The compiled kernel's pruned path, one query at a time (cpu_kernel.query_blocks): each
-        query takes its blocks by descending bound and stops at the first whose bound is more than
-        PRUNE_GAP below its best logit. Pays where a query needs few blocks (small t): a query needs
-        far fewer than a tile of queries does; but a query that needs most blocks reads the whole
-        table from memory on its own. So a few sample queries decide first: the exact logits of their
-        best block bound each one's maximum from below, and if the bounds leave more than
-        PER_QUERY_MAX of the blocks in play, the tiles serve.
-
-        Returns None when it took every query, else the mean number of blocks the samples' bounds
-        leave in play (0 without the kernel: nothing known), for the tiles to choose their way."""
-        nq, nb = queries.shape[0], ks.blocks
-        c = ks.centres.shape[0]
-        running = (sm.m, sm.s, sm.acc, sm.ent, sm.best)
-        if (not self._cpu_kernel or c not in cpu_kernel.CHANNELS or ks.block % 16 or ks.block > 1024
-                or not cpu_kernel.mergeable(running) or cpu_kernel.library() is None):
-            return 0.0
-        logc = ks.logc if ks.duplicates else None
-        sample = torch.linspace(0, nq - 1, min(nq, 16)).long()
-        ub, order = ks.upper_logits(queries[sample], qsq[sample], a, b).sort(dim=1, descending=True)
-        ns = sample.shape[0]
-        scratch = (torch.full((ns,), -math.inf), torch.zeros(ns), torch.zeros(ns, c), torch.zeros(ns),
-                   torch.zeros(ns, dtype=torch.int64))
-        cpu_kernel.query_blocks(aug[sample], ks.keys_t, ks.block, ks.centres, logc, ks.rep, order[:, :1], ub[:, :1],
-                                PRUNE_GAP, torch.arange(ns), scratch)  # their best block only
-        in_play = float((ub >= (scratch[0] - PRUNE_GAP).unsqueeze(1)).sum(1).float().mean())
-        if in_play > PER_QUERY_MAX * nb:
-            return in_play  # larger t: many blocks count; the tiles (dense products) do better
-        for q0 in range(0, nq, piece):
-            q1 = min(nq, q0 + piece)
-            ub, order = ks.upper_logits(queries[q0:q1], qsq[q0:q1], a, b).sort(dim=1, descending=True)
-            cpu_kernel.query_blocks(aug[q0:q1], ks.keys_t, ks.block, ks.centres, logc, ks.rep, order, ub,
-                                    PRUNE_GAP, rows[q0:q1], running)
-        return None
-
     def _blocks(self, sm, r, qa, ks: KeySet, blocks, per_chunk):
-        """Merge the keys of `blocks` into the softmax of the queries r (augmented queries qa [T, D + 1])."""
+        """Merge the keys of `blocks` into the softmax of the queries r (augmented queries qa [T, D + 1]),
+        per_chunk blocks at a time (the torch path)."""
         nblk = blocks.shape[0]
         if nblk == 0:
             return
@@ -788,14 +755,6 @@ class Engine:
             pieces = (ks.rows(blocks[i:i + per_chunk]) for i in range(0, nblk, per_chunk))
         for keys_t, vals, rep, logc, centres in pieces:
             logits = torch.mm(qa, keys_t)  # [T, n]
-            if self._cpu_kernel and cpu_kernel.usable(logits, grouped := centres.unsqueeze(0)):
-                running = (sm.m, sm.s, sm.acc, sm.ent, sm.best)
-                if cpu_kernel.mergeable(running):  # statistics merged in place, no torch ops per chunk
-                    cpu_kernel.merge_rows(logits, grouped, logc if ks.duplicates else None, r, rep, running)
-                else:
-                    m, ssum, acc, ent, arg = cpu_kernel.rows(logits, grouped, logc if ks.duplicates else None)
-                    sm.merge_at(r, m, ssum, acc, ent, rep[arg])
-                continue
             nt, n = logits.shape
             micro = logits.view(nt, n // MICRO, MICRO)  # runs of MICRO keys
             mmax = micro.amax(-1)  # [T, n / MICRO]

@@ -18,8 +18,9 @@ Two exact ideas (docs/ENGINE.md gives the measurements behind them):
 
 Rows of a KeySet (distinct keys, in block order, padded to a whole number of blocks):
     keys_t [D + 1, J*L]  the window K (channel, row, col) and |K|^2, one column per key (dim-major:
-                         a block's keys are contiguous in every row, for the CPU kernel; the
-                         product takes column slices at full speed)
+                         the product takes column slices at full speed); for torch's products
+    panels [J*L / 16, D + 1, 16]  the same numbers as the compiled CPU kernel reads them
+                         (cpu_kernel.panels), sixteen keys per panel; a KeySet holds one of the two
     values [J*L, C + 2]  1 (for the sum of weights), the key's centre pixel (C values), log count
     rep    [J*L]         id n * H * W + position of the first key (in the dense order) with this window
 Padding rows have |K|^2 = PAD_SQ (a logit far below any real one) and values 0, so they add nothing.
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from . import cpu_kernel
 
 BLOCK = 256  # keys per block
 MICRO = 32  # keys per run inside a block whose softmax terms are skipped together when all are negligible
@@ -68,7 +71,8 @@ def distinct_keys(hashes: torch.Tensor, pos: torch.Tensor, hw: int):
 
 @dataclass
 class KeySet:
-    keys_t: torch.Tensor  # [D + 1, J*L]
+    keys_t: torch.Tensor | None  # [D + 1, J*L], or None where the kernel's panels serve
+    panels: torch.Tensor | None  # [J*L / 16, D + 1, 16] (cpu_kernel.panels), or None
     values: torch.Tensor  # [J*L, C + 2]
     rep: torch.Tensor  # [J*L] int64
     logc: torch.Tensor  # [J*L] log count (a copy of values[:, -1], contiguous)
@@ -79,6 +83,7 @@ class KeySet:
     rlo: torch.Tensor  # [J]
     rhi: torch.Tensor  # [J]
     logc_max: torch.Tensor  # [J] largest log count in the block
+    bound_t: torch.Tensor  # [2r + 3, Jp] lo, hi, rlo, rhi, logc_max by block (Jp = J rounded up to 16), for the CPU kernel
     block: int
     duplicates: bool  # some window occurs more than once
 
@@ -106,8 +111,9 @@ class KeySet:
         return (keys + BLOCK) * (dim + 1 + 2 * c + 2 + 2) * 4
 
     @classmethod
-    def build(cls, imgs: torch.Tensor, rep: torch.Tensor, count: torch.Tensor, k: int) -> "KeySet":
-        """The KeySet of the distinct keys rep [Kd] (ids n * H*W + position) of imgs [n, C, H, W]."""
+    def build(cls, imgs: torch.Tensor, rep: torch.Tensor, count: torch.Tensor, k: int, panels: bool = False) -> "KeySet":
+        """The KeySet of the distinct keys rep [Kd] (ids n * H*W + position) of imgs [n, C, H, W];
+        with panels=True its keys come as the CPU kernel's panels instead of keys_t."""
         n, c, h, w = imgs.shape
         d = k // 2
         padded = F.pad(imgs, (d, d, d, d)).permute(0, 2, 3, 1)  # [n, H + 2d, W + 2d, C]
@@ -142,11 +148,17 @@ class KeySet:
         last = torch.full((pad,), kd - 1, dtype=torch.int64, device=imgs.device)
         fill = torch.cat([torch.arange(kd, device=imgs.device), last])
         pb, rb = proj[fill].view(j, BLOCK, r), resid[fill].view(j, BLOCK)
+        lo, hi, rlo, rhi = pb.amin(1), pb.amax(1), rb.amin(1), rb.amax(1)
+        logc_max = logc[fill].view(j, BLOCK).amax(1)
+        jp = -(-j // 16) * 16
+        bound_t = torch.zeros(2 * r + 3, jp, device=imgs.device)
+        bound_t[:, :j] = torch.cat([lo.T, hi.T, rlo.unsqueeze(0), rhi.unsqueeze(0), logc_max.unsqueeze(0)])
+        bound_t[-1, j:] = -math.inf  # padding columns: no block
         return cls(
-            keys_t=keys_t, values=values, rep=rep_rows, logc=values[:, -1].contiguous(),
+            keys_t=None if panels else keys_t, panels=cpu_kernel.panels(keys_t) if panels else None, values=values, rep=rep_rows, logc=values[:, -1].contiguous(),
             centres=values[:, 1:1 + c].T.contiguous(), basis=basis,
-            lo=pb.amin(1), hi=pb.amax(1), rlo=rb.amin(1), rhi=rb.amax(1),
-            logc_max=logc[fill].view(j, BLOCK).amax(1), block=BLOCK, duplicates=bool((count > 1).any()),
+            lo=lo, hi=hi, rlo=rlo, rhi=rhi, logc_max=logc_max, bound_t=bound_t, block=BLOCK,
+            duplicates=bool((count > 1).any()),
         )
 
     def upper_logits(self, q: torch.Tensor, qsq: torch.Tensor, a: float, b: float) -> torch.Tensor:

@@ -150,68 +150,131 @@ def test_the_build_is_cached(monkeypatch, tmp_path):
     assert built[0].stat().st_mtime_ns == stamp, "compiled again although the source did not change"
 
 
+def fresh(q, c):
+    return (torch.full((q,), -float("inf")), torch.zeros(q), torch.zeros(q, c), torch.zeros(q),
+            torch.zeros(q, dtype=torch.int64))
+
+
+def assert_stats(running, into, want, rep):
+    m, s, acc, ent, best = (v[into] for v in running)
+    torch.testing.assert_close(m.double(), want[0], rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(s.double(), want[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(acc.double(), want[2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ent.double(), want[3], rtol=1e-4, atol=1e-4)
+    assert torch.equal(best, rep[want[4]]), "heaviest key differs"
+
+
 @needs_compiler
-@pytest.mark.parametrize("c", [1, 3])
-def test_merging_chunks_gives_the_statistics_of_all_keys(kernel, monkeypatch, c):
-    # _blocks: chunk after chunk of keys merged in place into the running statistics of rows `into`
-    monkeypatch.setattr(ck, "SPLIT_MIN", 1)  # also through the threads
-    g = torch.Generator().manual_seed(c)
-    q, n = 9, 120
-    logits = torch.randn(4, n, generator=g) * 25
-    logits[1, 100] = logits[1, 10] = logits[1].max() + 1  # a tie across chunks: the earlier key wins
-    values = torch.rand(1, c, n, generator=g)
-    logc = torch.log(torch.randint(1, 5, (n,), generator=g).float())
-    rep = torch.randperm(n, generator=g) + 1000  # key ids
-    into = torch.tensor([7, 0, 3, 5])
-    running = (torch.full((q,), -float("inf")), torch.zeros(q), torch.zeros(q, c), torch.zeros(q),
-               torch.zeros(q, dtype=torch.int64))
-    assert ck.mergeable(running)
-    for j0, j1 in [(0, 50), (50, 51), (51, n)]:
-        ck.merge_rows(logits[:, j0:j1].contiguous(), values[:, :, j0:j1], logc[j0:j1], into, rep[j0:j1], running)
-    m, s, acc, ent, arg = expected(logits, values, logc)
-    torch.testing.assert_close(running[0][into].double(), m)
-    torch.testing.assert_close(running[1][into].double(), s, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(running[2][into].double(), acc, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(running[3][into].double(), ent, rtol=1e-5, atol=1e-5)
-    assert torch.equal(running[4][into], rep[arg])
-    assert int(running[4][0]) == int(rep[10])
-    untouched = torch.tensor([1, 2, 4, 6, 8])
+@pytest.mark.parametrize("c,block,with_logc", [(1, 64, False), (3, 32, True), (1, 256, True), (3, 16, False)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tile_blocks_computes_the_logits_of_the_listed_blocks(kernel, monkeypatch, c, block, with_logc, threads):
+    # logits <qa, key> inside the kernel (six rows, 64 keys at a time, a tail of rows and of keys),
+    # for the listed blocks only, merged call after call into the running statistics of rows `into`
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    g = torch.Generator().manual_seed(block + c + threads)
+    nq, d1, nb = 15, 11, 6
+    nk = nb * block
+    keys_t = torch.randn(d1, nk, generator=g)
+    qa = torch.randn(nq, d1, generator=g) * 2
+    centres = torch.rand(c, nk, generator=g)
+    logc = torch.log(torch.randint(1, 4, (nk,), generator=g).float()) if with_logc else None
+    rep = torch.randperm(nk, generator=g) * 10 + 3  # key ids
+    into = torch.randperm(nq + 4, generator=g)[:nq]  # rows of the running statistics, not in query order
+    running = fresh(nq + 4, c)
+    first, second = torch.tensor([4, 1]), torch.tensor([0, 5])  # blocks 2 and 3 are never listed
+    for blocks in (first, second):
+        counted = ck.tile_blocks(qa, ck.panels(keys_t), block, centres, logc, rep, blocks, into, running)
+        assert torch.equal(counted, torch.full((nq,), 2))
+    keys = torch.cat([torch.arange(b * block, (b + 1) * block) for b in (4, 1, 0, 5)])  # in the order taken
+    want = expected(qa @ keys_t[:, keys], centres[:, keys].unsqueeze(0), None if logc is None else logc[keys])
+    assert_stats(running, into, want, rep[keys])
+    untouched = torch.ones(nq + 4, dtype=torch.bool)
+    untouched[into] = False
     assert torch.isinf(running[0][untouched]).all() and (running[1][untouched] == 0).all()
 
 
 @needs_compiler
-@pytest.mark.parametrize("c,block,with_logc", [(1, 64, False), (3, 32, True), (1, 256, True)])
-def test_query_blocks_computes_the_logits_and_skips_only_what_weighs_nothing(kernel, monkeypatch, c, block, with_logc):
-    # the per-query pruned path: logits <qa, keys_t[:, j]> inside the kernel, blocks by descending
-    # bound, stop at the first bound more than gap below the best logit found
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # also split between threads
-    g = torch.Generator().manual_seed(block + c)
-    nq, d1, nb = 7, 11, 6
-    nk = nb * block
-    keys_t = torch.randn(d1, nk, generator=g)
-    qa = torch.randn(nq, d1, generator=g) * 3
-    centres = torch.rand(c, nk, generator=g)
-    logc = torch.log(torch.randint(1, 4, (nk,), generator=g).float()) if with_logc else None
-    rep = torch.arange(nk) * 10 + 3
-    logits = qa @ keys_t  # [Q, NK]
-    want = expected(logits, centres.unsqueeze(0), logc)
-    # exact bounds: each block's true max logit (plus its largest log count)
-    bmax = (logits + (0 if logc is None else logc)).view(nq, nb, block).amax(-1)
-    ub, order = bmax.sort(dim=1, descending=True)
-    for gap in (1e9, 36.0, 5.0):
-        running = (torch.full((nq,), -float("inf")), torch.zeros(nq), torch.zeros(nq, c), torch.zeros(nq),
-                   torch.zeros(nq, dtype=torch.int64))
-        into = torch.arange(nq).flip(0)  # rows of the running statistics, not in query order
-        counted = ck.query_blocks(qa, keys_t, block, centres, logc, rep, order, ub, gap, into, running)
-        m, s, acc, ent, best = (v[into] for v in running)
-        torch.testing.assert_close(m.double(), want[0], rtol=1e-5, atol=1e-4)
-        assert torch.equal(best, rep[want[4]]), f"gap {gap}: heaviest key differs"
-        if gap >= 36:  # what is skipped weighs < exp(-36) per key
-            torch.testing.assert_close(s.double(), want[1], rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(acc.double(), want[2], rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(ent.double(), want[3], rtol=1e-4, atol=1e-4)
-        skippable = (ub < (want[0].float() - gap).unsqueeze(1)).sum(1)
-        assert torch.equal(counted, nb - skippable), f"gap {gap}: blocks computed {counted.tolist()}"
+def test_tile_blocks_ties_keep_the_earlier_key(kernel):
+    # on equal maxima the key taken first stays: within a block, across blocks and across calls
+    nk, d1 = 64, 3
+    keys_t = torch.zeros(d1, nk)
+    keys_t[0] = torch.linspace(-1, 0.5, nk)
+    keys_t[0, [7, 40]] = 2.0  # the two largest logits, equal
+    qa = torch.tensor([[1.0, 0.0, 0.0]])
+    rep = torch.arange(nk) + 100
+    for blocks, winner in ((torch.tensor([0, 1]), 7), (torch.tensor([1, 0]), 40)):
+        running = fresh(1, 1)
+        ck.tile_blocks(qa, ck.panels(keys_t), 32, torch.rand(1, nk), None, rep, blocks, torch.tensor([0]), running)
+        assert int(running[4][0]) == 100 + winner
+    running = fresh(1, 1)
+    for blocks in (torch.tensor([1]), torch.tensor([0])):
+        ck.tile_blocks(qa, ck.panels(keys_t), 32, torch.rand(1, nk), None, rep, blocks, torch.tensor([0]), running)
+    assert int(running[4][0]) == 140
+
+
+def blob_keyset(k, seed, n=60, size=12):
+    """A KeySet (the kernel's panels) of blob images, with many repeated windows, and its keys."""
+    from elsviz.keyset import KeySet, distinct_keys, key_windows
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    cy, cx = torch.rand(n, 1, 1, generator=g) * size, torch.rand(n, 1, 1, generator=g) * size
+    r = 1.5 + torch.rand(n, 1, 1, generator=g) * size / 3
+    imgs = (((r - ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()).clamp(0, 1) * 4).round() / 2 - 1).unsqueeze(1)
+    d = k // 2
+    pos = torch.tensor([y * size + x for y in range(d, size - d) for x in range(d, size - d)])
+    win = key_windows(F.pad(imgs, (d,) * 4).permute(0, 2, 3, 1), torch.arange(n).repeat(len(pos)),
+                      pos.repeat_interleave(n), k, size)  # every key, (position, image) order
+    hashes = torch.unique(win, dim=0, return_inverse=True)[1]  # window ids stand in for the hashes
+    flat = torch.zeros(n, size * size, dtype=torch.int64)
+    flat[torch.arange(n).repeat(len(pos)), pos.repeat_interleave(n)] = hashes
+    rep, count = distinct_keys(flat, pos, size * size)
+    ks = KeySet.build(imgs, rep, count, k, panels=True)
+    return ks, imgs
+
+
+@needs_compiler
+@pytest.mark.parametrize("t", [0.05, 0.3, 0.9])
+def test_tile_blocks_with_bounds_skips_only_what_weighs_nothing(kernel, monkeypatch, t):
+    # each query first takes its block with the best bound, then only the blocks whose bound comes
+    # within the gap of what that block gave; the statistics are those of every key
+    from elsviz.schedule import alpha_sigma
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    import elsviz.keyset as keyset_mod
+    monkeypatch.setattr(keyset_mod, "BLOCK", 16)
+    ks, imgs = blob_keyset(5, seed=3)
+    a, b = alpha_sigma(t)
+    g = torch.Generator().manual_seed(4)
+    kd = int((ks.rep >= 0).sum())
+    keys_t = ks.panels.permute(1, 0, 2).reshape(ks.panels.shape[1], -1)  # [D + 1, NK]
+    real = keys_t[:-1, :kd].T  # [Kd, D] the distinct windows
+    queries = a * real[torch.randint(0, kd, (40,), generator=g)] + b * torch.randn(40, real.shape[1], generator=g)
+    qsq = (queries * queries).sum(-1)
+    proj = queries @ ks.basis.T
+    bounds = ck.Bounds(proj, (queries - proj @ ks.basis).norm(dim=-1), qsq, ks.bound_t, a, b, 36.0)
+    home = ck.block_home(bounds, ks.blocks)
+    assert torch.equal(home, ks.upper_logits(queries, qsq, a, b).argmax(-1)), "home blocks differ from the bounds"
+    order = torch.argsort(home, stable=True)
+    aug = torch.cat([a / b**2 * queries, torch.full((40, 1), -a * a / (2 * b * b))], -1)
+    logits = aug @ keys_t  # [Q, NK] (padding keys far below)
+    want = expected(logits, ks.centres.unsqueeze(0), ks.logc)
+    everything = torch.arange(ks.blocks)
+    running = fresh(40, 1)
+    counted = ck.tile_blocks(aug[order], ks.panels, ks.block, ks.centres, ks.logc, ks.rep, everything, order,
+                             running, bounds.take(order), home[order])
+    assert_stats(running, order, [w[order] for w in want], ks.rep)
+    ub = ks.upper_logits(queries, qsq, a, b)
+    assert (ub.max(1).values >= want[0].float() - 1e-3).all(), "a bound below a real logit"
+    needed = (ub >= (want[0].float() - 36).unsqueeze(1)).sum(1)[order]  # blocks a query cannot skip
+    assert (counted >= needed).all()
+    if t < 0.1:  # (at t = 0.3 a group of six unlike queries still needs most blocks)
+        assert counted.float().mean() < 0.5 * ks.blocks, f"{counted.float().mean():.1f} of {ks.blocks} blocks computed"
+    elif t > 0.5:
+        assert (counted == ks.blocks).all(), "at large t every block counts"
+    running = fresh(40, 1)  # a home that is not given is found the same way
+    ck.tile_blocks(aug[order], ks.panels, ks.block, ks.centres, ks.logc, ks.rep, everything, order,
+                   running, bounds.take(order))
+    assert_stats(running, order, [w[order] for w in want], ks.rep)
 
 
 @needs_compiler

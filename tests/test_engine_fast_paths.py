@@ -33,17 +33,17 @@ def fast_path(monkeypatch):
         calls["possible"] = calls.get("possible", 0) + ks.blocks * g.pix.shape[1] * qwin.shape[0]
         return real_pruned(self, sm, qwin, g, ks, a, b)
 
-    real_query = cpu_kernel.query_blocks
+    real_tiles = cpu_kernel.tile_blocks
 
-    def spy_query(*args, **kwargs):  # the per-query path computes blocks inside the kernel
-        counted = real_query(*args, **kwargs)
+    def spy_tiles(*args, **kwargs):  # the compiled kernel computes blocks inside, and counts them
+        counted = real_tiles(*args, **kwargs)
         calls["blocks"] += int(counted.sum())
-        calls["per_query"] = calls.get("per_query", 0) + counted.shape[0]
+        calls["kernel_rows"] = calls.get("kernel_rows", 0) + counted.shape[0]
         return counted
 
     monkeypatch.setattr(engine_mod.Engine, "_blocks", spy_blocks)
     monkeypatch.setattr(engine_mod.Engine, "_pruned", spy_pruned)
-    monkeypatch.setattr(cpu_kernel, "query_blocks", spy_query)
+    monkeypatch.setattr(cpu_kernel, "tile_blocks", spy_tiles)
     return calls
 
 
@@ -116,13 +116,13 @@ def test_blocks_are_skipped_when_noise_is_low(make_pair, fast_path):
     post = engine.denoise(x, 0.05, 3)  # also goes through the runs-of-32 path (few runs count)
     check_posterior(post, ref.denoise("els", x.numpy(), 0.05, 3), ref, "els", x.numpy(), 0.05, 3)
     low = fast_path["blocks"] / fast_path["possible"]
-    if engine._cpu_kernel:  # the compiled kernel takes the queries one by one at small t
-        assert fast_path.get("per_query", 0) >= 2 * 100  # every query (and a few samples that decide)
+    if engine._cpu_kernel:  # the compiled kernel took every query of the class
+        assert fast_path.get("kernel_rows", 0) == 2 * 100
     fast_path.update(blocks=0, possible=0)
     engine.denoise(torch.from_numpy(noisy_query(2, 1, 10, 10, 0.95, seed=11)), 0.95, 3)
     high = fast_path["blocks"] / fast_path["possible"]
     assert low < 0.5, f"{low:.0%} of the (query, block) pairs computed at t = 0.05"
-    assert high >= 1.0, "at t = 0.95 every block must be computed (a few sample queries may probe one more)"
+    assert high == 1.0, "at t = 0.95 every block must be computed, once"
 
 
 @pytest.mark.parametrize("machine,k", [("els", 3), ("bbels", 5), ("ls", 3)])
