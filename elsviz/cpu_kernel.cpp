@@ -348,27 +348,26 @@ extern "C" void block_home(int64_t Qn, const float* PQ, const float* RQ, const f
 // tile_blocks: the softmax statistics of Qn query rows Qa [Qn, D1] (augmented: <qa, key> is the
 // logit) over the keys of blocks[0 .. J) (block b: keys b L .. b L + L - 1, L a multiple of 16)
 // of the panels P, merged into the running statistics at rows into[q] (see merge). The logits are
-// made six rows (a group) by 64 keys at a time in registers and folded into each row's statistics
-// while they are in L1; none is written to memory. Rows are shared out over `threads` OpenMP
-// threads and taken RT groups (a row tile) at a time: a block is read from memory once per tile.
+// made six rows by 64 keys at a time in registers and folded into each row's statistics while
+// they are in L1; none is written to memory. Rows are shared out over `threads` OpenMP threads and
+// taken RT at a time (a row tile): a block is read from memory once per tile.
 //
 // With bounds (B != NULL), blocks that cannot matter are skipped: each row first takes the listed
 // block with its largest bound alone (home[q] if given, else found here); that block's largest
 // logit m0 is a lower bound of the row's maximum, so a block whose bound lies more than gap below
-// m0 weighs less than exp(-gap) per key. A group of rows computes a block if any of its rows
-// needs it (sort the rows by home block, so that a group's rows need the same blocks). counted[q]
-// (if not NULL) receives the number of blocks computed for row q.
+// m0 weighs less than exp(-gap) per key. Each block then goes to the rows of the tile that need
+// it, six at a time (their queries copied side by side first, unless every row needs it).
+// counted[q] (if not NULL) receives the number of blocks computed for row q.
 template <int C, bool LOGC>
 static void tile_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* P, int64_t NK, int64_t L,
                           const float* V, const float* logc, const int64_t* rep, const int64_t* blocks, int64_t J,
                           const int64_t* into, float* m_io, float* s_io, float* acc_io, float* ent_io,
                           int64_t* best_io, const Bounds* B, const int64_t* home_in, int64_t* counted, int threads)
 {
-    const int RG = 6;  // rows per group (register tile)
-    const int64_t groups = (Qn + RG - 1) / RG;
-    const int64_t RT = 40;  // groups per row tile: their statistics and queries stay in L2
+    const int RG = 6;  // rows per register tile
+    const int64_t RT = 240;  // rows per row tile: their statistics and queries stay in L2
     const int64_t FLUSH = 8;  // blocks summed lane by lane in float before the sums go to doubles
-    const int64_t words = (J + 63) / 64;  // a group's blocks in play, one bit each
+    const int64_t words = (J + 63) / 64;  // the blocks a row needs, one bit each
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
 #ifdef _OPENMP
@@ -376,26 +375,27 @@ static void tile_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* 
 #else
         const int nt = 1, me = 0;
 #endif
-        const int64_t g0 = groups * me / nt, g1 = groups * (me + 1) / nt;
-        RowState<C>* st = new RowState<C>[RT * RG];
-        int64_t* home = new int64_t[RT * RG];  // the block each row took first (-1: none)
-        uint64_t* need = new uint64_t[RT * words];
+        const int64_t groups = (Qn + RG - 1) / RG;  // threads take whole groups of rows
+        const int64_t q0 = groups * me / nt * RG, q1 = groups * (me + 1) / nt * RG < Qn ? groups * (me + 1) / nt * RG : Qn;
+        RowState<C>* st = new RowState<C>[RT];
+        int64_t* home = new int64_t[RT];  // the position in blocks of the block each row took first (-1: none)
+        uint64_t* need = B ? new uint64_t[RT * words] : nullptr;
         float* ub = B ? new float[B->jp] : nullptr;
+        float* packed = B ? new float[RT * D1] : nullptr;  // the queries of the rows that need a block
+        int64_t list[RT];
         float buf[RG * 4 * W] __attribute__((aligned(64)));
         float one[1024] __attribute__((aligned(64)));
-        for (int64_t t0 = g0; t0 < g1; t0 += RT) {
-            const int64_t t1 = t0 + RT < g1 ? t0 + RT : g1;
-            const int64_t r0 = t0 * RG, r1 = t1 * RG < Qn ? t1 * RG : Qn;
-            for (int64_t r = r0; r < r1; r++) {
-                st[r - r0].reset();
-                home[r - r0] = -1;
-                if (counted) counted[r] = 0;
+        for (int64_t r0 = q0; r0 < q1; r0 += RT) {
+            const int64_t r1 = r0 + RT < q1 ? r0 + RT : q1, nr = r1 - r0;
+            for (int64_t i = 0; i < nr; i++) {
+                st[i].reset();
+                home[i] = -1;
+                if (counted) counted[r0 + i] = 0;
             }
-            if (!B) {
-                for (int64_t i = 0; i < (t1 - t0) * words; i++) need[i] = ~(uint64_t)0;
-            } else {
-                for (int64_t i = 0; i < (t1 - t0) * words; i++) need[i] = 0;
-                for (int64_t r = r0; r < r1; r++) {  // each row: its best block alone, then what it needs
+            if (B) {
+                for (int64_t i = 0; i < nr * words; i++) need[i] = 0;
+                for (int64_t i = 0; i < nr; i++) {  // each row: its best block alone, then what it needs
+                    const int64_t r = r0 + i;
                     row_bounds(*B, r, ub);
                     int64_t hb = 0;  // position in blocks
                     if (home_in) {
@@ -408,59 +408,73 @@ static void tile_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* 
                     for (int64_t j = 0; j < L; j += 1024) {
                         const int64_t n = L - j < 1024 ? L - j : 1024;
                         query_logits(Qa + r * D1, D1, P, k0 + j, n, one);
-                        fold<C, LOGC>(st[r - r0], one, n, k0 + j, V, NK, logc, rep);
+                        fold<C, LOGC>(st[i], one, n, k0 + j, V, NK, logc, rep);
                     }
-                    st[r - r0].flush();
-                    home[r - r0] = hb;
+                    st[i].flush();
+                    home[i] = hb;
                     if (counted) counted[r] = 1;
-                    const float floor = st[r - r0].mx - B->gap;
-                    uint64_t* w = need + (r / RG - t0) * words;
+                    const float floor = st[i].mx - B->gap;
+                    uint64_t* w = need + i * words;
                     for (int64_t bi = 0; bi < J; bi++)
                         if (ub[blocks[bi]] >= floor && bi != hb) w[bi / 64] |= (uint64_t)1 << (bi % 64);
                 }
             }
             int64_t since = 0;  // blocks computed since the last flush
             for (int64_t bi = 0; bi < J; bi++) {
-                bool any = false;
-                for (int64_t g = 0; g < t1 - t0 && !any; g++) any = need[g * words + bi / 64] >> (bi % 64) & 1;
-                if (!any) continue;
+                int64_t n = 0;
+                const float* qa = Qa + r0 * D1;
+                if (B) {
+                    for (int64_t i = 0; i < nr; i++)
+                        if (need[i * words + bi / 64] >> (bi % 64) & 1) list[n++] = i;
+                    if (n == 0) continue;
+                    if (n < nr) {
+                        for (int64_t i = 0; i < n; i++) memcpy(packed + i * D1, Qa + (r0 + list[i]) * D1, D1 * sizeof(float));
+                        qa = packed;
+                    } else {
+                        for (int64_t i = 0; i < n; i++) list[i] = i;
+                    }
+                } else {
+                    for (int64_t i = 0; i < nr; i++) list[i] = i;
+                    n = nr;
+                }
                 const int64_t kb = blocks[bi] * L;
                 for (int64_t j = 0; j < L; j += 4 * W) {
                     const int nv = L - j >= 4 * W ? 4 : (int)((L - j) / W);
                     const float* pan = P + (kb + j) / W * (D1 * W);
-                    for (int64_t g = 0; g < t1 - t0; g++) {
-                        if (!(need[g * words + bi / 64] >> (bi % 64) & 1)) continue;
-                        const int64_t q = r0 + g * RG;
-                        const int rows = r1 - q < RG ? (int)(r1 - q) : RG;
-                        if (nv == 4) micro_rows<4>(rows, Qa + q * D1, D1, pan, buf, 4 * W);
-                        else if (nv == 3) micro_rows<3>(rows, Qa + q * D1, D1, pan, buf, 4 * W);
-                        else if (nv == 2) micro_rows<2>(rows, Qa + q * D1, D1, pan, buf, 4 * W);
-                        else micro_rows<1>(rows, Qa + q * D1, D1, pan, buf, 4 * W);
-                        for (int r = 0; r < rows; r++)
-                            if (home[q - r0 + r] != bi)  // (a row's home block is in already)
-                                fold<C, LOGC>(st[q - r0 + r], buf + r * 4 * W, nv * W, kb + j, V, NK, logc, rep);
-                        if (counted && j == 0)
-                            for (int r = 0; r < rows; r++) counted[q + r] += home[q - r0 + r] != bi;
+                    for (int64_t g = 0; g < n; g += RG) {
+                        const int rows = n - g < RG ? (int)(n - g) : RG;
+                        if (nv == 4) micro_rows<4>(rows, qa + g * D1, D1, pan, buf, 4 * W);
+                        else if (nv == 3) micro_rows<3>(rows, qa + g * D1, D1, pan, buf, 4 * W);
+                        else if (nv == 2) micro_rows<2>(rows, qa + g * D1, D1, pan, buf, 4 * W);
+                        else micro_rows<1>(rows, qa + g * D1, D1, pan, buf, 4 * W);
+                        for (int r = 0; r < rows; r++) {
+                            const int64_t i = list[g + r];
+                            if (home[i] != bi)  // (a row's home block is in already)
+                                fold<C, LOGC>(st[i], buf + r * 4 * W, nv * W, kb + j, V, NK, logc, rep);
+                        }
                     }
                 }
+                if (counted)
+                    for (int64_t g = 0; g < n; g++) counted[r0 + list[g]] += home[list[g]] != bi;
                 if (++since == FLUSH) {
-                    for (int64_t r = r0; r < r1; r++) st[r - r0].flush();
+                    for (int64_t i = 0; i < nr; i++) st[i].flush();
                     since = 0;
                 }
             }
-            for (int64_t r = r0; r < r1; r++) {
-                RowState<C>& s = st[r - r0];
+            for (int64_t i = 0; i < nr; i++) {
+                RowState<C>& s = st[i];
                 s.flush();
                 if (s.mx == -INFINITY) continue;  // no block
                 float acc[C];
                 for (int c = 0; c < C; c++) acc[c] = (float)s.acc[c];
-                merge<C>(into[r], s.mx, (float)s.s, acc, (float)s.ent, s.best, m_io, s_io, acc_io, ent_io, best_io);
+                merge<C>(into[r0 + i], s.mx, (float)s.s, acc, (float)s.ent, s.best, m_io, s_io, acc_io, ent_io, best_io);
             }
         }
         delete[] st;
         delete[] home;
         delete[] need;
         delete[] ub;
+        delete[] packed;
     }
 }
 
@@ -484,5 +498,29 @@ extern "C" int tile_blocks(int64_t Qn, const float* Qa, int64_t D1, const float*
     const Bounds B{PQ, RQ, QSQ, BT, r, Jp, a, inv2b2, gap};
     f(Qn, Qa, D1, P, NK, L, V, logc, rep, blocks, J, into, m_io, s_io, acc_io, ent_io, best_io, PQ ? &B : nullptr,
       home, counted, threads);
+    return 0;
+}
+
+// tile_classes: tile_blocks without bounds for G classes at once, each with its own keys (panels
+// P + g * ps, NK keys in blocks of L), values V + g * C * NK, key ids rep + g * NK, and its own
+// Qn query rows Qa + g * Qn * D1, merged at rows into[g * Qn ..]. The classes (not the rows of
+// one class) are shared out over the threads: small classes have too few rows to split.
+extern "C" int tile_classes(int64_t G, int64_t Qn, const float* Qa, int64_t D1, const float* P, int64_t NK, int64_t L,
+                            const float* V, int64_t C, const int64_t* rep, const int64_t* into, float* m_io,
+                            float* s_io, float* acc_io, float* ent_io, int64_t* best_io, int threads)
+{
+    if (L % W || NK % W) return 2;
+    tile_fn f;
+    if (C == 1) f = tile_blocks_t<1, false>;
+    else if (C == 3) f = tile_blocks_t<3, false>;
+    else return 1;
+    const int64_t J = NK / L;
+    int64_t* blocks = new int64_t[J];
+    for (int64_t j = 0; j < J; j++) blocks[j] = j;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+    for (int64_t g = 0; g < G; g++)
+        f(Qn, Qa + g * Qn * D1, D1, P + g * NK * D1, NK, L, V + g * C * NK, nullptr, rep + g * NK, blocks, J,
+          into + g * Qn, m_io, s_io, acc_io, ent_io, best_io, nullptr, nullptr, nullptr, 1);
+    delete[] blocks;
     return 0;
 }

@@ -126,8 +126,11 @@ def library():
             f32 = ctypes.c_float
             lib.tile_blocks.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, i64, ptr,
                                         ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, f32, f32, f32, ptr,
-                                        ptr, i64]
+                                        ptr, ctypes.c_int]
             lib.tile_blocks.restype = ctypes.c_int
+            lib.tile_classes.argtypes = [i64, i64, ptr, i64, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr,
+                                         ptr, ctypes.c_int]
+            lib.tile_classes.restype = ctypes.c_int
             lib.block_home.argtypes = [i64, ptr, ptr, ptr, i64, ptr, i64, i64, f32, f32, ptr, i64]
             lib.block_home.restype = None
             lib.exp_clamped.argtypes = [ptr, ptr, i64]
@@ -253,3 +256,21 @@ def tile_blocks(qa: torch.Tensor, panel: torch.Tensor, block: int, centres: torc
     if code:
         raise RuntimeError(f"elsviz: tile_blocks refused C = {c}, block = {block}")  # callers check: a bug
     return counted
+
+
+def tile_classes(qa: torch.Tensor, panel: torch.Tensor, block: int, centres: torch.Tensor, rep: torch.Tensor,
+                 into: torch.Tensor, running) -> None:
+    """tile_blocks over every key, without bounds, for G classes at once, each with its own keys:
+    qa [G, Q, D1], panel [G, NK / 16, D1, 16], centres [G, C, NK], rep [G, NK], into [G, Q]
+    (distinct rows of running). The classes are shared out over the threads."""
+    lib = _state.get("lib") or library()
+    ng, nq, d1 = qa.shape
+    nk = panel.shape[1] * 16
+    c = centres.shape[1]
+    qa, panel, centres, rep, into = (v.contiguous() for v in (qa, panel, centres, rep, into))
+    m, s, acc, ent, best = running
+    code = lib.tile_classes(ng, nq, qa.data_ptr(), d1, panel.data_ptr(), nk, block, centres.data_ptr(), c,
+                            rep.data_ptr(), into.data_ptr(), m.data_ptr(), s.data_ptr(), acc.data_ptr(),
+                            ent.data_ptr(), best.data_ptr(), torch.get_num_threads())
+    if code:
+        raise RuntimeError(f"elsviz: tile_classes refused C = {c}, block = {block}")  # callers check: a bug

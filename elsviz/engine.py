@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from . import cpu_kernel
 from .errors import ElsvizError
 from .imageset import ImageSet
-from .keyset import MICRO, PRUNE_GAP, KeySet, distinct_keys, key_windows
+from .keyset import MICRO, PAD_SQ, PRUNE_GAP, KeySet, distinct_keys, key_windows
 from .schedule import alpha_sigma, check_k, check_t
 from .validate import as_bool, as_choice, as_int, as_label, as_pixel
 
@@ -338,6 +338,26 @@ def _table(imgs: torch.Tensor, pos: torch.Tensor, k: int, kc: int):
         keys[:, -1] = (keys[:, :-1] * keys[:, :-1]).sum(1)
         vals = padded[img, p // w + d, p % w + d].view(ng, j.shape[0], c).permute(0, 2, 1).contiguous()  # [G, C, kc]
         yield keys, vals
+
+
+_PANEL_BLOCK = 64  # keys per block of a class's panels (the kernel takes 64 keys at a time)
+
+
+def _panel_table(imgs: torch.Tensor, pos: torch.Tensor, k: int):
+    """The keys of classes at positions pos [G, S] of imgs [n, C, H, W] as the CPU kernel reads
+    them: panels [G, NK / 16, D + 1, 16], centres [G, C, NK] and key ids rep [G, NK], keys in the
+    order of _table (NK: S * n padded to a whole block with keys whose logit is hopelessly low)."""
+    n, c, h, w = imgs.shape
+    ng, s = pos.shape
+    keys, vals = next(_table(imgs, pos, k, s * n))  # [G, D + 1, S*n], [G, C, S*n]
+    nk = -(-s * n // _PANEL_BLOCK) * _PANEL_BLOCK
+    pad = nk - s * n
+    keys = F.pad(keys, (0, pad))
+    keys[:, -1, s * n:] = PAD_SQ
+    j = torch.arange(s * n, device=imgs.device)
+    rep = F.pad((j % n) * (h * w) + pos[:, j // n], (0, pad), value=-1)  # [G, NK]
+    return (torch.stack([cpu_kernel.panels(kt) for kt in keys]), F.pad(vals, (0, pad)).contiguous(),
+            rep.contiguous())
 
 
 # 64-bit odd multipliers for the window hash (fixed: the hash must be the same in every run)
@@ -805,6 +825,20 @@ class Engine:
             from . import triton_kernel
             if triton_kernel.windowed(self, sm, queries, q_idx, g, gi, imgs, k, label, hq, wq):
                 return
+        table_bytes = ng * s * n * (dim + 1 + c + 2) * 4
+        if (self._cpu_kernel and c in cpu_kernel.CHANNELS and table_bytes <= self._cache.max_bytes
+                and cpu_kernel.library() is not None):  # the compiled kernel, class by class
+            panels, centres, rep = self._cache.get(("panels", self.machine, k, label, hq, wq, gi),
+                                                   lambda: _panel_table(imgs, g.pos, k), table_bytes)
+            running = (sm.m, sm.s, sm.acc, sm.ent, sm.best)
+            if ng >= torch.get_num_threads():  # a class per thread at a time
+                cpu_kernel.tile_classes(queries, panels, _PANEL_BLOCK, centres, rep, q_idx, running)
+                return
+            blocks = torch.arange(panels.shape[1] * 16 // _PANEL_BLOCK, device=qwin.device)
+            for gj in range(ng):  # the rows of a class shared out over the threads
+                cpu_kernel.tile_blocks(queries[gj], panels[gj], _PANEL_BLOCK, centres[gj], None, rep[gj], blocks,
+                                       q_idx[gj], running)
+            return
         # rows per tile and keys per chunk: the logits [G, rows, kc] and the keys [G, D, kc] of a
         # chunk each hold at most about chunk_elems numbers
         rt = min(bsz * p, max(p, self.chunk_elems // (32 * ng)))

@@ -194,6 +194,25 @@ def test_tile_blocks_computes_the_logits_of_the_listed_blocks(kernel, monkeypatc
 
 
 @needs_compiler
+@pytest.mark.parametrize("c", [1, 3])
+def test_tile_classes_gives_each_class_its_own_keys(kernel, monkeypatch, c):
+    # small classes of the windowed path: G classes at once, shared out over threads
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    g = torch.Generator().manual_seed(c)
+    ng, nq, d1, nk = 5, 7, 10, 128
+    keys_t = torch.randn(ng, d1, nk, generator=g)
+    qa = torch.randn(ng, nq, d1, generator=g)
+    centres = torch.rand(ng, c, nk, generator=g)
+    rep = torch.randperm(ng * nk, generator=g).view(ng, nk)
+    into = torch.randperm(ng * nq, generator=g).view(ng, nq)
+    running = fresh(ng * nq, c)
+    ck.tile_classes(qa, torch.stack([ck.panels(kt) for kt in keys_t]), 64, centres, rep, into, running)
+    for gi in range(ng):
+        want = expected(qa[gi] @ keys_t[gi], centres[gi].unsqueeze(0))
+        assert_stats(running, into[gi], want, rep[gi])
+
+
+@needs_compiler
 def test_tile_blocks_ties_keep_the_earlier_key(kernel):
     # on equal maxima the key taken first stays: within a block, across blocks and across calls
     nk, d1 = 64, 3
