@@ -177,25 +177,50 @@ extern "C" int rows_stats(int64_t R, int64_t n, const float* L, int64_t ldl, con
 }
 
 // ---------------------------------------------------------------------------------------------
-// Keys in panels: the fused kernels below read the keys as P [NK / 16, D1, 16]: panel p holds keys
-// 16p .. 16p + 15, entry d of all sixteen in one vector (row d of the panel). 64 keys (four
-// panels, D1 * 256 bytes) are contiguous, so a chunk stays in L1 while every query of a tile
-// reads it; a dim-major table would put the D1 rows of a chunk NK * 4 bytes apart, onto the same
-// few cache sets.
+// Keys in chunks: the fused kernels below read the keys (augmented: the window and |K|^2, D1
+// entries) in chunks of CW = 16 NV consecutive keys (NV = 1, 2 or 4). Within a chunk, an entry d
+// that all CW keys share (the silhouettes' background, say) is not stored: its part of every
+// logit, sum_d q_d v_d over those entries, is one dot product per query, with the chunk's
+// constant vector CV[c] (D1p floats: v_d, 0 where the keys differ). The other entries are stored
+// side by side, entry after entry: KD[OFF[c] + i] holds entry ACT[OFF[c] + i] of the chunk's CW
+// keys. So a chunk is contiguous (it stays in L1 while every query of a tile reads it), and the
+// product skips what the keys share (45% of the entries of 16 hands windows at k = 7).
+struct Keys {
+    const float* kd;  // [rows, CW]
+    const int32_t* act;  // [rows] the entry each row holds
+    const int64_t* off;  // [chunks + 1] first row of each chunk
+    const float* cv;  // [chunks, D1p] the shared entries (0 elsewhere)
+    const uint8_t* shared;  // [chunks] whether a chunk has shared entries
+    int64_t cw, d1p;
+};
 
-// logits of R query rows (augmented, stride D1) against NV consecutive panels, into out[r * ldo + 16 v + lane]
+// logits of R query rows (stride D1p, zero-padded to D1p, a multiple of 16) against chunk c of K,
+// into out[r * ldo + 16 v + lane]
 template <int R, int NV>
-static __attribute__((noinline)) void micro(const float* qa, int64_t D1, const float* pan, float* out, int64_t ldo)
+static __attribute__((noinline)) void micro(const float* qa, const Keys& K, int64_t c, float* out, int64_t ldo)
 {
+    const int64_t D1p = K.d1p;
     vf acc[R][NV];
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < NV; v++) acc[r][v] = vf{};
-    const int64_t ps = D1 * W;  // floats per panel
-    for (int64_t d = 0; d < D1; d++) {
-        vf k[NV];
-        for (int v = 0; v < NV; v++) k[v] = load(pan + v * ps + d * W);
+    if (K.shared[c]) {
+        const float* cv = K.cv + c * D1p;
         for (int r = 0; r < R; r++) {
-            const vf q = splat(qa[r * D1 + d]);
+            vf t = vf{};
+            for (int64_t d = 0; d < D1p; d += W) t += load(qa + r * D1p + d) * load(cv + d);
+            const vf tr = splat(hsum(t));
+            for (int v = 0; v < NV; v++) acc[r][v] = tr;
+        }
+    } else {
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < NV; v++) acc[r][v] = vf{};
+    }
+    const int64_t i0 = K.off[c], i1 = K.off[c + 1];
+    const float* kp = K.kd + i0 * (NV * W);
+    for (int64_t i = i0; i < i1; i++, kp += NV * W) {
+        const int64_t d = K.act[i];
+        vf k[NV];
+        for (int v = 0; v < NV; v++) k[v] = load(kp + v * W);
+        for (int r = 0; r < R; r++) {
+            const vf q = splat(qa[r * D1p + d]);
             for (int v = 0; v < NV; v++) acc[r][v] += q * k[v];
         }
     }
@@ -204,20 +229,27 @@ static __attribute__((noinline)) void micro(const float* qa, int64_t D1, const f
 }
 
 template <int NV>
-static inline void micro_rows(int rows, const float* qa, int64_t D1, const float* pan, float* out, int64_t ldo)
+static inline void micro_rows(int rows, const float* qa, const Keys& K, int64_t c, float* out, int64_t ldo)
 {
     switch (rows) {
-    case 6: micro<6, NV>(qa, D1, pan, out, ldo); break;
-    case 5: micro<5, NV>(qa, D1, pan, out, ldo); break;
-    case 4: micro<4, NV>(qa, D1, pan, out, ldo); break;
-    case 3: micro<3, NV>(qa, D1, pan, out, ldo); break;
-    case 2: micro<2, NV>(qa, D1, pan, out, ldo); break;
-    default: micro<1, NV>(qa, D1, pan, out, ldo); break;
+    case 6: micro<6, NV>(qa, K, c, out, ldo); break;
+    case 5: micro<5, NV>(qa, K, c, out, ldo); break;
+    case 4: micro<4, NV>(qa, K, c, out, ldo); break;
+    case 3: micro<3, NV>(qa, K, c, out, ldo); break;
+    case 2: micro<2, NV>(qa, K, c, out, ldo); break;
+    default: micro<1, NV>(qa, K, c, out, ldo); break;
     }
 }
 
+static inline void chunk_logits(int rows, const float* qa, const Keys& K, int64_t c, float* out, int64_t ldo)
+{
+    if (K.cw == 4 * W) micro_rows<4>(rows, qa, K, c, out, ldo);
+    else if (K.cw == 2 * W) micro_rows<2>(rows, qa, K, c, out, ldo);
+    else micro_rows<1>(rows, qa, K, c, out, ldo);
+}
+
 // The running statistics of one query row inside a fused kernel: the max so far and its key, the
-// sums of the current block lane by lane (float vectors), and those of earlier blocks (doubles).
+// sums of the current blocks lane by lane (float vectors), and those of earlier blocks (doubles).
 template <int C>
 struct RowState {
     vf s16, e16, a16[C];
@@ -263,7 +295,7 @@ static inline void fold(RowState<C>& st, const float* l, int64_t n, int64_t k0, 
 {
     vf m16 = load(l);
     for (int64_t j = W; j < n; j += W) m16 = vmax(m16, load(l + j));
-    if (any_ge(m16, st.mx) ) {
+    if (any_ge(m16, st.mx)) {
         const float bm = hmax(m16);
         if (bm > st.mx) {  // strictly larger: on ties the earlier key stays
             int64_t arg = 0;
@@ -287,14 +319,6 @@ static inline void fold(RowState<C>& st, const float* l, int64_t n, int64_t k0, 
     st.s16 = s16;
     st.e16 = e16;
     for (int c = 0; c < C; c++) st.a16[c] = a16[c];
-}
-
-// logits of one query against L consecutive keys starting at key k0 (a multiple of 16), into out
-static inline void query_logits(const float* qa, int64_t D1, const float* P, int64_t k0, int64_t L, float* out)
-{
-    int64_t j = 0;
-    for (; j + 4 * W <= L; j += 4 * W) micro<1, 4>(qa, D1, P + (k0 + j) / W * (D1 * W), out + j, 0);
-    for (; j < L; j += W) micro<1, 1>(qa, D1, P + (k0 + j) / W * (D1 * W), out + j, 0);
 }
 
 // Upper bounds of the logits (plus log count) of every key of each block (keyset.py, "Block
@@ -345,12 +369,13 @@ extern "C" void block_home(int64_t Qn, const float* PQ, const float* RQ, const f
     }
 }
 
-// tile_blocks: the softmax statistics of Qn query rows Qa [Qn, D1] (augmented: <qa, key> is the
-// logit) over the keys of blocks[0 .. J) (block b: keys b L .. b L + L - 1, L a multiple of 16)
-// of the panels P, merged into the running statistics at rows into[q] (see merge). The logits are
-// made six rows by 64 keys at a time in registers and folded into each row's statistics while
-// they are in L1; none is written to memory. Rows are shared out over `threads` OpenMP threads and
-// taken RT at a time (a row tile): a block is read from memory once per tile.
+// tile_blocks: the softmax statistics of Qn query rows Qa [Qn, D1p] (augmented: <qa, key> is the
+// logit) over the keys of blocks[0 .. J) (block b: keys b L .. b L + L - 1, L a multiple of the
+// chunk width; key j is key kbase + j of the chunked keys K), merged into the running statistics
+// at rows into[q] (see merge). The logits are made six rows by one chunk at a time in registers
+// and folded into each row's statistics while they are in L1; none is written to memory. Rows
+// are shared out over `threads` OpenMP threads and taken RT at a time (a row tile): a block is
+// read from memory once per tile.
 //
 // With bounds (B != NULL), blocks that cannot matter are skipped: each row first takes the listed
 // block with its largest bound alone (home[q] if given, else found here); that block's largest
@@ -359,7 +384,7 @@ extern "C" void block_home(int64_t Qn, const float* PQ, const float* RQ, const f
 // it, six at a time (their queries copied side by side first, unless every row needs it).
 // counted[q] (if not NULL) receives the number of blocks computed for row q.
 template <int C, bool LOGC>
-static void tile_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* P, int64_t NK, int64_t L,
+static void tile_blocks_t(int64_t Qn, const float* Qa, const Keys& K, int64_t kbase, int64_t NK, int64_t L,
                           const float* V, const float* logc, const int64_t* rep, const int64_t* blocks, int64_t J,
                           const int64_t* into, float* m_io, float* s_io, float* acc_io, float* ent_io,
                           int64_t* best_io, const Bounds* B, const int64_t* home_in, int64_t* counted, int threads)
@@ -368,6 +393,7 @@ static void tile_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* 
     const int64_t RT = 240;  // rows per row tile: their statistics and queries stay in L2
     const int64_t FLUSH = 8;  // blocks summed lane by lane in float before the sums go to doubles
     const int64_t words = (J + 63) / 64;  // the blocks a row needs, one bit each
+    const int64_t D1p = K.d1p, CW = K.cw;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
 #ifdef _OPENMP
@@ -381,10 +407,9 @@ static void tile_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* 
         int64_t* home = new int64_t[RT];  // the position in blocks of the block each row took first (-1: none)
         uint64_t* need = B ? new uint64_t[RT * words] : nullptr;
         float* ub = B ? new float[B->jp] : nullptr;
-        float* packed = B ? new float[RT * D1] : nullptr;  // the queries of the rows that need a block
+        float* packed = B ? new float[RT * D1p] : nullptr;  // the queries of the rows that need a block
         int64_t list[RT];
         float buf[RG * 4 * W] __attribute__((aligned(64)));
-        float one[1024] __attribute__((aligned(64)));
         for (int64_t r0 = q0; r0 < q1; r0 += RT) {
             const int64_t r1 = r0 + RT < q1 ? r0 + RT : q1, nr = r1 - r0;
             for (int64_t i = 0; i < nr; i++) {
@@ -405,10 +430,9 @@ static void tile_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* 
                         for (int64_t bi = 1; bi < J; bi++) hb = ub[blocks[bi]] > ub[blocks[hb]] ? bi : hb;
                     }
                     const int64_t k0 = blocks[hb] * L;
-                    for (int64_t j = 0; j < L; j += 1024) {
-                        const int64_t n = L - j < 1024 ? L - j : 1024;
-                        query_logits(Qa + r * D1, D1, P, k0 + j, n, one);
-                        fold<C, LOGC>(st[i], one, n, k0 + j, V, NK, logc, rep);
+                    for (int64_t j = 0; j < L; j += CW) {
+                        chunk_logits(1, Qa + r * D1p, K, (kbase + k0 + j) / CW, buf, 0);
+                        fold<C, LOGC>(st[i], buf, CW, k0 + j, V, NK, logc, rep);
                     }
                     st[i].flush();
                     home[i] = hb;
@@ -422,13 +446,13 @@ static void tile_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* 
             int64_t since = 0;  // blocks computed since the last flush
             for (int64_t bi = 0; bi < J; bi++) {
                 int64_t n = 0;
-                const float* qa = Qa + r0 * D1;
+                const float* qa = Qa + r0 * D1p;
                 if (B) {
                     for (int64_t i = 0; i < nr; i++)
                         if (need[i * words + bi / 64] >> (bi % 64) & 1) list[n++] = i;
                     if (n == 0) continue;
                     if (n < nr) {
-                        for (int64_t i = 0; i < n; i++) memcpy(packed + i * D1, Qa + (r0 + list[i]) * D1, D1 * sizeof(float));
+                        for (int64_t i = 0; i < n; i++) memcpy(packed + i * D1p, Qa + (r0 + list[i]) * D1p, D1p * sizeof(float));
                         qa = packed;
                     } else {
                         for (int64_t i = 0; i < n; i++) list[i] = i;
@@ -438,19 +462,15 @@ static void tile_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* 
                     n = nr;
                 }
                 const int64_t kb = blocks[bi] * L;
-                for (int64_t j = 0; j < L; j += 4 * W) {
-                    const int nv = L - j >= 4 * W ? 4 : (int)((L - j) / W);
-                    const float* pan = P + (kb + j) / W * (D1 * W);
+                for (int64_t j = 0; j < L; j += CW) {
+                    const int64_t c = (kbase + kb + j) / CW;
                     for (int64_t g = 0; g < n; g += RG) {
                         const int rows = n - g < RG ? (int)(n - g) : RG;
-                        if (nv == 4) micro_rows<4>(rows, qa + g * D1, D1, pan, buf, 4 * W);
-                        else if (nv == 3) micro_rows<3>(rows, qa + g * D1, D1, pan, buf, 4 * W);
-                        else if (nv == 2) micro_rows<2>(rows, qa + g * D1, D1, pan, buf, 4 * W);
-                        else micro_rows<1>(rows, qa + g * D1, D1, pan, buf, 4 * W);
+                        chunk_logits(rows, qa + g * D1p, K, c, buf, 4 * W);
                         for (int r = 0; r < rows; r++) {
                             const int64_t i = list[g + r];
                             if (home[i] != bi)  // (a row's home block is in already)
-                                fold<C, LOGC>(st[i], buf + r * 4 * W, nv * W, kb + j, V, NK, logc, rep);
+                                fold<C, LOGC>(st[i], buf + r * 4 * W, CW, kb + j, V, NK, logc, rep);
                         }
                     }
                 }
@@ -478,48 +498,57 @@ static void tile_blocks_t(int64_t Qn, const float* Qa, int64_t D1, const float* 
     }
 }
 
-typedef void (*tile_fn)(int64_t, const float*, int64_t, const float*, int64_t, int64_t, const float*, const float*,
+typedef void (*tile_fn)(int64_t, const float*, const Keys&, int64_t, int64_t, int64_t, const float*, const float*,
                         const int64_t*, const int64_t*, int64_t, const int64_t*, float*, float*, float*, float*,
                         int64_t*, const Bounds*, const int64_t*, int64_t*, int);
 
+static tile_fn pick(int64_t C, bool logc)
+{
+    if (C == 1) return logc ? tile_blocks_t<1, true> : tile_blocks_t<1, false>;
+    if (C == 3) return logc ? tile_blocks_t<3, true> : tile_blocks_t<3, false>;
+    return nullptr;
+}
+
+// The chunked keys: KD, ACT, OFF, CV, SHARED (see Keys), chunk width CW (16, 32 or 64), D1p; key j
+// of V, logc, rep and the blocks is key kbase + j of the chunked keys.
 // PQ == NULL: every listed block for every row; else the bounds above (BT [2r + 3, Jp]: see row_bounds).
-extern "C" int tile_blocks(int64_t Qn, const float* Qa, int64_t D1, const float* P, int64_t NK, int64_t L,
+extern "C" int tile_blocks(int64_t Qn, const float* Qa, const float* KD, const int32_t* ACT, const int64_t* OFF,
+                           const float* CV, const uint8_t* SHARED, int64_t CW, int64_t D1p, int64_t kbase, int64_t NK, int64_t L,
                            const float* V, int64_t C, const float* logc, const int64_t* rep, const int64_t* blocks,
                            int64_t J, const int64_t* into, float* m_io, float* s_io, float* acc_io, float* ent_io,
                            int64_t* best_io, const float* PQ, const float* RQ, const float* QSQ, int64_t r,
                            const float* BT, int64_t Jp, float a, float inv2b2, float gap, const int64_t* home,
                            int64_t* counted, int threads)
 {
-    if (L % W || NK % W) return 2;
-    tile_fn f;
-    if (C == 1) f = logc ? tile_blocks_t<1, true> : tile_blocks_t<1, false>;
-    else if (C == 3) f = logc ? tile_blocks_t<3, true> : tile_blocks_t<3, false>;
-    else return 1;
+    tile_fn f = pick(C, logc != nullptr);
+    if (!f) return 1;
+    if ((CW != W && CW != 2 * W && CW != 4 * W) || L % CW || NK % CW || kbase % CW || D1p % W) return 2;
+    const Keys K{KD, ACT, OFF, CV, SHARED, CW, D1p};
     const Bounds B{PQ, RQ, QSQ, BT, r, Jp, a, inv2b2, gap};
-    f(Qn, Qa, D1, P, NK, L, V, logc, rep, blocks, J, into, m_io, s_io, acc_io, ent_io, best_io, PQ ? &B : nullptr,
+    f(Qn, Qa, K, kbase, NK, L, V, logc, rep, blocks, J, into, m_io, s_io, acc_io, ent_io, best_io, PQ ? &B : nullptr,
       home, counted, threads);
     return 0;
 }
 
-// tile_classes: tile_blocks without bounds for G classes at once, each with its own keys (panels
-// P + g * ps, NK keys in blocks of L), values V + g * C * NK, key ids rep + g * NK, and its own
-// Qn query rows Qa + g * Qn * D1, merged at rows into[g * Qn ..]. The classes (not the rows of
+// tile_classes: tile_blocks without bounds for G classes at once, each with its own NK keys (keys
+// g NK .. g NK + NK - 1 of K, in blocks of L), values V + g * C * NK, key ids rep + g * NK, and its
+// own Qn query rows Qa + g * Qn * D1p, merged at rows into[g * Qn ..]. The classes (not the rows of
 // one class) are shared out over the threads: small classes have too few rows to split.
-extern "C" int tile_classes(int64_t G, int64_t Qn, const float* Qa, int64_t D1, const float* P, int64_t NK, int64_t L,
-                            const float* V, int64_t C, const int64_t* rep, const int64_t* into, float* m_io,
-                            float* s_io, float* acc_io, float* ent_io, int64_t* best_io, int threads)
+extern "C" int tile_classes(int64_t G, int64_t Qn, const float* Qa, const float* KD, const int32_t* ACT,
+                            const int64_t* OFF, const float* CV, const uint8_t* SHARED, int64_t CW, int64_t D1p,
+                            int64_t NK, int64_t L, const float* V, int64_t C, const int64_t* rep, const int64_t* into,
+                            float* m_io, float* s_io, float* acc_io, float* ent_io, int64_t* best_io, int threads)
 {
-    if (L % W || NK % W) return 2;
-    tile_fn f;
-    if (C == 1) f = tile_blocks_t<1, false>;
-    else if (C == 3) f = tile_blocks_t<3, false>;
-    else return 1;
+    tile_fn f = pick(C, false);
+    if (!f) return 1;
+    if ((CW != W && CW != 2 * W && CW != 4 * W) || L % CW || NK % L || D1p % W) return 2;
+    const Keys K{KD, ACT, OFF, CV, SHARED, CW, D1p};
     const int64_t J = NK / L;
     int64_t* blocks = new int64_t[J];
     for (int64_t j = 0; j < J; j++) blocks[j] = j;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
     for (int64_t g = 0; g < G; g++)
-        f(Qn, Qa + g * Qn * D1, D1, P + g * NK * D1, NK, L, V + g * C * NK, nullptr, rep + g * NK, blocks, J,
+        f(Qn, Qa + g * Qn * D1p, K, g * NK, NK, L, V + g * C * NK, nullptr, rep + g * NK, blocks, J,
           into + g * Qn, m_io, s_io, acc_io, ent_io, best_io, nullptr, nullptr, nullptr, 1);
     delete[] blocks;
     return 0;

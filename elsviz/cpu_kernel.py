@@ -4,9 +4,9 @@
 cache folder; where there is no compiler, or `ELSVIZ_KERNEL=torch` is set, the engine keeps its
 torch path, which computes the same numbers. Two entry points:
 
-    counted = tile_blocks(qa, panels, block, centres, logc, rep, blocks, into, running, bounds, home)
+    counted = tile_blocks(qa, pack(keys_t, 64), block, centres, logc, rep, blocks, into, running, bounds, home)
 
-the big classes: the logits of query rows against blocks of keys (panels(keys_t)) made in
+the big classes: the logits of query rows against blocks of keys made in
 registers, six rows by 64 keys at a time, and folded at once into each row's running softmax
 statistics (m, s, acc, ent, best), in place; no logit is written to memory. With bounds, blocks
 that cannot matter are skipped (block_home gives each query's most promising block).
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
@@ -124,11 +125,12 @@ def library():
             lib.rows_stats.argtypes = [i64, i64, ptr, i64, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64]
             lib.rows_stats.restype = ctypes.c_int
             f32 = ctypes.c_float
-            lib.tile_blocks.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, i64, ptr,
+            keys = [ptr, ptr, ptr, ptr, ptr, i64, i64]  # Keys: data, entry, offsets, shared, any_shared, width, d1p
+            lib.tile_blocks.argtypes = [i64, ptr, *keys, i64, i64, i64, ptr, i64, ptr, ptr, ptr, i64, ptr,
                                         ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, f32, f32, f32, ptr,
                                         ptr, ctypes.c_int]
             lib.tile_blocks.restype = ctypes.c_int
-            lib.tile_classes.argtypes = [i64, i64, ptr, i64, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr,
+            lib.tile_classes.argtypes = [i64, i64, ptr, *keys, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr,
                                          ptr, ctypes.c_int]
             lib.tile_classes.restype = ctypes.c_int
             lib.block_home.argtypes = [i64, ptr, ptr, ptr, i64, ptr, i64, i64, f32, f32, ptr, i64]
@@ -178,11 +180,39 @@ def _call(logits, values, logc, out) -> None:
         raise RuntimeError(f"elsviz: rows_stats refused C = {c}")  # guarded by usable(): a bug
 
 
-def panels(keys_t: torch.Tensor) -> torch.Tensor:
-    """The keys [D1, NK] (NK a multiple of 16) as the fused kernels read them: [NK / 16, D1, 16],
-    sixteen keys per panel, entry d of all sixteen contiguous."""
+class Keys(NamedTuple):
+    """Keys as the fused kernels read them (pack): in chunks of `width` consecutive keys, without
+    the entries that all keys of a chunk share (their part of a logit is one dot product with the
+    chunk's constant vector)."""
+    data: torch.Tensor  # [rows, width] the entries the keys of a chunk do not share, entry after entry
+    entry: torch.Tensor  # [rows] int32: which entry each row holds
+    offsets: torch.Tensor  # [chunks + 1] int64: the first row of each chunk
+    shared: torch.Tensor  # [chunks, D1p] the shared entries' values (0 where the keys differ)
+    any_shared: torch.Tensor  # [chunks] uint8: whether a chunk shares any entry
+    width: int  # keys per chunk: 16, 32 or 64
+    d1p: int  # entries per key, rounded up to 16 (queries are padded to it)
+
+    @property
+    def keys(self) -> int:
+        return (self.offsets.shape[0] - 1) * self.width
+
+
+def pack(keys_t: torch.Tensor, width: int) -> Keys:
+    """The keys [D1, NK] (NK a multiple of width; width 16, 32 or 64) in the kernels' layout (Keys)."""
     d1, nk = keys_t.shape
-    return keys_t.view(d1, nk // 16, 16).permute(1, 0, 2).contiguous()
+    chunks = keys_t.view(d1, nk // width, width).permute(1, 0, 2)  # [chunks, D1, width]
+    shared = (chunks == chunks[:, :, :1]).all(-1)  # [chunks, D1]
+    d1p = -(-d1 // 16) * 16
+    counts = (~shared).sum(1)
+    offsets = torch.zeros(counts.shape[0] + 1, dtype=torch.int64)
+    offsets[1:] = counts.cumsum(0)
+    return Keys(data=chunks[~shared].contiguous(), entry=torch.nonzero(~shared)[:, 1].to(torch.int32).contiguous(),
+                offsets=offsets, shared=F.pad(torch.where(shared, chunks[:, :, 0], 0.0), (0, d1p - d1)).contiguous(),
+                any_shared=shared.any(1).to(torch.uint8).contiguous(), width=width, d1p=d1p)
+
+
+def _padded(qa: torch.Tensor, d1p: int) -> torch.Tensor:
+    return F.pad(qa, (0, d1p - qa.shape[-1])).contiguous()
 
 
 class Bounds(NamedTuple):
@@ -214,26 +244,27 @@ def block_home(bounds: Bounds, blocks: int) -> torch.Tensor:
     return home
 
 
-def tile_blocks(qa: torch.Tensor, panel: torch.Tensor, block: int, centres: torch.Tensor, logc: torch.Tensor | None,
+def tile_blocks(qa: torch.Tensor, keys: Keys, block: int, centres: torch.Tensor, logc: torch.Tensor | None,
                 rep: torch.Tensor, blocks: torch.Tensor, into: torch.Tensor, running, bounds: Bounds | None = None,
-                home: torch.Tensor | None = None) -> torch.Tensor:
+                home: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
     """Merge the keys of `blocks` into the running statistics of the queries qa [Q, D1] (augmented),
     the logits computed inside the kernel and never written. Returns the number of blocks computed
     for each query [Q].
 
-    panel: the keys as panels(keys_t) [NK / 16, D1, 16]; block: keys per block (a multiple of 16);
-    centres [C, NK]; logc [NK] or None; rep [NK] key ids; blocks [J] int64, taken in this order;
+    keys: pack(keys_t, width), of which keys first .. first + NK - 1 serve (first: a multiple of
+    the width); block: keys per block (a multiple of keys.width); centres [C, NK]; logc [NK] or
+    None; rep [NK] key ids; blocks [J] int64 (of the NK keys), taken in this order;
     into [Q] distinct rows of the running statistics running = (m [N], s [N], acc [N, C], ent [N],
     best [N] int64), float32 and contiguous (m = -inf: nothing seen yet), merged in place; on
-    equal maxima the earlier key stays. With bounds, each query first takes its block with the largest bound (home [Q], the block
-    ids from block_home, if given), and then only the blocks whose bound comes within bounds.gap
-    of the largest logit of that block, in groups of six rows: sort the queries by home block.
+    equal maxima the earlier key stays. With bounds, each query first takes its block with the
+    largest bound (home [Q], the block ids from block_home, if given), and then only the blocks
+    whose bound comes within bounds.gap of the largest logit of that block. Sort the queries by
+    home block, so that the queries that need a block come together.
     """
     lib = _state.get("lib") or library()
-    nq, d1 = qa.shape
-    nk = panel.shape[0] * 16
+    nq = qa.shape[0]
     c = centres.shape[0]
-    qa, blocks, into = qa.contiguous(), blocks.contiguous(), into.contiguous()
+    qa, blocks, into = _padded(qa, keys.d1p), blocks.contiguous(), into.contiguous()
     centres, rep = centres.contiguous(), rep.contiguous()
     logc = None if logc is None else logc.contiguous()
     m, s, acc, ent, best = running
@@ -249,7 +280,7 @@ def tile_blocks(qa: torch.Tensor, panel: torch.Tensor, block: int, centres: torc
     home = None if home is None else home.contiguous()
     ptr = lambda v: None if v is None else v.data_ptr()  # noqa: E731
     code = lib.tile_blocks(
-        nq, qa.data_ptr(), d1, panel.data_ptr(), nk, block, centres.data_ptr(), c, ptr(logc), rep.data_ptr(),
+        nq, qa.data_ptr(), *_keys_args(keys), first, centres.shape[1], block, centres.data_ptr(), c, ptr(logc), rep.data_ptr(),
         blocks.data_ptr(), blocks.shape[0], into.data_ptr(), m.data_ptr(), s.data_ptr(), acc.data_ptr(),
         ent.data_ptr(), best.data_ptr(), ptr(pq), ptr(rq), ptr(qsq), r, ptr(table), jp, a, inv2b2, gap, ptr(home),
         counted.data_ptr(), torch.get_num_threads())
@@ -258,18 +289,23 @@ def tile_blocks(qa: torch.Tensor, panel: torch.Tensor, block: int, centres: torc
     return counted
 
 
-def tile_classes(qa: torch.Tensor, panel: torch.Tensor, block: int, centres: torch.Tensor, rep: torch.Tensor,
+def _keys_args(keys: Keys):
+    return (keys.data.data_ptr(), keys.entry.data_ptr(), keys.offsets.data_ptr(), keys.shared.data_ptr(),
+            keys.any_shared.data_ptr(), keys.width, keys.d1p)
+
+
+def tile_classes(qa: torch.Tensor, keys: Keys, block: int, centres: torch.Tensor, rep: torch.Tensor,
                  into: torch.Tensor, running) -> None:
-    """tile_blocks over every key, without bounds, for G classes at once, each with its own keys:
-    qa [G, Q, D1], panel [G, NK / 16, D1, 16], centres [G, C, NK], rep [G, NK], into [G, Q]
-    (distinct rows of running). The classes are shared out over the threads."""
+    """tile_blocks over every key, without bounds, for G classes at once, each with its own NK keys:
+    qa [G, Q, D1], keys: pack of the classes' keys side by side ([D1, G * NK]), centres [G, C, NK],
+    rep [G, NK], into [G, Q] (distinct rows of running). The classes are shared out over the threads."""
     lib = _state.get("lib") or library()
-    ng, nq, d1 = qa.shape
-    nk = panel.shape[1] * 16
+    ng, nq, _ = qa.shape
+    nk = keys.keys // ng
     c = centres.shape[1]
-    qa, panel, centres, rep, into = (v.contiguous() for v in (qa, panel, centres, rep, into))
+    qa, centres, rep, into = _padded(qa, keys.d1p), centres.contiguous(), rep.contiguous(), into.contiguous()
     m, s, acc, ent, best = running
-    code = lib.tile_classes(ng, nq, qa.data_ptr(), d1, panel.data_ptr(), nk, block, centres.data_ptr(), c,
+    code = lib.tile_classes(ng, nq, qa.data_ptr(), *_keys_args(keys), nk, block, centres.data_ptr(), c,
                             rep.data_ptr(), into.data_ptr(), m.data_ptr(), s.data_ptr(), acc.data_ptr(),
                             ent.data_ptr(), best.data_ptr(), torch.get_num_threads())
     if code:

@@ -61,12 +61,6 @@ _TABLE_READ_COST = 16.0
 # A class with at least this many logits per step (query pixels x keys) goes through the pruned
 # path of distinct keys (keyset.py); smaller ones are not worth its set-up.
 _PRUNE_MIN_LOGITS = 2**21
-# The per-query pruned path (compiled CPU kernel) is taken while a query needs at most this share
-# of the blocks; above it, tiles of queries and matrix products do the work faster; above
-# DENSE_SHARE the tiles skip the bounds altogether (every block, large tiles).
-PER_QUERY_MAX = 0.25
-DENSE_SHARE = 0.5
-
 
 # ----------------------------------------------------------------------------------------------
 # Results
@@ -340,24 +334,25 @@ def _table(imgs: torch.Tensor, pos: torch.Tensor, k: int, kc: int):
         yield keys, vals
 
 
-_PANEL_BLOCK = 64  # keys per block of a class's panels (the kernel takes 64 keys at a time)
+_CHUNK = 64  # keys per chunk (and block) of a class's keys for the CPU kernel
 
 
-def _panel_table(imgs: torch.Tensor, pos: torch.Tensor, k: int):
-    """The keys of classes at positions pos [G, S] of imgs [n, C, H, W] as the CPU kernel reads
-    them: panels [G, NK / 16, D + 1, 16], centres [G, C, NK] and key ids rep [G, NK], keys in the
-    order of _table (NK: S * n padded to a whole block with keys whose logit is hopelessly low)."""
+def _chunk_table(imgs: torch.Tensor, pos: torch.Tensor, k: int):
+    """The keys of classes at positions pos [G, S] of imgs [n, C, H, W] for the CPU kernel: all
+    classes' keys side by side, packed (cpu_kernel.pack), centres [G, C, NK] and key ids rep [G, NK],
+    keys in the order of _table (NK: S * n padded to a whole chunk with keys whose logit is
+    hopelessly low)."""
     n, c, h, w = imgs.shape
     ng, s = pos.shape
     keys, vals = next(_table(imgs, pos, k, s * n))  # [G, D + 1, S*n], [G, C, S*n]
-    nk = -(-s * n // _PANEL_BLOCK) * _PANEL_BLOCK
+    nk = -(-s * n // _CHUNK) * _CHUNK
     pad = nk - s * n
     keys = F.pad(keys, (0, pad))
     keys[:, -1, s * n:] = PAD_SQ
     j = torch.arange(s * n, device=imgs.device)
     rep = F.pad((j % n) * (h * w) + pos[:, j // n], (0, pad), value=-1)  # [G, NK]
-    return (torch.stack([cpu_kernel.panels(kt) for kt in keys]), F.pad(vals, (0, pad)).contiguous(),
-            rep.contiguous())
+    return (cpu_kernel.pack(keys.permute(1, 0, 2).reshape(keys.shape[1], -1), _CHUNK),
+            F.pad(vals, (0, pad)).contiguous(), rep.contiguous())
 
 
 # 64-bit odd multipliers for the window hash (fixed: the hash must be the same in every run)
@@ -706,11 +701,11 @@ class Engine:
         size = KeySet.bytes_needed(rep.shape[0], c * k * k, c)
         if size > self._cache.max_bytes // 2:
             return self._cache.get(cache_key, lambda: None)  # remembered: the plain table serves
-        return self._cache.get(cache_key, lambda: KeySet.build(imgs, rep, count, k, panels=fused), size)
+        return self._cache.get(cache_key, lambda: KeySet.build(imgs, rep, count, k, kernel=fused), size)
 
     def _pruned(self, sm, qwin, g: _Group, ks: KeySet, a, b):
         """One big class (docs/ENGINE.md). With the compiled CPU kernel (the KeySet holds its
-        panels), one call: queries sorted by the block their bound likes best, each takes that
+        chunks), one call: queries sorted by the block their bound likes best, each takes that
         block first, then in groups of six every block whose bound comes within PRUNE_GAP of the
         largest logit found there (large t: every block). Otherwise queries go in small tiles;
         per tile their best blocks are computed first (a logit close to the maximum), then every
@@ -726,12 +721,12 @@ class Engine:
         aug = torch.cat([c1 * queries, torch.full_like(queries[:, :1], c2)], -1)  # [Q, D + 1]
         nq, nb = queries.shape[0], ks.blocks
         everything = torch.arange(nb, device=qwin.device)
-        if ks.panels is not None:
+        if ks.chunks is not None:
             proj = queries @ ks.basis.T  # [Q, r]
             bounds = cpu_kernel.Bounds(proj, (queries - proj @ ks.basis).norm(dim=-1), qsq, ks.bound_t, a, b, PRUNE_GAP)
             home = cpu_kernel.block_home(bounds, nb)
             order = torch.argsort(home, stable=True)
-            cpu_kernel.tile_blocks(aug[order], ks.panels, ks.block, ks.centres, ks.logc if ks.duplicates else None,
+            cpu_kernel.tile_blocks(aug[order], ks.chunks, ks.block, ks.centres, ks.logc if ks.duplicates else None,
                                    ks.rep, everything, rows[order], (sm.m, sm.s, sm.acc, sm.ent, sm.best),
                                    bounds.take(order), home[order])
             return
@@ -828,16 +823,17 @@ class Engine:
         table_bytes = ng * s * n * (dim + 1 + c + 2) * 4
         if (self._cpu_kernel and c in cpu_kernel.CHANNELS and table_bytes <= self._cache.max_bytes
                 and cpu_kernel.library() is not None):  # the compiled kernel, class by class
-            panels, centres, rep = self._cache.get(("panels", self.machine, k, label, hq, wq, gi),
-                                                   lambda: _panel_table(imgs, g.pos, k), table_bytes)
+            chunks, centres, rep = self._cache.get(("chunks", self.machine, k, label, hq, wq, gi),
+                                                   lambda: _chunk_table(imgs, g.pos, k), table_bytes)
             running = (sm.m, sm.s, sm.acc, sm.ent, sm.best)
             if ng >= torch.get_num_threads():  # a class per thread at a time
-                cpu_kernel.tile_classes(queries, panels, _PANEL_BLOCK, centres, rep, q_idx, running)
+                cpu_kernel.tile_classes(queries, chunks, _CHUNK, centres, rep, q_idx, running)
                 return
-            blocks = torch.arange(panels.shape[1] * 16 // _PANEL_BLOCK, device=qwin.device)
+            nk = centres.shape[-1]
+            blocks = torch.arange(nk // _CHUNK, device=qwin.device)
             for gj in range(ng):  # the rows of a class shared out over the threads
-                cpu_kernel.tile_blocks(queries[gj], panels[gj], _PANEL_BLOCK, centres[gj], None, rep[gj], blocks,
-                                       q_idx[gj], running)
+                cpu_kernel.tile_blocks(queries[gj], chunks, _CHUNK, centres[gj], None, rep[gj], blocks, q_idx[gj],
+                                       running, first=gj * nk)
             return
         # rows per tile and keys per chunk: the logits [G, rows, kc] and the keys [G, D, kc] of a
         # chunk each hold at most about chunk_elems numbers

@@ -19,8 +19,9 @@ Two exact ideas (docs/ENGINE.md gives the measurements behind them):
 Rows of a KeySet (distinct keys, in block order, padded to a whole number of blocks):
     keys_t [D + 1, J*L]  the window K (channel, row, col) and |K|^2, one column per key (dim-major:
                          the product takes column slices at full speed); for torch's products
-    panels [J*L / 16, D + 1, 16]  the same numbers as the compiled CPU kernel reads them
-                         (cpu_kernel.panels), sixteen keys per panel; a KeySet holds one of the two
+    chunks               the same numbers as the compiled CPU kernel reads them (cpu_kernel.pack:
+                         64 keys at a time, without the entries they all share); a KeySet holds
+                         one of the two
     values [J*L, C + 2]  1 (for the sum of weights), the key's centre pixel (C values), log count
     rep    [J*L]         id n * H * W + position of the first key (in the dense order) with this window
 Padding rows have |K|^2 = PAD_SQ (a logit far below any real one) and values 0, so they add nothing.
@@ -71,8 +72,8 @@ def distinct_keys(hashes: torch.Tensor, pos: torch.Tensor, hw: int):
 
 @dataclass
 class KeySet:
-    keys_t: torch.Tensor | None  # [D + 1, J*L], or None where the kernel's panels serve
-    panels: torch.Tensor | None  # [J*L / 16, D + 1, 16] (cpu_kernel.panels), or None
+    keys_t: torch.Tensor | None  # [D + 1, J*L], or None where the kernel's chunks serve
+    chunks: cpu_kernel.Keys | None  # the keys for the CPU kernel (cpu_kernel.pack), or None
     values: torch.Tensor  # [J*L, C + 2]
     rep: torch.Tensor  # [J*L] int64
     logc: torch.Tensor  # [J*L] log count (a copy of values[:, -1], contiguous)
@@ -111,9 +112,9 @@ class KeySet:
         return (keys + BLOCK) * (dim + 1 + 2 * c + 2 + 2) * 4
 
     @classmethod
-    def build(cls, imgs: torch.Tensor, rep: torch.Tensor, count: torch.Tensor, k: int, panels: bool = False) -> "KeySet":
+    def build(cls, imgs: torch.Tensor, rep: torch.Tensor, count: torch.Tensor, k: int, kernel: bool = False) -> "KeySet":
         """The KeySet of the distinct keys rep [Kd] (ids n * H*W + position) of imgs [n, C, H, W];
-        with panels=True its keys come as the CPU kernel's panels instead of keys_t."""
+        with kernel=True its keys come as the CPU kernel's chunks instead of keys_t."""
         n, c, h, w = imgs.shape
         d = k // 2
         padded = F.pad(imgs, (d, d, d, d)).permute(0, 2, 3, 1)  # [n, H + 2d, W + 2d, C]
@@ -155,7 +156,7 @@ class KeySet:
         bound_t[:, :j] = torch.cat([lo.T, hi.T, rlo.unsqueeze(0), rhi.unsqueeze(0), logc_max.unsqueeze(0)])
         bound_t[-1, j:] = -math.inf  # padding columns: no block
         return cls(
-            keys_t=None if panels else keys_t, panels=cpu_kernel.panels(keys_t) if panels else None, values=values, rep=rep_rows, logc=values[:, -1].contiguous(),
+            keys_t=None if kernel else keys_t, chunks=cpu_kernel.pack(keys_t, min(64, BLOCK)) if kernel else None, values=values, rep=rep_rows, logc=values[:, -1].contiguous(),
             centres=values[:, 1:1 + c].T.contiguous(), basis=basis,
             lo=lo, hi=hi, rlo=rlo, rhi=rhi, logc_max=logc_max, bound_t=bound_t, block=BLOCK,
             duplicates=bool((count > 1).any()),
