@@ -390,7 +390,7 @@ static void tile_blocks_t(int64_t Qn, const float* Qa, const Keys& K, int64_t kb
                           int64_t* best_io, const Bounds* B, const int64_t* home_in, int64_t* counted, int threads)
 {
     const int RG = 6;  // rows per register tile
-    const int64_t RT = 240;  // rows per row tile: their statistics and queries stay in L2
+    const int64_t RT = 1020;  // rows per row tile: their statistics and queries stay in L2
     const int64_t FLUSH = 8;  // blocks summed lane by lane in float before the sums go to doubles
     const int64_t words = (J + 63) / 64;  // the blocks a row needs, one bit each
     const int64_t D1p = K.d1p, CW = K.cw;
