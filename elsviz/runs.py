@@ -156,15 +156,16 @@ GATE_WORK = 3e8  # ... and only when one step's work count (step_work) is above 
 SUBSET_TARGET_S = 10.0  # a subset offered instead of a long run aims at about this ...
 MIN_SUBSET = 100  # ... but is never smaller than this (fewer images make a poor training set)
 
-# Work per second (step_work units) before anything was measured: what warm runs did on the shared 2-core
-# CPU at a load average of about 3 (bbELS, k = 5, 20 steps: the 1,797 digits 1.4e8-1.1e9, the 1,000 hands
-# 4e8-1.5e9; IS and LS on the digits 5e4-7e5 and 7e6-6e7; docs/APP.md, "Responsiveness"); with the compiled
-# CPU kernel, quiet, 2 threads (docs/BENCHMARKS.md): digits bbELS 4.6e9, ELS 3.0e9, hands bbELS 2.7e9,
-# ELS 2.1e9 -- the ELS/bbELS priors are those, divided by about 1.4 for a machine that is not quiet; and,
-# for CUDA, the H100 figures of docs/BENCHMARKS.md (bbELS: 2.5e10 on the digits, 9e10 on 60,000
-# 28x28 images) with IS and LS scaled by the same factor as the CPU's.
+# Work per second (step_work units) before anything was measured. Measured, warm, one thread (the app's
+# engines on a 2-core CPU), k = 5, 20 steps, the fused CPU kernel (docs/BENCHMARKS.md): digits bbELS 3.0e9,
+# ELS 2.6e9; hands 6.6e9 and 5.4e9; photos 6.3e9 and 5.2e9 where their key tables fit the engine's cache
+# (a sixteenth of the memory; with 384 MB the photos ran at 3.4e8). The CPU priors are the digits'
+# figures, a little lower for a machine that is not quiet: a first guess then asks before the photos
+# (about 40 s), not before the hands (about 7 s). For CUDA, the H100 figures of docs/BENCHMARKS.md
+# (bbELS: 2.5e10 on the digits, 9e10 on 60,000 28x28 images) with IS and LS scaled by the same factor
+# as the CPU's.
 PRIOR_RATES = {
-    ("cpu", "is"): 5e4, ("cpu", "ls"): 1e7, ("cpu", "els"): 1.5e9, ("cpu", "bbels"): 2e9,
+    ("cpu", "is"): 5e4, ("cpu", "ls"): 1e7, ("cpu", "els"): 2.3e9, ("cpu", "bbels"): 2.8e9,
     ("cuda", "is"): 5e6, ("cuda", "ls"): 1e9, ("cuda", "els"): 2e10, ("cuda", "bbels"): 2e10,
 }
 RATE_EXPONENT = 0.35  # a rate carried to a workload with x times the work is x ** 0.35 times higher: overheads

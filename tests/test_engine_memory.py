@@ -79,3 +79,13 @@ def test_batch_of_64_on_cuda():
     one = working_memory("bbels", 1, "cuda")
     many = working_memory("bbels", 64, "cuda")
     assert many["work"] < 2 * max(one["work"], 2**20)
+
+
+def test_the_cpu_cache_follows_the_machines_memory(monkeypatch):
+    # a sixteenth of the memory, at least 384 MB (the digits' and hands' tables) and at most 2 GB
+    import os
+
+    from elsviz.engine import _cpu_cache_bytes
+    for ram, want in ((4 * 2**30, 384 * 2**20), (24 * 2**30, 24 * 2**30 // 16), (256 * 2**30, 2 * 2**30)):
+        monkeypatch.setattr(os, "sysconf", lambda name, ram=ram: ram // 4096 if name == "SC_PHYS_PAGES" else 4096)
+        assert _cpu_cache_bytes() == want

@@ -121,7 +121,8 @@ def test_digits_are_never_gated_and_hands_on_a_cpu_are_with_a_sensible_subset():
     assert digits > 1000 * LONG_S and DIGITS < GATE_WORK
     assert not needs_confirmation(DIGITS, digits)  # whatever the load
     # first guesses on a CPU (the compiled kernel, docs/BENCHMARKS.md): 1,000 hands take seconds, not
-    # worth a question; 2,000 colour photos take about a minute, which is
+    # worth a question; 2,000 colour photos take 20 s where their tables fit the cache and minutes
+    # where they do not (little memory), which is
     hands = Estimator().seconds(Workload("hands", "bbels"), HANDS, run_ks(RunSpec(k=5, steps=20)))
     assert 3 < hands < LONG_S and not needs_confirmation(HANDS, hands, guess=True)
     photos = Estimator().seconds(Workload("photos", "bbels"), PHOTOS, run_ks(RunSpec(k=5, steps=20)))
