@@ -706,13 +706,13 @@ class Engine:
 
     def _pruned(self, sm, qwin, g: _Group, ks: KeySet, a, b):
         """One big class (docs/ENGINE.md). With the compiled CPU kernel (the KeySet holds its
-        chunks), one call: queries sorted by the block their bound likes best, each takes that
-        block first, then in groups of six every block whose bound comes within PRUNE_GAP of the
-        largest logit found there (large t: every block). Otherwise queries go in small tiles;
-        per tile their best blocks are computed first (a logit close to the maximum), then every
-        other block whose bound comes within PRUNE_GAP of it. Where the first tile needs more than
-        30% of the blocks (gathering them would cost more than it saves) the rest go without
-        bounds, in larger tiles. Logits [tile, keys] per chunk."""
+        chunks), one call: queries sorted by the block their bound likes best; each takes that
+        block first, then every block whose bound comes within PRUNE_GAP of the largest logit
+        found there (large t: every block), six queries at a time. Otherwise queries go in small
+        tiles; per tile their best blocks are computed first (a logit close to the maximum), then
+        every other block whose bound comes within PRUNE_GAP of it. Where the first tile needs
+        more than 30% of the blocks (gathering them would cost more than it saves) the rest go
+        without bounds, in larger tiles. Logits [tile, keys] per chunk."""
         bsz, pq, dim = qwin.shape
         pix = g.pix[0]  # [P]
         queries = qwin[:, pix].reshape(-1, dim)  # [Q = B*P, D]
