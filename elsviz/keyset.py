@@ -156,7 +156,8 @@ class KeySet:
         bound_t[:, :j] = torch.cat([lo.T, hi.T, rlo.unsqueeze(0), rhi.unsqueeze(0), logc_max.unsqueeze(0)])
         bound_t[-1, j:] = -math.inf  # padding columns: no block
         return cls(
-            keys_t=None if kernel else keys_t, chunks=cpu_kernel.pack(keys_t, min(64, BLOCK)) if kernel else None, values=values, rep=rep_rows, logc=values[:, -1].contiguous(),
+            keys_t=None if kernel else keys_t, chunks=cpu_kernel.pack(keys_t, min(64, BLOCK)) if kernel else None,
+            values=values, rep=rep_rows, logc=values[:, -1].contiguous(),
             centres=values[:, 1:1 + c].T.contiguous(), basis=basis,
             lo=lo, hi=hi, rlo=rlo, rhi=rhi, logc_max=logc_max, bound_t=bound_t, block=BLOCK,
             duplicates=bool((count > 1).any()),
