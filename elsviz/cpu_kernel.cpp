@@ -378,7 +378,7 @@ extern "C" void block_home(int64_t Qn, const float* PQ, const float* RQ, const f
 // read from memory once per tile.
 //
 // With bounds (B != NULL), blocks that cannot matter are skipped: each row first takes the listed
-// block with its largest bound alone (home[q] if given, else found here); that block's largest
+// block with its largest bound alone (as block_home finds it); that block's largest
 // logit m0 is a lower bound of the row's maximum, so a block whose bound lies more than gap below
 // m0 weighs less than exp(-gap) per key. Each block then goes to the rows of the tile that need
 // it, six at a time (their queries copied side by side first, unless every row needs it).
@@ -387,7 +387,7 @@ template <int C, bool LOGC>
 static void tile_blocks_t(int64_t Qn, const float* Qa, const Keys& K, int64_t kbase, int64_t NK, int64_t L,
                           const float* V, const float* logc, const int64_t* rep, const int64_t* blocks, int64_t J,
                           const int64_t* into, float* m_io, float* s_io, float* acc_io, float* ent_io,
-                          int64_t* best_io, const Bounds* B, const int64_t* home_in, int64_t* counted, int threads)
+                          int64_t* best_io, const Bounds* B, int64_t* counted, int threads)
 {
     const int RG = 6;  // rows per register tile
     const int64_t RT = 1020;  // rows per row tile: their statistics and queries stay in L2
@@ -422,13 +422,8 @@ static void tile_blocks_t(int64_t Qn, const float* Qa, const Keys& K, int64_t kb
                 for (int64_t i = 0; i < nr; i++) {  // each row: its best block alone, then what it needs
                     const int64_t r = r0 + i;
                     row_bounds(*B, r, ub);
-                    int64_t hb = 0;  // position in blocks
-                    if (home_in) {
-                        while (hb < J && blocks[hb] != home_in[r]) hb++;
-                        if (hb == J) hb = 0;
-                    } else {
-                        for (int64_t bi = 1; bi < J; bi++) hb = ub[blocks[bi]] > ub[blocks[hb]] ? bi : hb;
-                    }
+                    int64_t hb = 0;  // position in blocks of the best bound (the first on ties)
+                    for (int64_t bi = 1; bi < J; bi++) hb = ub[blocks[bi]] > ub[blocks[hb]] ? bi : hb;
                     const int64_t k0 = blocks[hb] * L;
                     for (int64_t j = 0; j < L; j += CW) {
                         chunk_logits(1, Qa + r * D1p, K, (kbase + k0 + j) / CW, buf, 0);
@@ -500,7 +495,7 @@ static void tile_blocks_t(int64_t Qn, const float* Qa, const Keys& K, int64_t kb
 
 typedef void (*tile_fn)(int64_t, const float*, const Keys&, int64_t, int64_t, int64_t, const float*, const float*,
                         const int64_t*, const int64_t*, int64_t, const int64_t*, float*, float*, float*, float*,
-                        int64_t*, const Bounds*, const int64_t*, int64_t*, int);
+                        int64_t*, const Bounds*, int64_t*, int);
 
 static tile_fn pick(int64_t C, bool logc)
 {
@@ -517,8 +512,8 @@ extern "C" int tile_blocks(int64_t Qn, const float* Qa, const float* KD, const i
                            const float* V, int64_t C, const float* logc, const int64_t* rep, const int64_t* blocks,
                            int64_t J, const int64_t* into, float* m_io, float* s_io, float* acc_io, float* ent_io,
                            int64_t* best_io, const float* PQ, const float* RQ, const float* QSQ, int64_t r,
-                           const float* BT, int64_t Jp, float a, float inv2b2, float gap, const int64_t* home,
-                           int64_t* counted, int threads)
+                           const float* BT, int64_t Jp, float a, float inv2b2, float gap, int64_t* counted,
+                           int threads)
 {
     tile_fn f = pick(C, logc != nullptr);
     if (!f) return 1;
@@ -526,7 +521,7 @@ extern "C" int tile_blocks(int64_t Qn, const float* Qa, const float* KD, const i
     const Keys K{KD, ACT, OFF, CV, SHARED, CW, D1p};
     const Bounds B{PQ, RQ, QSQ, BT, r, Jp, a, inv2b2, gap};
     f(Qn, Qa, K, kbase, NK, L, V, logc, rep, blocks, J, into, m_io, s_io, acc_io, ent_io, best_io, PQ ? &B : nullptr,
-      home, counted, threads);
+      counted, threads);
     return 0;
 }
 
@@ -549,7 +544,7 @@ extern "C" int tile_classes(int64_t G, int64_t Qn, const float* Qa, const float*
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
     for (int64_t g = 0; g < G; g++)
         f(Qn, Qa + g * Qn * D1p, K, g * NK, NK, L, V + g * C * NK, nullptr, rep + g * NK, blocks, J,
-          into + g * Qn, m_io, s_io, acc_io, ent_io, best_io, nullptr, nullptr, nullptr, 1);
+          into + g * Qn, m_io, s_io, acc_io, ent_io, best_io, nullptr, nullptr, 1);
     delete[] blocks;
     return 0;
 }

@@ -4,7 +4,7 @@
 cache folder; where there is no compiler, or `ELSVIZ_KERNEL=torch` is set, the engine keeps its
 torch path, which computes the same numbers. Two entry points:
 
-    counted = tile_blocks(qa, pack(keys_t, 64), block, centres, logc, rep, blocks, into, running, bounds, home)
+    counted = tile_blocks(qa, pack(keys_t, 64), block, centres, logc, rep, blocks, into, running, bounds)
 
 the big classes: the logits of query rows against blocks of keys made in
 registers, six rows by 64 keys at a time, and folded at once into each row's running softmax
@@ -128,7 +128,7 @@ def library():
             keys = [ptr, ptr, ptr, ptr, ptr, i64, i64]  # Keys: data, entry, offsets, shared, any_shared, width, d1p
             lib.tile_blocks.argtypes = [i64, ptr, *keys, i64, i64, i64, ptr, i64, ptr, ptr, ptr, i64, ptr,
                                         ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, f32, f32, f32, ptr,
-                                        ptr, ctypes.c_int]
+                                        ctypes.c_int]
             lib.tile_blocks.restype = ctypes.c_int
             lib.tile_classes.argtypes = [i64, i64, ptr, *keys, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr,
                                          ptr, ctypes.c_int]
@@ -246,7 +246,7 @@ def block_home(bounds: Bounds, blocks: int) -> torch.Tensor:
 
 def tile_blocks(qa: torch.Tensor, keys: Keys, block: int, centres: torch.Tensor, logc: torch.Tensor | None,
                 rep: torch.Tensor, blocks: torch.Tensor, into: torch.Tensor, running, bounds: Bounds | None = None,
-                home: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
+                first: int = 0) -> torch.Tensor:
     """Merge the keys of `blocks` into the running statistics of the queries qa [Q, D1] (augmented),
     the logits computed inside the kernel and never written. Returns the number of blocks computed
     for each query [Q].
@@ -257,9 +257,9 @@ def tile_blocks(qa: torch.Tensor, keys: Keys, block: int, centres: torch.Tensor,
     into [Q] distinct rows of the running statistics running = (m [N], s [N], acc [N, C], ent [N],
     best [N] int64), float32 and contiguous (m = -inf: nothing seen yet), merged in place; on
     equal maxima the earlier key stays. With bounds, each query first takes its block with the
-    largest bound (home [Q], the block ids from block_home, if given), and then only the blocks
-    whose bound comes within bounds.gap of the largest logit of that block. Sort the queries by
-    home block, so that the queries that need a block come together.
+    largest bound, and then only the blocks whose bound comes within bounds.gap of the largest
+    logit of that block. Sort the queries by that block (block_home), so that the queries that
+    need a block come together.
     """
     lib = _state.get("lib") or library()
     nq = qa.shape[0]
@@ -277,12 +277,11 @@ def tile_blocks(qa: torch.Tensor, keys: Keys, block: int, centres: torch.Tensor,
         pq, rq, qsq, table = (v.contiguous() for v in (bounds.pq, bounds.rq, bounds.qsq, bounds.table))
         r, jp = pq.shape[1], table.shape[1]
         a, inv2b2, gap = bounds.a, 1.0 / (2 * bounds.b * bounds.b), bounds.gap
-    home = None if home is None else home.contiguous()
     ptr = lambda v: None if v is None else v.data_ptr()  # noqa: E731
     code = lib.tile_blocks(
         nq, qa.data_ptr(), *_keys_args(keys), first, centres.shape[1], block, centres.data_ptr(), c, ptr(logc), rep.data_ptr(),
         blocks.data_ptr(), blocks.shape[0], into.data_ptr(), m.data_ptr(), s.data_ptr(), acc.data_ptr(),
-        ent.data_ptr(), best.data_ptr(), ptr(pq), ptr(rq), ptr(qsq), r, ptr(table), jp, a, inv2b2, gap, ptr(home),
+        ent.data_ptr(), best.data_ptr(), ptr(pq), ptr(rq), ptr(qsq), r, ptr(table), jp, a, inv2b2, gap,
         counted.data_ptr(), torch.get_num_threads())
     if code:
         raise RuntimeError(f"elsviz: tile_blocks refused C = {c}, block = {block}")  # callers check: a bug

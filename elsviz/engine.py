@@ -725,11 +725,10 @@ class Engine:
         if ks.chunks is not None:
             proj = queries @ ks.basis.T  # [Q, r]
             bounds = cpu_kernel.Bounds(proj, (queries - proj @ ks.basis).norm(dim=-1), qsq, ks.bound_t, a, b, PRUNE_GAP)
-            home = cpu_kernel.block_home(bounds, nb)
-            order = torch.argsort(home, stable=True)
+            order = torch.argsort(cpu_kernel.block_home(bounds, nb), stable=True)  # (queries that need a block together)
             cpu_kernel.tile_blocks(aug[order], ks.chunks, ks.block, ks.centres, ks.logc if ks.duplicates else None,
                                    ks.rep, everything, rows[order], (sm.m, sm.s, sm.acc, sm.ent, sm.best),
-                                   bounds.take(order), home[order])
+                                   bounds.take(order))
             return
         piece = max(1, self.chunk_elems // (nb * ks.basis.shape[0]))  # queries per bound computation
         home = torch.cat([ks.upper_logits(queries[i:i + piece], qsq[i:i + piece], a, b).argmax(-1)

@@ -79,18 +79,34 @@ class KeySet:
     logc: torch.Tensor  # [J*L] log count (a copy of values[:, -1], contiguous)
     centres: torch.Tensor  # [C, J*L] the key centres (values[:, 1:-1] transposed, for the CPU kernel)
     basis: torch.Tensor  # [r, D] orthonormal rows
-    lo: torch.Tensor  # [J, r]
-    hi: torch.Tensor  # [J, r]
-    rlo: torch.Tensor  # [J]
-    rhi: torch.Tensor  # [J]
-    logc_max: torch.Tensor  # [J] largest log count in the block
-    bound_t: torch.Tensor  # [2r + 3, Jp] lo, hi, rlo, rhi, logc_max by block (Jp = J rounded up to 16), for the CPU kernel
+    # per block: the box lo, hi of the top-r principal coordinates (r rows each), the range rlo,
+    # rhi of the residual norms and the largest log count, one column per block, padded with
+    # columns whose log count is -inf (no block) to Jp, a multiple of 16 (the CPU kernel reads 16)
+    bound_t: torch.Tensor  # [2r + 3, Jp]
+    blocks: int  # J
     block: int
     duplicates: bool  # some window occurs more than once
 
     @property
-    def blocks(self) -> int:
-        return self.lo.shape[0]
+    def lo(self) -> torch.Tensor:  # [J, r]
+        return self.bound_t[:self.basis.shape[0], :self.blocks].T
+
+    @property
+    def hi(self) -> torch.Tensor:  # [J, r]
+        r = self.basis.shape[0]
+        return self.bound_t[r:2 * r, :self.blocks].T
+
+    @property
+    def rlo(self) -> torch.Tensor:  # [J]
+        return self.bound_t[-3, :self.blocks]
+
+    @property
+    def rhi(self) -> torch.Tensor:  # [J]
+        return self.bound_t[-2, :self.blocks]
+
+    @property
+    def logc_max(self) -> torch.Tensor:  # [J]
+        return self.bound_t[-1, :self.blocks]
 
     def rows(self, blocks: torch.Tensor):
         """keys_t ([D + 1, b*L]), values, rep, logc and centres ([C, b*L]) of the given blocks [b],
@@ -149,18 +165,15 @@ class KeySet:
         last = torch.full((pad,), kd - 1, dtype=torch.int64, device=imgs.device)
         fill = torch.cat([torch.arange(kd, device=imgs.device), last])
         pb, rb = proj[fill].view(j, BLOCK, r), resid[fill].view(j, BLOCK)
-        lo, hi, rlo, rhi = pb.amin(1), pb.amax(1), rb.amin(1), rb.amax(1)
-        logc_max = logc[fill].view(j, BLOCK).amax(1)
-        jp = -(-j // 16) * 16
-        bound_t = torch.zeros(2 * r + 3, jp, device=imgs.device)
-        bound_t[:, :j] = torch.cat([lo.T, hi.T, rlo.unsqueeze(0), rhi.unsqueeze(0), logc_max.unsqueeze(0)])
+        bound_t = torch.zeros(2 * r + 3, -(-j // 16) * 16, device=imgs.device)
+        bound_t[:, :j] = torch.cat([pb.amin(1).T, pb.amax(1).T, rb.amin(1).unsqueeze(0), rb.amax(1).unsqueeze(0),
+                                    logc[fill].view(j, BLOCK).amax(1).unsqueeze(0)])
         bound_t[-1, j:] = -math.inf  # padding columns: no block
         return cls(
             keys_t=None if kernel else keys_t, chunks=cpu_kernel.pack(keys_t, min(64, BLOCK)) if kernel else None,
             values=values, rep=rep_rows, logc=values[:, -1].contiguous(),
             centres=values[:, 1:1 + c].T.contiguous(), basis=basis,
-            lo=lo, hi=hi, rlo=rlo, rhi=rhi, logc_max=logc_max, bound_t=bound_t, block=BLOCK,
-            duplicates=bool((count > 1).any()),
+            bound_t=bound_t, blocks=j, block=BLOCK, duplicates=bool((count > 1).any()),
         )
 
     def upper_logits(self, q: torch.Tensor, qsq: torch.Tensor, a: float, b: float) -> torch.Tensor:
