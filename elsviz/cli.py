@@ -365,11 +365,15 @@ def _app(args) -> int:
     proc = subprocess.Popen(cmd)
     try:
         return proc.wait()
-    except KeyboardInterrupt:  # Ctrl-C: streamlit stops (it may have had the signal already), a normal end
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
+    except KeyboardInterrupt:  # Ctrl-C: a normal end
+        try:  # in a terminal streamlit had the signal too; a second one while it stops would kill it
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # only this process was interrupted: pass it on
+            proc.send_signal(signal.SIGINT)
+            try:
+                code = proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise
+        return 0 if code == -signal.SIGINT else code
