@@ -6,7 +6,10 @@ The sidebar (training set, machine, locality, steps, seed) is shared by the thre
 """
 import streamlit as st
 
+from elsviz import cpu_kernel
 from elsviz.ui import navigation, sidebar, start_live_k
+
+cpu_kernel.build_in_background()  # a fresh machine compiles the engine's kernel while the page starts
 
 st.set_page_config(page_title="elsviz: patch mosaics, step by step", page_icon=":material/grid_view:", layout="wide")
 

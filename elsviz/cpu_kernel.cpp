@@ -22,6 +22,8 @@
 #include <string.h>
 #include <float.h>
 #include <math.h>
+#include <algorithm>
+#include <vector>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -547,4 +549,120 @@ extern "C" int tile_classes(int64_t G, int64_t Qn, const float* Qa, const float*
           into + g * Qn, m_io, s_io, acc_io, ent_io, best_io, nullptr, nullptr, 1);
     delete[] blocks;
     return 0;
+}
+
+// ---- building key tables (cold runs: a table per new k) --------------------------------------
+// key_table: column j of out [D + 1, M] is the k x k window of key j, entries (channel, row, col),
+// then |K|^2: the window at (y, x) = (pos[j] / w, pos[j] % w) of image img[j] of the zero-padded
+// images P [n, Hp, Wp, C] (channels last, padded by k / 2 on each side); img[j] < 0: a padding key,
+// zeros and |K|^2 = pad_sq. Keys go 64 at a time, so that each entry's row is written 64 floats
+// in a row.
+extern "C" void key_table(const float* P, int64_t Hp, int64_t Wp, int64_t C, const int64_t* img,
+                          const int64_t* pos, int64_t M, int64_t k, int64_t w, float* out, float pad_sq, int threads)
+{
+    const int64_t D = C * k * k, T = 64;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && M >= 4096)
+    for (int64_t j0 = 0; j0 < M; j0 += T) {
+        const int64_t nj = j0 + T <= M ? T : M - j0;
+        const float* base[T];
+        float sq[T];
+        for (int64_t j = 0; j < nj; j++) {
+            const int64_t i = img[j0 + j], p = pos[j0 + j];
+            base[j] = i < 0 ? nullptr : P + ((i * Hp + p / w) * Wp + p % w) * C;
+            sq[j] = 0.0f;
+        }
+        int64_t e = 0;
+        for (int64_t ch = 0; ch < C; ch++)
+            for (int64_t dy = 0; dy < k; dy++)
+                for (int64_t dx = 0; dx < k; dx++, e++) {
+                    float* o = out + e * M + j0;
+                    const int64_t at = (dy * Wp + dx) * C + ch;
+                    for (int64_t j = 0; j < nj; j++) {
+                        const float v = base[j] ? base[j][at] : 0.0f;
+                        o[j] = v;
+                        sq[j] += v * v;
+                    }
+                }
+        for (int64_t j = 0; j < nj; j++) out[D * M + j0 + j] = base[j] ? sq[j] : pad_sq;
+    }
+}
+
+// pack (cpu_kernel.pack) in two passes. pack_count: for chunk c of `width` keys of keys_t [D1, NK],
+// the number of entries its keys do not all share, into counts[c]. pack_fill: with off (the
+// counts' running sum, [chunks + 1]), writes the Keys arrays: data rows (an unshared entry's
+// `width` values), their entry numbers, the shared values [chunks, D1p] (0 elsewhere; zeroed by
+// the caller) and whether a chunk shares anything.
+static inline bool all_same(const float* v, int64_t n)
+{
+    for (int64_t i = 1; i < n; i++)
+        if (!(v[i] == v[0])) return false;
+    return true;
+}
+
+extern "C" void pack_count(const float* KT, int64_t D1, int64_t NK, int64_t CW, int64_t* counts, int threads)
+{
+    const int64_t chunks = NK / CW;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && chunks >= 256)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t n = 0;
+        for (int64_t e = 0; e < D1; e++) n += !all_same(KT + e * NK + c * CW, CW);
+        counts[c] = n;
+    }
+}
+
+extern "C" void pack_fill(const float* KT, int64_t D1, int64_t NK, int64_t CW, int64_t D1p, const int64_t* off,
+                          float* data, int32_t* entry, float* cv, uint8_t* shared, int threads)
+{
+    const int64_t chunks = NK / CW;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && chunks >= 256)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t row = off[c];
+        bool any = false;
+        for (int64_t e = 0; e < D1; e++) {
+            const float* v = KT + e * NK + c * CW;
+            if (all_same(v, CW)) {
+                cv[c * D1p + e] = v[0];
+                any = true;
+            } else {
+                memcpy(data + row * CW, v, CW * sizeof(float));
+                entry[row++] = (int32_t)e;
+            }
+        }
+        shared[c] = any;
+    }
+}
+
+// str_order: keyset._block_order's order of the rows of P [K, r] (row-major): sort-tile-recursive
+// packing on the first `levels` coordinates. All rows sorted by coordinate 0 (stable); cut into
+// slabs of `cell` rows (cell: whole blocks, about nblocks^(1/levels) slabs per level); each slab
+// sorted by coordinate 1 and cut again; ... The last level sorts without cutting.
+extern "C" void str_order(const float* P, int64_t K, int64_t r, int64_t levels, int64_t block, int64_t per_level,
+                          int64_t* order, int threads)
+{
+    for (int64_t i = 0; i < K; i++) order[i] = i;
+    const int64_t nblocks = (K + block - 1) / block;
+    int64_t cell = nblocks * block;  // rows per range of the current level
+    std::vector<int64_t> edges{0, K};  // the ranges of the current level: [edges[g], edges[g + 1])
+    for (int64_t dim = 0; dim < levels; dim++) {
+        const int64_t ranges = (int64_t)edges.size() - 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && ranges > 1)
+        for (int64_t g = 0; g < ranges; g++) {
+            // (value, place in the range) pairs: all distinct, so std::sort gives the stable order
+            const int64_t lo = edges[g], n = edges[g + 1] - lo;
+            std::vector<std::pair<float, int64_t>> v(n);
+            for (int64_t t = 0; t < n; t++) v[t] = {P[order[lo + t] * r + dim], t};
+            std::sort(v.begin(), v.end());
+            std::vector<int64_t> rows(n);
+            for (int64_t t = 0; t < n; t++) rows[t] = order[lo + v[t].second];
+            std::copy(rows.begin(), rows.end(), order + lo);
+        }
+        const int64_t next = (cell / block + per_level - 1) / per_level * block;
+        cell = next > block ? next : block;
+        std::vector<int64_t> cut{0};  // each range cut into pieces of `cell` rows from its start
+        for (int64_t g = 0; g < ranges; g++) {
+            for (int64_t e = edges[g] + cell; e < edges[g + 1]; e += cell) cut.push_back(e);
+            cut.push_back(edges[g + 1]);
+        }
+        edges.swap(cut);
+    }
 }

@@ -150,6 +150,81 @@ def test_the_build_is_cached(monkeypatch, tmp_path):
     assert built[0].stat().st_mtime_ns == stamp, "compiled again although the source did not change"
 
 
+@needs_compiler
+def test_build_in_background_builds_once_and_engines_wait_for_it(monkeypatch, tmp_path):
+    monkeypatch.delenv("ELSVIZ_KERNEL", raising=False)
+    monkeypatch.setenv("ELSVIZ_CACHE", str(tmp_path))
+    monkeypatch.setattr(ck, "_state", {})
+    ck.build_in_background()
+    thread = ck._state["building"]
+    ck.build_in_background()  # a second call (every rerun of the app) starts nothing
+    assert ck._state["building"] is thread
+    assert ck.library() is not None  # waits for the build in progress, or loads what it built
+    thread.join(timeout=300)
+    assert len(list((tmp_path / "kernels").glob("rows-*.so"))) == 1
+
+
+# -- building key tables: the kernel's builders against torch statements of the same ------------
+def torch_pack(keys_t, width):
+    """cpu_kernel.pack in torch: chunks of `width` keys; the entries all keys of a chunk share go to
+    `shared`, the others are rows of `data`."""
+    d1, nk = keys_t.shape
+    chunks = keys_t.view(d1, nk // width, width).permute(1, 0, 2)  # [chunks, D1, width]
+    shared = (chunks == chunks[:, :, :1]).all(-1)  # [chunks, D1]
+    d1p = -(-d1 // 16) * 16
+    offsets = torch.zeros(chunks.shape[0] + 1, dtype=torch.int64)
+    offsets[1:] = (~shared).sum(1).cumsum(0)
+    return ck.Keys(data=chunks[~shared], entry=torch.nonzero(~shared)[:, 1].to(torch.int32), offsets=offsets,
+                   shared=torch.nn.functional.pad(torch.where(shared, chunks[:, :, 0], 0.0), (0, d1p - d1)),
+                   any_shared=shared.any(1).to(torch.uint8), width=width, d1p=d1p)
+
+
+@needs_compiler
+@pytest.mark.parametrize("c,k", [(1, 3), (1, 7), (3, 5)])
+def test_key_table_and_pack_build_what_the_torch_statements_build(kernel, c, k):
+    from elsviz.keyset import PAD_SQ, key_windows, window_table
+    gen = torch.Generator().manual_seed(c * 10 + k)
+    # silhouette-like images (many windows alike, so that chunks share entries), values to 2 decimals
+    imgs = (torch.rand(30, c, 14, 11, generator=gen) > 0.5).float() * torch.randint(1, 4, (30, c, 14, 11), generator=gen)
+    imgs[:5] = torch.round(torch.randn(5, c, 14, 11, generator=gen) * 100) / 100
+    d = k // 2
+    padded = torch.nn.functional.pad(imgs, (d, d, d, d)).permute(0, 2, 3, 1).contiguous()
+    m = 64 * 40
+    img = torch.randint(0, 30, (m,), generator=gen)
+    pos = torch.randint(0, 14 * 11, (m,), generator=gen)
+    img[-50:] = -1  # padding keys
+    img[:64 * 3], pos[:64 * 3] = 7, 20  # three chunks of one window: every entry shared
+    imgs[29] = 0
+    imgs[29, :, 7, 5] = 1.5
+    img[64 * 3:64 * 9] = 29  # six chunks of an empty image with one dot: zeros shared, the dot not
+    got = window_table(padded, img, pos, k, 11, kernel=True)
+    want = window_table(padded, img, pos, k, 11, kernel=False)
+    real = img >= 0
+    assert torch.equal(got[:-1], want[:-1]), "windows differ"
+    assert torch.equal(got[:-1, :-50], key_windows(padded, img[:-50], pos[:-50], k, 11).T)
+    torch.testing.assert_close(got[-1, real], want[-1, real], rtol=1e-6, atol=0)  # |K|^2, summed in another order
+    assert (got[-1, ~real] == PAD_SQ).all() and (got[:-1, ~real] == 0).all()
+    for width in (16, 32, 64):
+        a, b = ck.pack(got, width), torch_pack(got, width)
+        assert int(a.any_shared.sum()) > 0, "no chunk shares an entry: the test does not test sharing"
+        for field in ("data", "entry", "offsets", "shared", "any_shared"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+        assert (a.width, a.d1p) == (b.width, b.d1p)
+
+
+@needs_compiler
+@pytest.mark.parametrize("keys,r", [(1, 1), (255, 2), (257, 8), (5000, 8), (40_000, 3)])
+def test_str_order_is_the_torch_block_order(kernel, keys, r):
+    from elsviz.keyset import _block_order
+    gen = torch.Generator().manual_seed(keys + r)
+    p = torch.randn(keys, r, generator=gen)
+    p[::7] = p[min(3, keys - 1)].clone()  # whole rows alike
+    p[:, 0] = torch.round(p[:, 0] * 4) / 4  # ties along a coordinate, -0.0 among them
+    p[:, -1] = torch.round(p[:, -1] * 2) / 2  # ties inside a slab: their order is the previous level's
+    for block in (16, 256):
+        assert torch.equal(_block_order(p, block, kernel=True), _block_order(p, block)), block
+
+
 def fresh(q, c):
     return (torch.full((q,), -float("inf")), torch.zeros(q), torch.zeros(q, c), torch.zeros(q),
             torch.zeros(q, dtype=torch.int64))
