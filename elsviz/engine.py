@@ -59,14 +59,16 @@ MACHINES: dict[str, str] = {
 # Relative cost of reading one float of a key table, in multiply-adds; used to choose between the
 # windowed and the embedded way of computing <Q, K> (see _choose_paths). Tuned with elsviz.bench.
 _TABLE_READ_COST = 16.0
-# A class with at least this many logits per step (query pixels x keys) and this many query
-# windows per call (images x query pixels) goes through the pruned path of distinct keys
-# (keyset.py). Its set-up (distinct keys, principal directions, blocks) costs about what 2-5 steps
-# of the plain table cost one query window (digits: 0.25 s a k against 0.05 s for the plain
-# table), and pays back in proportion to the queries: on 16x16 digits (at most 256 query windows
-# per image) a first trajectory took 3.2 s through it and 1.7 s without it, on one core.
+# A class with at least this many logits per step (query pixels x keys) goes through the pruned
+# path of distinct keys (keyset.py), where a call also brings at least _PRUNE_MIN_WORK multiply-adds
+# per key (images x the class's query pixels x window size). The KeySet's set-up (distinct keys,
+# principal directions, block order, bounds) costs about 1 us per key, whatever the window; a step
+# costs each key about a nanosecond per 10-20 multiply-adds, and the KeySet saves a share of that.
+# Measured: on 16x16 digits (at most 256 query pixels x 9-121 entries: under 4,400 per key) a
+# first bbELS trajectory took 3.2 s through KeySets and 1.7 s through plain tables on one core (a
+# warm one 0.40 s and 0.50 s); hands at k = 7 bring 33,000 per key and gain 2-3x at once.
 _PRUNE_MIN_LOGITS = 2**21
-_PRUNE_MIN_QUERIES = 512
+_PRUNE_MIN_WORK = 2**14
 
 # ----------------------------------------------------------------------------------------------
 # Results
@@ -695,11 +697,11 @@ class Engine:
     # -- big classes: distinct keys, blocks skipped by their bounds (keyset.py) --------------------
     def _keyset(self, g: _Group, gi, imgs, k, label, hq, wq, bsz) -> KeySet | None:
         """The KeySet of a group that is one big class, or None where the plain table serves
-        (several classes, a small class, few queries (bsz images), or distinct keys that would not
-        fit the cache)."""
+        (several classes, a small class, little work per key for bsz images, or distinct keys that
+        would not fit the cache)."""
         ng, p = g.pix.shape
         n, c, h, w = imgs.shape
-        if (ng != 1 or p * g.pos.shape[1] * n < _PRUNE_MIN_LOGITS or bsz * p < _PRUNE_MIN_QUERIES
+        if (ng != 1 or p * g.pos.shape[1] * n < _PRUNE_MIN_LOGITS or bsz * p * c * k * k < _PRUNE_MIN_WORK
                 or imgs.device.type != "cpu"):
             return None  # on a GPU the plain table until this path has been measured there
         fused = self._cpu_kernel and c in cpu_kernel.CHANNELS and cpu_kernel.library() is not None

@@ -20,7 +20,7 @@ from tests.test_engine_exact import check_posterior
 def fast_path(monkeypatch):
     """Every single-class group goes through the KeySet path, in blocks of 32 keys."""
     monkeypatch.setattr(engine_mod, "_PRUNE_MIN_LOGITS", 0)
-    monkeypatch.setattr(engine_mod, "_PRUNE_MIN_QUERIES", 0)
+    monkeypatch.setattr(engine_mod, "_PRUNE_MIN_WORK", 0)
     monkeypatch.setattr(keyset_mod, "BLOCK", 32)
     calls = {"blocks": 0, "keysets": 0}
     real_blocks, real_pruned = engine_mod.Engine._blocks, engine_mod.Engine._pruned
@@ -91,7 +91,7 @@ def test_fast_path_agrees_with_the_dense_path(make_pair, monkeypatch):
     dense, _ = make_pair("bbels", images)
     want = dense.denoise(x, 0.2, 5)
     monkeypatch.setattr(engine_mod, "_PRUNE_MIN_LOGITS", 0)
-    monkeypatch.setattr(engine_mod, "_PRUNE_MIN_QUERIES", 0)
+    monkeypatch.setattr(engine_mod, "_PRUNE_MIN_WORK", 0)
     monkeypatch.setattr(keyset_mod, "BLOCK", 32)
     fast, _ = make_pair("bbels", images)
     got = fast.denoise(x, 0.2, 5)
