@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -419,11 +421,46 @@ def _same_count(hashes: torch.Tensor, klass: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # A byte-bounded LRU cache (key tables, subsets, squared norms)
 # ----------------------------------------------------------------------------------------------
-class _Cache:
+class _Budget:
+    """Bytes that several caches share: when they hold more, the least recently used entry of any
+    of them goes. CPU engines made with the default cache_bytes share one (_cpu_budget), so that an
+    app holding an engine per set and machine keeps one cache's worth of tables, not one per engine."""
+
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._items: OrderedDict = OrderedDict()
+        self.caches: weakref.WeakSet = weakref.WeakSet()
+        self.tick = 0  # ticks of use: the smallest is the least recently used entry
+        self.lock = threading.RLock()  # the app's engines run in several threads
+
+    @property
+    def bytes(self) -> int:
+        return sum(c.bytes for c in list(self.caches))
+
+    def evict(self, limit: int) -> None:
+        """Drop least recently used entries of any cache until the caches hold at most limit bytes."""
+        with self.lock:
+            held = self.bytes
+            while held > limit:
+                full = [c for c in list(self.caches) if c._items]
+                if not full:
+                    return
+                oldest = min(full, key=lambda c: next(iter(c._items.values()))[2])
+                held -= oldest._pop_oldest()
+
+
+class _Cache:
+    """A byte-bounded LRU cache (key tables, KeySets, hashes, ...); budget: shared with other
+    caches (_Budget), or None for a budget of its own of max_bytes."""
+
+    def __init__(self, max_bytes: int, budget: _Budget | None = None):
+        self.budget = budget if budget is not None else _Budget(max_bytes)
+        self.budget.caches.add(self)
+        self._items: OrderedDict = OrderedDict()  # key -> (value, size, tick)
         self.bytes = 0
+
+    @property
+    def max_bytes(self) -> int:
+        return self.budget.max_bytes
 
     @staticmethod
     def _size(value) -> int:
@@ -435,32 +472,56 @@ class _Cache:
             return sum(_Cache._size(v) for v in value.values())
         return 64
 
+    def _next_tick(self) -> int:
+        self.budget.tick += 1
+        return self.budget.tick
+
     def get(self, key, make, size_hint: int = 0):
         """The cached value, or make() (kept if it fits). size_hint: bytes make() will need;
-        room is made for it first, so the cache and the new value never both hold the peak."""
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key][0]
-        self._evict(self.max_bytes - min(size_hint, self.max_bytes))
-        value = make()
+        room is made for it first, so the caches and the new value never both hold the peak."""
+        lock = self.budget.lock
+        with lock:
+            if key in self._items:
+                value, size, _ = self._items.pop(key)
+                self._items[key] = (value, size, self._next_tick())  # now the most recent
+                return value
+        self.budget.evict(self.max_bytes - min(size_hint, self.max_bytes))
+        value = make()  # outside the lock: other engines go on meanwhile
         size = self._size(value)
         if size <= self.max_bytes:
-            self._items[key] = (value, size)
-            self.bytes += size
-            self._evict(self.max_bytes)
+            with lock:
+                old = self._items.pop(key, None)
+                self.bytes += size - (old[1] if old else 0)
+                self._items[key] = (value, size, self._next_tick())
+            self.budget.evict(self.max_bytes)
         return value
 
-    def _evict(self, limit: int):
-        while self.bytes > limit and self._items:
-            _, (_, old) = self._items.popitem(last=False)
-            self.bytes -= old
+    def _pop_oldest(self) -> int:
+        _, (_, size, _) = self._items.popitem(last=False)
+        self.bytes -= size
+        return size
 
-    def __contains__(self, key) -> bool:
-        return key in self._items
+    def peek(self, key):
+        """(True, the cached value) without making it, or (False, None)."""
+        with self.budget.lock:  # (re-entrant: get takes it again)
+            if key not in self._items:
+                return False, None
+            return True, self.get(key, None)
 
     def clear(self):
-        self._items.clear()
-        self.bytes = 0
+        with self.budget.lock:
+            self._items.clear()
+            self.bytes = 0
+
+
+_budgets: dict = {}
+
+
+def _cpu_budget() -> _Budget:
+    """The budget that CPU engines with the default cache_bytes share (_cpu_cache_bytes)."""
+    if "cpu" not in _budgets:
+        _budgets["cpu"] = _Budget(_cpu_cache_bytes())
+    return _budgets["cpu"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,8 +547,10 @@ class Engine:
         engine = Engine(train, machine="bbels", device="auto")
         post = engine.denoise(x, t, k)          # x [B, C, H', W']
 
-    cache_bytes bounds the cached key tables; chunk_elems bounds each chunk of logits
-    (the working memory is a few times chunk_elems floats).
+    cache_bytes bounds the cached key tables (default: on the CPU a sixteenth of the memory, 384 MB
+    to 2 GB, shared by all CPU engines of the process that take the default; on a GPU 40% of its
+    free memory); chunk_elems bounds each chunk of logits (the working memory is a few times
+    chunk_elems floats).
     """
 
     def __init__(self, train: ImageSet, machine: str = "bbels", device="auto", *,
@@ -504,12 +567,16 @@ class Engine:
         self.machine = machine
         self.device = _resolve_device(device)
         self.images = train.images.to(self.device)  # [N, C, H, W]
-        if cache_bytes is None:
-            cache_bytes = _cpu_cache_bytes() if self.device.type == "cpu" else _gpu_cache_bytes(self.device)
+        shared = None
+        if cache_bytes is None and self.device.type == "cpu":
+            shared = _cpu_budget()  # one for all such engines of the process
+            cache_bytes = shared.max_bytes
+        elif cache_bytes is None:
+            cache_bytes = _gpu_cache_bytes(self.device)
         self.chunk_elems = int(chunk_elems or (2**20 if self.device.type == "cpu" else 2**27))
         # queries per tile of the pruned path: small tiles prune more, large ones cost fewer calls
         self._tile = 32
-        self._cache = _Cache(int(cache_bytes))
+        self._cache = _Cache(int(cache_bytes), shared)
         # torch.compile fuses the per-chunk softmax statistics into one pass. Opt-in: on an H100 it
         # halves ELS on 60,000 images but slows bbELS (many small class shapes, recompiles), and on
         # the CPU it needs a C compiler and recompiles erratically (docs/BENCHMARKS.md)
@@ -706,8 +773,9 @@ class Engine:
             return None  # on a GPU the plain table until this path has been measured there
         fused = self._cpu_kernel and c in cpu_kernel.CHANNELS and cpu_kernel.library() is not None
         cache_key = ("keyset", self.machine, k, label, hq, wq, gi, fused)
-        if cache_key in self._cache:
-            return self._cache.get(cache_key, None)
+        held, keyset = self._cache.peek(cache_key)
+        if held:
+            return keyset
         rep, count = distinct_keys(self._hashes(k, label).flatten(1), g.pos[0], h * w)
         size = KeySet.bytes_needed(rep.shape[0], c * k * k, c)
         if size > self._cache.max_bytes // 2:

@@ -89,3 +89,60 @@ def test_the_cpu_cache_follows_the_machines_memory(monkeypatch):
     for ram, want in ((4 * 2**30, 384 * 2**20), (24 * 2**30, 24 * 2**30 // 16), (256 * 2**30, 2 * 2**30)):
         monkeypatch.setattr(os, "sysconf", lambda name, ram=ram: ram // 4096 if name == "SC_PHYS_PAGES" else 4096)
         assert _cpu_cache_bytes() == want
+
+
+def test_default_cpu_engines_share_one_cache_budget():
+    """The app keeps an engine per set and machine: together they hold one cache's worth of tables."""
+    from elsviz import Engine, ImageSet
+    train = ImageSet(torch.rand(20, 1, 8, 8))
+    a, b = Engine(train, "els", "cpu"), Engine(train, "bbels", "cpu")
+    assert a._cache.budget is b._cache.budget
+    assert a._cache.max_bytes == b._cache.max_bytes > 0
+    own = Engine(train, "els", "cpu", cache_bytes=10**6)  # asked for its own size: its own budget
+    assert own._cache.budget is not a._cache.budget and own._cache.max_bytes == 10**6
+
+
+def test_a_shared_budget_drops_the_least_recently_used_entry_of_any_cache():
+    import gc
+
+    from elsviz.engine import _Budget, _Cache
+    budget = _Budget(1000)
+    first, second = _Cache(0, budget), _Cache(0, budget)
+    blob = lambda: torch.zeros(100)  # noqa: E731  (400 bytes)
+    first.get("a1", blob)
+    second.get("b1", blob)
+    first.get("a1", None)  # used again: b1 is now the oldest
+    second.get("b2", blob)  # 1,200 bytes: one entry must go
+    assert first.peek("a1")[0] and not second.peek("b1")[0] and second.peek("b2")[0]
+    assert (first.bytes, second.bytes, budget.bytes) == (400, 400, 800)
+    first.get("a2", blob, size_hint=400)  # room made before it is built
+    assert budget.bytes <= 1000 and not first.peek("a1")[0]
+    too_big = first.get("huge", lambda: torch.zeros(1000))  # larger than the budget: returned, not kept
+    assert too_big.numel() == 1000 and not first.peek("huge")[0]
+    del second
+    gc.collect()
+    assert budget.bytes == first.bytes == 400  # a dropped engine's tables leave the budget
+
+
+def test_caches_of_one_budget_stay_consistent_under_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from elsviz.engine import _Budget, _Cache
+    budget = _Budget(6_000)  # a few entries: nearly every miss evicts from another cache
+    caches = [_Cache(0, budget) for _ in range(4)]
+
+    def work(i):
+        cache = caches[i % 4]
+        for j in range(2000):
+            got = cache.get(j % 37, lambda j=j: torch.full(((j % 5 + 1) * 100,), float(j % 37)))
+            assert float(got[0]) == j % 37  # never another key's value
+        return True
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns as often as they can: races show (without the lock, they did)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            assert all(pool.map(work, range(16)))
+    finally:
+        sys.setswitchinterval(old)
+    assert budget.bytes == sum(sum(size for _, size, _ in c._items.values()) for c in caches) <= 6_000
