@@ -42,8 +42,8 @@ with right:
     except ElsvizError as exc:  # no PyAV here: the GIF still is
         no_video = str(exc)
     row = st.container(horizontal=True)  # the four side by side, wrapping where the column is narrow
-    row.download_button("GIF", derived(result, "gif-slides", lambda: export.run_gif(traj)), file_name=f"{name}.gif",
-                        mime="image/gif", key="dl_gif", icon=":material/download:",
+    row.download_button("GIF", derived_later(result, "gif-slides", lambda: export.run_gif(traj)), file_name=f"{name}.gif",
+                        mime="image/gif", key="dl_gif", icon=":material/download:", on_click="ignore",
                         help="The run for slides: x_t beside the estimate, one frame per step.")
     row.download_button("MP4", derived_later(result, "mp4", lambda: export.run_mp4(traj)), file_name=f"{name}.mp4",
                         mime="video/mp4", key="dl_mp4", icon=":material/download:", on_click="ignore",
