@@ -17,6 +17,9 @@ that cannot matter are skipped (block_home gives each query's most promising blo
 the small classes, whose logits come from torch's batched products: in two passes per row instead
 of torch's dozen. Row r uses values[r // (R // G)].
 
+And the key tables of a new k (cold runs): key_table (windows straight into the [D + 1, keys]
+layout), pack (that layout in chunks, without shared entries) and str_order (a KeySet's block order).
+
 The statistics, for the logits l_j of a row's keys (x_j = l_j - m + logc_j, logc_j the log of the
 key's count): m = max_j l_j, arg = the first j with l_j == m (best: its key id), e_j = exp(x_j)
 where x_j >= -80 (below, 0 or exp(-80) ~ 2e-35: nothing next to the max's 1), s = sum_j e_j,
@@ -113,7 +116,7 @@ def library():
             cxx = _compiler()
             if cxx is None:
                 warnings.warn("elsviz: no C++ compiler (g++) found; the engine uses its slower torch path "
-                              "on the CPU (install g++ for a 2-4x faster engine).", stacklevel=2)
+                              "on the CPU (install g++ for a 3-7x faster engine).", stacklevel=2)
                 return None
             try:
                 lib = ctypes.CDLL(str(_build(cxx)))
@@ -249,7 +252,7 @@ def key_table(padded: torch.Tensor, img: torch.Tensor, pos: torch.Tensor, k: int
 
 
 def str_order(p: torch.Tensor, block: int, levels: int, per_level: int) -> torch.Tensor:
-    """keyset._block_order's order of the rows of p [K, r] (the same permutation, 3-5x faster)."""
+    """keyset._block_order's order of the rows of p [K, r] (the same permutation, about 3x faster)."""
     lib = _state.get("lib") or library()
     p = p.contiguous()
     order = torch.empty(p.shape[0], dtype=torch.int64)

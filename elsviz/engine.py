@@ -66,9 +66,10 @@ _TABLE_READ_COST = 16.0
 # per key (images x the class's query pixels x window size). The KeySet's set-up (distinct keys,
 # principal directions, block order, bounds) costs about 1 us per key, whatever the window; a step
 # costs each key about a nanosecond per 10-20 multiply-adds, and the KeySet saves a share of that.
-# Measured: on 16x16 digits (at most 256 query pixels x 9-121 entries: under 4,400 per key) a
-# first bbELS trajectory took 3.2 s through KeySets and 1.7 s through plain tables on one core (a
-# warm one 0.40 s and 0.50 s); hands at k = 7 bring 33,000 per key and gain 2-3x at once.
+# Measured: bbELS on one 16x16 digit brings at most 5,184 per key (64 pixels x 81 entries at
+# k = 9), and a first trajectory (mnist-resnet) took 3.2 s through KeySets and 1.7 s through plain
+# tables on one core (a warm one 0.40 s and 0.50 s); one hand at k = 7 brings 33,000 per key and
+# took 4.5 s against 7.1 s at once (warm 3.2 s against 6.2 s, 2 threads).
 _PRUNE_MIN_LOGITS = 2**21
 _PRUNE_MIN_WORK = 2**14
 
