@@ -666,3 +666,46 @@ extern "C" void str_order(const float* P, int64_t K, int64_t r, int64_t levels, 
         edges.swap(cut);
     }
 }
+
+// window_hash (engine._window_hash, bit for bit): for mixed values M [N, H, W] (zero outside),
+// out[n, y, x] = sum_dy B^(dy+1) sum_dx A^(dx+1) M[n, y + dy - k/2, x + dx - k/2] in 64-bit
+// arithmetic that wraps (the torch statement sums rows first, then columns; so does this).
+extern "C" void window_hash(const int64_t* M, int64_t N, int64_t H, int64_t W, int64_t k, uint64_t A, uint64_t B,
+                            int64_t* out, int threads)
+{
+    const int64_t d = k / 2, Hp = H + 2 * d;
+    std::vector<uint64_t> pa(k), pb(k);
+    pa[0] = A;
+    pb[0] = B;
+    for (int64_t i = 1; i < k; i++) {
+        pa[i] = pa[i - 1] * A;
+        pb[i] = pb[i - 1] * B;
+    }
+#pragma omp parallel num_threads(threads) if (threads > 1 && N * H * W * k >= (1 << 20))
+    {
+        std::vector<uint64_t> rows(Hp * W);
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            const int64_t* img = M + n * H * W;
+            for (int64_t yp = 0; yp < Hp; yp++) {
+                const int64_t y = yp - d;
+                for (int64_t x = 0; x < W; x++) {
+                    uint64_t s = 0;
+                    if (y >= 0 && y < H)
+                        for (int64_t dx = 0; dx < k; dx++) {
+                            const int64_t xx = x + dx - d;
+                            if (xx >= 0 && xx < W) s += pa[dx] * (uint64_t)img[y * W + xx];
+                        }
+                    rows[yp * W + x] = s;
+                }
+            }
+            int64_t* o = out + n * H * W;
+            for (int64_t y = 0; y < H; y++)
+                for (int64_t x = 0; x < W; x++) {
+                    uint64_t s = 0;
+                    for (int64_t dy = 0; dy < k; dy++) s += pb[dy] * rows[(y + dy) * W + x];
+                    o[y * W + x] = (int64_t)s;
+                }
+        }
+    }
+}

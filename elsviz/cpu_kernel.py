@@ -18,7 +18,8 @@ the small classes, whose logits come from torch's batched products: in two passe
 of torch's dozen. Row r uses values[r // (R // G)].
 
 And the key tables of a new k (cold runs): key_table (windows straight into the [D + 1, keys]
-layout), pack (that layout in chunks, without shared entries) and str_order (a KeySet's block order).
+layout), pack (that layout in chunks, without shared entries), str_order (a KeySet's block order)
+and window_hash (the window hashes behind tie counts and distinct keys).
 
 The statistics, for the logits l_j of a row's keys (x_j = l_j - m + logc_j, logc_j the log of the
 key's count): m = max_j l_j, arg = the first j with l_j == m (best: its key id), e_j = exp(x_j)
@@ -148,6 +149,8 @@ def library():
             lib.pack_fill.restype = None
             lib.str_order.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ctypes.c_int]
             lib.str_order.restype = None
+            lib.window_hash.argtypes = [ptr, i64, i64, i64, i64, ctypes.c_uint64, ctypes.c_uint64, ptr, ctypes.c_int]
+            lib.window_hash.restype = None
             _state["lib"] = lib
         return _state["lib"]
 
@@ -258,6 +261,16 @@ def str_order(p: torch.Tensor, block: int, levels: int, per_level: int) -> torch
     order = torch.empty(p.shape[0], dtype=torch.int64)
     lib.str_order(p.data_ptr(), p.shape[0], p.shape[1], levels, block, per_level, order.data_ptr(), torch.get_num_threads())
     return order
+
+
+def window_hash(mixed: torch.Tensor, k: int, a: int, b: int) -> torch.Tensor:
+    """engine._window_hash's sums for mixed [N, H, W] int64 (a, b: its multipliers), bit for bit."""
+    lib = _state.get("lib") or library()
+    mixed = mixed.contiguous()
+    n, h, w = mixed.shape
+    out = torch.empty(n, h, w, dtype=torch.int64)
+    lib.window_hash(mixed.data_ptr(), n, h, w, k, a % 2**64, b % 2**64, out.data_ptr(), torch.get_num_threads())
+    return out
 
 
 def _padded(qa: torch.Tensor, d1p: int) -> torch.Tensor:

@@ -382,6 +382,8 @@ def _window_hash(imgs: torch.Tensor, k: int | None) -> torch.Tensor:
     if k is None:
         weights = torch.tensor([_pow64(_HASH_A, i + 1) for i in range(h * w)], device=imgs.device)
         return (mixed.flatten(1) * weights).sum(1)  # [N]
+    if imgs.device.type == "cpu" and cpu_kernel.library() is not None:  # the same sums, 2-5x faster
+        return cpu_kernel.window_hash(mixed, k, _HASH_A, _HASH_B)
     d = k // 2
     padded = F.pad(mixed, (d, d, d, d))  # [N, H + 2d, W + 2d]
     rows = torch.zeros(n, h + 2 * d, w, dtype=torch.int64, device=imgs.device)

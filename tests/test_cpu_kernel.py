@@ -225,6 +225,19 @@ def test_str_order_is_the_torch_block_order(kernel, keys, r):
         assert torch.equal(_block_order(p, block, kernel=True), _block_order(p, block)), block
 
 
+@needs_compiler
+@pytest.mark.parametrize("c,k", [(1, 1), (1, 3), (3, 5), (1, 15), (1, 31)])
+def test_window_hash_is_the_torch_hash_bit_for_bit(kernel, monkeypatch, c, k):
+    from elsviz.engine import _window_hash
+    gen = torch.Generator().manual_seed(k)
+    imgs = torch.round(torch.randn(30, c, 16, 12, generator=gen) * 3) / 3  # repeated values: equal windows
+    imgs[0, 0, :4, :4] = -0.0  # hashes as 0.0
+    got = _window_hash(imgs, k)
+    monkeypatch.setenv("ELSVIZ_KERNEL", "torch")  # library() is None: the torch statement
+    want = _window_hash(imgs, k)
+    assert torch.equal(got, want)
+
+
 def fresh(q, c):
     return (torch.full((q,), -float("inf")), torch.zeros(q), torch.zeros(q, c), torch.zeros(q),
             torch.zeros(q, dtype=torch.int64))
