@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import ndimage
-from skimage import measure, morphology
 
 from .errors import ElsvizError
 from .runs import k_limit, seams
@@ -123,6 +121,7 @@ def _as_image(image) -> np.ndarray:
 
 def _largest(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """The largest 4-connected piece of mask, and how many pieces there were."""
+    from scipy import ndimage  # here, not at the top: the app's first page needs none of it (0.5 s)
     pieces, n = ndimage.label(mask)
     if n == 0:
         return mask, 0
@@ -135,6 +134,7 @@ def _around(regions: list[np.ndarray], hand: np.ndarray, palm: np.ndarray) -> li
 
     The palm's centre is its deepest pixel; the wrist lies where the hand meets the frame (else
     where the palm reaches furthest from its centre, else straight down)."""
+    from scipy import ndimage
     depth = ndimage.distance_transform_edt(palm)
     centre = np.array(np.unravel_index(np.argmax(depth), palm.shape), dtype=np.float64)
     frame = np.zeros_like(hand)
@@ -161,6 +161,8 @@ def count_fingers(image, *, threshold: float = 0.0) -> FingerCount:
     Not a hand (blank, noise, a blob): count 0 and `reason` says why, never an exception; a wrong
     type or shape raises ElsvizError.
     """
+    from scipy import ndimage
+    from skimage import measure, morphology
     img = _as_image(image)
     h, w = img.shape
     none = np.zeros((h, w), dtype=np.int32)

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from scipy import ndimage
-from skimage.filters import threshold_otsu
 
 from .errors import ElsvizError
 from .fingers import HAND, MIN_SIZE, count_fingers
@@ -50,6 +48,7 @@ def silhouettes(train: ImageSet, threshold: float | None = None) -> ImageSet:
     threshold: in [-1, 1]; None picks one per image (Otsu's). The side of the threshold that covers
     less of the picture's border is the hand (a dark hand on a light table comes out white).
     """
+    from skimage.filters import threshold_otsu  # here: the app's first page needs none of skimage
     if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
         raise ElsvizError(f"threshold must lie in [-1, 1] (the images' range), got {threshold!r}.")
     grey = train.images.float().mean(1).numpy()  # [N, H, W]
@@ -126,6 +125,7 @@ def pieces(source_index: torch.Tensor, source_pos: torch.Tensor, source_count: t
     grid twice as fine, whose odd cells say whether two neighbours are joined.
     source_index, source_count [H, W]; source_pos [H, W, 2].
     """
+    from scipy import ndimage
     vertical, horizontal = (m.numpy() for m in seams(source_index.cpu(), source_pos.cpu(), source_count.cpu()))
     attributed = ~shared_mask(source_count.cpu()).numpy()  # [H, W]
     h, w = attributed.shape

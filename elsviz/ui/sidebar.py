@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import pandas as pd
 import streamlit as st
 
 from .. import figures
@@ -167,6 +166,8 @@ def _locality(machine: str, train_hw, out_hw, steps: int):
     base = ss.get("_k_table")
     if not base or len(base) != steps:
         base = _preset_ks(ss["preset"], steps)
+    import pandas as pd  # here: only the per-step table needs it (0.2 s at the app's start)
+
     frame = pd.DataFrame({"step": list(range(steps - 1, 0, -1)),
                           "t": [round(i / steps, 3) for i in range(steps - 1, 0, -1)],
                           "k": [base[i] for i in range(steps - 1, 0, -1)]})
