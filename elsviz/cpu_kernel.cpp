@@ -709,3 +709,27 @@ extern "C" void window_hash(const int64_t* M, int64_t N, int64_t H, int64_t W, i
         }
     }
 }
+
+// same_count (engine._same_count): out[i] = how many of key[0 .. M-1] equal key[i]; one pass into
+// an open-addressing table (twice M slots at least), then each key reads its slot's count.
+extern "C" void same_count(const int64_t* key, int64_t M, int32_t* out)
+{
+    int64_t cap = 1024;
+    while (cap < 2 * M) cap *= 2;
+    const uint64_t mask = (uint64_t)cap - 1;
+    std::vector<int64_t> slot_key(cap);
+    std::vector<int32_t> count(cap, 0);
+    std::vector<int64_t> where(M);
+    for (int64_t i = 0; i < M; i++) {
+        uint64_t h = (uint64_t)key[i];
+        h ^= h >> 33;  // the keys are hashes already; a mix spreads any pattern in their low bits
+        h *= 0xff51afd7ed558ccdULL;
+        h ^= h >> 33;
+        h &= mask;
+        while (count[h] && slot_key[h] != key[i]) h = (h + 1) & mask;
+        slot_key[h] = key[i];
+        count[h]++;
+        where[i] = (int64_t)h;
+    }
+    for (int64_t i = 0; i < M; i++) out[i] = count[where[i]];
+}

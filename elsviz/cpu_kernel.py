@@ -19,7 +19,7 @@ of torch's dozen. Row r uses values[r // (R // G)].
 
 And the key tables of a new k (cold runs): key_table (windows straight into the [D + 1, keys]
 layout), pack (that layout in chunks, without shared entries), str_order (a KeySet's block order)
-and window_hash (the window hashes behind tie counts and distinct keys).
+window_hash and same_count (the window hashes and the tie counts made from them).
 
 The statistics, for the logits l_j of a row's keys (x_j = l_j - m + logc_j, logc_j the log of the
 key's count): m = max_j l_j, arg = the first j with l_j == m (best: its key id), e_j = exp(x_j)
@@ -151,6 +151,8 @@ def library():
             lib.str_order.restype = None
             lib.window_hash.argtypes = [ptr, i64, i64, i64, i64, ctypes.c_uint64, ctypes.c_uint64, ptr, ctypes.c_int]
             lib.window_hash.restype = None
+            lib.same_count.argtypes = [ptr, i64, ptr]
+            lib.same_count.restype = None
             _state["lib"] = lib
         return _state["lib"]
 
@@ -271,6 +273,15 @@ def window_hash(mixed: torch.Tensor, k: int, a: int, b: int) -> torch.Tensor:
     out = torch.empty(n, h, w, dtype=torch.int64)
     lib.window_hash(mixed.data_ptr(), n, h, w, k, a % 2**64, b % 2**64, out.data_ptr(), torch.get_num_threads())
     return out
+
+
+def same_count(key: torch.Tensor) -> torch.Tensor:
+    """For each entry of key (int64, any shape), how many entries equal it: int32, same shape."""
+    lib = _state.get("lib") or library()
+    flat = key.contiguous().view(-1)
+    out = torch.empty(flat.shape[0], dtype=torch.int32)
+    lib.same_count(flat.data_ptr(), flat.shape[0], out.data_ptr())
+    return out.view(key.shape)
 
 
 def _padded(qa: torch.Tensor, d1p: int) -> torch.Tensor:

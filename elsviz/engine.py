@@ -417,6 +417,8 @@ def _train_class(machine: str, k: int, h: int, w: int) -> torch.Tensor:
 def _same_count(hashes: torch.Tensor, klass: torch.Tensor) -> torch.Tensor:
     """For each key, the number of keys with the same class and the same window hash."""
     key = hashes * 1000003 + klass  # [N, H, W] (or [N] with klass [1])
+    if key.device.type == "cpu" and cpu_kernel.library() is not None:  # a hash table: 2-3x faster than sorting
+        return cpu_kernel.same_count(key)
     _, inverse, counts = torch.unique(key.flatten(), return_inverse=True, return_counts=True)
     return counts[inverse].view(key.shape).to(torch.int32)
 

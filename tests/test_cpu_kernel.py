@@ -238,6 +238,23 @@ def test_window_hash_is_the_torch_hash_bit_for_bit(kernel, monkeypatch, c, k):
     assert torch.equal(got, want)
 
 
+@needs_compiler
+@pytest.mark.parametrize("machine,k", [("bbels", 3), ("els", 5), ("ls", 3), ("bbels", 7)])
+def test_same_count_counts_what_torch_unique_counts(kernel, monkeypatch, machine, k):
+    from elsviz.engine import _same_count, _train_class, _window_hash
+    gen = torch.Generator().manual_seed(k)
+    imgs = (torch.rand(40, 1, 12, 10, generator=gen) > 0.85).float()  # sparse dots: many windows alike
+    hashes, klass = _window_hash(imgs, k), _train_class(machine, k, 12, 10)
+    got = _same_count(hashes, klass)
+    assert int(got.max()) > 1, "no two windows alike: the test would not test counting"
+    monkeypatch.setenv("ELSVIZ_KERNEL", "torch")  # library() is None: torch.unique
+    assert torch.equal(got, _same_count(hashes, klass))
+    monkeypatch.delenv("ELSVIZ_KERNEL")
+    some = hashes[:, 0, 0]  # [N], as IS counts whole images
+    want = torch.tensor([int((some == v).sum()) for v in some], dtype=torch.int32)
+    assert torch.equal(_same_count(some, torch.zeros(1, dtype=torch.int64)), want)
+
+
 def fresh(q, c):
     return (torch.full((q,), -float("inf")), torch.zeros(q), torch.zeros(q, c), torch.zeros(q),
             torch.zeros(q, dtype=torch.int64))
