@@ -187,6 +187,22 @@ def test_live_k_computes_the_neighbouring_k_in_the_background():
     assert len(starts) == 1  # dropped, not put back to resume after the new run
 
 
+def test_live_k_works_ahead_on_the_32x32_hands_too():
+    """Hands runs take seconds now: after one with one k, its neighbours are computed ahead as well."""
+    from elsviz.ui.cache import _runs, _worker
+
+    at = ok(app(limit=0, steps=4, dataset="hands", seed=616161))  # all 1,000: a 32x32 workload (runs.GATE_WORK)
+    assert "hands" in "\n".join(c.value for c in at.sidebar.caption)
+    assert _worker().idle(timeout=300)
+    s = at.session_state["_settings"]
+    near = {k: _runs().get((s.dataset_key, s.spec.__class__(**{**s.spec.__dict__, "k": k}))) for k in (3, 7, 9, 1)}
+    assert all(near.values()), [k for k, r in near.items() if r is None]
+    assert all((s.dataset_key, r.spec) in _worker().done for r in near.values())  # made in the background
+    at.slider(key="k").set_value(7)
+    ok(at.run())
+    assert at.session_state["_last_result"] is near[7]  # shown at once, not run again
+
+
 def test_choices_survive_page_switches_and_schedules():
     at = ok(app())
     at.slider(key="k").set_value(9)
