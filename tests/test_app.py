@@ -147,24 +147,32 @@ def test_machine_k_seed_and_dataset_change_the_picture():
     assert len(set(seen)) == len(seen)  # every change showed a new picture
 
 
+def shown_from_the_neighbours(at: AppTest) -> None:
+    """After a run at k = 5: k = 3, 7, 9 and 1 were computed in the background, and the slider moved
+    to 7 shows that run from the cache, not run again."""
+    from elsviz.ui.cache import _runs, _worker
+
+    assert _worker().idle(timeout=300)
+    s = at.session_state["_settings"]
+    near = {k: _runs().get((s.dataset_key, s.spec.__class__(**{**s.spec.__dict__, "k": k}))) for k in (3, 7, 9, 1)}
+    assert all(near.values()), [k for k, r in near.items() if r is None]
+    assert all((s.dataset_key, r.spec) in _worker().done for r in near.values())  # made in the background
+    at.slider(key="k").set_value(7)
+    ok(at.run())
+    assert at.session_state["_last_result"] is near[7]  # shown from the cache, not run again
+
+
 def test_live_k_computes_the_neighbouring_k_in_the_background():
     """After a run with one k, k = 3 and 7 are computed in the background: the slider shows them at once.
     Changing the settings stops background work for the old ones."""
     import threading
 
     from elsviz.live import Job
-    from elsviz.ui.cache import _runs, _worker
+    from elsviz.ui.cache import _worker
 
     at = ok(app(seed=515151))
-    assert _worker().idle(timeout=120)
     s = at.session_state["_settings"]
-    near = {k: _runs().get((s.dataset_key, s.spec.__class__(**{**s.spec.__dict__, "k": k}))) for k in (3, 7, 9, 1)}
-    assert all(near.values()), [k for k, r in near.items() if r is None]
-    assert all((s.dataset_key, r.spec) in _worker().done for r in near.values())  # made in the background
-
-    at.slider(key="k").set_value(7)
-    ok(at.run())
-    assert at.session_state["_last_result"] is near[7]  # shown from the cache, not run again
+    shown_from_the_neighbours(at)
     assert "k=7" in text(at)
     assert _worker().idle(timeout=120)
 
@@ -189,18 +197,9 @@ def test_live_k_computes_the_neighbouring_k_in_the_background():
 
 def test_live_k_works_ahead_on_the_32x32_hands_too():
     """Hands runs take seconds now: after one with one k, its neighbours are computed ahead as well."""
-    from elsviz.ui.cache import _runs, _worker
-
     at = ok(app(limit=0, steps=4, dataset="hands", seed=616161))  # all 1,000: a 32x32 workload (runs.GATE_WORK)
     assert "hands" in "\n".join(c.value for c in at.sidebar.caption)
-    assert _worker().idle(timeout=300)
-    s = at.session_state["_settings"]
-    near = {k: _runs().get((s.dataset_key, s.spec.__class__(**{**s.spec.__dict__, "k": k}))) for k in (3, 7, 9, 1)}
-    assert all(near.values()), [k for k, r in near.items() if r is None]
-    assert all((s.dataset_key, r.spec) in _worker().done for r in near.values())  # made in the background
-    at.slider(key="k").set_value(7)
-    ok(at.run())
-    assert at.session_state["_last_result"] is near[7]  # shown at once, not run again
+    shown_from_the_neighbours(at)
 
 
 def test_choices_survive_page_switches_and_schedules():
