@@ -348,23 +348,39 @@ def _table(imgs: torch.Tensor, pos: torch.Tensor, k: int, kc: int):
 _CHUNK = 64  # keys per chunk (and block) of a class's keys for the CPU kernel
 
 
-def _chunk_table(imgs: torch.Tensor, pos: torch.Tensor, k: int):
+def _chunk_table(imgs: torch.Tensor, pos: torch.Tensor, k: int, j0: int = 0, j1: int | None = None):
     """The keys of classes at positions pos [G, S] of imgs [n, C, H, W] for the CPU kernel: all
     classes' keys side by side, packed (cpu_kernel.pack), centres [G, C, NK] and key ids rep [G, NK],
-    keys in the order of _table (NK: S * n padded to a whole chunk with keys whose logit is
-    hopelessly low)."""
+    keys in the order of _table, those from j0 to j1 (default: all S * n; NK: j1 - j0 padded to a
+    whole chunk with keys whose logit is hopelessly low)."""
     n, c, h, w = imgs.shape
     ng, s = pos.shape
+    j1 = s * n if j1 is None else j1
     d = k // 2
-    nk = -(-s * n // _CHUNK) * _CHUNK
-    j = torch.arange(nk, device=imgs.device)
-    img = torch.where(j < s * n, j % n, -1)  # [NK], -1: a padding key
+    nk = -(-(j1 - j0) // _CHUNK) * _CHUNK
+    j = j0 + torch.arange(nk, device=imgs.device)
+    img = torch.where(j < j1, j % n, -1)  # [NK], -1: a padding key
     p = pos[:, (j // n).clamp(max=s - 1)]  # [G, NK]
     padded = F.pad(imgs, (d, d, d, d)).permute(0, 2, 3, 1).contiguous()  # [n, H + 2d, W + 2d, C]
     keys_t = window_table(padded, img.repeat(ng), p.flatten(), k, w, kernel=True)  # [D + 1, G * NK]
     centres = keys_t[torch.arange(c, device=imgs.device) * (k * k) + d * k + d].view(c, ng, nk)  # [C, G, NK]
     rep = torch.where(img >= 0, img * (h * w) + p, -1)  # [G, NK]
     return cpu_kernel.pack(keys_t, _CHUNK), centres.permute(1, 0, 2).contiguous(), rep
+
+
+def _kernel_classes(queries, chunks, centres, rep, q_idx, running) -> None:
+    """Merge the keys of a chunk table (_chunk_table) into the running statistics of the query rows
+    of its G classes (queries [G, R, D + 1], rows q_idx [G, R]): a class per thread where there are
+    enough classes, else the rows of each class shared out over the threads."""
+    ng = queries.shape[0]
+    if ng >= torch.get_num_threads():
+        cpu_kernel.tile_classes(queries, chunks, _CHUNK, centres, rep, q_idx, running)
+        return
+    nk = centres.shape[-1]
+    blocks = torch.arange(nk // _CHUNK, device=queries.device)
+    for gj in range(ng):
+        cpu_kernel.tile_blocks(queries[gj], chunks, _CHUNK, centres[gj], None, rep[gj], blocks, q_idx[gj], running,
+                               first=gj * nk)
 
 
 # 64-bit odd multipliers for the window hash (fixed: the hash must be the same in every run)
@@ -903,20 +919,20 @@ class Engine:
             from . import triton_kernel
             if triton_kernel.windowed(self, sm, queries, q_idx, g, gi, imgs, k, label, hq, wq):
                 return
-        table_bytes = ng * s * n * (dim + 1 + c + 2) * 4
-        if (self._cpu_kernel and c in cpu_kernel.CHANNELS and table_bytes <= self._cache.max_bytes
-                and cpu_kernel.library() is not None):  # the compiled kernel, class by class
-            chunks, centres, rep = self._cache.get(("chunks", self.machine, k, label, hq, wq, gi),
-                                                   lambda: _chunk_table(imgs, g.pos, k), table_bytes)
+        per_key = ng * (dim + 1 + c + 2) * 4  # bytes of one key of every class
+        if self._cpu_kernel and c in cpu_kernel.CHANNELS and cpu_kernel.library() is not None:  # the compiled kernel
             running = (sm.m, sm.s, sm.acc, sm.ent, sm.best)
-            if ng >= torch.get_num_threads():  # a class per thread at a time
-                cpu_kernel.tile_classes(queries, chunks, _CHUNK, centres, rep, q_idx, running)
+            if s * n * per_key <= self._cache.max_bytes:  # the table, kept for the next call
+                table = self._cache.get(("chunks", self.machine, k, label, hq, wq, gi),
+                                        lambda: _chunk_table(imgs, g.pos, k), s * n * per_key)
+                _kernel_classes(queries, *table, q_idx, running)
                 return
-            nk = centres.shape[-1]
-            blocks = torch.arange(nk // _CHUNK, device=qwin.device)
-            for gj in range(ng):  # the rows of a class shared out over the threads
-                cpu_kernel.tile_blocks(queries[gj], chunks, _CHUNK, centres[gj], None, rep[gj], blocks, q_idx[gj],
-                                       running, first=gj * nk)
+            # too large for the cache (the photos on a machine with little memory): built again at
+            # every call, in pieces of an eighth of the cache, merged piece after piece (ties: the
+            # earlier key stays, as in one table)
+            piece = max(_CHUNK, self._cache.max_bytes // 8 // per_key // _CHUNK * _CHUNK)
+            for j0 in range(0, s * n, piece):
+                _kernel_classes(queries, *_chunk_table(imgs, g.pos, k, j0, min(j0 + piece, s * n)), q_idx, running)
             return
         # rows per tile and keys per chunk: the logits [G, rows, kc] and the keys [G, D, kc] of a
         # chunk each hold at most about chunk_elems numbers
