@@ -18,7 +18,7 @@ the small classes, whose logits come from torch's batched products: in two passe
 of torch's dozen. Row r uses values[r // (R // G)].
 
 And the key tables of a new k (cold runs): key_table (windows straight into the [D + 1, keys]
-layout), pack (that layout in chunks, without shared entries), str_order (a KeySet's block order)
+layout), pack (that layout in chunks, without shared entries), str_order (a KeySet's block order),
 window_hash and same_count (the window hashes and the tie counts made from them).
 
 The statistics, for the logits l_j of a row's keys (x_j = l_j - m + logc_j, logc_j the log of the

@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from . import cpu_kernel
 from .errors import ElsvizError
 from .imageset import ImageSet
-from .keyset import MICRO, PAD_SQ, PRUNE_GAP, KeySet, distinct_keys, key_windows, window_table
+from .keyset import (MICRO, PRUNE_GAP, KeySet, centre_entries, distinct_keys, key_windows, padded_images,
+                     window_table)
 from .schedule import alpha_sigma, check_k, check_t
 from .validate import as_bool, as_choice, as_int, as_label, as_pixel
 
@@ -348,22 +349,22 @@ def _table(imgs: torch.Tensor, pos: torch.Tensor, k: int, kc: int):
 _CHUNK = 64  # keys per chunk (and block) of a class's keys for the CPU kernel
 
 
-def _chunk_table(imgs: torch.Tensor, pos: torch.Tensor, k: int, j0: int = 0, j1: int | None = None):
+def _chunk_table(imgs: torch.Tensor, pos: torch.Tensor, k: int, j0: int = 0, j1: int | None = None,
+                 padded: torch.Tensor | None = None):
     """The keys of classes at positions pos [G, S] of imgs [n, C, H, W] for the CPU kernel: all
     classes' keys side by side, packed (cpu_kernel.pack), centres [G, C, NK] and key ids rep [G, NK],
     keys in the order of _table, those from j0 to j1 (default: all S * n; NK: j1 - j0 padded to a
-    whole chunk with keys whose logit is hopelessly low)."""
+    whole chunk with keys whose logit is hopelessly low). padded: padded_images(imgs, k), if made."""
     n, c, h, w = imgs.shape
     ng, s = pos.shape
     j1 = s * n if j1 is None else j1
-    d = k // 2
     nk = -(-(j1 - j0) // _CHUNK) * _CHUNK
     j = j0 + torch.arange(nk, device=imgs.device)
     img = torch.where(j < j1, j % n, -1)  # [NK], -1: a padding key
     p = pos[:, (j // n).clamp(max=s - 1)]  # [G, NK]
-    padded = F.pad(imgs, (d, d, d, d)).permute(0, 2, 3, 1).contiguous()  # [n, H + 2d, W + 2d, C]
+    padded = padded_images(imgs, k) if padded is None else padded
     keys_t = window_table(padded, img.repeat(ng), p.flatten(), k, w, kernel=True)  # [D + 1, G * NK]
-    centres = keys_t[torch.arange(c, device=imgs.device) * (k * k) + d * k + d].view(c, ng, nk)  # [C, G, NK]
+    centres = keys_t[centre_entries(c, k, imgs.device)].view(c, ng, nk)  # [C, G, NK]
     rep = torch.where(img >= 0, img * (h * w) + p, -1)  # [G, NK]
     return cpu_kernel.pack(keys_t, _CHUNK), centres.permute(1, 0, 2).contiguous(), rep
 
@@ -540,9 +541,7 @@ _budgets: dict = {}
 
 def _cpu_budget() -> _Budget:
     """The budget that CPU engines with the default cache_bytes share (_cpu_cache_bytes)."""
-    if "cpu" not in _budgets:
-        _budgets["cpu"] = _Budget(_cpu_cache_bytes())
-    return _budgets["cpu"]
+    return _budgets.get("cpu") or _budgets.setdefault("cpu", _Budget(_cpu_cache_bytes()))  # (setdefault: one, whatever the threads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -931,8 +930,10 @@ class Engine:
             # every call, in pieces of an eighth of the cache, merged piece after piece (ties: the
             # earlier key stays, as in one table)
             piece = max(_CHUNK, self._cache.max_bytes // 8 // per_key // _CHUNK * _CHUNK)
+            padded = padded_images(imgs, k)  # once for all pieces
             for j0 in range(0, s * n, piece):
-                _kernel_classes(queries, *_chunk_table(imgs, g.pos, k, j0, min(j0 + piece, s * n)), q_idx, running)
+                _kernel_classes(queries, *_chunk_table(imgs, g.pos, k, j0, min(j0 + piece, s * n), padded), q_idx,
+                                running)
             return
         # rows per tile and keys per chunk: the logits [G, rows, kc] and the keys [G, D, kc] of a
         # chunk each hold at most about chunk_elems numbers

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import ElsvizError
-from .fingers import HAND, MIN_SIZE, count_fingers
+from .fingers import MIN_SIZE, count_fingers
 from .imageset import ImageSet
 from .runs import MACHINE_NAMES, k_limit, seams, shared_mask
 from .schedule import PRESETS, check_k

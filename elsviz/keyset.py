@@ -55,6 +55,19 @@ def key_windows(padded: torch.Tensor, img: torch.Tensor, pos: torch.Tensor, k: i
     return win.permute(0, 3, 1, 2).reshape(img.shape[0], -1)
 
 
+def padded_images(imgs: torch.Tensor, k: int) -> torch.Tensor:
+    """The images [n, C, H, W] zero-padded by k // 2, channels last: [n, H + 2d, W + 2d, C] (what
+    key_windows and window_table read)."""
+    d = k // 2
+    return F.pad(imgs, (d, d, d, d)).permute(0, 2, 3, 1).contiguous()
+
+
+def centre_entries(c: int, k: int, device=None) -> torch.Tensor:
+    """The rows of a window table (window_table) that hold a window's centre pixel, one per channel."""
+    d = k // 2
+    return torch.arange(c, device=device) * (k * k) + d * k + d
+
+
 def window_table(padded: torch.Tensor, img: torch.Tensor, pos: torch.Tensor, k: int, w: int,
                  kernel: bool = False) -> torch.Tensor:
     """keys_t [C*k*k + 1, M]: each column the window of a key (as key_windows) and then |K|^2;
@@ -146,8 +159,7 @@ class KeySet:
         """The KeySet of the distinct keys rep [Kd] (ids n * H*W + position) of imgs [n, C, H, W];
         with kernel=True its keys come as the CPU kernel's chunks instead of keys_t."""
         n, c, h, w = imgs.shape
-        d = k // 2
-        padded = F.pad(imgs, (d, d, d, d)).permute(0, 2, 3, 1).contiguous()  # [n, H + 2d, W + 2d, C]
+        padded = padded_images(imgs, k)  # [n, H + 2d, W + 2d, C]
         img, pos = rep // (h * w), rep % (h * w)
         kd, dim = rep.shape[0], c * k * k
         keys = window_table(padded, img, pos, k, w, kernel)[:dim]  # [D, Kd]
@@ -170,7 +182,7 @@ class KeySet:
         logc = count[order].to(keys_t.dtype).log()
         values = torch.zeros(j * BLOCK, c + 2, device=imgs.device)
         values[:kd, 0] = 1.0
-        values[:kd, 1:1 + c] = keys_t[torch.arange(c, device=imgs.device) * (k * k) + d * k + d, :kd].T  # the centre pixel
+        values[:kd, 1:1 + c] = keys_t[centre_entries(c, k, imgs.device), :kd].T
         values[:kd, -1] = logc
         rep_rows = torch.full((j * BLOCK,), -1, dtype=torch.int64, device=imgs.device)
         rep_rows[:kd] = rep[order]

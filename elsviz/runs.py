@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 
 from .engine import windows
-from .errors import ElsvizError
 from .sampling import sample
 from .schedule import locality_schedule
 
@@ -159,10 +158,9 @@ MIN_SUBSET = 100  # ... but is never smaller than this (fewer images make a poor
 # Work per second (step_work units) before anything was measured. Measured, warm, one thread (the app's
 # engines on a 2-core CPU), k = 5, 20 steps, the fused CPU kernel (docs/BENCHMARKS.md): digits bbELS 3.0e9,
 # ELS 2.6e9; hands 6.6e9 and 5.4e9; photos 6.3e9 and 5.2e9 where their key tables fit the engine's cache
-# (a sixteenth of the memory; with 384 MB the photos ran at 3.4e8, now about 2e9: tables rebuilt
-# in pieces at every step). The CPU priors are the digits'
-# figures, a little lower for a machine that is not quiet: a first guess then asks before the photos
-# (about 40 s), not before the hands (about 7 s). For CUDA, the H100 figures of docs/BENCHMARKS.md
+# (a sixteenth of the memory; with 384 MB the photos ran at 3.4e8, now about 2e9: tables rebuilt in
+# pieces at every step). The CPU priors are the digits' figures, a little lower for a machine that is
+# not quiet: a first guess then asks before the photos (about 40 s), not before the hands (about 7 s). For CUDA, the H100 figures of docs/BENCHMARKS.md
 # (bbELS: 2.5e10 on the digits, 9e10 on 60,000 28x28 images) with IS and LS scaled by the same factor
 # as the CPU's.
 PRIOR_RATES = {
