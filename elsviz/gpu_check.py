@@ -2,9 +2,10 @@
 
 For a session that has a CUDA GPU (the kernel is opt-in until this has been run; docs/BENCHMARKS.md):
 1. the tests: tests/test_triton_kernel.py, the compiled kernel on CUDA and (in a second process)
-   under the interpreter, then the CUDA tests of tests/test_engine_exact.py and
-   tests/test_sampling.py with ELSVIZ_KERNEL=triton (the engine through the kernel against the
-   float64 reference);
+   under the interpreter, then the CUDA tests of tests/test_engine_exact.py,
+   tests/test_sampling.py and tests/test_engine_memory.py (ENGINE_CUDA_TESTS) twice: on the torch
+   path and with ELSVIZ_KERNEL=triton (the engine through the kernel against the float64
+   reference);
 2. timings, each in a fresh process, ELSVIZ_KERNEL unset ("torch") against "triton":
    - 60,000 synthetic 28x28 images (elsviz.bench.synthetic_set), bbELS and ELS, one image,
      20 steps, schedule mnist-resnet (target <= 2 s each);
@@ -48,6 +49,8 @@ SWEEP_CONFIGS = [  # BLOCK_R, BLOCK_K, BLOCK_D, NUM_WARPS, PRECISION; the first 
     (64, 64, 16, 8, "tf32x3"), (64, 64, 32, 8, "tf32x3"), (128, 64, 32, 8, "tf32x3"),
 ]
 ROOT = Path(__file__).resolve().parents[1]
+# the engine's CUDA tests (exactness against the float64 reference, sampling, bounded memory for a batch)
+ENGINE_CUDA_TESTS = ["tests/test_engine_exact.py", "tests/test_sampling.py", "tests/test_engine_memory.py", "-k", "cuda"]
 
 
 def _child(ns) -> None:
@@ -211,8 +214,8 @@ def main(argv=None) -> int:
         suites = (  # Triton's interpreter and its compiler cannot share a process: two runs
             ("kernel compiled on cuda", base + ["tests/test_triton_kernel.py", "-k", "cuda"], plain),
             ("kernel interpreted", base + ["tests/test_triton_kernel.py", "-k", "not cuda"], {**plain, "TRITON_INTERPRET": "1"}),
-            ("engine on cuda via the kernel", base + ["tests/test_engine_exact.py", "tests/test_sampling.py", "-k", "cuda"],
-             {**plain, "ELSVIZ_KERNEL": "triton"}),
+            ("engine on cuda, torch path", base + ENGINE_CUDA_TESTS, {**plain, "ELSVIZ_KERNEL": "torch"}),
+            ("engine on cuda via the kernel", base + ENGINE_CUDA_TESTS, {**plain, "ELSVIZ_KERNEL": "triton"}),
         )
         for name, cmd, env in suites:
             t0 = time.perf_counter()
