@@ -789,8 +789,8 @@ class Engine:
         ng, p = g.pix.shape
         n, c, h, w = imgs.shape
         if (ng != 1 or p * g.pos.shape[1] * n < _PRUNE_MIN_LOGITS or bsz * p * c * k * k < _PRUNE_MIN_WORK
-                or imgs.device.type != "cpu"):
-            return None  # on a GPU the plain table until this path has been measured there
+                or imgs.device.type != "cpu" or self._kernel):
+            return None  # on a GPU (and with the Triton kernel) distinct keys without blocks serve
         fused = self._cpu_kernel and c in cpu_kernel.CHANNELS and cpu_kernel.library() is not None
         cache_key = ("keyset", self.machine, k, label, hq, wq, gi, fused)
         held, keyset = self._cache.peek(cache_key)

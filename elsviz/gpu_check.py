@@ -64,10 +64,12 @@ def _child(ns) -> None:
     from elsviz.bench import synthetic_set
 
     dataset, machine, k, batch = WORKLOADS[ns.workload]
-    if ns.precision:
-        from elsviz import triton_kernel
+    from elsviz import triton_kernel
 
+    if ns.precision:
         triton_kernel.PRECISION = ns.precision
+    if ns.mode:
+        triton_kernel.MODE = ns.mode
     train = synthetic_set(ns.n, 28) if dataset == "synthetic" else load_dataset(dataset)
     device = torch.device(ns.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda d: None)
@@ -89,21 +91,31 @@ def _child(ns) -> None:
         for r in range(ns.runs):
             dt, traj = run(r)
             times.append(dt)
+        profile = ""
+        if ns.profile:  # one more trajectory under torch's profiler: where the time goes
+            from torch.profiler import ProfilerActivity, profile as profiler
+
+            with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                run(0)
+            profile = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14, max_name_column_width=48)
     last = traj.frames[-1]
     torch.save({"final": traj.final.cpu(), "source_index": last.source_index.cpu(),
                 "source_count": last.source_count.cpu()}, ns.save)
     print(json.dumps({"times": times, "cold": cold, "gpu_peak": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
-                      "kernel_on": bool(getattr(engine, "_kernel", False)),
+                      "kernel_on": bool(getattr(engine, "_kernel", False)), "mode": triton_kernel.MODE, "profile": profile,
                       "warnings": [str(w.message)[:300] for w in caught]}))
 
 
 def _time(workload: str, kernel: str, ns, save: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("ELSVIZ_KERNEL", "TRITON_INTERPRET")}
     env["ELSVIZ_KERNEL"] = "torch" if kernel == "torch" else "triton"
-    precision = kernel.split("-")[1] if "-" in kernel else ""
+    suffix = kernel.split("-", 1)[1] if "-" in kernel else ""
+    mode = "two-pass" if suffix == "two-pass" else "fused" if kernel != "torch" else ""
+    precision = suffix if suffix and suffix != "two-pass" else ""
     out = subprocess.run([sys.executable, "-m", "elsviz.gpu_check", "--child", "--workload", workload,
                           "--runs", str(ns.runs), "--n", str(ns.n), "--save", str(save), "--device", ns.device,
-                          "--precision", precision],
+                          "--precision", precision, "--mode", mode]
+                         + (["--profile", "yes"] if workload in ns.profile.split(",") else []),
                          capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         return {"error": out.stderr[-2000:]}
@@ -181,7 +193,11 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=60000, help="images of the synthetic 28x28 set")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"any of {', '.join(WORKLOADS)}")
     p.add_argument("--kernels", default="torch,triton",
-                   help="any of torch, triton, triton-tf32x3 (tl.dot on tensor cores, 3 passes)")
+                   help="any of torch, triton, triton-tf32x3 (tl.dot on tensor cores, 3 passes), "
+                        "triton-two-pass (cuBLAS products, then row_stats)")
+    p.add_argument("--suites", default="compiled,interpreted,torch,kernel",
+                   help="test suites: any of compiled, interpreted, torch, kernel, two-pass")
+    p.add_argument("--profile", default="", help="workloads whose children also profile one trajectory")
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--sweep", action="store_true", help="also time local_stats alone per tile configuration")
     p.add_argument("--json", default=None)
@@ -190,6 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("--workload", default=None, help=argparse.SUPPRESS)
     p.add_argument("--save", default=None, help=argparse.SUPPRESS)
     p.add_argument("--precision", default="", help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="", help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.child:
         _child(ns)
@@ -211,13 +228,16 @@ def main(argv=None) -> int:
     if not ns.skip_tests:
         base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
         plain = {k: v for k, v in os.environ.items() if k not in ("ELSVIZ_KERNEL", "TRITON_INTERPRET")}
-        suites = (  # Triton's interpreter and its compiler cannot share a process: two runs
-            ("kernel compiled on cuda", base + ["tests/test_triton_kernel.py", "-k", "cuda"], plain),
-            ("kernel interpreted", base + ["tests/test_triton_kernel.py", "-k", "not cuda"], {**plain, "TRITON_INTERPRET": "1"}),
-            ("engine on cuda, torch path", base + ENGINE_CUDA_TESTS, {**plain, "ELSVIZ_KERNEL": "torch"}),
-            ("engine on cuda via the kernel", base + ENGINE_CUDA_TESTS, {**plain, "ELSVIZ_KERNEL": "triton"}),
-        )
-        for name, cmd, env in suites:
+        suites = {  # Triton's interpreter and its compiler cannot share a process: two runs
+            "compiled": ("kernel compiled on cuda", base + ["tests/test_triton_kernel.py", "-k", "cuda"], plain),
+            "interpreted": ("kernel interpreted", base + ["tests/test_triton_kernel.py", "-k", "not cuda"],
+                            {**plain, "TRITON_INTERPRET": "1"}),
+            "torch": ("engine on cuda, torch path", base + ENGINE_CUDA_TESTS, {**plain, "ELSVIZ_KERNEL": "torch"}),
+            "kernel": ("engine on cuda via the kernel", base + ENGINE_CUDA_TESTS, plain),
+            "two-pass": ("engine on cuda via the kernel, two-pass", base + ENGINE_CUDA_TESTS,
+                         {**plain, "ELSVIZ_TRITON_MODE": "two-pass"}),
+        }
+        for name, cmd, env in (suites[s] for s in ns.suites.split(",") if s):
             t0 = time.perf_counter()
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
             tail = (out.stdout + out.stderr).strip().splitlines()[-1:]
@@ -253,6 +273,8 @@ def main(argv=None) -> int:
                       f"{met:<8}{str(res['kernel_on']):<11}{agree}", flush=True)
                 for w in res["warnings"]:
                     print(f"    warning: {w}", flush=True)
+                if res.get("profile"):
+                    print(res["profile"], flush=True)
     return _write(report, ns.json)
 
 

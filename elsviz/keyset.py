@@ -82,17 +82,21 @@ def window_table(padded: torch.Tensor, img: torch.Tensor, pos: torch.Tensor, k: 
     return torch.cat([win.T, sq.unsqueeze(0)])
 
 
-def distinct_keys(hashes: torch.Tensor, pos: torch.Tensor, hw: int):
+def distinct_keys(hashes: torch.Tensor, pos: torch.Tensor, hw: int, in_order: bool = False):
     """Distinct windows among the keys (every image at every position of pos [S]).
 
     hashes: [n, H*W] window hashes. Returns rep [Kd] (key id n * H*W + position of the first
-    key with that window, keys ordered (position, image) as in the dense path) and count [Kd].
+    key with that window, keys ordered (position, image) as in the dense path) and count [Kd];
+    in_order: sorted by that first key's place in the dense order (else by hash).
     """
     n = hashes.shape[0]
     h = hashes[:, pos].T.reshape(-1)  # [S*n], key j = image j % n at position pos[j // n]
     _, inverse, count = torch.unique(h, return_inverse=True, return_counts=True)
     order = torch.arange(h.shape[0], device=h.device)
     first = torch.full((count.shape[0],), h.shape[0], device=h.device).scatter_reduce(0, inverse, order, "amin")
+    if in_order:
+        first, by_first = torch.sort(first)
+        count = count[by_first]
     rep = (first % n) * hw + pos[first // n]
     return rep, count
 

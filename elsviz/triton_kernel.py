@@ -40,6 +40,12 @@ BLOCK_R, BLOCK_K, BLOCK_D, NUM_WARPS = 64, 64, 16, 8
 # tl.dot on float32: "ieee" (exact float32 FMAs) or "tf32x3" (tensor cores, 3 passes, ~float32).
 # Plain tf32 (10-bit mantissa) is not enough: logits reach ~1e4 at small t.
 PRECISION = "ieee"
+# row_stats (logits read from memory): smaller tiles; 64 x 64 with 8 warps spills for colour
+# (sm_90, 255 registers), 16 x 64 with 4 warps takes 128-168 registers
+ROWS_BLOCK_R, ROWS_BLOCK_K, ROWS_NUM_WARPS = 16, 64, 4
+# "fused": local_stats (the logits never leave registers); "two-pass": the logits of a chunk by
+# torch's matrix product (cuBLAS), then row_stats reads them once
+MODE = os.environ.get("ELSVIZ_TRITON_MODE", "fused")  # (the variable: for python -m elsviz.gpu_check)
 # Programs along the group axis of one launch (CUDA's limit for grid dimensions 2 and 3)
 _MAX_GRID = 65535
 # Split the keys across programs (flash-decoding) until about this many programs per SM run.
@@ -55,24 +61,30 @@ def _warn_once(msg: str) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
+def _have_triton() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def wanted(device: torch.device) -> bool:
-    """Whether an Engine on `device` uses the kernel: ELSVIZ_KERNEL=triton, a CUDA device (or the
-    CPU under TRITON_INTERPRET=1), and triton importable. Read once, when the Engine is made."""
+    """Whether an Engine on `device` uses the kernel: on a CUDA device unless ELSVIZ_KERNEL=torch
+    (with ELSVIZ_KERNEL=triton also on the CPU under TRITON_INTERPRET=1, for the tests), where
+    triton is importable. Read once, when the Engine is made."""
     choice = os.environ.get("ELSVIZ_KERNEL", "auto").strip().lower() or "auto"
     if choice not in ("auto", "torch", "triton"):
-        raise ElsvizError(f"ELSVIZ_KERNEL must be 'auto' (default: the compiled kernel on the CPU, torch on a "
-                          f"GPU), 'torch' or 'triton', got {choice!r}.")
-    if choice != "triton":
+        raise ElsvizError(f"ELSVIZ_KERNEL must be 'auto' (default: the compiled kernel on the CPU, this Triton "
+                          f"kernel on a CUDA GPU where triton is installed), 'torch' or 'triton', got {choice!r}.")
+    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
         return False
+    if choice == "auto":  # a CUDA GPU: the kernel where triton is there, quietly torch where not
+        return _have_triton()
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         _warn_once("elsviz: ELSVIZ_KERNEL=triton runs on CUDA devices only (or on the CPU under "
                    "TRITON_INTERPRET=1); using the torch path.")
         return False
-    try:
-        missing = importlib.util.find_spec("triton") is None
-    except (ImportError, ValueError):
-        missing = True
-    if missing:
+    if not _have_triton():
         _warn_once("elsviz: ELSVIZ_KERNEL=triton but triton is not installed (pip install triton); "
                    "using the torch path.")
         return False
@@ -85,14 +97,15 @@ tl = None
 
 def _local_stats_kernel(
     # One program: BR query rows of group g against the keys of one split, BK keys at a time.
-    # Per tile: logits by tl.dot over D in pieces of BD, the tile's max and first argmax, the
-    # running statistics rescaled by exp(m_old - m_new) (flash attention's online softmax).
+    # Per tile: logits by tl.dot over D in pieces of BD (FROM_LOGITS: read from q, which then
+    # holds the logits [G, R, K]), the tile's max and first argmax, the running statistics
+    # rescaled by exp(m_old - m_new) (flash attention's online softmax).
     q_ptr, k_ptr, v_ptr, lc_ptr,  # inputs
     m_ptr, s_ptr, acc_ptr, ent_ptr, arg_ptr,  # outputs [S, G, R] (acc [S, G, R, C])
     R, K, D, keys_per_split,
     sqg, sqr, sqd, skg, skj, skd, svg, svj, svc, slg, slj,
     C: tl.constexpr, HAS_LOGC: tl.constexpr, PREC: tl.constexpr,
-    BR: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, ONE_D: tl.constexpr,
+    BR: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, ONE_D: tl.constexpr, FROM_LOGITS: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
@@ -115,13 +128,15 @@ def _local_stats_kernel(
     acc1 = tl.zeros([BR], tl.float32)
     acc2 = tl.zeros([BR], tl.float32)
     arg = tl.zeros([BR], tl.int64)
-    if ONE_D:
+    if ONE_D and not FROM_LOGITS:
         q_one = tl.load(q_base + dd[None, :] * sqd, mask=row_ok[:, None] & (dd < D)[None, :], other=0.0)  # [BR, BD]
     for j0 in range(j_start, j_end, BK):
         jj = j0 + tl.arange(0, BK)  # [BK]
         key_ok = jj < j_end
         jj64 = jj.to(tl.int64)
-        if ONE_D:  # the rows stay in registers
+        if FROM_LOGITS:  # q holds the logits themselves, [G, R, K] (row_stats): read once
+            logits = tl.load(q_base + jj64[None, :] * sqd, mask=row_ok[:, None] & key_ok[None, :], other=0.0)
+        elif ONE_D:  # the rows stay in registers
             kt = tl.load(k_base + dd[:, None] * skd + jj64[None, :] * skj,
                          mask=(dd < D)[:, None] & key_ok[None, :], other=0.0)  # [BD, BK]
             logits = tl.dot(q_one, kt, input_precision=PREC)
@@ -209,21 +224,42 @@ def local_stats(q, keys, values, logc=None, *, splits: int | None = None,
     the GPU); block_*: tile sizes (None: the module's)."""
     ng, nr, dim = q.shape
     nk = keys.shape[1]
-    c = values.shape[2]
-    if keys.shape != (ng, nk, dim) or values.shape[:2] != (ng, nk) or c not in (1, 3) or nk < 1:
+    if keys.shape != (ng, nk, dim) or values.shape[:2] != (ng, nk) or values.shape[2] not in (1, 3) or nk < 1:
         raise ElsvizError(f"local_stats needs q [G, R, D+1], keys [G, K, D+1] (K >= 1) and values [G, K, C] with "
                           f"C = 1 or 3; got q {tuple(q.shape)}, keys {tuple(keys.shape)}, values {tuple(values.shape)}.")
+    return _launch(q, keys, values, logc, False, splits, block_r, block_k, block_d)
+
+
+def row_stats(logits, values, logc=None, *, splits: int | None = None,
+              block_r: int | None = None, block_k: int | None = None):
+    """The statistics of local_stats from logits already computed, [G, R, K] (any strides; a
+    matrix product wrote them): one pass over them, in place of torch's dozen. values [G, K, C]
+    with C in {1, 3}; logc [G, K] or None."""
+    ng, nr, nk = logits.shape
+    if values.shape[:2] != (ng, nk) or values.shape[2] not in (1, 3) or nk < 1:
+        raise ElsvizError(f"row_stats needs logits [G, R, K] (K >= 1) and values [G, K, C] with C = 1 or 3; got "
+                          f"logits {tuple(logits.shape)}, values {tuple(values.shape)}.")
+    return _launch(logits, None, values, logc, True, splits, block_r, block_k, None)
+
+
+def _launch(q, keys, values, logc, from_logits, splits, block_r, block_k, block_d):
+    """local_stats (from_logits False: q [G, R, D+1], keys [G, K, D+1]) or row_stats (True: q the
+    logits [G, R, K], keys None)."""
+    ng, nr = q.shape[:2]
+    nk = q.shape[2] if from_logits else keys.shape[1]
+    dim = 1 if from_logits else q.shape[2]
+    c = values.shape[2]
     if logc is not None and logc.shape != (ng, nk):
         raise ElsvizError(f"local_stats needs logc [G, K] = {[ng, nk]} (or None), got {list(logc.shape)}.")
     if ng > _MAX_GRID:  # CUDA grids allow 65,535 programs along the group axis: in pieces
         cut = lambda v, g0: None if v is None else v[g0:g0 + _MAX_GRID]  # noqa: E731
-        parts = [local_stats(cut(q, g0), cut(keys, g0), cut(values, g0), cut(logc, g0), splits=splits,
-                             block_r=block_r, block_k=block_k, block_d=block_d) for g0 in range(0, ng, _MAX_GRID)]
+        parts = [_launch(cut(q, g0), cut(keys, g0), cut(values, g0), cut(logc, g0), from_logits, splits,
+                         block_r, block_k, block_d) for g0 in range(0, ng, _MAX_GRID)]
         return tuple(torch.cat(p, 0) for p in zip(*parts))
     # tiles no larger than the problem (tl.dot needs 16 at least): few rows (bbELS's border
     # classes) or a short window (k = 3) waste less
-    br = block_r or min(BLOCK_R, max(16, _next_pow2(nr)))
-    bk = block_k or BLOCK_K
+    br = block_r or min(ROWS_BLOCK_R if from_logits else BLOCK_R, max(16, _next_pow2(nr)))
+    bk = block_k or (ROWS_BLOCK_K if from_logits else BLOCK_K)
     bd = block_d or min(BLOCK_D, max(16, _next_pow2(dim)))
     row_tiles, key_tiles = math.ceil(nr / br), math.ceil(nk / bk)
     ns = splits or _auto_splits(q.device, row_tiles * ng, key_tiles)
@@ -238,11 +274,12 @@ def local_stats(q, keys, values, logc=None, *, splits: int | None = None,
     arg = torch.empty(ns, ng, nr, dtype=torch.int64, device=dev)
     lc = logc if logc is not None else q  # a dummy pointer when there are no counts
     _kernel()[(row_tiles, ng, ns)](
-        q, keys, values, lc, m, s, acc, ent, arg, nr, nk, dim, per_split,
-        *q.stride(), *keys.stride(), *values.stride(),
+        q, q if from_logits else keys, values, lc, m, s, acc, ent, arg, nr, nk, dim, per_split,
+        *q.stride(), *((0, 0, 0) if from_logits else keys.stride()), *values.stride(),
         *(logc.stride() if logc is not None else (0, 0)),
         C=c, HAS_LOGC=logc is not None, PREC=PRECISION, BR=br, BK=bk, BD=bd, ONE_D=dim <= bd,
-        num_warps=NUM_WARPS, enable_fp_fusion=True,  # a*b+c in one rounding (and no warning of Triton 3.9's)
+        FROM_LOGITS=from_logits, num_warps=ROWS_NUM_WARPS if from_logits else NUM_WARPS,
+        enable_fp_fusion=True,  # a*b+c in one rounding (and no warning of Triton 3.9's)
     )
     if ns == 1:
         return m[0], s[0], acc[0], ent[0], arg[0]
@@ -256,42 +293,89 @@ def local_stats(q, keys, values, logc=None, *, splits: int | None = None,
 
 def windowed(engine, sm, queries, q_idx, g, gi, imgs, k, label, hq, wq) -> bool:
     """Engine._windowed through the kernel: the group's whole key table (cached when it fits,
-    else in large chunks) against its query rows in tiles; merged into sm. False (after one
-    warning, with nothing merged) if the kernel cannot run: the caller takes the torch path."""
+    else in large chunks) against its query rows in tiles; merged into sm. A group of one class
+    (ELS's, bbELS's interior) keeps one key per distinct window, with its count. MODE "fused":
+    local_stats; "two-pass": logits by a matrix product in chunks, then row_stats. False (after
+    one warning, with nothing merged) if the kernel cannot run: the caller takes the torch path."""
     from .engine import _combine, _table  # here: engine imports this module lazily too
 
     ng, nrows, dim = queries.shape
     n, c, h, w = imgs.shape
     nkeys = g.pos.shape[1] * n
-    table_bytes = ng * nkeys * (dim + c) * 4
+    table_bytes = ng * nkeys * (dim + c + 3) * 4
     kc = max(BLOCK_K, engine.chunk_elems // (ng * dim) // BLOCK_K * BLOCK_K)  # keys per chunk while building
-    if table_bytes <= engine._cache.max_bytes:
+    logc = rep = None
+    if table_bytes <= engine._cache.max_bytes and ng == 1:  # distinct keys, first occurrences in order
+        keys, vals, logc, rep = engine._cache.get(("dtable", engine.machine, k, label, hq, wq, gi),
+                                                  lambda: _distinct_table(engine, imgs, g.pos[0], k, label, kc),
+                                                  table_bytes)
+        chunks = lambda: [(keys, vals)]  # noqa: E731
+    elif table_bytes <= engine._cache.max_bytes:
         whole = engine._cache.get(("ktable", engine.machine, k, label, hq, wq, gi),
                                   lambda: _whole_table(imgs, g.pos, k, kc), table_bytes)
         chunks = lambda: [whole]  # noqa: E731
     else:  # does not fit: built chunk by chunk on every pass, chunks of a quarter of the cache
         big = max(kc, engine._cache.max_bytes // (16 * ng * (dim + c)) // BLOCK_K * BLOCK_K)
         chunks = lambda: _table(imgs, g.pos, k, big)  # noqa: E731
-    rt = max(1, engine.chunk_elems // (ng * dim))  # query rows per call
+    two_pass = MODE == "two-pass"
+    # query rows per call; two-pass: all rows, and keys per product so that its logits hold
+    # about chunk_elems numbers
+    rt = min(nrows, max(16, engine.chunk_elems // (ng * 1024))) if two_pass else max(1, engine.chunk_elems // (ng * dim))
     tiles = range(0, nrows, rt)
     try:
         results, j0 = dict.fromkeys(tiles), 0
         for keys, vals in chunks():  # [G, D + 1, kc] [G, C, kc]; each chunk built once
+            nk = keys.shape[-1]
             for r0 in tiles:
-                part = local_stats(queries[:, r0:r0 + rt], keys.transpose(1, 2), vals.transpose(1, 2))
-                part = (*part[:4], part[4] + j0)
-                results[r0] = part if results[r0] is None else _combine(results[r0], part)
-            j0 += keys.shape[-1]
+                qt = queries[:, r0:r0 + rt]
+                if two_pass:
+                    step = max(BLOCK_K, engine.chunk_elems // (ng * qt.shape[1]) // BLOCK_K * BLOCK_K)
+                    spans = [(i, min(i + step, nk)) for i in range(0, nk, step)]
+                else:
+                    spans = [(0, nk)]
+                for i0, i1 in spans:
+                    lc = None if logc is None else logc[:, i0:i1]
+                    if two_pass:
+                        part = row_stats(torch.bmm(qt, keys[:, :, i0:i1]), vals[:, :, i0:i1].transpose(1, 2), lc)
+                    else:
+                        part = local_stats(qt, keys.transpose(1, 2), vals.transpose(1, 2), lc)
+                    part = (*part[:4], part[4] + j0 + i0)
+                    results[r0] = part if results[r0] is None else _combine(results[r0], part)
+            j0 += nk
     except Exception as exc:  # no compiler, an unsupported GPU, a Triton bug: stay exact
         _warn_once(f"elsviz: the Triton kernel failed ({type(exc).__name__}: {exc}); using the torch path.")
         engine._kernel = False
         return False
     for r0, (m, ssum, acc, ent, j) in results.items():
-        pos = torch.gather(g.pos, 1, j // n)  # [G, R] training position
-        best = (j % n) * (h * w) + pos
+        if rep is not None:  # the first key of the window, in the dense order
+            best = rep[j]
+        else:
+            pos = torch.gather(g.pos, 1, j // n)  # [G, R] training position
+            best = (j % n) * (h * w) + pos
         sm.merge_at(q_idx[:, r0:r0 + rt].flatten(), m.flatten(), ssum.flatten(), acc.flatten(0, 1),
                     ent.flatten(), best.flatten())
     return True
+
+
+def _distinct_table(engine, imgs, pos, k, label, kc):
+    """The keys of one class [1, D + 1, Kd], one per distinct window, in the order of their first
+    occurrence in the dense order (so the first key holding the max is the dense path's), their
+    centres [1, C, Kd], log counts [1, Kd] (None where every window is distinct) and rep [Kd], the
+    first key of each window (id image * H*W + position). c identical keys weigh c exp(l), so
+    exp(l + log c) gives the same softmax over Kd keys instead of S*N; the max and its key come
+    from l alone, as in the dense path. Built kc keys at a time."""
+    from .keyset import centre_entries, distinct_keys, padded_images, window_table
+
+    n, c, h, w = imgs.shape
+    rep, count = distinct_keys(engine._hashes(k, label).flatten(1), pos, h * w, in_order=True)
+    padded = padded_images(imgs, k)
+    keys = torch.empty(1, c * k * k + 1, rep.shape[0], device=imgs.device)
+    for j0 in range(0, rep.shape[0], kc):
+        r = rep[j0:j0 + kc]
+        keys[0, :, j0:j0 + r.shape[0]] = window_table(padded, r // (h * w), r % (h * w), k, w)
+    vals = keys[:, centre_entries(c, k, imgs.device)].contiguous()  # [1, C, Kd]
+    logc = count.to(keys.dtype).log().unsqueeze(0) if bool((count > 1).any()) else None
+    return keys, vals, logc, rep
 
 
 def _whole_table(imgs, pos, k, kc):
