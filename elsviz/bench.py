@@ -5,7 +5,7 @@ trajectory that builds the cached key tables; every figure from a fresh process)
 - digits: 1,797 x 16x16, schedule mnist-resnet;
 - hands: 1,000 x 32x32 silhouettes, k = 7;
 - --study: hands, 64 seeds at k = 7 in one batched call against one-image calls (seeds per second);
-- --n N --size S: a synthetic set of N images of S x S (digits resized, shifted, flipped), e.g. on
+- --n N --size S: a synthetic set of N images of S x S (digits, each warped by its own affine map), e.g. on
   a GPU: --device cuda --n 60000 --size 28.
 --baseline REV also times the engine of git revision REV (checked out into a temporary folder and
 loaded beside this one in the same process, trajectories alternated) and prints the ratio:

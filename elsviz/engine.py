@@ -601,7 +601,7 @@ class Engine:
         # halves ELS on 60,000 images but slows bbELS (many small class shapes, recompiles), and on
         # the CPU it needs a C compiler and recompiles erratically (docs/BENCHMARKS.md)
         self.compile = bool(compile)
-        # the fused Triton kernel for key tables (elsviz/triton_kernel.py): opt-in, ELSVIZ_KERNEL=triton
+        # the fused Triton kernel for key tables (elsviz/triton_kernel.py): on CUDA unless ELSVIZ_KERNEL=torch
         from .triton_kernel import wanted
         self._kernel = wanted(self.device)
         # the compiled pass over chunks of logits on the CPU (elsviz/cpu_kernel.py): on unless

@@ -1,12 +1,14 @@
 """One-shot GPU check of the fused Triton kernel: `python -m elsviz.gpu_check [--runs 2] [--skip-tests]`.
 
-For a session that has a CUDA GPU (the kernel is opt-in until this has been run; docs/BENCHMARKS.md):
+For a session that has a CUDA GPU (the kernel is the default there; docs/BENCHMARKS.md):
 1. the tests: tests/test_triton_kernel.py, the compiled kernel on CUDA and (in a second process)
    under the interpreter, then the CUDA tests of tests/test_engine_exact.py,
    tests/test_sampling.py and tests/test_engine_memory.py (ENGINE_CUDA_TESTS) twice: on the torch
-   path and with ELSVIZ_KERNEL=triton (the engine through the kernel against the float64
-   reference);
-2. timings, each in a fresh process, ELSVIZ_KERNEL unset ("torch") against "triton":
+   path (ELSVIZ_KERNEL=torch) and by default (the engine through the kernel against the float64
+   reference); --suites picks among them (the interpreter needs triton 3.9, requirements-dev.txt:
+   triton 3.6's fails on numpy 2 in 18 of its tests);
+   --profile WORKLOADS: those children also print torch's profile of one more trajectory;
+2. timings, each in a fresh process, ELSVIZ_KERNEL=torch ("torch") against "triton":
    - 60,000 synthetic 28x28 images (elsviz.bench.synthetic_set), bbELS and ELS, one image,
      20 steps, schedule mnist-resnet (target <= 2 s each);
    - hands (1,000 x 32x32), bbELS, k = 7, 64 seeds in one batched call (target <= 5 s);
@@ -68,8 +70,6 @@ def _child(ns) -> None:
 
     if ns.precision:
         triton_kernel.PRECISION = ns.precision
-    if ns.mode:
-        triton_kernel.MODE = ns.mode
     train = synthetic_set(ns.n, 28) if dataset == "synthetic" else load_dataset(dataset)
     device = torch.device(ns.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda d: None)
@@ -102,19 +102,17 @@ def _child(ns) -> None:
     torch.save({"final": traj.final.cpu(), "source_index": last.source_index.cpu(),
                 "source_count": last.source_count.cpu()}, ns.save)
     print(json.dumps({"times": times, "cold": cold, "gpu_peak": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
-                      "kernel_on": bool(getattr(engine, "_kernel", False)), "mode": triton_kernel.MODE, "profile": profile,
+                      "kernel_on": bool(getattr(engine, "_kernel", False)), "profile": profile,
                       "warnings": [str(w.message)[:300] for w in caught]}))
 
 
 def _time(workload: str, kernel: str, ns, save: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("ELSVIZ_KERNEL", "TRITON_INTERPRET")}
     env["ELSVIZ_KERNEL"] = "torch" if kernel == "torch" else "triton"
-    suffix = kernel.split("-", 1)[1] if "-" in kernel else ""
-    mode = "two-pass" if suffix == "two-pass" else "fused" if kernel != "torch" else ""
-    precision = suffix if suffix and suffix != "two-pass" else ""
+    precision = kernel.split("-")[1] if "-" in kernel else ""
     out = subprocess.run([sys.executable, "-m", "elsviz.gpu_check", "--child", "--workload", workload,
                           "--runs", str(ns.runs), "--n", str(ns.n), "--save", str(save), "--device", ns.device,
-                          "--precision", precision, "--mode", mode]
+                          "--precision", precision]
                          + (["--profile", "yes"] if workload in ns.profile.split(",") else []),
                          capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
@@ -193,10 +191,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=60000, help="images of the synthetic 28x28 set")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"any of {', '.join(WORKLOADS)}")
     p.add_argument("--kernels", default="torch,triton",
-                   help="any of torch, triton, triton-tf32x3 (tl.dot on tensor cores, 3 passes), "
-                        "triton-two-pass (cuBLAS products, then row_stats)")
+                   help="any of torch, triton, triton-tf32x3 (tl.dot on tensor cores, 3 passes)")
     p.add_argument("--suites", default="compiled,interpreted,torch,kernel",
-                   help="test suites: any of compiled, interpreted, torch, kernel, two-pass")
+                   help="test suites: any of compiled, interpreted, torch, kernel")
     p.add_argument("--profile", default="", help="workloads whose children also profile one trajectory")
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--sweep", action="store_true", help="also time local_stats alone per tile configuration")
@@ -206,7 +203,6 @@ def main(argv=None) -> int:
     p.add_argument("--workload", default=None, help=argparse.SUPPRESS)
     p.add_argument("--save", default=None, help=argparse.SUPPRESS)
     p.add_argument("--precision", default="", help=argparse.SUPPRESS)
-    p.add_argument("--mode", default="", help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.child:
         _child(ns)
@@ -234,8 +230,6 @@ def main(argv=None) -> int:
                             {**plain, "TRITON_INTERPRET": "1"}),
             "torch": ("engine on cuda, torch path", base + ENGINE_CUDA_TESTS, {**plain, "ELSVIZ_KERNEL": "torch"}),
             "kernel": ("engine on cuda via the kernel", base + ENGINE_CUDA_TESTS, plain),
-            "two-pass": ("engine on cuda via the kernel, two-pass", base + ENGINE_CUDA_TESTS,
-                         {**plain, "ELSVIZ_TRITON_MODE": "two-pass"}),
         }
         for name, cmd, env in (suites[s] for s in ns.suites.split(",") if s):
             t0 = time.perf_counter()

@@ -17,10 +17,11 @@ exactly what `_Softmax.merge_at` consumes. (The torch path clamps l - m at -80 f
 vectorised exp; here a key that far below weighs exp(-80) ~ 2e-35 less, which no float32 sum
 sees.)
 
-Opt-in until measured on a GPU: `ELSVIZ_KERNEL=triton` (read when an Engine is made) turns it on
-for CUDA engines, and for CPU engines under Triton's interpreter (`TRITON_INTERPRET=1`, for the
-tests). Triton is imported lazily: elsviz works without it. If it is missing or the kernel fails,
-one warning, and the exact torch path serves.
+The default for CUDA engines where triton is installed (measured on an H200: 1.5x the torch path
+on 60,000 images, 2.6x on 64 hands; docs/BENCHMARKS.md); `ELSVIZ_KERNEL=torch` (read when an
+Engine is made) turns it off, `ELSVIZ_KERNEL=triton` also turns it on for CPU engines under
+Triton's interpreter (`TRITON_INTERPRET=1`, for the tests). Triton is imported lazily: elsviz
+works without it. If the kernel fails, one warning, and the exact torch path serves.
 """
 from __future__ import annotations
 
@@ -40,12 +41,6 @@ BLOCK_R, BLOCK_K, BLOCK_D, NUM_WARPS = 64, 64, 16, 8
 # tl.dot on float32: "ieee" (exact float32 FMAs) or "tf32x3" (tensor cores, 3 passes, ~float32).
 # Plain tf32 (10-bit mantissa) is not enough: logits reach ~1e4 at small t.
 PRECISION = "ieee"
-# row_stats (logits read from memory): smaller tiles; 64 x 64 with 8 warps spills for colour
-# (sm_90, 255 registers), 16 x 64 with 4 warps takes 128-168 registers
-ROWS_BLOCK_R, ROWS_BLOCK_K, ROWS_NUM_WARPS = 16, 64, 4
-# "fused": local_stats (the logits never leave registers); "two-pass": the logits of a chunk by
-# torch's matrix product (cuBLAS), then row_stats reads them once
-MODE = os.environ.get("ELSVIZ_TRITON_MODE", "fused")  # (the variable: for python -m elsviz.gpu_check)
 # Programs along the group axis of one launch (CUDA's limit for grid dimensions 2 and 3)
 _MAX_GRID = 65535
 # Split the keys across programs (flash-decoding) until about this many programs per SM run.
@@ -97,15 +92,14 @@ tl = None
 
 def _local_stats_kernel(
     # One program: BR query rows of group g against the keys of one split, BK keys at a time.
-    # Per tile: logits by tl.dot over D in pieces of BD (FROM_LOGITS: read from q, which then
-    # holds the logits [G, R, K]), the tile's max and first argmax, the running statistics
-    # rescaled by exp(m_old - m_new) (flash attention's online softmax).
+    # Per tile: logits by tl.dot over D in pieces of BD, the tile's max and first argmax, the
+    # running statistics rescaled by exp(m_old - m_new) (flash attention's online softmax).
     q_ptr, k_ptr, v_ptr, lc_ptr,  # inputs
     m_ptr, s_ptr, acc_ptr, ent_ptr, arg_ptr,  # outputs [S, G, R] (acc [S, G, R, C])
     R, K, D, keys_per_split,
     sqg, sqr, sqd, skg, skj, skd, svg, svj, svc, slg, slj,
     C: tl.constexpr, HAS_LOGC: tl.constexpr, PREC: tl.constexpr,
-    BR: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, ONE_D: tl.constexpr, FROM_LOGITS: tl.constexpr,
+    BR: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, ONE_D: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
@@ -128,15 +122,13 @@ def _local_stats_kernel(
     acc1 = tl.zeros([BR], tl.float32)
     acc2 = tl.zeros([BR], tl.float32)
     arg = tl.zeros([BR], tl.int64)
-    if ONE_D and not FROM_LOGITS:
+    if ONE_D:
         q_one = tl.load(q_base + dd[None, :] * sqd, mask=row_ok[:, None] & (dd < D)[None, :], other=0.0)  # [BR, BD]
     for j0 in range(j_start, j_end, BK):
         jj = j0 + tl.arange(0, BK)  # [BK]
         key_ok = jj < j_end
         jj64 = jj.to(tl.int64)
-        if FROM_LOGITS:  # q holds the logits themselves, [G, R, K] (row_stats): read once
-            logits = tl.load(q_base + jj64[None, :] * sqd, mask=row_ok[:, None] & key_ok[None, :], other=0.0)
-        elif ONE_D:  # the rows stay in registers
+        if ONE_D:  # the rows stay in registers
             kt = tl.load(k_base + dd[:, None] * skd + jj64[None, :] * skj,
                          mask=(dd < D)[:, None] & key_ok[None, :], other=0.0)  # [BD, BK]
             logits = tl.dot(q_one, kt, input_precision=PREC)
@@ -224,42 +216,21 @@ def local_stats(q, keys, values, logc=None, *, splits: int | None = None,
     the GPU); block_*: tile sizes (None: the module's)."""
     ng, nr, dim = q.shape
     nk = keys.shape[1]
-    if keys.shape != (ng, nk, dim) or values.shape[:2] != (ng, nk) or values.shape[2] not in (1, 3) or nk < 1:
+    c = values.shape[2]
+    if keys.shape != (ng, nk, dim) or values.shape[:2] != (ng, nk) or c not in (1, 3) or nk < 1:
         raise ElsvizError(f"local_stats needs q [G, R, D+1], keys [G, K, D+1] (K >= 1) and values [G, K, C] with "
                           f"C = 1 or 3; got q {tuple(q.shape)}, keys {tuple(keys.shape)}, values {tuple(values.shape)}.")
-    return _launch(q, keys, values, logc, False, splits, block_r, block_k, block_d)
-
-
-def row_stats(logits, values, logc=None, *, splits: int | None = None,
-              block_r: int | None = None, block_k: int | None = None):
-    """The statistics of local_stats from logits already computed, [G, R, K] (any strides; a
-    matrix product wrote them): one pass over them, in place of torch's dozen. values [G, K, C]
-    with C in {1, 3}; logc [G, K] or None."""
-    ng, nr, nk = logits.shape
-    if values.shape[:2] != (ng, nk) or values.shape[2] not in (1, 3) or nk < 1:
-        raise ElsvizError(f"row_stats needs logits [G, R, K] (K >= 1) and values [G, K, C] with C = 1 or 3; got "
-                          f"logits {tuple(logits.shape)}, values {tuple(values.shape)}.")
-    return _launch(logits, None, values, logc, True, splits, block_r, block_k, None)
-
-
-def _launch(q, keys, values, logc, from_logits, splits, block_r, block_k, block_d):
-    """local_stats (from_logits False: q [G, R, D+1], keys [G, K, D+1]) or row_stats (True: q the
-    logits [G, R, K], keys None)."""
-    ng, nr = q.shape[:2]
-    nk = q.shape[2] if from_logits else keys.shape[1]
-    dim = 1 if from_logits else q.shape[2]
-    c = values.shape[2]
     if logc is not None and logc.shape != (ng, nk):
         raise ElsvizError(f"local_stats needs logc [G, K] = {[ng, nk]} (or None), got {list(logc.shape)}.")
     if ng > _MAX_GRID:  # CUDA grids allow 65,535 programs along the group axis: in pieces
         cut = lambda v, g0: None if v is None else v[g0:g0 + _MAX_GRID]  # noqa: E731
-        parts = [_launch(cut(q, g0), cut(keys, g0), cut(values, g0), cut(logc, g0), from_logits, splits,
-                         block_r, block_k, block_d) for g0 in range(0, ng, _MAX_GRID)]
+        parts = [local_stats(cut(q, g0), cut(keys, g0), cut(values, g0), cut(logc, g0), splits=splits,
+                             block_r=block_r, block_k=block_k, block_d=block_d) for g0 in range(0, ng, _MAX_GRID)]
         return tuple(torch.cat(p, 0) for p in zip(*parts))
     # tiles no larger than the problem (tl.dot needs 16 at least): few rows (bbELS's border
     # classes) or a short window (k = 3) waste less
-    br = block_r or min(ROWS_BLOCK_R if from_logits else BLOCK_R, max(16, _next_pow2(nr)))
-    bk = block_k or (ROWS_BLOCK_K if from_logits else BLOCK_K)
+    br = block_r or min(BLOCK_R, max(16, _next_pow2(nr)))
+    bk = block_k or BLOCK_K
     bd = block_d or min(BLOCK_D, max(16, _next_pow2(dim)))
     row_tiles, key_tiles = math.ceil(nr / br), math.ceil(nk / bk)
     ns = splits or _auto_splits(q.device, row_tiles * ng, key_tiles)
@@ -274,12 +245,11 @@ def _launch(q, keys, values, logc, from_logits, splits, block_r, block_k, block_
     arg = torch.empty(ns, ng, nr, dtype=torch.int64, device=dev)
     lc = logc if logc is not None else q  # a dummy pointer when there are no counts
     _kernel()[(row_tiles, ng, ns)](
-        q, q if from_logits else keys, values, lc, m, s, acc, ent, arg, nr, nk, dim, per_split,
-        *q.stride(), *((0, 0, 0) if from_logits else keys.stride()), *values.stride(),
+        q, keys, values, lc, m, s, acc, ent, arg, nr, nk, dim, per_split,
+        *q.stride(), *keys.stride(), *values.stride(),
         *(logc.stride() if logc is not None else (0, 0)),
         C=c, HAS_LOGC=logc is not None, PREC=PRECISION, BR=br, BK=bk, BD=bd, ONE_D=dim <= bd,
-        FROM_LOGITS=from_logits, num_warps=ROWS_NUM_WARPS if from_logits else NUM_WARPS,
-        enable_fp_fusion=True,  # a*b+c in one rounding (and no warning of Triton 3.9's)
+        num_warps=NUM_WARPS, enable_fp_fusion=True,  # a*b+c in one rounding (and no warning of Triton 3.9's)
     )
     if ns == 1:
         return m[0], s[0], acc[0], ent[0], arg[0]
@@ -294,9 +264,8 @@ def _launch(q, keys, values, logc, from_logits, splits, block_r, block_k, block_
 def windowed(engine, sm, queries, q_idx, g, gi, imgs, k, label, hq, wq) -> bool:
     """Engine._windowed through the kernel: the group's whole key table (cached when it fits,
     else in large chunks) against its query rows in tiles; merged into sm. A group of one class
-    (ELS's, bbELS's interior) keeps one key per distinct window, with its count. MODE "fused":
-    local_stats; "two-pass": logits by a matrix product in chunks, then row_stats. False (after
-    one warning, with nothing merged) if the kernel cannot run: the caller takes the torch path."""
+    (ELS's, bbELS's interior) keeps one key per distinct window, with its count. False (after one
+    warning, with nothing merged) if the kernel cannot run: the caller takes the torch path."""
     from .engine import _combine, _table  # here: engine imports this module lazily too
 
     ng, nrows, dim = queries.shape
@@ -317,31 +286,16 @@ def windowed(engine, sm, queries, q_idx, g, gi, imgs, k, label, hq, wq) -> bool:
     else:  # does not fit: built chunk by chunk on every pass, chunks of a quarter of the cache
         big = max(kc, engine._cache.max_bytes // (16 * ng * (dim + c)) // BLOCK_K * BLOCK_K)
         chunks = lambda: _table(imgs, g.pos, k, big)  # noqa: E731
-    two_pass = MODE == "two-pass"
-    # query rows per call; two-pass: all rows, and keys per product so that its logits hold
-    # about chunk_elems numbers
-    rt = min(nrows, max(16, engine.chunk_elems // (ng * 1024))) if two_pass else max(1, engine.chunk_elems // (ng * dim))
+    rt = max(1, engine.chunk_elems // (ng * dim))  # query rows per call
     tiles = range(0, nrows, rt)
     try:
         results, j0 = dict.fromkeys(tiles), 0
         for keys, vals in chunks():  # [G, D + 1, kc] [G, C, kc]; each chunk built once
-            nk = keys.shape[-1]
             for r0 in tiles:
-                qt = queries[:, r0:r0 + rt]
-                if two_pass:
-                    step = max(BLOCK_K, engine.chunk_elems // (ng * qt.shape[1]) // BLOCK_K * BLOCK_K)
-                    spans = [(i, min(i + step, nk)) for i in range(0, nk, step)]
-                else:
-                    spans = [(0, nk)]
-                for i0, i1 in spans:
-                    lc = None if logc is None else logc[:, i0:i1]
-                    if two_pass:
-                        part = row_stats(torch.bmm(qt, keys[:, :, i0:i1]), vals[:, :, i0:i1].transpose(1, 2), lc)
-                    else:
-                        part = local_stats(qt, keys.transpose(1, 2), vals.transpose(1, 2), lc)
-                    part = (*part[:4], part[4] + j0 + i0)
-                    results[r0] = part if results[r0] is None else _combine(results[r0], part)
-            j0 += nk
+                part = local_stats(queries[:, r0:r0 + rt], keys.transpose(1, 2), vals.transpose(1, 2), logc)
+                part = (*part[:4], part[4] + j0)
+                results[r0] = part if results[r0] is None else _combine(results[r0], part)
+            j0 += keys.shape[-1]
     except Exception as exc:  # no compiler, an unsupported GPU, a Triton bug: stay exact
         _warn_once(f"elsviz: the Triton kernel failed ({type(exc).__name__}: {exc}); using the torch path.")
         engine._kernel = False

@@ -94,20 +94,6 @@ def test_matches_the_contract(interpret, g, r, k, d, c, logc):
     check(interpret.local_stats(q, keys, values, lc, **TILES), contract(q, keys, values, lc))
 
 
-@pytest.mark.parametrize("g,r,k,c,logc,splits", [(1, 5, 7, 1, False, None), (1, 37, 83, 1, True, 3),
-                                                (3, 20, 50, 3, True, None), (2, 16, 64, 3, False, 2)])
-def test_row_stats_matches_the_contract(interpret, g, r, k, c, logc, splits):
-    """row_stats: the same statistics from logits a matrix product wrote ([G, R, K], also strided)."""
-    q, keys, values, lc = problem(g, r, k, 9, c, seed=r + k + 1, logc=logc, dup=[(k - 1, 0)])
-    logits = torch.einsum("grd,gjd->grj", q, keys)  # float32, as torch.bmm writes them
-    got = interpret.row_stats(logits, values, lc, splits=splits, block_r=16, block_k=16)
-    check(got, contract(logits, torch.eye(k).expand(g, k, k), values, lc))  # the contract on these logits
-    strided = torch.einsum("grd,gjd->gjr", q, keys).transpose(1, 2)  # not contiguous along the keys
-    check(interpret.row_stats(strided, values, lc, block_r=16, block_k=16), contract(q, keys, values, lc))
-    with pytest.raises(ElsvizError, match="row_stats"):
-        interpret.row_stats(logits, values[:, :-1], lc)
-
-
 @pytest.mark.parametrize("splits", [2, 3, 7])
 def test_key_splits_combine_exactly(interpret, splits):
     """Keys split over programs (flash-decoding) and combined after: the same statistics."""
@@ -192,14 +178,12 @@ from elsviz import triton_kernel as tk
 tk.tl = triton.language  # what tk._kernel() binds
 fn = JITFunction(tk._local_stats_kernel)
 out = []
-for c, has_logc, one_d, from_logits in json.loads(sys.argv[1]):
-    tiles = (tk.ROWS_BLOCK_R, tk.ROWS_BLOCK_K, tk.ROWS_NUM_WARPS) if from_logits else (tk.BLOCK_R, tk.BLOCK_K, tk.NUM_WARPS)
-    consts = dict(C=c, HAS_LOGC=has_logc, PREC=tk.PRECISION, BR=tiles[0], BK=tiles[1], BD=tk.BLOCK_D, ONE_D=one_d,
-                  FROM_LOGITS=from_logits)
+for c, has_logc, one_d in json.loads(sys.argv[1]):
+    consts = dict(C=c, HAS_LOGC=has_logc, PREC=tk.PRECISION, BR=tk.BLOCK_R, BK=tk.BLOCK_K, BD=tk.BLOCK_D, ONE_D=one_d)
     sig = {n: "constexpr" if n in consts else ("*i64" if n == "arg_ptr" else "*fp32") if n.endswith("_ptr") else "i32"
            for n in fn.arg_names}
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": tiles[2], "enable_fp_fusion": True})
+                            options={"num_warps": tk.NUM_WARPS, "enable_fp_fusion": True})
     cubin = Path(tempfile.mkdtemp()) / "kernel.cubin"
     cubin.write_bytes(kernel.asm["cubin"])
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -208,8 +192,7 @@ for c, has_logc, one_d, from_logits in json.loads(sys.argv[1]):
     out.append({"bytes": len(kernel.asm["cubin"]), "regs": int(fields["REG"]), "stack": int(fields["STACK"])})
 print(json.dumps(out))
 """
-VARIANTS = [(1, False, False, False), (1, False, True, False), (3, True, False, False),  # C, HAS_LOGC, ONE_D,
-            (1, True, True, True), (3, False, True, True)]  # FROM_LOGITS (row_stats)
+VARIANTS = [(1, False, False), (1, False, True), (3, True, False)]  # C, HAS_LOGC, ONE_D
 
 
 def test_compiles_for_an_h100_without_spilling_registers():
@@ -233,8 +216,7 @@ def test_compiles_for_an_h100_without_spilling_registers():
     assert run.returncode == 0, run.stderr[-3000:]
     for variant, res in zip(VARIANTS, json.loads(run.stdout.strip().splitlines()[-1])):
         assert res["bytes"] > 0 and res["regs"] <= 255
-        assert res["stack"] == 0, (f"C, logc, one piece, from logits = {variant}: {res['regs']} registers, "
-                                   f"{res['stack']} bytes spilled")
+        assert res["stack"] == 0, f"C, logc, one piece = {variant}: {res['regs']} registers, {res['stack']} bytes spilled"
 
 
 # -- the Engine with ELSVIZ_KERNEL=triton ----------------------------------------------------------
@@ -243,24 +225,18 @@ def test_compiles_for_an_h100_without_spilling_registers():
 ONCE = pytest.mark.parametrize("make_pair", ["kernel"], indirect=True)
 
 
-@pytest.fixture(params=["fused", "two-pass"])
-def kernel_engine(request, interpret, monkeypatch, make_pair):
-    """make_pair for engines with the kernel on, in each MODE; counts the kernel's calls."""
+@pytest.fixture
+def kernel_engine(interpret, monkeypatch, make_pair):
+    """make_pair for engines with the kernel on; counts the kernel's calls."""
     monkeypatch.setenv("ELSVIZ_KERNEL", "triton")
-    monkeypatch.setattr(interpret, "MODE", request.param)
     calls = {"n": 0}
-    fused, from_logits = interpret.local_stats, interpret.row_stats
+    real = interpret.local_stats
 
-    def spy_fused(*args, **kwargs):
+    def spy(*args, **kwargs):
         calls["n"] += 1
-        return fused(*args, **{**TILES, **kwargs})
+        return real(*args, **{**TILES, **kwargs})
 
-    def spy_logits(*args, **kwargs):
-        calls["n"] += 1
-        return from_logits(*args, **{"block_r": 16, "block_k": 16, **kwargs})
-
-    monkeypatch.setattr(interpret, "local_stats", spy_fused)
-    monkeypatch.setattr(interpret, "row_stats", spy_logits)
+    monkeypatch.setattr(interpret, "local_stats", spy)
     return make_pair, calls
 
 
@@ -355,7 +331,6 @@ def test_a_failing_kernel_falls_back_to_torch_with_one_warning(kernel_engine, mo
         raise RuntimeError("no compiler")
 
     monkeypatch.setattr(triton_kernel, "local_stats", broken)
-    monkeypatch.setattr(triton_kernel, "row_stats", broken)
     monkeypatch.setattr(triton_kernel, "_WARNED", set())
     images = random_images(8, 1, 6, 6, seed=10)
     engine, ref = make_pair("els", images)
