@@ -174,21 +174,95 @@ def _local_stats_kernel(
         tl.store(acc_ptr + out * C + 2, acc2, mask=row_ok)
 
 
-def _kernel():
-    """The Triton kernel, jitted on first use (so that importing this module needs no triton);
-    anew under the interpreter (triton.jit reads TRITON_INTERPRET when it decorates)."""
+def _table_kernel(
+    # One program: BK keys of group g, written into the key table [G, D + 1, M] (the window's
+    # entries, then |K|^2) and the centres [G, C, M]; key j of the chunk is key j0 + j of the
+    # class, image (j0 + j) % N at position pos[g, (j0 + j) // N], or (LISTED) the key id ids[j0 + j]
+    # = image * H*W + position. Windows are read from the padded images [N, H + 2d, W + 2d, C].
+    pad_ptr, pos_ptr, ids_ptr, keys_ptr, vals_ptr,
+    M, j0, N, W, HW, spn, spy, spx, spg, skg, skd, skj, svg, svc, svj,
+    KW: tl.constexpr, C: tl.constexpr, D: tl.constexpr, LISTED: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
+):
+    g = tl.program_id(1).to(tl.int64)
+    jj = tl.program_id(0) * BK + tl.arange(0, BK)  # [BK] key of the chunk
+    ok = jj < M
+    jj64 = jj.to(tl.int64)
+    j = jj64 + j0  # key of the class
+    if LISTED:
+        kid = tl.load(ids_ptr + j, mask=ok, other=0)
+        n, p = kid // HW, kid % HW
+    else:
+        n = j % N
+        p = tl.load(pos_ptr + g * spg + j // N, mask=ok, other=0).to(tl.int64)
+    base = n * spn + (p // W) * spy + (p % W) * spx  # [BK] the window's top-left entry
+    sq = tl.zeros([BK], tl.float32)
+    for e0 in range(0, D, BD):
+        e = e0 + tl.arange(0, BD)  # [BD] entries (channel, row, column)
+        e_ok = e < D
+        off = ((e % (KW * KW)) // KW) * spy + (e % KW) * spx + e // (KW * KW)
+        v = tl.load(pad_ptr + base[None, :] + off[:, None], mask=e_ok[:, None] & ok[None, :], other=0.0)  # [BD, BK]
+        tl.store(keys_ptr + g * skg + e[:, None] * skd + jj64[None, :] * skj, v, mask=e_ok[:, None] & ok[None, :])
+        sq += tl.sum(v * v, 0)
+    tl.store(keys_ptr + g * skg + D * skd + jj64 * skj, sq, mask=ok)
+    for ch in tl.static_range(C):
+        centre = tl.load(pad_ptr + base + (KW // 2) * (spy + spx) + ch, mask=ok, other=0.0)
+        tl.store(vals_ptr + g * svg + ch * svc + jj64 * svj, centre, mask=ok)
+
+
+def _kernel(which: str = "stats"):
+    """A Triton kernel ("stats": _local_stats_kernel, "table": _table_kernel), jitted on first use
+    (so that importing this module needs no triton); anew under the interpreter (triton.jit reads
+    TRITON_INTERPRET when it decorates)."""
     global tl
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if interpret not in _KERNELS:
+    if (which, interpret) not in _KERNELS:
         import triton
         import triton.language
 
         tl = triton.language
         # sizes and group strides change with every class group and k: specialising on them (a
         # variant for multiples of 16) would compile the kernel again and again in a trajectory
-        _KERNELS[interpret] = triton.jit(_local_stats_kernel, do_not_specialize=[
-            "R", "K", "D", "keys_per_split", "sqg", "skg", "svg", "slg"])
-    return _KERNELS[interpret]
+        if which == "stats":
+            _KERNELS[which, interpret] = triton.jit(_local_stats_kernel, do_not_specialize=[
+                "R", "K", "D", "keys_per_split", "sqg", "skg", "svg", "slg"])
+        else:
+            _KERNELS[which, interpret] = triton.jit(_table_kernel, do_not_specialize=[
+                "M", "j0", "N", "W", "HW", "spn", "spy", "spx", "spg", "skg", "skd", "skj", "svg", "svc", "svj"])
+    return _KERNELS[which, interpret]
+
+
+def key_table(padded, k: int, w: int, pos=None, ids=None, j0: int = 0, j1: int | None = None):
+    """Keys j0..j1 of a class table, built by one kernel: keys [G, D + 1, M] (window entries
+    (channel, row, column), then |K|^2) and centres [G, C, M], M = j1 - j0. padded: the images
+    [N, H + 2d, W + 2d, C] (keyset.padded_images); the keys are either every image at each
+    position of pos [G, S] (key j: image j % N at pos[:, j // N], the dense order), or the ids
+    [M'] (image * H*W + position; one group). Torch's gathers (engine._table) wrote the same
+    windows in about five passes over the table."""
+    n, hp, wp, c = padded.shape
+    padded = padded.contiguous()
+    listed = ids is not None
+    ng = 1 if listed else pos.shape[0]
+    total = ids.shape[0] if listed else pos.shape[1] * n
+    j1 = total if j1 is None else j1
+    m, dim = j1 - j0, c * k * k
+    keys = torch.empty(ng, dim + 1, m, device=padded.device)
+    vals = torch.empty(ng, c, m, device=padded.device)
+    if m == 0:
+        return keys, vals
+    pos_t = padded if listed else pos.contiguous()
+    ids_t = ids.contiguous() if listed else padded  # (a dummy pointer where unused)
+    if ng > _MAX_GRID:  # CUDA grids allow 65,535 programs along the group axis: in pieces
+        for g0 in range(0, ng, _MAX_GRID):
+            part = key_table(padded, k, w, pos=pos[g0:g0 + _MAX_GRID], j0=j0, j1=j1)
+            keys[g0:g0 + _MAX_GRID], vals[g0:g0 + _MAX_GRID] = part
+        return keys, vals
+    bk = 64
+    _kernel("table")[(math.ceil(m / bk), ng)](
+        padded, pos_t, ids_t, keys, vals, m, j0, n, w, (hp - k + 1) * w, *padded.stride()[:3],
+        0 if listed else pos_t.stride(0), *keys.stride(), *vals.stride(),
+        KW=k, C=c, D=dim, LISTED=listed, BK=bk, BD=16, num_warps=4,
+    )
+    return keys, vals
 
 
 def _next_pow2(v: int) -> int:
@@ -244,7 +318,7 @@ def local_stats(q, keys, values, logc=None, *, splits: int | None = None,
     ent = torch.empty(ns, ng, nr, device=dev)
     arg = torch.empty(ns, ng, nr, dtype=torch.int64, device=dev)
     lc = logc if logc is not None else q  # a dummy pointer when there are no counts
-    _kernel()[(row_tiles, ng, ns)](
+    _kernel("stats")[(row_tiles, ng, ns)](
         q, keys, values, lc, m, s, acc, ent, arg, nr, nk, dim, per_split,
         *q.stride(), *keys.stride(), *values.stride(),
         *(logc.stride() if logc is not None else (0, 0)),
@@ -266,29 +340,31 @@ def windowed(engine, sm, queries, q_idx, g, gi, imgs, k, label, hq, wq) -> bool:
     else in large chunks) against its query rows in tiles; merged into sm. A group of one class
     (ELS's, bbELS's interior) keeps one key per distinct window, with its count. False (after one
     warning, with nothing merged) if the kernel cannot run: the caller takes the torch path."""
-    from .engine import _combine, _table  # here: engine imports this module lazily too
+    from .engine import _combine  # here: engine imports this module lazily too
+    from .keyset import padded_images
 
     ng, nrows, dim = queries.shape
     n, c, h, w = imgs.shape
     nkeys = g.pos.shape[1] * n
     table_bytes = ng * nkeys * (dim + c + 3) * 4
-    kc = max(BLOCK_K, engine.chunk_elems // (ng * dim) // BLOCK_K * BLOCK_K)  # keys per chunk while building
     logc = rep = None
-    if table_bytes <= engine._cache.max_bytes and ng == 1:  # distinct keys, first occurrences in order
-        keys, vals, logc, rep = engine._cache.get(("dtable", engine.machine, k, label, hq, wq, gi),
-                                                  lambda: _distinct_table(engine, imgs, g.pos[0], k, label, kc),
-                                                  table_bytes)
-        chunks = lambda: [(keys, vals)]  # noqa: E731
-    elif table_bytes <= engine._cache.max_bytes:
-        whole = engine._cache.get(("ktable", engine.machine, k, label, hq, wq, gi),
-                                  lambda: _whole_table(imgs, g.pos, k, kc), table_bytes)
-        chunks = lambda: [whole]  # noqa: E731
-    else:  # does not fit: built chunk by chunk on every pass, chunks of a quarter of the cache
-        big = max(kc, engine._cache.max_bytes // (16 * ng * (dim + c)) // BLOCK_K * BLOCK_K)
-        chunks = lambda: _table(imgs, g.pos, k, big)  # noqa: E731
     rt = max(1, engine.chunk_elems // (ng * dim))  # query rows per call
     tiles = range(0, nrows, rt)
     try:
+        if table_bytes <= engine._cache.max_bytes and ng == 1:  # distinct keys, first occurrences in order
+            keys, vals, logc, rep = engine._cache.get(("dtable", engine.machine, k, label, hq, wq, gi),
+                                                      lambda: _distinct_table(engine, imgs, g.pos[0], k, label),
+                                                      table_bytes)
+            chunks = lambda: [(keys, vals)]  # noqa: E731
+        elif table_bytes <= engine._cache.max_bytes:
+            whole = engine._cache.get(("ktable", engine.machine, k, label, hq, wq, gi),
+                                      lambda: key_table(padded_images(imgs, k), k, w, pos=g.pos), table_bytes)
+            chunks = lambda: [whole]  # noqa: E731
+        else:  # does not fit: built chunk by chunk on every pass, chunks of a quarter of the cache
+            big = max(BLOCK_K, engine._cache.max_bytes // (16 * ng * (dim + c)) // BLOCK_K * BLOCK_K)
+            padded = padded_images(imgs, k)
+            chunks = lambda: (key_table(padded, k, w, pos=g.pos, j0=j, j1=min(j + big, nkeys))  # noqa: E731
+                              for j in range(0, nkeys, big))
         results, j0 = dict.fromkeys(tiles), 0
         for keys, vals in chunks():  # [G, D + 1, kc] [G, C, kc]; each chunk built once
             for r0 in tiles:
@@ -311,39 +387,17 @@ def windowed(engine, sm, queries, q_idx, g, gi, imgs, k, label, hq, wq) -> bool:
     return True
 
 
-def _distinct_table(engine, imgs, pos, k, label, kc):
+def _distinct_table(engine, imgs, pos, k, label):
     """The keys of one class [1, D + 1, Kd], one per distinct window, in the order of their first
     occurrence in the dense order (so the first key holding the max is the dense path's), their
     centres [1, C, Kd], log counts [1, Kd] (None where every window is distinct) and rep [Kd], the
     first key of each window (id image * H*W + position). c identical keys weigh c exp(l), so
     exp(l + log c) gives the same softmax over Kd keys instead of S*N; the max and its key come
-    from l alone, as in the dense path. Built kc keys at a time."""
-    from .keyset import centre_entries, distinct_keys, padded_images, window_table
+    from l alone, as in the dense path."""
+    from .keyset import distinct_keys, padded_images
 
     n, c, h, w = imgs.shape
     rep, count = distinct_keys(engine._hashes(k, label).flatten(1), pos, h * w, in_order=True)
-    padded = padded_images(imgs, k)
-    keys = torch.empty(1, c * k * k + 1, rep.shape[0], device=imgs.device)
-    for j0 in range(0, rep.shape[0], kc):
-        r = rep[j0:j0 + kc]
-        keys[0, :, j0:j0 + r.shape[0]] = window_table(padded, r // (h * w), r % (h * w), k, w)
-    vals = keys[:, centre_entries(c, k, imgs.device)].contiguous()  # [1, C, Kd]
+    keys, vals = key_table(padded_images(imgs, k), k, w, ids=rep)
     logc = count.to(keys.dtype).log().unsqueeze(0) if bool((count > 1).any()) else None
     return keys, vals, logc, rep
-
-
-def _whole_table(imgs, pos, k, kc):
-    """The key table of _table in one piece: keys [G, D + 1, S*N], vals [G, C, S*N], built in
-    chunks of kc keys (no second copy at its peak)."""
-    from .engine import _table
-
-    n, c = imgs.shape[:2]
-    ng, npos = pos.shape
-    keys = torch.empty(ng, c * k * k + 1, npos * n, device=imgs.device)
-    vals = torch.empty(ng, c, npos * n, device=imgs.device)
-    j0 = 0
-    for kt, vt in _table(imgs, pos, k, kc):
-        keys[:, :, j0:j0 + kt.shape[-1]] = kt
-        vals[:, :, j0:j0 + kt.shape[-1]] = vt
-        j0 += kt.shape[-1]
-    return keys, vals

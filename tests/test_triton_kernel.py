@@ -94,6 +94,30 @@ def test_matches_the_contract(interpret, g, r, k, d, c, logc):
     check(interpret.local_stats(q, keys, values, lc, **TILES), contract(q, keys, values, lc))
 
 
+@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_key_table_writes_the_windows_of_the_torch_gathers(interpret, c, k):
+    """key_table: one kernel writes what engine._table (dense order, groups, a slice j0..j1) and
+    keyset.window_table (listed key ids) gather, window entries and centres exactly."""
+    from elsviz.engine import _table
+    from elsviz.keyset import centre_entries, padded_images, window_table
+
+    imgs = torch.rand(7, c, 6, 8, generator=torch.Generator().manual_seed(k + c)) * 2 - 1
+    padded = padded_images(imgs, k)
+    pos = torch.tensor([[0, 5, 9, 47], [12, 13, 20, 30]])  # two groups, corners included
+    keys, vals = interpret.key_table(padded, k, 8, pos=pos)
+    want_keys, want_vals = next(_table(imgs, pos, k, 1000))
+    assert torch.equal(keys[:, :-1], want_keys[:, :-1]) and torch.equal(vals, want_vals)
+    torch.testing.assert_close(keys[:, -1], want_keys[:, -1], rtol=1e-6, atol=1e-6)  # |K|^2
+    part = interpret.key_table(padded, k, 8, pos=pos, j0=5, j1=19)
+    assert torch.equal(part[0], keys[:, :, 5:19]) and torch.equal(part[1], vals[:, :, 5:19])
+    ids = torch.tensor([3 * 48 + 7, 0, 6 * 48 + 47, 2 * 48 + 20])  # image * H*W + position
+    listed, centres = interpret.key_table(padded, k, 8, ids=ids)
+    want = window_table(padded, ids // 48, ids % 48, k, 8)
+    assert torch.equal(listed[0, :-1], want[:-1]) and torch.equal(centres[0], want[centre_entries(c, k)])
+    torch.testing.assert_close(listed[0, -1], want[-1], rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("splits", [2, 3, 7])
 def test_key_splits_combine_exactly(interpret, splits):
     """Keys split over programs (flash-decoding) and combined after: the same statistics."""
@@ -176,14 +200,16 @@ from triton.runtime.jit import JITFunction
 from elsviz import triton_kernel as tk
 
 tk.tl = triton.language  # what tk._kernel() binds
-fn = JITFunction(tk._local_stats_kernel)
+stats, table = JITFunction(tk._local_stats_kernel), JITFunction(tk._table_kernel)
+builds = [(stats, dict(C=c, HAS_LOGC=has_logc, PREC=tk.PRECISION, BR=tk.BLOCK_R, BK=tk.BLOCK_K, BD=tk.BLOCK_D, ONE_D=one_d),
+           tk.NUM_WARPS) for c, has_logc, one_d in json.loads(sys.argv[1])]
+builds += [(table, dict(KW=k, C=c, D=c * k * k, LISTED=listed, BK=64, BD=16), 4) for k, c, listed in json.loads(sys.argv[2])]
 out = []
-for c, has_logc, one_d in json.loads(sys.argv[1]):
-    consts = dict(C=c, HAS_LOGC=has_logc, PREC=tk.PRECISION, BR=tk.BLOCK_R, BK=tk.BLOCK_K, BD=tk.BLOCK_D, ONE_D=one_d)
-    sig = {n: "constexpr" if n in consts else ("*i64" if n == "arg_ptr" else "*fp32") if n.endswith("_ptr") else "i32"
-           for n in fn.arg_names}
+for fn, consts, warps in builds:
+    sig = {n: "constexpr" if n in consts else ("*i64" if n in ("arg_ptr", "pos_ptr", "ids_ptr") else "*fp32")
+           if n.endswith("_ptr") else "i32" for n in fn.arg_names}
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": tk.NUM_WARPS, "enable_fp_fusion": True})
+                            options={"num_warps": warps, "enable_fp_fusion": True})
     cubin = Path(tempfile.mkdtemp()) / "kernel.cubin"
     cubin.write_bytes(kernel.asm["cubin"])
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -193,6 +219,7 @@ for c, has_logc, one_d in json.loads(sys.argv[1]):
 print(json.dumps(out))
 """
 VARIANTS = [(1, False, False), (1, False, True), (3, True, False)]  # C, HAS_LOGC, ONE_D
+TABLE_VARIANTS = [(3, 1, False), (15, 1, True), (25, 3, True)]  # the table kernel: k, C, LISTED
 
 
 def test_compiles_for_an_h100_without_spilling_registers():
@@ -212,9 +239,12 @@ def test_compiles_for_an_h100_without_spilling_registers():
         pytest.skip("this triton wheel has no NVIDIA tools")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, "-c", AOT, json.dumps(VARIANTS)], capture_output=True, text=True, env=env, cwd=root)
+    run = subprocess.run([sys.executable, "-c", AOT, json.dumps(VARIANTS), json.dumps(TABLE_VARIANTS)],
+                         capture_output=True, text=True, env=env, cwd=root)
     assert run.returncode == 0, run.stderr[-3000:]
-    for variant, res in zip(VARIANTS, json.loads(run.stdout.strip().splitlines()[-1])):
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(results) == len(VARIANTS) + len(TABLE_VARIANTS)
+    for variant, res in zip(VARIANTS + TABLE_VARIANTS, results):
         assert res["bytes"] > 0 and res["regs"] <= 255
         assert res["stack"] == 0, f"C, logc, one piece = {variant}: {res['regs']} registers, {res['stack']} bytes spilled"
 
