@@ -97,7 +97,7 @@ def _load_tree(root: Path):
 def synthetic_set(n: int, size: int, seed: int = 0):
     """n MNIST-like images of size x size: the digits set's images at 20x20 on a background of -1,
     each warped by its own random affine map (rotation up to 15 degrees, scale 0.9-1.1, shear,
-    shift up to 3 pixels at 28x28) and rounded to 8 bits. Every image is different, so key windows
+    shift up to 2 pixels at 28x28) and rounded to 8 bits. Every image is different, so key windows
     repeat about as much as in real handwriting: only in the background (distinct shares of the
     interior keys of 60,000 images at 28x28: 47% at k = 3, 89% at k = 7, 100% at k = 15; MNIST
     itself has more background). Shifted and flipped copies of the 1,797 digits, the set before

@@ -11,8 +11,10 @@ once. The rules that keep this safe and cheap:
   one background step;
 - a foreground run that is already being computed in the background waits for it (`wait_for`)
   instead of computing it twice;
-- a new plan replaces the old one: a background run no longer in the plan stops at its next step
-  (settings changed, or the slider moved on);
+- each owner (an app session) has its own plan, and a new plan replaces only that owner's: a
+  background run no longer in any plan stops at its next step (settings changed, or the slider
+  moved on), and one user's moves do not drop another's neighbours. The thread takes the plans'
+  first jobs in turn, so every session gets its nearest k soon;
 - when the plan is done the thread sleeps on a condition: an idle app uses no CPU.
 
 Plain Python (no Streamlit): the app holds one Worker in st.cache_resource; tests drive it directly.
@@ -55,8 +57,9 @@ class Worker:
         self._locks: dict[int, threading.RLock] = {}  # id(engine) -> its lock (an id reused later shares one: harmless)
         self._guard = threading.Lock()
         self._cond = threading.Condition()
-        self._plan: list[Job] = []
-        self._wanted: set = set()  # keys of the current plan, the running job's included
+        self._plans: dict[Hashable, list[Job]] = {}  # owner -> its plan, nearest first
+        self._wanted: dict[Hashable, set] = {}  # owner -> keys of its current plan, the running job's included
+        self._turn = 0  # whose plan goes next (round robin)
         self._running: Job | None = None
         self._foreground = 0  # foreground uses waiting or running
         self._thread: threading.Thread | None = None
@@ -83,22 +86,50 @@ class Worker:
                 self._cond.notify_all()
 
     # -- the plan ----------------------------------------------------------------------------------
-    def submit(self, jobs: list[Job]) -> None:
-        """Replace the plan with jobs (nearest first). A running job not among them stops."""
+    def submit(self, jobs: list[Job], owner: Hashable = None) -> None:
+        """Replace owner's plan with jobs (nearest first). A running job that no plan wants any
+        more stops."""
         with self._cond:
-            self._plan = list(jobs)
-            self._wanted = {j.key for j in jobs}
-            if self._running is not None and self._running.key in self._wanted:
-                self._plan = [j for j in self._plan if j.key != self._running.key]
-            if self._plan and (self._thread is None or not self._thread.is_alive()):
+            running = None if self._running is None else self._running.key
+            self._wanted[owner] = {j.key for j in jobs}
+            self._plans[owner] = [j for j in jobs if j.key != running]
+            if not jobs:
+                self._plans.pop(owner)
+                self._wanted.pop(owner)
+            if self._plans and (self._thread is None or not self._thread.is_alive()):
                 self._thread = threading.Thread(target=self._loop, name="elsviz-live-k", daemon=True)
                 self._thread.start()
                 atexit.register(self._stop_at_exit)
             self._cond.notify_all()
 
-    def cancel(self) -> None:
-        """Drop the plan; a running job stops at its next step."""
-        self.submit([])
+    def cancel(self, owner: Hashable = None) -> None:
+        """Drop owner's plan; a running job that no other plan wants stops at its next step."""
+        self.submit([], owner)
+
+    def cancel_all(self) -> None:
+        """Drop every plan; a running job stops at its next step."""
+        with self._cond:
+            self._plans.clear()
+            self._wanted.clear()
+            self._cond.notify_all()
+
+    def _forget(self, key) -> None:
+        """A finished job's key is wanted no more; an owner with nothing left goes (sessions end)."""
+        for owner in list(self._wanted):
+            self._wanted[owner].discard(key)
+            if not self._wanted[owner] and not self._plans.get(owner):
+                del self._wanted[owner]
+                self._plans.pop(owner, None)
+
+    def _is_wanted(self, key) -> bool:
+        return any(key in keys for keys in self._wanted.values())
+
+    def _next_job(self) -> Job:
+        """The first job of the next owner's plan, in turn (called with a plan waiting)."""
+        owners = [o for o, plan in self._plans.items() if plan]
+        owner = owners[self._turn % len(owners)]
+        self._turn += 1
+        return self._plans[owner].pop(0)
 
     def running(self) -> Hashable | None:
         with self._cond:
@@ -123,20 +154,20 @@ class Worker:
     def idle(self, timeout: float | None = None) -> bool:
         """Wait until the plan is done and nothing runs in the background; True if so within timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._plan and self._running is None, timeout)
+            return self._cond.wait_for(lambda: not any(self._plans.values()) and self._running is None, timeout)
 
     def _stop_at_exit(self) -> None:
         """At interpreter exit: stop the background run at its next step and wait for it (a daemon thread
         killed inside torch during finalization can crash the process)."""
-        self.cancel()
+        self.cancel_all()
         self.idle(timeout=30)
 
     # -- the thread --------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._plan and not self._foreground)
-                job = self._running = self._plan.pop(0)
+                self._cond.wait_for(lambda: any(self._plans.values()) and not self._foreground)
+                job = self._running = self._next_job()
                 job.started, job.done = time.perf_counter(), 0
             try:
                 with self.lock(job.engine):
@@ -144,14 +175,17 @@ class Worker:
             except _Stopped:
                 with self._cond:
                     self.stopped.append(job.key)
-                    if job.key in self._wanted and job not in self._plan:
-                        self._plan.insert(0, job)  # stopped for the foreground: do it when that is done
+                    owners = [o for o, keys in self._wanted.items() if job.key in keys]
+                    if owners and not any(job.key == j.key for plan in self._plans.values() for j in plan):
+                        self._plans[owners[0]].insert(0, job)  # stopped for the foreground: do it when that is done
             except Exception as err:  # noqa: BLE001 - a failing background run (a k the machine refuses) is dropped
                 with self._cond:
                     self.failed.append((job.key, err))
+                    self._forget(job.key)
             else:
                 with self._cond:
                     self.done.append(job.key)
+                    self._forget(job.key)
             finally:
                 with self._cond:
                     self._running = None
@@ -160,5 +194,5 @@ class Worker:
     def _check(self, job: Job, done: int = 0, total: int = 0) -> None:
         with self._cond:
             job.done, job.total = done, total
-            if self._foreground or job.key not in self._wanted:
+            if self._foreground or not self._is_wanted(job.key):
                 raise _Stopped("stopped")

@@ -231,3 +231,35 @@ def test_a_foreground_run_waits_for_the_same_run_in_the_background():
     assert seen and all(0 <= d <= 20 and t in (0, 20) for d, t in seen)  # its progress, for a progress bar
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] >= 10
     assert not worker.wait_for("k=9")  # not running: the caller computes it
+
+
+def test_each_session_keeps_its_own_plan():
+    """Two users of one app: one's new plan (or cancel) leaves the other's neighbours planned, and
+    the thread takes the plans' jobs in turn, so both see their nearest k soon."""
+    worker, engine = Worker(), object()
+    started = threading.Event()
+    block = Slow("a: k=5", n=30, step=0.01, started=started)
+    worker.submit([Job("a: k=5", engine, block), Job("a: k=9", engine, Slow("a: k=9", n=1, step=0.01))], owner="a")
+    assert started.wait(5)
+    worker.submit([Job(f"b: k={k}", engine, Slow(f"b: k={k}", n=1, step=0.01)) for k in (3, 7)], owner="b")
+    worker.submit([Job("c: k=11", engine, Slow("c: k=11", n=1, step=0.01))], owner="c")
+    worker.cancel("c")  # c moved on: only c's plan goes
+    assert worker.idle(timeout=10)
+    assert worker.done[0] == "a: k=5" and block.steps == 30  # b's and c's plans did not stop a's run
+    assert worker.done[1:] == ["a: k=9", "b: k=3", "b: k=7"] or worker.done[1:] == ["b: k=3", "a: k=9", "b: k=7"]
+    assert "c: k=11" not in worker.done
+    assert worker._plans == {} and worker._wanted == {}  # sessions that end leave nothing behind
+
+
+def test_a_run_two_sessions_want_goes_on_when_one_cancels():
+    worker, engine = Worker(), object()
+    started = threading.Event()
+    shared = Slow("k=7", n=40, step=0.01, started=started)
+    worker.submit([Job("k=7", engine, shared)], owner="a")
+    assert started.wait(5)
+    worker.submit([Job("k=7", engine, Slow("k=7"))], owner="b")  # the same run: not computed twice
+    worker.cancel("a")
+    assert worker.idle(timeout=10)
+    assert worker.done == ["k=7"] and shared.steps == 40 and worker.stopped == []
+    worker.cancel_all()
+    assert worker.idle(timeout=1) and worker.running() is None

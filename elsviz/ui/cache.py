@@ -11,6 +11,7 @@ into the same run cache, so moving the slider to one of them shows it at once.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import replace
 
 import streamlit as st
@@ -42,6 +43,12 @@ def _estimator() -> Estimator:
 @st.cache_resource(show_spinner=False)
 def _worker() -> Worker:
     return Worker()
+
+
+def _session() -> str:
+    """This browser session's name for the background worker: each session has its own plan of
+    neighbouring k, so that one user's moves do not drop another's."""
+    return st.session_state.setdefault("_live_owner", uuid.uuid4().hex)
 
 
 def engine_use(engine):
@@ -228,7 +235,7 @@ def _settings_changed(settings) -> None:
     ss = st.session_state
     base = _live_base(settings, settings.spec)
     if ss.get("_live_base") != base:
-        _worker().cancel()  # the settings changed: the old neighbours are not wanted
+        _worker().cancel(_session())  # the settings changed: this session's old neighbours are not wanted
     ss["_live_base"] = base
 
 
@@ -242,7 +249,7 @@ def start_live_k() -> None:
         jobs = live_plan(*pending)
     except ElsvizError:
         jobs = []
-    _worker().submit(jobs)
+    _worker().submit(jobs, _session())
 
 
 def main_result() -> Result:
