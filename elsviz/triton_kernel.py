@@ -180,8 +180,8 @@ def _table_kernel(
     # class, image (j0 + j) % N at position pos[g, (j0 + j) // N], or (LISTED) the key id ids[j0 + j]
     # = image * H*W + position. Windows are read from the padded images [N, H + 2d, W + 2d, C].
     pad_ptr, pos_ptr, ids_ptr, keys_ptr, vals_ptr,
-    M, j0, N, W, HW, spn, spy, spx, spg, skg, skd, skj, svg, svc, svj,
-    KW: tl.constexpr, C: tl.constexpr, D: tl.constexpr, LISTED: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
+    M, j0, N, W, HW, spn, spy, spx, spg, skg, skd, skj, svg, svc, svj, KW, D,
+    C: tl.constexpr, LISTED: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
 ):
     g = tl.program_id(1).to(tl.int64)
     jj = tl.program_id(0) * BK + tl.arange(0, BK)  # [BK] key of the chunk
@@ -227,7 +227,8 @@ def _kernel(which: str = "stats"):
                 "R", "K", "D", "keys_per_split", "sqg", "skg", "svg", "slg"])
         else:
             _KERNELS[which, interpret] = triton.jit(_table_kernel, do_not_specialize=[
-                "M", "j0", "N", "W", "HW", "spn", "spy", "spx", "spg", "skg", "skd", "skj", "svg", "svc", "svj"])
+                "M", "j0", "N", "W", "HW", "spn", "spy", "spx", "spg", "skg", "skd", "skj", "svg", "svc", "svj",
+                "KW", "D"])  # (k and the window size too: no compile per k)
     return _KERNELS[which, interpret]
 
 
@@ -259,8 +260,8 @@ def key_table(padded, k: int, w: int, pos=None, ids=None, j0: int = 0, j1: int |
     bk = 64
     _kernel("table")[(math.ceil(m / bk), ng)](
         padded, pos_t, ids_t, keys, vals, m, j0, n, w, (hp - k + 1) * w, *padded.stride()[:3],
-        0 if listed else pos_t.stride(0), *keys.stride(), *vals.stride(),
-        KW=k, C=c, D=dim, LISTED=listed, BK=bk, BD=16, num_warps=4,
+        0 if listed else pos_t.stride(0), *keys.stride(), *vals.stride(), k, dim,
+        C=c, LISTED=listed, BK=bk, BD=16, num_warps=4,
     )
     return keys, vals
 
