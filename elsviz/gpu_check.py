@@ -1,12 +1,12 @@
 """One-shot GPU check of the fused Triton kernel: `python -m elsviz.gpu_check [--runs 2] [--skip-tests]`.
 
 For a session that has a CUDA GPU (the kernel is the default there; docs/BENCHMARKS.md):
-1. the tests: tests/test_triton_kernel.py, the compiled kernel on CUDA and (in a second process)
-   under the interpreter, then the CUDA tests of tests/test_engine_exact.py,
-   tests/test_sampling.py and tests/test_engine_memory.py (ENGINE_CUDA_TESTS) twice: on the torch
-   path (ELSVIZ_KERNEL=torch) and by default (the engine through the kernel against the float64
-   reference); --suites picks among them (the interpreter needs triton 3.9, requirements-dev.txt:
-   triton 3.6's fails on numpy 2 in 18 of its tests);
+1. the tests: tests/test_triton_kernel.py, the compiled kernel on CUDA, then the CUDA tests of
+   tests/test_engine_exact.py, tests/test_sampling.py and tests/test_engine_memory.py
+   (ENGINE_CUDA_TESTS) twice: on the torch path (ELSVIZ_KERNEL=torch) and by default (the engine
+   through the kernel against the float64 reference); --suites picks among them and can add
+   "interpreted" (the kernel under Triton's interpreter, in a second process: CI runs it with
+   triton 3.9, requirements-dev.txt; the interpreter of triton 3.6 fails 18 of its tests on numpy 2);
    --profile WORKLOADS: those children also print torch's profile of one more trajectory;
 2. timings, each in a fresh process, ELSVIZ_KERNEL=torch ("torch") against "triton":
    - 60,000 synthetic 28x28 images (elsviz.bench.synthetic_set), bbELS and ELS, one image,
@@ -192,8 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"any of {', '.join(WORKLOADS)}")
     p.add_argument("--kernels", default="torch,triton",
                    help="any of torch, triton, triton-tf32x3 (tl.dot on tensor cores, 3 passes)")
-    p.add_argument("--suites", default="compiled,interpreted,torch,kernel",
-                   help="test suites: any of compiled, interpreted, torch, kernel")
+    p.add_argument("--suites", default="compiled,torch,kernel",
+                   help="test suites: any of compiled, interpreted (needs triton 3.9; CI runs it), torch, kernel")
     p.add_argument("--profile", default="", help="workloads whose children also profile one trajectory")
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--sweep", action="store_true", help="also time local_stats alone per tile configuration")
