@@ -185,7 +185,7 @@ def test_live_k_computes_the_neighbouring_k_in_the_background():
             check()
 
     key = (s.dataset_key, "an old neighbour")
-    _worker().submit([Job(key, s.engine, stuck)])
+    _worker().submit([Job(key, s.engine, stuck)], at.session_state["_live_owner"])  # this session's plan
     assert started.wait(10)
     at.number_input(key="seed").set_value(515152)  # other settings: the old neighbours are not wanted
     ok(at.run())
