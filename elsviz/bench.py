@@ -221,7 +221,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads in each timed process (default: torch's choice); 1 gives steadier ratios on a busy machine")
     p.add_argument("--kernel", choices=["auto", "torch", "triton"], default="auto",
-                   help="ELSVIZ_KERNEL for this engine: auto (the compiled CPU kernel where it builds; the Triton kernel on CUDA), torch, triton")
+                   help="ELSVIZ_KERNEL for this engine: auto (the compiled CPU kernel where it builds; "
+                        "the Triton kernel on CUDA), torch, triton")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--against", default=None, help=argparse.SUPPRESS)
     p.add_argument("--set", default="digits", help=argparse.SUPPRESS)
