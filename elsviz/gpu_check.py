@@ -68,8 +68,11 @@ def _child(ns) -> None:
     dataset, machine, k, batch = WORKLOADS[ns.workload]
     from elsviz import triton_kernel
 
-    if ns.precision:
-        triton_kernel.PRECISION = ns.precision
+    for option in filter(None, ns.variant.split("-")):  # e.g. tf32x3, r128 (BLOCK_R), k128 (BLOCK_K)
+        if option[0] in "rk" and option[1:].isdigit():
+            setattr(triton_kernel, "BLOCK_R" if option[0] == "r" else "BLOCK_K", int(option[1:]))
+        else:
+            triton_kernel.PRECISION = option
     train = synthetic_set(ns.n, 28) if dataset == "synthetic" else load_dataset(dataset)
     device = torch.device(ns.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda d: None)
@@ -109,10 +112,10 @@ def _child(ns) -> None:
 def _time(workload: str, kernel: str, ns, save: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("ELSVIZ_KERNEL", "TRITON_INTERPRET")}
     env["ELSVIZ_KERNEL"] = "torch" if kernel == "torch" else "triton"
-    precision = kernel.split("-")[1] if "-" in kernel else ""
+    variant = kernel.split("-", 1)[1] if "-" in kernel else ""
     out = subprocess.run([sys.executable, "-m", "elsviz.gpu_check", "--child", "--workload", workload,
                           "--runs", str(ns.runs), "--n", str(ns.n), "--save", str(save), "--device", ns.device,
-                          "--precision", precision]
+                          "--variant", variant]
                          + (["--profile", "yes"] if workload in ns.profile.split(",") else []),
                          capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
@@ -191,7 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=60000, help="images of the synthetic 28x28 set")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"any of {', '.join(WORKLOADS)}")
     p.add_argument("--kernels", default="torch,triton",
-                   help="any of torch, triton, triton-tf32x3 (tl.dot on tensor cores, 3 passes)")
+                   help="any of torch, triton, and triton with options joined by '-': tf32x3 (tl.dot on "
+                        "tensor cores, 3 passes), rN (BLOCK_R = N rows), kN (BLOCK_K = N keys); e.g. triton-r128")
     p.add_argument("--suites", default="compiled,torch,kernel",
                    help="test suites: any of compiled, interpreted (needs triton 3.9; CI runs it), torch, kernel")
     p.add_argument("--profile", default="", help="workloads whose children also profile one trajectory")
@@ -202,7 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workload", default=None, help=argparse.SUPPRESS)
     p.add_argument("--save", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--precision", default="", help=argparse.SUPPRESS)
+    p.add_argument("--variant", default="", help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.child:
         _child(ns)
