@@ -195,6 +195,37 @@ def test_live_k_computes_the_neighbouring_k_in_the_background():
     assert len(starts) == 1  # dropped, not put back to resume after the new run
 
 
+def test_one_sessions_new_settings_leave_another_sessions_neighbours_alone():
+    """Two users on one server: when one changes the seed, only that session's background runs
+    are dropped; the other's neighbour is finished."""
+    import threading
+
+    from elsviz.live import Job
+    from elsviz.ui.cache import _worker
+
+    first, second = ok(app(seed=525252)), ok(app(seed=535353))
+    assert _worker().idle(timeout=120)
+    assert first.session_state["_live_owner"] != second.session_state["_live_owner"]
+    started, release = threading.Event(), threading.Event()
+
+    def neighbour(check):  # the first session's background run, held until released
+        started.set()
+        while not release.wait(0.01):
+            check()
+
+    s = first.session_state["_settings"]
+    key = (s.dataset_key, "the first session's neighbour")
+    _worker().submit([Job(key, s.engine, neighbour)], first.session_state["_live_owner"])
+    assert started.wait(10)
+    second.number_input(key="seed").set_value(545454)  # the second user moves on
+    ok(second.run())
+    release.set()
+    assert _worker().idle(timeout=120)
+    # it paused while the second session's run used the engine (the foreground comes first), then
+    # went on to the end: it was not dropped with the second session's old plan
+    assert key in _worker().done
+
+
 def test_live_k_works_ahead_on_the_32x32_hands_too():
     """Hands runs take seconds now: after one with one k, its neighbours are computed ahead as well."""
     at = ok(app(limit=0, steps=4, dataset="hands", seed=616161))  # all 1,000: a 32x32 workload (runs.GATE_WORK)
