@@ -160,9 +160,10 @@ MIN_SUBSET = 100  # ... but is never smaller than this (fewer images make a poor
 # ELS 2.6e9; hands 6.6e9 and 5.4e9; photos 6.3e9 and 5.2e9 where their key tables fit the engine's cache
 # (a sixteenth of the memory; with 384 MB the photos ran at 3.4e8, now about 2e9: tables rebuilt in
 # pieces at every step). The CPU priors are the digits' figures, a little lower for a machine that is
-# not quiet: a first guess then asks before the photos (about 40 s), not before the hands (about 7 s). For CUDA, the H100 figures of docs/BENCHMARKS.md
-# (bbELS: 2.5e10 on the digits, 9e10 on 60,000 28x28 images) with IS and LS scaled by the same factor
-# as the CPU's.
+# not quiet: a first guess then asks before the photos (about 40 s), not before the hands (about 7 s).
+# For CUDA, the H100 figures of docs/BENCHMARKS.md for the torch path (bbELS: 2.5e10 on the digits, 9e10
+# on 60,000 28x28 images; the Triton kernel, now the default there, was 1.5x that on an H200), kept
+# low for a first guess, with IS and LS scaled by the same factor as the CPU's.
 PRIOR_RATES = {
     ("cpu", "is"): 5e4, ("cpu", "ls"): 1e7, ("cpu", "els"): 2.3e9, ("cpu", "bbels"): 2.8e9,
     ("cuda", "is"): 5e6, ("cuda", "ls"): 1e9, ("cuda", "els"): 2e10, ("cuda", "bbels"): 2e10,
