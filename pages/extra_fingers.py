@@ -13,7 +13,7 @@ from elsviz.fingers_view import cell_at, parse_ks, patch_caption, patches_senten
 from elsviz.runs import MACHINE_NAMES, k_limit, pixel_from_click
 from elsviz.schedule import locality_schedule
 from elsviz.ui import fingers as fui
-from elsviz.ui import settings, show
+from elsviz.ui import settings, show, status_slot
 
 st.title("Extra fingers")
 st.markdown(
@@ -63,9 +63,9 @@ except ElsvizError as err:
 seeds = list(range(int(s.spec.seed), int(s.spec.seed) + n_seeds))
 
 study = fui.cached_study(hs, seeds, ks, steps)
+slot = status_slot()  # the button, then the progress bar; an empty place once the study is there
 if study is None:
     seconds = fui.estimate(hs, n_seeds, ks, steps)
-    slot = st.empty()
     with slot.container():
         go = st.button(f"Run the study: {n_seeds} seeds x {len(ks)} window sizes, and IS (about {seconds:.0f} s)",
                        type="primary", key="fing_go")
@@ -78,7 +78,7 @@ if study is None:
         st.stop()
     slot.empty()
     try:
-        study = fui.run_study(hs, seeds, ks, steps)
+        study = fui.run_study(hs, seeds, ks, steps, slot)
     except ElsvizError as err:
         st.error(str(err))
         st.stop()
@@ -241,14 +241,14 @@ k_fix = cols[1].select_slider("Larger window for the branches", larger, key="fin
 every = cols[2].toggle("Every step (slower)", key="fing_every",
                        help="Branch from every step; off: a binary search over the steps (about log2(steps) branches).")
 born = fui.cached_birth(result, k_fix, not every)
+slot = status_slot()  # the button, then the progress bar; an empty place once the test is there
 if born is None:
     seconds = fui.birth_seconds(hs, steps, k_fix, not every)
-    slot = st.empty()
     if slot.button(f"Run the branch test ({'under a second' if seconds < 1 else f'about {seconds:.0f} s'})",
                    key="fing_birth_go"):
         slot.empty()
         try:
-            fui.birth(result, k_fix, not every)
+            fui.birth(result, k_fix, not every, slot)
             st.rerun()  # the whole hand again, with the branch test: the sentence, the extra finger outlined
         except ElsvizError as err:
             st.error(str(err))

@@ -147,6 +147,32 @@ def test_machine_k_seed_and_dataset_change_the_picture():
     assert len(set(seen)) == len(seen)  # every change showed a new picture
 
 
+def element_types(block) -> list[str]:
+    """The types of every element under block, in page order (placeholders included)."""
+    out = []
+    for node in block.children.values():
+        out.append(node.type)
+        if hasattr(node, "children"):
+            out += element_types(node)
+    return out
+
+
+@pytest.mark.parametrize("page", ["pages/reverse_diffusion.py", "pages/locality.py"])
+def test_a_page_keeps_its_places_whether_its_run_computes_or_comes_from_the_cache(page):
+    """Streamlit matches a rerun's elements to the previous rerun's by their place: a progress bar
+    only a computing rerun leaves behind shifts the rest by one, and the next rerun briefly shows the
+    previous rerun's last element twice (the browser saw the step player's caption twice after a
+    k change). The computing rerun and the cached one lay out the same elements."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    for key, value in {"limit": 120, "steps": 5, "loc_mode": "one k", "seed": 424242}.items():
+        at.session_state[key] = value
+    at.switch_page(page)
+    computed = element_types(ok(at.run()).main)
+    assert at.session_state["_last_result"].seconds > 0
+    cached = element_types(ok(at.run()).main)
+    assert computed == cached
+
+
 def shown_from_the_neighbours(at: AppTest) -> None:
     """After a run at k = 5: k = 3, 7, 9 and 1 were computed in the background, and the slider moved
     to 7 shows that run from the cache, not run again."""

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from elsviz import load_dataset
 from elsviz.fingers import DEFAULT_STUDY
 from tests.test_app import navigation_as_served  # noqa: F401 - autouse: the app as `streamlit run` serves it
-from tests.test_app import ok, open_page
+from tests.test_app import element_types, ok, open_page
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = "pages/extra_fingers.py"
@@ -61,6 +61,8 @@ def test_the_study_shows_counts_rates_gallery_and_one_hand_explained():
     go.click()
     ok(at.run())
     assert not at.error, [e.value for e in at.error]
+    laid_out = element_types(at.main)
+    assert element_types(ok(at.run()).main) == laid_out  # the study from the cache: every element in its place
     heads = [h.value for h in at.subheader]
     assert heads[:2] == ["How often: finger counts against the window size", "Which seeds: the gallery"]
     assert heads[2].startswith("One hand: seed ")

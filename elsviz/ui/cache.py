@@ -85,9 +85,19 @@ def _timed_run(engine, workload, work, go, clock: StepClock):
     return out, clock.elapsed
 
 
-def _progress(what: str, plan: list[float]):
-    """A progress bar and the step callback that moves it, with the time left (plan: seconds per step)."""
-    bar = st.progress(0.0, text=f"{what}: starting ...")
+def status_slot():
+    """The place of a run's progress bar, reserved whether the run computes or comes from the cache.
+
+    A page's elements are matched to the previous rerun's by their place: a bar (even emptied) that
+    only a computing rerun adds shifts every later element by one, and while the next rerun goes
+    Streamlit shows the previous rerun's last element a second time. One st.empty() in every rerun
+    keeps the places."""
+    return st.empty()
+
+
+def _progress(what: str, plan: list[float], slot):
+    """A progress bar in slot and the step callback that moves it, with the time left (plan: seconds per step)."""
+    bar = slot.progress(0.0, text=f"{what}: starting ...")
     total = len(plan)
     clock = {"done": 0}
 
@@ -102,10 +112,10 @@ def _progress(what: str, plan: list[float]):
     return bar, callback
 
 
-def _run_with_progress(engine, workload, work, ks, ts, what, go):
-    """go(callback) in the foreground with a progress bar that says how long is left; (out, seconds).
-    ks, ts: the k and t of each step it runs."""
-    bar, show = _progress(what, _estimator().step_plan(workload, work, ks, engine, ts))
+def _run_with_progress(engine, workload, work, ks, ts, what, go, slot):
+    """go(callback) in the foreground with a progress bar in slot that says how long is left;
+    (out, seconds). ks, ts: the k and t of each step it runs."""
+    bar, show = _progress(what, _estimator().step_plan(workload, work, ks, engine, ts), slot)
     clock = StepClock(lambda frame: show(frame, clock.elapsed))
     try:
         with engine_use(engine):
@@ -114,9 +124,9 @@ def _run_with_progress(engine, workload, work, ks, ts, what, go):
         bar.empty()
 
 
-def _wait_for_background(key, what: str) -> None:
-    """Wait for the run under key, which the background is computing, with a progress bar."""
-    bar = st.progress(0.0, text=f"{what}: being computed ahead ...")
+def _wait_for_background(key, what: str, slot) -> None:
+    """Wait for the run under key, which the background is computing, with a progress bar in slot."""
+    bar = slot.progress(0.0, text=f"{what}: being computed ahead ...")
 
     def tick(job):
         if job.done and job.total:
@@ -147,14 +157,16 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
     """The Result of `spec` (default: the sidebar's) on the sidebar's training set, cached.
 
     Raises ElsvizError for a run the machine refuses. Returns None while a long run waits for the
-    user to confirm it (a message with a button is on the page).
+    user to confirm it (a message with a button is on the page). Takes one place on the page
+    whatever happens (status_slot).
     """
     spec = spec or settings.spec
     key = (settings.dataset_key, spec)
     cache = _runs()
+    slot = status_slot()
     hit = cache.get(key)
     if hit is None and _worker().running() == key:  # being computed in the background: finish it there
-        _wait_for_background(key, what or spec.describe())
+        _wait_for_background(key, what or spec.describe(), slot)
         hit = cache.get(key)
     if hit is not None:
         return hit
@@ -167,9 +179,10 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
     basis = _estimator().basis(workload)
     if confirm and needs_confirmation(work, seconds, guess=basis != "measured") and key not in confirmed:
         n = len(settings.train)
-        st.warning(f"{what} on {n:,} training images will take about {seconds:.0f} s on this machine "
-                   f"({BASIS[basis]}).")
-        cols = st.columns(2)
+        box = slot.container()
+        box.warning(f"{what} on {n:,} training images will take about {seconds:.0f} s on this machine "
+                    f"({BASIS[basis]}).")
+        cols = box.columns(2)
         cols[0].button(f"Run it anyway (about {seconds:.0f} s)", key=f"go_{hash(key)}",
                        on_click=confirmed.add, args=(key,))
         sub = subset_offer(n, seconds)
@@ -181,7 +194,8 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
             cols[1].button(f"Use a random subset of {sub:,} images (about {part_s:.0f} s)",
                            key=f"sub_{hash(key)}", on_click=_use_subset, args=(sub,))
         return None
-    traj, took = _run_with_progress(engine, workload, work, ks, run_ts(spec), what, lambda cb: run(engine, spec, cb))
+    traj, took = _run_with_progress(engine, workload, work, ks, run_ts(spec), what, lambda cb: run(engine, spec, cb),
+                                    slot)
     result = Result(settings.dataset_key, settings.train, engine, spec, traj, took)
     cache.put(key, result)
     return result
@@ -283,7 +297,8 @@ def previous_result() -> Result | None:
 
 def branch_run(result: Result, at_step: int, k) -> Result:
     """result's run kept down to step at_step + 1, then finished with another k (cached), with a
-    progress bar that says how long is left; timed like every run."""
+    progress bar that says how long is left; timed like every run. One place on the page (status_slot)."""
+    slot = status_slot()
 
     def make():
         spec = replace(result.spec, k=k)
@@ -291,7 +306,7 @@ def branch_run(result: Result, at_step: int, k) -> Result:
         workload, work = _workload(result, spec, result.engine)
         traj, took = _run_with_progress(result.engine, workload, work, ks, run_ts(spec, from_step=at_step),
                                         f"Branch at step {at_step} with k = {k}",
-                                        lambda cb: branch(result.traj, at_step=at_step, k=k, callback=cb))
+                                        lambda cb: branch(result.traj, at_step=at_step, k=k, callback=cb), slot)
         return Result(result.dataset_key, result.train, result.engine, result.spec, traj, took)
 
     return _runs().fetch((result.dataset_key, result.spec, "branch", at_step, k), make)

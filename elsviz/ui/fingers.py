@@ -105,11 +105,11 @@ def cached_study(hs: Settings, seeds, ks, steps: int) -> Studied | None:
     return _runs().get(_study_key(hs, seeds, ks, steps))
 
 
-def run_study(hs: Settings, seeds, ks, steps: int) -> Studied:
-    """finger_study on the hands' engine, and on IS as the reference, with a progress bar; cached
-    (same settings, same counts). ElsvizError for settings the machine refuses."""
+def run_study(hs: Settings, seeds, ks, steps: int, slot) -> Studied:
+    """finger_study on the hands' engine, and on IS as the reference, with a progress bar in slot
+    (status_slot); cached (same settings, same counts). ElsvizError for settings the machine refuses."""
     def make():
-        bar = st.progress(0.0, text="Study: starting ...")
+        bar = slot.progress(0.0, text="Study: starting ...")
         start = time.perf_counter()
 
         def progress(done, total, what=""):
@@ -164,10 +164,10 @@ def cached_birth(result, k_fix, bisect: bool):
     return _runs().get(_birth_key(result, k_fix, bisect))
 
 
-def birth(result, k_fix, bisect: bool):
-    """finger_birth of a run (cached per run, larger k and search), with a progress bar."""
+def birth(result, k_fix, bisect: bool, slot):
+    """finger_birth of a run (cached per run, larger k and search), with a progress bar in slot (status_slot)."""
     def make():
-        bar = st.progress(0.0, text="Branch test: starting ...")
+        bar = slot.progress(0.0, text="Branch test: starting ...")
 
         def progress(done, total, what=""):
             bar.progress(min(done / max(total, 1), 1.0), text=f"Branch test: {what} ({done} of about {total})")
