@@ -34,9 +34,11 @@ import torch
 
 from .errors import ElsvizError
 
-# Tile sizes (rows, keys, window entries per tl.dot) and warps. Not timed yet (no GPU has run this);
-# chosen so that the kernel compiled for an H100 (sm_90) keeps everything in registers: 197 of them
-# per thread, no spills (32 window entries or 4 warps spill; tests/test_triton_kernel.py checks).
+# Tile sizes (rows, keys, window entries per tl.dot) and warps, chosen so that the kernel compiled
+# for an H100 (sm_90) keeps everything in registers: 197 of them per thread, no spills (32 window
+# entries or 4 warps spill; tests/test_triton_kernel.py checks). Timed on an H200 (gpu_check --sweep,
+# docs/BENCHMARKS.md): 260 / 89 / 33 G logits/s at k = 3 / 7 / 15; 128 rows were 12-20% faster from
+# k = 7 on but spill 48 bytes (gpu_check's kernel "triton-r128" times them in the engine).
 BLOCK_R, BLOCK_K, BLOCK_D, NUM_WARPS = 64, 64, 16, 8
 # tl.dot on float32: "ieee" (exact float32 FMAs) or "tf32x3" (tensor cores, 3 passes, ~float32).
 # Plain tf32 (10-bit mantissa) is not enough: logits reach ~1e4 at small t.
