@@ -736,6 +736,11 @@ def explain_extra_finger(trajectory: Trajectory, birth: FingerBirth | None = Non
         if window[0] == 1:
             how += (f" Even the last step alone with {k} gives {target} fingers: that window overwrites the hand "
                     "at the end, so it cannot tell when the finger was born; branch with a window nearer the run's.")
+    elif birth is not None and fc.count != target and len(birth.steps) == 1:  # (a search stops there)
+        first = birth.steps[0]
+        earliest = " (the earliest branch: it redoes nearly the whole run)" if first == trajectory.steps - 1 else ""
+        how = (f" Finishing the run with {k} from step {first}{earliest} still gives {birth.counts[0]} fingers, "
+               f"not {target}: that window does not undo it; try a larger k.")
     elif birth is not None and fc.count != target:
         some = f"on only {fixed}" if fixed else "on none"
         how = (f" Finishing the run with {k} gives {target} fingers {some} of the {len(birth.steps)} branches: "

@@ -305,6 +305,11 @@ def test_finger_birth_without_a_fix_or_without_a_problem(hand_pictures):
     never = finger_birth(traj, denoiser=Grows(six))
     assert never.window is None and never.fixed_from is None and set(never.counts) == {6}
     assert "on none of the 5 branches" in explain_extra_finger(traj, never)
+    searched = finger_birth(traj, denoiser=Grows(six), bisect=True)  # the earliest branch fails: the search stops
+    assert searched.steps == [5] and searched.window is None
+    assert ("Finishing the run with the other denoiser from step 5 (the earliest branch: it redoes nearly the "
+            "whole run) still gives 6 fingers, not 5: that window does not undo it; try a larger k."
+            in explain_extra_finger(traj, searched))
     always = finger_birth(traj, denoiser=Grows(five))  # a window that copies a whole hand at any step
     assert always.window == (1, 1) and "cannot tell when the finger was born" in explain_extra_finger(traj, always)
     fine = sample(Grows(five), x=torch.zeros(1, 1, 32, 32), steps=6, k=5)
