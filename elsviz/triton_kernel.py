@@ -203,9 +203,11 @@ def _table_kernel(
         e_ok = e < D
         off = ((e % (KW * KW)) // KW) * spy + (e % KW) * spx + e // (KW * KW)
         v = tl.load(pad_ptr + base[None, :] + off[:, None], mask=e_ok[:, None] & ok[None, :], other=0.0)  # [BD, BK]
-        tl.store(keys_ptr + g * skg + e[:, None] * skd + jj64[None, :] * skj, v, mask=e_ok[:, None] & ok[None, :])
+        # entry x stride in 64 bits: a table row holds M keys, and 225 entries x 12 M keys pass 2^31
+        tl.store(keys_ptr + g * skg + e.to(tl.int64)[:, None] * skd + jj64[None, :] * skj, v,
+                 mask=e_ok[:, None] & ok[None, :])
         sq += tl.sum(v * v, 0)
-    tl.store(keys_ptr + g * skg + D * skd + jj64 * skj, sq, mask=ok)
+    tl.store(keys_ptr + g * skg + D.to(tl.int64) * skd + jj64 * skj, sq, mask=ok)
     for ch in tl.static_range(C):
         centre = tl.load(pad_ptr + base + (KW // 2) * (spy + spx) + ch, mask=ok, other=0.0)
         tl.store(vals_ptr + g * svg + ch * svc + jj64 * svj, centre, mask=ok)
@@ -234,9 +236,10 @@ def _kernel(which: str = "stats"):
     return _KERNELS[which, interpret]
 
 
-def key_table(padded, k: int, w: int, pos=None, ids=None, j0: int = 0, j1: int | None = None):
+def key_table(padded, k: int, w: int, pos=None, ids=None, j0: int = 0, j1: int | None = None, out=None):
     """Keys j0..j1 of a class table, built by one kernel: keys [G, D + 1, M] (window entries
-    (channel, row, column), then |K|^2) and centres [G, C, M], M = j1 - j0. padded: the images
+    (channel, row, column), then |K|^2) and centres [G, C, M], M = j1 - j0 (out: those two
+    tensors to write into, any strides; None: new ones). padded: the images
     [N, H + 2d, W + 2d, C] (keyset.padded_images); the keys are either every image at each
     position of pos [G, S] (key j: image j % N at pos[:, j // N], the dense order), or the ids
     [M'] (image * H*W + position; one group). Torch's gathers (engine._table) wrote the same
@@ -248,16 +251,19 @@ def key_table(padded, k: int, w: int, pos=None, ids=None, j0: int = 0, j1: int |
     total = ids.shape[0] if listed else pos.shape[1] * n
     j1 = total if j1 is None else j1
     m, dim = j1 - j0, c * k * k
-    keys = torch.empty(ng, dim + 1, m, device=padded.device)
-    vals = torch.empty(ng, c, m, device=padded.device)
+    keys, vals = out if out is not None else (torch.empty(ng, dim + 1, m, device=padded.device),
+                                              torch.empty(ng, c, m, device=padded.device))
+    if keys.shape != (ng, dim + 1, m) or vals.shape != (ng, c, m):
+        raise ElsvizError(f"key_table's out must be keys {[ng, dim + 1, m]} and centres {[ng, c, m]}, got "
+                          f"{list(keys.shape)} and {list(vals.shape)}.")
     if m == 0:
         return keys, vals
     pos_t = padded if listed else pos.contiguous()
     ids_t = ids.contiguous() if listed else padded  # (a dummy pointer where unused)
     if ng > _MAX_GRID:  # CUDA grids allow 65,535 programs along the group axis: in pieces
         for g0 in range(0, ng, _MAX_GRID):
-            part = key_table(padded, k, w, pos=pos[g0:g0 + _MAX_GRID], j0=j0, j1=j1)
-            keys[g0:g0 + _MAX_GRID], vals[g0:g0 + _MAX_GRID] = part
+            key_table(padded, k, w, pos=pos[g0:g0 + _MAX_GRID], j0=j0, j1=j1,
+                      out=(keys[g0:g0 + _MAX_GRID], vals[g0:g0 + _MAX_GRID]))
         return keys, vals
     bk = 64
     _kernel("table")[(math.ceil(m / bk), ng)](

@@ -118,6 +118,53 @@ def test_key_table_writes_the_windows_of_the_torch_gathers(interpret, c, k):
     torch.testing.assert_close(listed[0, -1], want[-1], rtol=1e-6, atol=1e-6)
 
 
+# run in a child process: 32-bit offsets would write 8 GB before the table, and the crash would end the whole run
+PAST_2_31 = """
+import torch
+from elsviz import triton_kernel as tk
+from elsviz.keyset import padded_images, window_table
+
+imgs = torch.rand(5, 1, 6, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
+ids = torch.tensor([0, 47, 2 * 48 + 20, 4 * 48 + 9, 3 * 48 + 33])
+row = 2**28
+try:
+    store = torch.empty(9 * row + ids.shape[0])  # untouched pages cost no memory
+except RuntimeError:
+    print("no room")
+    raise SystemExit(0)
+keys = store.as_strided((1, 10, ids.shape[0]), (0, row, 1))
+centres = torch.empty(1, 1, ids.shape[0])
+padded = padded_images(imgs, 3)
+got, _ = tk.key_table(padded, 3, 8, ids=ids, out=(keys, centres))
+want = window_table(padded, ids // 48, ids % 48, 3, 8)
+assert got is keys and torch.equal(keys[0, :-1], want[:-1])
+torch.testing.assert_close(keys[0, -1], want[-1], rtol=1e-6, atol=1e-6)
+print("ok")
+"""
+
+
+def test_key_table_offsets_past_2_to_the_31(interpret):
+    """A table row holds M keys, so entry x stride passes 2^31 on real sets (60,000 images at k = 15:
+    225 entries x 12 M keys); 32-bit offsets would wrap and write elsewhere. Here the rows of the
+    table lie 2^28 floats apart (9.7 GB reserved, a few pages of it written), so entry 8 and |K|^2
+    (row 9) lie past 2^31."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from elsviz.keyset import padded_images
+
+    run = subprocess.run([sys.executable, "-c", PAST_2_31], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-2000:]}"
+    if run.stdout.strip() == "no room":
+        pytest.skip("this machine does not reserve 9.7 GB of untouched memory")
+    assert run.stdout.strip() == "ok", run.stdout
+    padded = padded_images(torch.zeros(2, 1, 4, 4), 3)
+    with pytest.raises(ElsvizError, match="out must be"):
+        interpret.key_table(padded, 3, 4, ids=torch.tensor([0, 1]), out=(torch.empty(1, 5, 2), torch.empty(1, 1, 2)))
+
+
 @pytest.mark.parametrize("splits", [2, 3, 7])
 def test_key_splits_combine_exactly(interpret, splits):
     """Keys split over programs (flash-decoding) and combined after: the same statistics."""
