@@ -157,8 +157,8 @@ def element_types(block) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("seed,page", enumerate(["pages/reverse_diffusion.py", "pages/provenance.py", "pages/locality.py",
-                                                  "pages/lesson.py"], start=424240))
+@pytest.mark.parametrize("seed,page", list(enumerate(["pages/reverse_diffusion.py", "pages/provenance.py",
+                                                       "pages/locality.py", "pages/lesson.py"], start=424240)))
 def test_a_page_keeps_its_places_whether_its_run_computes_or_comes_from_the_cache(seed, page):
     """Streamlit matches a rerun's elements to the previous rerun's by their place: a progress bar
     only a computing rerun leaves behind shifts the rest by one, and the next rerun briefly shows the
