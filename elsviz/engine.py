@@ -60,8 +60,14 @@ MACHINES: dict[str, str] = {
 }
 
 # Relative cost of reading one float of a key table, in multiply-adds; used to choose between the
-# windowed and the embedded way of computing <Q, K> (see _choose_paths). Tuned with elsviz.bench.
+# windowed and the embedded way of computing <Q, K> (_plan). Tuned with elsviz.bench on torch's
+# products. The compiled CPU kernel reads a table in chunks that stay in the processor's cache, far
+# cheaper, where the table stays in the engine's cache (a quarter of it at most) and a call brings
+# enough query rows per class to pay for building it (docs/ENGINE.md, "Two ways to get <Q, K>").
 _TABLE_READ_COST = 16.0
+_TABLE_READ_COST_KERNEL = 2.0
+_KEPT_SHARE = 4
+_KERNEL_MIN_ROWS = 32  # query rows per class in one call (batch x pixels)
 # A class with at least this many logits per step (query pixels x keys) goes through the pruned
 # path of distinct keys (keyset.py), where a call also brings at least _PRUNE_MIN_WORK multiply-adds
 # per key (images x the class's query pixels x window size). The KeySet's set-up (distinct keys,
@@ -293,8 +299,11 @@ def _classes(machine: str, k: int, hq: int, wq: int, h: int, w: int) -> list[tup
     return result
 
 
-def _plan(machine: str, k: int, hq: int, wq: int, h: int, w: int, c: int, device) -> list[_Group]:
-    """Group classes of equal size and choose, per group, how to compute <Q, K>."""
+def _plan(machine: str, k: int, hq: int, wq: int, h: int, w: int, c: int, device,
+          kept_bytes: int = 0, n: int = 0, bsz: int = 1) -> list[_Group]:
+    """Group classes of equal size and choose, per group, how to compute <Q, K>. kept_bytes: the
+    largest key table of the compiled CPU kernel (for n training images) that the cache keeps (0:
+    no kernel); bsz: images per call."""
     sizes: dict[tuple[int, int], list] = {}
     for pix, pos in _classes(machine, k, hq, wq, h, w):
         sizes.setdefault((len(pix), len(pos)), []).append((pix, pos))
@@ -303,7 +312,8 @@ def _plan(machine: str, k: int, hq: int, wq: int, h: int, w: int, c: int, device
     for (p, s), members in sorted(sizes.items()):
         # per (training image, class): windowed costs P*S*D multiply-adds + reading S*D floats of
         # key table; embedded costs P*S*(C*H*W) multiply-adds and needs no table.
-        windowed = p * s * d_win + _TABLE_READ_COST * s * d_win
+        cheap = (bsz * p >= _KERNEL_MIN_ROWS and len(members) * s * n * (d_win + 1 + c + 2) * 4 <= kept_bytes)
+        windowed = p * s * d_win + (_TABLE_READ_COST_KERNEL if cheap else _TABLE_READ_COST) * s * d_win
         embedded = p * s * d_img
         groups.append(
             _Group(
@@ -761,7 +771,10 @@ class Engine:
         grow with the batch (only the per-pixel results do)."""
         bsz, c, hq, wq = x.shape
         _, _, h, w = imgs.shape
-        groups = self._cache.get(("plan", self.machine, k, hq, wq), lambda: _plan(self.machine, k, hq, wq, h, w, c, x.device))
+        kernel = self._cpu_kernel and c in cpu_kernel.CHANNELS and cpu_kernel.library() is not None
+        kept, n, many = (self._cache.max_bytes // _KEPT_SHARE if kernel else 0), imgs.shape[0], min(bsz, _KERNEL_MIN_ROWS)
+        groups = self._cache.get(("plan", self.machine, k, hq, wq, n, kept, many),
+                                 lambda: _plan(self.machine, k, hq, wq, h, w, c, x.device, kept, n, many))
         rows = torch.arange(hq * wq, device=x.device) // wq
         cols = torch.arange(hq * wq, device=x.device) % wq
         sm = _Softmax(bsz * hq * wq, c, x.device)

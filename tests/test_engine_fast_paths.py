@@ -138,3 +138,24 @@ def test_batch_in_slices_is_the_same(make_pair, machine, k):
     torch.testing.assert_close(b.mean, a.mean, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(b.entropy, a.entropy, atol=1e-4, rtol=1e-4)
     assert torch.equal(b.source_count, a.source_count)
+
+
+def test_a_batch_takes_key_tables_where_one_image_takes_the_embedded_path(make_pair):
+    """With the compiled kernel, a batch brings enough query rows per class to pay for a small
+    class's key table where one image does not (engine._plan): the same answers either way."""
+    k, t = 7, 0.3
+    images = random_images(30, 1, 10, 10, seed=8)
+    engine, ref = make_pair("bbels", images)
+    kernel = engine._cpu_kernel and cpu_kernel.library() is not None
+    kept = engine._cache.max_bytes // engine_mod._KEPT_SHARE if kernel else 0
+    one = engine_mod._plan("bbels", k, 10, 10, 10, 10, 1, "cpu", kept, 30, 1)
+    many = engine_mod._plan("bbels", k, 10, 10, 10, 10, 1, "cpu", kept, 30, 16)
+    switched = [a.embedded and not b.embedded for a, b in zip(one, many)]
+    assert any(switched) == kernel  # (the torch path keeps torch's reading cost for every batch)
+    x = noisy_query(16, 1, 10, 10, t, seed=9)
+    post = engine.denoise(torch.from_numpy(x), t, k)
+    check_posterior(post, ref.denoise("bbels", x, t, k), ref, "bbels", x, t, k)
+    for b in (0, 7):  # one image alone (the embedded path) gives what the batch gave it
+        alone = engine.denoise(torch.from_numpy(x[b:b + 1]), t, k)
+        torch.testing.assert_close(alone.mean[0], post.mean[b], rtol=1e-5, atol=1e-6)
+        assert torch.equal(alone.source_count[0], post.source_count[b])
