@@ -739,7 +739,7 @@ def explain_extra_finger(trajectory: Trajectory, birth: FingerBirth | None = Non
     elif birth is not None and fc.count != target and len(birth.steps) == 1:  # (a search stops there)
         first = birth.steps[0]
         earliest = " (the earliest branch: it redoes nearly the whole run)" if first == trajectory.steps - 1 else ""
-        how = (f" Finishing the run with {k} from step {first}{earliest} still gives {birth.counts[0]} fingers, "
+        how = (f" Finishing the run with {k} from step {first}{earliest} gives {birth.counts[0]} fingers, "
                f"not {target}: that window does not undo it; try a larger k.")
     elif birth is not None and fc.count != target:
         some = f"on only {fixed}" if fixed else "on none"

@@ -308,7 +308,7 @@ def test_finger_birth_without_a_fix_or_without_a_problem(hand_pictures):
     searched = finger_birth(traj, denoiser=Grows(six), bisect=True)  # the earliest branch fails: the search stops
     assert searched.steps == [5] and searched.window is None
     assert ("Finishing the run with the other denoiser from step 5 (the earliest branch: it redoes nearly the "
-            "whole run) still gives 6 fingers, not 5: that window does not undo it; try a larger k."
+            "whole run) gives 6 fingers, not 5: that window does not undo it; try a larger k."
             in explain_extra_finger(traj, searched))
     always = finger_birth(traj, denoiser=Grows(five))  # a window that copies a whole hand at any step
     assert always.window == (1, 1) and "cannot tell when the finger was born" in explain_extra_finger(traj, always)
