@@ -771,8 +771,8 @@ class Engine:
         grow with the batch (only the per-pixel results do)."""
         bsz, c, hq, wq = x.shape
         _, _, h, w = imgs.shape
-        kernel = self._cpu_kernel and c in cpu_kernel.CHANNELS and cpu_kernel.library() is not None
-        kept, n, many = (self._cache.max_bytes // _KEPT_SHARE if kernel else 0), imgs.shape[0], min(bsz, _KERNEL_MIN_ROWS)
+        kept = self._cache.max_bytes // _KEPT_SHARE if self._compiled(c) else 0
+        n, many = imgs.shape[0], min(bsz, _KERNEL_MIN_ROWS)
         groups = self._cache.get(("plan", self.machine, k, hq, wq, n, kept, many),
                                  lambda: _plan(self.machine, k, hq, wq, h, w, c, x.device, kept, n, many))
         rows = torch.arange(hq * wq, device=x.device) // wq
@@ -804,7 +804,7 @@ class Engine:
         if (ng != 1 or p * g.pos.shape[1] * n < _PRUNE_MIN_LOGITS or bsz * p * c * k * k < _PRUNE_MIN_WORK
                 or imgs.device.type != "cpu" or self._kernel):
             return None  # on a GPU (and with the Triton kernel) distinct keys without blocks serve
-        fused = self._cpu_kernel and c in cpu_kernel.CHANNELS and cpu_kernel.library() is not None
+        fused = self._compiled(c)
         cache_key = ("keyset", self.machine, k, label, hq, wq, gi, fused)
         held, keyset = self._cache.peek(cache_key)
         if held:
@@ -911,6 +911,10 @@ class Engine:
                 ent = torch.linalg.vecdot(e, lm) - stats[:, -1]
             sm.merge_at(r, m, stats[:, 0], stats[:, 1:-1], ent, rep[arg])
 
+    def _compiled(self, c: int) -> bool:
+        """Whether this engine's calls on images of c channels go through the compiled CPU kernel."""
+        return self._cpu_kernel and c in cpu_kernel.CHANNELS and cpu_kernel.library() is not None
+
     def _hashes(self, k, label) -> torch.Tensor:
         """Window hashes of the training images in play: [N, H, W] int64 (cached)."""
         return self._cache.get(("hash", k, label), lambda: _window_hash(self._images_of(label, self._subset(label)), k))
@@ -932,7 +936,7 @@ class Engine:
             if triton_kernel.windowed(self, sm, queries, q_idx, g, gi, imgs, k, label, hq, wq):
                 return
         per_key = ng * (dim + 1 + c + 2) * 4  # bytes of one key of every class
-        if self._cpu_kernel and c in cpu_kernel.CHANNELS and cpu_kernel.library() is not None:  # the compiled kernel
+        if self._compiled(c):  # the compiled kernel
             running = (sm.m, sm.s, sm.acc, sm.ent, sm.best)
             if s * n * per_key <= self._cache.max_bytes:  # the table, kept for the next call
                 table = self._cache.get(("chunks", self.machine, k, label, hq, wq, gi),
