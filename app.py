@@ -6,7 +6,7 @@ The sidebar (training set, machine, locality, steps, seed) is shared by the thre
 """
 import streamlit as st
 
-from elsviz import cpu_kernel
+from elsviz.kernels import cpu as cpu_kernel
 from elsviz.ui import navigation, sidebar, start_live_k
 
 cpu_kernel.build_in_background()  # a fresh machine compiles the engine's kernel while the page starts

@@ -4,7 +4,8 @@
 """
 from .compare import agreement, calibrate, compare, r2
 from .datasets import load_dataset
-from .engine import MACHINES, Engine, Posterior
+from .engine import Engine, Posterior
+from .machines import MACHINES
 from .errors import ElsvizError
 from .fingers import (DEFAULT_STUDY, FingerBirth, FingerCount, FingerStudy, commitment_map, count_fingers,
                       count_fingers_batch, explain_extra_finger, finger_birth, finger_study, region_sources, seam_map)

@@ -16,7 +16,7 @@ For a session that has a CUDA GPU (the kernel is the default there; docs/BENCHMA
    GPU peak, whether the kernel stayed on (a failure falls back to torch with a warning), and how
    far the triton run's output is from the torch run's (same seed).
 --sweep also times local_stats alone per tile configuration (SWEEP_CONFIGS) on problems shaped
-like one step of each workload, for tuning the constants at the top of elsviz/triton_kernel.py.
+like one step of each workload, for tuning the constants at the top of elsviz/kernels/triton.py.
 Rows are printed as they come; --json FILE writes them. Budget: a few minutes on an H100;
 --skip-tests, --workloads "" (no trajectories) and --kernels split it.
 """
@@ -66,7 +66,7 @@ def _child(ns) -> None:
     from elsviz.bench import synthetic_set
 
     dataset, machine, k, batch = WORKLOADS[ns.workload]
-    from elsviz import triton_kernel
+    from elsviz.kernels import triton as triton_kernel
 
     for option in filter(None, ns.variant.split("-")):  # e.g. tf32x3, r128 (BLOCK_R), k128 (BLOCK_K)
         if option[0] in "rk" and option[1:].isdigit():
@@ -128,7 +128,7 @@ def _sweep(device: str = "cuda", problems: dict = SWEEP_PROBLEMS) -> list[dict]:
     with the module's configuration: largest relative difference of s, share of equal argmax."""
     import torch
 
-    from elsviz import triton_kernel as tk
+    from elsviz.kernels import triton as tk
 
     saved = (tk.BLOCK_R, tk.BLOCK_K, tk.BLOCK_D, tk.NUM_WARPS, tk.PRECISION)
     gen = torch.Generator(device=device).manual_seed(0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .engine import _overhang, windows
+from .engine.geometry import overhang, windows
 from .schedule import alpha_sigma
 
 
@@ -23,8 +23,8 @@ def allowed_positions(machine: str, k: int, hq: int, wq: int, h: int, w: int) ->
         inside = (ti >= d) & (ti <= h - 1 - d) & (tj >= d) & (tj <= w - 1 - d)
         return inside.unsqueeze(0).expand(hq * wq, h * w)
     # bbels: same overhang on all four sides
-    oq = torch.cat([_overhang(qi, hq, d), _overhang(qj, wq, d)], dim=1)  # [P', 4]
-    ot = torch.cat([_overhang(ti, h, d), _overhang(tj, w, d)], dim=1)  # [HW, 4]
+    oq = torch.cat([overhang(qi, hq, d), overhang(qj, wq, d)], dim=1)  # [P', 4]
+    ot = torch.cat([overhang(ti, h, d), overhang(tj, w, d)], dim=1)  # [HW, 4]
     return (oq.unsqueeze(1) == ot.unsqueeze(0)).all(-1)
 
 

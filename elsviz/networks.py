@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .engine import _resolve_device
+from .engine import resolve_device
 from .errors import ElsvizError
 from .schedule import alpha_sigma, check_t
 
@@ -507,7 +507,7 @@ def load_network(path, device="cpu") -> Network:
                           "Train the network again (or restore the file).")
     model = _model_of(config)
     _fit(model, state, config, file)
-    return Network(model, config, folder, _resolve_device(device), read_schedule(folder, config))
+    return Network(model, config, folder, resolve_device(device), read_schedule(folder, config))
 
 
 def read_schedule(folder, config: dict | None = None) -> dict | None:
@@ -605,7 +605,7 @@ def train_network(train, out, *, arch: str = "resnet", width: int | None = None,
     if not (lr > 0 and 0 <= ema < 1):
         raise ElsvizError(f"lr must be > 0 and ema in [0, 1), got lr={lr}, ema={ema}.")
     folder = Path(out).expanduser()
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     num_classes = None
     if conditional:
         if train.labels is None:

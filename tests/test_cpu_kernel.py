@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-import elsviz.cpu_kernel as ck
+import elsviz.kernels.cpu as ck
 from elsviz import Engine, ImageSet
 
 needs_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
@@ -111,7 +111,7 @@ def test_elsviz_kernel_torch_turns_it_off(monkeypatch):
     monkeypatch.setenv("ELSVIZ_KERNEL", "torch")
     assert ck.library() is None
     engine = Engine(ImageSet(torch.zeros(3, 1, 4, 4)), "els", "cpu")
-    assert not engine._cpu_kernel
+    assert engine.kernel() == "torch"
 
 
 def test_no_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
@@ -182,7 +182,7 @@ def torch_pack(keys_t, width):
 @needs_compiler
 @pytest.mark.parametrize("c,k", [(1, 3), (1, 7), (3, 5)])
 def test_key_table_and_pack_build_what_the_torch_statements_build(kernel, c, k):
-    from elsviz.keyset import PAD_SQ, key_windows, window_table
+    from elsviz.engine.tables import PAD_SQ, key_windows, window_table
     gen = torch.Generator().manual_seed(c * 10 + k)
     # silhouette-like images (many windows alike, so that chunks share entries), values to 2 decimals
     imgs = (torch.rand(30, c, 14, 11, generator=gen) > 0.5).float() * torch.randint(1, 4, (30, c, 14, 11), generator=gen)
@@ -215,7 +215,7 @@ def test_key_table_and_pack_build_what_the_torch_statements_build(kernel, c, k):
 @needs_compiler
 @pytest.mark.parametrize("keys,r", [(1, 1), (255, 2), (257, 8), (5000, 8), (40_000, 3)])
 def test_str_order_is_the_torch_block_order(kernel, keys, r):
-    from elsviz.keyset import _block_order
+    from elsviz.engine.keyset import block_order as _block_order
     gen = torch.Generator().manual_seed(keys + r)
     p = torch.randn(keys, r, generator=gen)
     p[::7] = p[min(3, keys - 1)].clone()  # whole rows alike
@@ -228,7 +228,7 @@ def test_str_order_is_the_torch_block_order(kernel, keys, r):
 @needs_compiler
 @pytest.mark.parametrize("c,k", [(1, 1), (1, 3), (3, 5), (1, 15), (1, 31)])
 def test_window_hash_is_the_torch_hash_bit_for_bit(kernel, monkeypatch, c, k):
-    from elsviz.engine import _window_hash
+    from elsviz.engine.ties import window_hash as _window_hash
     gen = torch.Generator().manual_seed(k)
     imgs = torch.round(torch.randn(30, c, 16, 12, generator=gen) * 3) / 3  # repeated values: equal windows
     imgs[0, 0, :4, :4] = -0.0  # hashes as 0.0
@@ -241,7 +241,8 @@ def test_window_hash_is_the_torch_hash_bit_for_bit(kernel, monkeypatch, c, k):
 @needs_compiler
 @pytest.mark.parametrize("machine,k", [("bbels", 3), ("els", 5), ("ls", 3), ("bbels", 7)])
 def test_same_count_counts_what_torch_unique_counts(kernel, monkeypatch, machine, k):
-    from elsviz.engine import _same_count, _train_class, _window_hash
+    from elsviz.engine.geometry import train_class as _train_class
+    from elsviz.engine.ties import same_count as _same_count, window_hash as _window_hash
     gen = torch.Generator().manual_seed(k)
     imgs = (torch.rand(40, 1, 12, 10, generator=gen) > 0.85).float()  # sparse dots: many windows alike
     hashes, klass = _window_hash(imgs, k), _train_class(machine, k, 12, 10)
@@ -338,7 +339,9 @@ def test_tile_blocks_ties_keep_the_earlier_key(kernel):
 
 def blob_keyset(k, seed, n=60, size=12):
     """A KeySet (the kernel's chunks) of blob images, with many repeated windows, and its keys [D + 1, NK]."""
-    from elsviz.keyset import KeySet, distinct_keys, key_windows
+    from elsviz.engine.keyset import KeySet
+    from elsviz.engine.tables import key_windows
+    from elsviz.engine.ties import distinct_keys
     import torch.nn.functional as F
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
@@ -363,7 +366,7 @@ def test_tile_blocks_with_bounds_skips_only_what_weighs_nothing(kernel, monkeypa
     # within the gap of what that block gave; the statistics are those of every key
     from elsviz.schedule import alpha_sigma
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    import elsviz.keyset as keyset_mod
+    import elsviz.engine.keyset as keyset_mod
     monkeypatch.setattr(keyset_mod, "BLOCK", 16)
     ks, keys_t = blob_keyset(5, seed=3)
     a, b = alpha_sigma(t)

@@ -160,16 +160,16 @@ def test_tables_too_large_for_the_cache_give_the_same_answer(make_pair, monkeypa
     """A key table that does not fit the cache (the photos on a machine with little memory) is built
     again at every call, in pieces (with the compiled kernel) or chunk by chunk (torch): same answer,
     ties included (duplicated images: the earlier key stays across pieces)."""
-    import elsviz.engine as engine_mod
+    import elsviz.engine.core as engine_mod
     base = random_images(30, 1, 6, 7, seed=11)
     images = np.concatenate([base, base[:6]])
     engine, ref = make_pair(machine, images, cache_bytes=3000)
     pieces = []
-    real = engine_mod._chunk_table
-    monkeypatch.setattr(engine_mod, "_chunk_table", lambda *a: pieces.append(a[3:]) or real(*a))
+    real = engine_mod.cpu_table
+    monkeypatch.setattr(engine_mod, "cpu_table", lambda *a: pieces.append(a[3:]) or real(*a))
     x = noisy_query(2, 1, 6, 7, 0.4, seed=12)
     check_posterior(engine.denoise(torch.from_numpy(x), 0.4, k), ref.denoise(machine, x, 0.4, k), ref, machine, x, 0.4, k)
-    if engine._cpu_kernel and machine == "els":  # its one class goes through the key table (the others embedded)
+    if engine.kernel() == "cpu" and machine == "els":  # its one class goes through the key table (the others embedded)
         assert len(pieces) > 2 and pieces[1][0] > 0, pieces  # in pieces, not one table
 
 

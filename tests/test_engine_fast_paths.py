@@ -1,4 +1,4 @@
-"""The engine's fast path for big classes (elsviz/keyset.py) against the float64 reference.
+"""The engine's fast path for big classes (elsviz/engine/keyset.py) against the float64 reference.
 
 Distinct keys with their counts, blocks skipped by their bounds, queries in tiles, the batch in
 slices: every one of them must leave the posterior (mean, heaviest key, its weight, tie count,
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import elsviz.cpu_kernel as cpu_kernel
-import elsviz.engine as engine_mod
-import elsviz.keyset as keyset_mod
+import elsviz.kernels.cpu as cpu_kernel
+import elsviz.engine.paths as paths_mod
+import elsviz.engine.plan as plan_mod
+import elsviz.engine.keyset as keyset_mod
 from tests.reference import noisy_query, random_images
 from tests.test_engine_exact import check_posterior
 
@@ -19,20 +20,20 @@ from tests.test_engine_exact import check_posterior
 @pytest.fixture
 def fast_path(monkeypatch):
     """Every single-class group goes through the KeySet path, in blocks of 32 keys."""
-    monkeypatch.setattr(engine_mod, "_PRUNE_MIN_LOGITS", 0)
-    monkeypatch.setattr(engine_mod, "_PRUNE_MIN_WORK", 0)
+    monkeypatch.setattr(plan_mod, "PRUNE_MIN_LOGITS", 0)
+    monkeypatch.setattr(plan_mod, "PRUNE_MIN_WORK", 0)
     monkeypatch.setattr(keyset_mod, "BLOCK", 32)
     calls = {"blocks": 0, "keysets": 0}
-    real_blocks, real_pruned = engine_mod.Engine._blocks, engine_mod.Engine._pruned
+    real_blocks, real_pruned = paths_mod._blocks, paths_mod.pruned
 
-    def spy_blocks(self, sm, r, qa, ks, blocks, per_chunk):
+    def spy_blocks(sm, r, qa, ks, blocks, per_chunk):
         calls["blocks"] += int(blocks.shape[0]) * r.shape[0]
-        return real_blocks(self, sm, r, qa, ks, blocks, per_chunk)
+        return real_blocks(sm, r, qa, ks, blocks, per_chunk)
 
-    def spy_pruned(self, sm, qwin, g, ks, a, b):
+    def spy_pruned(sm, qwin, pix, ks, a, b, tile, chunk_elems):
         calls["keysets"] += 1
-        calls["possible"] = calls.get("possible", 0) + ks.blocks * g.pix.shape[1] * qwin.shape[0]
-        return real_pruned(self, sm, qwin, g, ks, a, b)
+        calls["possible"] = calls.get("possible", 0) + ks.blocks * pix.shape[0] * qwin.shape[0]
+        return real_pruned(sm, qwin, pix, ks, a, b, tile, chunk_elems)
 
     real_tiles = cpu_kernel.tile_blocks
 
@@ -42,8 +43,8 @@ def fast_path(monkeypatch):
         calls["kernel_rows"] = calls.get("kernel_rows", 0) + counted.shape[0]
         return counted
 
-    monkeypatch.setattr(engine_mod.Engine, "_blocks", spy_blocks)
-    monkeypatch.setattr(engine_mod.Engine, "_pruned", spy_pruned)
+    monkeypatch.setattr(paths_mod, "_blocks", spy_blocks)
+    monkeypatch.setattr(paths_mod, "pruned", spy_pruned)
     monkeypatch.setattr(cpu_kernel, "tile_blocks", spy_tiles)
     return calls
 
@@ -90,8 +91,8 @@ def test_fast_path_agrees_with_the_dense_path(make_pair, monkeypatch):
     x = torch.from_numpy(noisy_query(3, 1, 10, 10, 0.2, seed=8))
     dense, _ = make_pair("bbels", images)
     want = dense.denoise(x, 0.2, 5)
-    monkeypatch.setattr(engine_mod, "_PRUNE_MIN_LOGITS", 0)
-    monkeypatch.setattr(engine_mod, "_PRUNE_MIN_WORK", 0)
+    monkeypatch.setattr(plan_mod, "PRUNE_MIN_LOGITS", 0)
+    monkeypatch.setattr(plan_mod, "PRUNE_MIN_WORK", 0)
     monkeypatch.setattr(keyset_mod, "BLOCK", 32)
     fast, _ = make_pair("bbels", images)
     got = fast.denoise(x, 0.2, 5)
@@ -118,7 +119,7 @@ def test_blocks_are_skipped_when_noise_is_low(make_pair, fast_path):
     post = engine.denoise(x, 0.05, 3)  # also goes through the runs-of-32 path (few runs count)
     check_posterior(post, ref.denoise("els", x.numpy(), 0.05, 3), ref, "els", x.numpy(), 0.05, 3)
     low = fast_path["blocks"] / fast_path["possible"]
-    if engine._cpu_kernel:  # the compiled kernel took every query of the class
+    if engine.kernel() == "cpu":  # the compiled kernel took every query of the class
         assert fast_path.get("kernel_rows", 0) == 2 * 100
     fast_path.update(blocks=0, possible=0)
     engine.denoise(torch.from_numpy(noisy_query(2, 1, 10, 10, 0.95, seed=11)), 0.95, 3)
@@ -142,15 +143,14 @@ def test_batch_in_slices_is_the_same(make_pair, machine, k):
 
 def test_a_batch_takes_key_tables_where_one_image_takes_the_embedded_path(make_pair):
     """With the compiled kernel, a batch brings enough query rows per class to pay for a small
-    class's key table where one image does not (engine._plan): the same answers either way."""
+    class's key table where one image does not (the plan): the same answers either way."""
     k, t = 7, 0.3
     images = random_images(30, 1, 10, 10, seed=8)
     engine, ref = make_pair("bbels", images)
-    kernel = engine._cpu_kernel and cpu_kernel.library() is not None
-    kept = engine._cache.max_bytes // engine_mod._KEPT_SHARE if kernel else 0
-    one = engine_mod._plan("bbels", k, 10, 10, 10, 10, 1, "cpu", kept, 30, 1)
-    many = engine_mod._plan("bbels", k, 10, 10, 10, 10, 1, "cpu", kept, 30, 16)
-    switched = [a.embedded and not b.embedded for a, b in zip(one, many)]
+    kernel = engine.kernel() == "cpu"
+    one = engine.plan(torch.zeros(1, 1, 10, 10), t, k).steps
+    many = engine.plan(torch.zeros(16, 1, 10, 10), t, k).steps
+    switched = [a.path == "embedded" and b.path != "embedded" for a, b in zip(one, many)]
     assert any(switched) == kernel  # (the torch path keeps torch's reading cost for every batch)
     x = noisy_query(16, 1, 10, 10, t, seed=9)
     post = engine.denoise(torch.from_numpy(x), t, k)

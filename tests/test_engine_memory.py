@@ -85,7 +85,7 @@ def test_the_cpu_cache_follows_the_machines_memory(monkeypatch):
     # a sixteenth of the memory, at least 384 MB (the digits' and hands' tables) and at most 2 GB
     import os
 
-    from elsviz.engine import _cpu_cache_bytes
+    from elsviz.engine.cache import cpu_cache_bytes as _cpu_cache_bytes
     for ram, want in ((4 * 2**30, 384 * 2**20), (24 * 2**30, 24 * 2**30 // 16), (256 * 2**30, 2 * 2**30)):
         monkeypatch.setattr(os, "sysconf", lambda name, ram=ram: ram // 4096 if name == "SC_PHYS_PAGES" else 4096)
         assert _cpu_cache_bytes() == want
@@ -105,7 +105,7 @@ def test_default_cpu_engines_share_one_cache_budget():
 def test_a_shared_budget_drops_the_least_recently_used_entry_of_any_cache():
     import gc
 
-    from elsviz.engine import _Budget, _Cache
+    from elsviz.engine.cache import Budget as _Budget, Cache as _Cache
     budget = _Budget(1000)
     first, second = _Cache(0, budget), _Cache(0, budget)
     blob = lambda: torch.zeros(100)  # noqa: E731  (400 bytes)
@@ -127,7 +127,7 @@ def test_a_shared_budget_drops_the_least_recently_used_entry_of_any_cache():
 def test_caches_of_one_budget_stay_consistent_under_threads():
     from concurrent.futures import ThreadPoolExecutor
 
-    from elsviz.engine import _Budget, _Cache
+    from elsviz.engine.cache import Budget as _Budget, Cache as _Cache
     budget = _Budget(6_000)  # a few entries: nearly every miss evicts from another cache
     caches = [_Cache(0, budget) for _ in range(4)]
 

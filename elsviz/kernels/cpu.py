@@ -48,7 +48,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
+SOURCE = Path(__file__).with_name("cpu.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 CHANNELS = (1, 3)  # the channel counts compiled in
 # a chunk with fewer logits than this runs on one thread (starting threads costs a few us)

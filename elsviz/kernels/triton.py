@@ -1,6 +1,6 @@
 """A fused flash-attention-style Triton kernel for the local machines' softmax statistics.
 
-The torch path of `Engine._windowed` writes a chunk of logits [G, rows, keys] and reads it back
+The torch path of a key-table step (engine/paths.py, table_torch) writes a chunk of logits [G, rows, keys] and reads it back
 about a dozen times (max, argmax, subtract, clamp, exp, sums, entropy term). This kernel computes
 the same statistics with the logits kept in registers, one tile of rows against one tile of keys
 at a time (docs/ENGINE.md, "The fused kernel"):
@@ -32,7 +32,7 @@ import warnings
 
 import torch
 
-from .errors import ElsvizError
+from ..errors import ElsvizError
 
 # Tile sizes (rows, keys, window entries per tl.dot) and warps, chosen so that the kernel compiled
 # for an H100 (sm_90) keeps everything in registers: 197 of them per thread, no spills (32 window
@@ -48,44 +48,15 @@ _MAX_GRID = 65535
 # Split the keys across programs (flash-decoding) until about this many programs per SM run.
 PROGRAMS_PER_SM = 4
 
-_WARNED: set[str] = set()
 _KERNELS: dict = {}  # the jitted kernel, made on first use; per interpreter mode
 
 
-def _warn_once(msg: str) -> None:
-    if msg not in _WARNED:
-        _WARNED.add(msg)
-        warnings.warn(msg, stacklevel=3)
-
-
-def _have_triton() -> bool:
+def available() -> bool:
+    """Whether triton can be imported here (it comes with CUDA builds of torch)."""
     try:
         return importlib.util.find_spec("triton") is not None
     except (ImportError, ValueError):
         return False
-
-
-def wanted(device: torch.device) -> bool:
-    """Whether an Engine on `device` uses the kernel: on a CUDA device unless ELSVIZ_KERNEL=torch
-    (with ELSVIZ_KERNEL=triton also on the CPU under TRITON_INTERPRET=1, for the tests), where
-    triton is importable. Read once, when the Engine is made."""
-    choice = os.environ.get("ELSVIZ_KERNEL", "auto").strip().lower() or "auto"
-    if choice not in ("auto", "torch", "triton"):
-        raise ElsvizError(f"ELSVIZ_KERNEL must be 'auto' (default: the compiled kernel on the CPU, this Triton "
-                          f"kernel on a CUDA GPU where triton is installed), 'torch' or 'triton', got {choice!r}.")
-    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
-        return False
-    if choice == "auto":  # a CUDA GPU: the kernel where triton is there, quietly torch where not
-        return _have_triton()
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        _warn_once("elsviz: ELSVIZ_KERNEL=triton runs on CUDA devices only (or on the CPU under "
-                   "TRITON_INTERPRET=1); using the torch path.")
-        return False
-    if not _have_triton():
-        _warn_once("elsviz: ELSVIZ_KERNEL=triton but triton is not installed (pip install triton); "
-                   "using the torch path.")
-        return False
-    return True
 
 
 # triton.language, bound by _kernel(): the kernel below reads it as a global, as Triton expects
@@ -242,7 +213,7 @@ def key_table(padded, k: int, w: int, pos=None, ids=None, j0: int = 0, j1: int |
     tensors to write into, any strides; None: new ones). padded: the images
     [N, H + 2d, W + 2d, C] (keyset.padded_images); the keys are either every image at each
     position of pos [G, S] (key j: image j % N at pos[:, j // N], the dense order), or the ids
-    [M'] (image * H*W + position; one group). Torch's gathers (engine._table) wrote the same
+    [M'] (image * H*W + position; one group). Torch's gathers (engine.tables.torch_table) wrote the same
     windows in about five passes over the table."""
     n, hp, wp, c = padded.shape
     padded = padded.contiguous()
@@ -342,71 +313,3 @@ def local_stats(q, keys, values, logc=None, *, splits: int | None = None,
     first = (m == mx).to(torch.int8).argmax(0)  # [G, R] first range that holds the maximum
     return (mx, (w * s).sum(0), (w.unsqueeze(-1) * acc).sum(0), (w * (ent + s * (m - mx))).sum(0),
             torch.gather(arg, 0, first.unsqueeze(0)).squeeze(0))
-
-
-def windowed(engine, sm, queries, q_idx, g, gi, imgs, k, label, hq, wq) -> bool:
-    """Engine._windowed through the kernel: the group's whole key table (cached when it fits,
-    else in large chunks) against its query rows in tiles; merged into sm. A group of one class
-    (ELS's, bbELS's interior) keeps one key per distinct window, with its count. False (after one
-    warning, with nothing merged) if the kernel cannot run: the caller takes the torch path."""
-    from .engine import _combine  # here: engine imports this module lazily too
-    from .keyset import padded_images
-
-    ng, nrows, dim = queries.shape
-    n, c, h, w = imgs.shape
-    nkeys = g.pos.shape[1] * n
-    table_bytes = ng * nkeys * (dim + c + 3) * 4
-    logc = rep = None
-    rt = max(1, engine.chunk_elems // (ng * dim))  # query rows per call
-    tiles = range(0, nrows, rt)
-    try:
-        if table_bytes <= engine._cache.max_bytes and ng == 1:  # distinct keys, first occurrences in order
-            keys, vals, logc, rep = engine._cache.get(("dtable", engine.machine, k, label, hq, wq, gi),
-                                                      lambda: _distinct_table(engine, imgs, g.pos[0], k, label),
-                                                      table_bytes)
-            chunks = lambda: [(keys, vals)]  # noqa: E731
-        elif table_bytes <= engine._cache.max_bytes:
-            whole = engine._cache.get(("ktable", engine.machine, k, label, hq, wq, gi),
-                                      lambda: key_table(padded_images(imgs, k), k, w, pos=g.pos), table_bytes)
-            chunks = lambda: [whole]  # noqa: E731
-        else:  # does not fit: built chunk by chunk on every pass, chunks of a quarter of the cache
-            big = max(BLOCK_K, engine._cache.max_bytes // (16 * ng * (dim + c)) // BLOCK_K * BLOCK_K)
-            padded = padded_images(imgs, k)
-            chunks = lambda: (key_table(padded, k, w, pos=g.pos, j0=j, j1=min(j + big, nkeys))  # noqa: E731
-                              for j in range(0, nkeys, big))
-        results, j0 = dict.fromkeys(tiles), 0
-        for keys, vals in chunks():  # [G, D + 1, kc] [G, C, kc]; each chunk built once
-            for r0 in tiles:
-                part = local_stats(queries[:, r0:r0 + rt], keys.transpose(1, 2), vals.transpose(1, 2), logc)
-                part = (*part[:4], part[4] + j0)
-                results[r0] = part if results[r0] is None else _combine(results[r0], part)
-            j0 += keys.shape[-1]
-    except Exception as exc:  # no compiler, an unsupported GPU, a Triton bug: stay exact
-        _warn_once(f"elsviz: the Triton kernel failed ({type(exc).__name__}: {exc}); using the torch path.")
-        engine._kernel = False
-        return False
-    for r0, (m, ssum, acc, ent, j) in results.items():
-        if rep is not None:  # the first key of the window, in the dense order
-            best = rep[j]
-        else:
-            pos = torch.gather(g.pos, 1, j // n)  # [G, R] training position
-            best = (j % n) * (h * w) + pos
-        sm.merge_at(q_idx[:, r0:r0 + rt].flatten(), m.flatten(), ssum.flatten(), acc.flatten(0, 1),
-                    ent.flatten(), best.flatten())
-    return True
-
-
-def _distinct_table(engine, imgs, pos, k, label):
-    """The keys of one class [1, D + 1, Kd], one per distinct window, in the order of their first
-    occurrence in the dense order (so the first key holding the max is the dense path's), their
-    centres [1, C, Kd], log counts [1, Kd] (None where every window is distinct) and rep [Kd], the
-    first key of each window (id image * H*W + position). c identical keys weigh c exp(l), so
-    exp(l + log c) gives the same softmax over Kd keys instead of S*N; the max and its key come
-    from l alone, as in the dense path."""
-    from .keyset import distinct_keys, padded_images
-
-    n, c, h, w = imgs.shape
-    rep, count = distinct_keys(engine._hashes(k, label).flatten(1), pos, h * w, in_order=True)
-    keys, vals = key_table(padded_images(imgs, k), k, w, ids=rep)
-    logc = count.to(keys.dtype).log().unsqueeze(0) if bool((count > 1).any()) else None
-    return keys, vals, logc, rep

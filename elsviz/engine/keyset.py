@@ -34,71 +34,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import cpu_kernel
+from ..kernels import cpu as cpu_kernel
+from .tables import PAD_SQ, centre_entries, padded_images, window_table
 
 BLOCK = 256  # keys per block
 MICRO = 32  # keys per run inside a block whose softmax terms are skipped together when all are negligible
 RANK = 8  # principal directions kept for the bounds
-PAD_SQ = 1e30  # |K|^2 of a padding row: its logit c2 * PAD_SQ is hopelessly low
 PRUNE_GAP = 36.0  # exp(-36) = 2e-16 per key: far below float32's resolution of any sum of weights
-
-
-def key_windows(padded: torch.Tensor, img: torch.Tensor, pos: torch.Tensor, k: int, w: int) -> torch.Tensor:
-    """The k x k windows of keys (image img[m], flat position pos[m]) -> [M, C*k*k], ordered
-    (channel, row, col). padded: the training images zero-padded by k // 2, as [n, H+2d, W+2d, C]."""
-    padded = padded.contiguous()
-    n, hp, wp, c = padded.shape
-    # every window as a view [n, H, W, k, k, C] of the padded images; one gather picks the keys'
-    # (twice as fast as indexing rows and columns separately)
-    every = padded.as_strided((n, hp - k + 1, w, k, k, c), (hp * wp * c, wp * c, c, wp * c, c, 1))
-    win = every[img, pos // w, pos % w]  # [M, k, k, C]
-    return win.permute(0, 3, 1, 2).reshape(img.shape[0], -1)
-
-
-def padded_images(imgs: torch.Tensor, k: int) -> torch.Tensor:
-    """The images [n, C, H, W] zero-padded by k // 2, channels last: [n, H + 2d, W + 2d, C] (what
-    key_windows and window_table read)."""
-    d = k // 2
-    return F.pad(imgs, (d, d, d, d)).permute(0, 2, 3, 1).contiguous()
-
-
-def centre_entries(c: int, k: int, device=None) -> torch.Tensor:
-    """The rows of a window table (window_table) that hold a window's centre pixel, one per channel."""
-    d = k // 2
-    return torch.arange(c, device=device) * (k * k) + d * k + d
-
-
-def window_table(padded: torch.Tensor, img: torch.Tensor, pos: torch.Tensor, k: int, w: int,
-                 kernel: bool = False) -> torch.Tensor:
-    """keys_t [C*k*k + 1, M]: each column the window of a key (as key_windows) and then |K|^2;
-    img[m] = -1: a padding key, zeros and |K|^2 = PAD_SQ. kernel=True: built by the CPU kernel
-    (cpu_kernel.key_table: 64 keys at a time straight into this layout; on digits 1-2x torch's
-    gathers alone, and with the transposed copy and the padding torch needs besides, 2-4x)."""
-    if kernel:
-        return cpu_kernel.key_table(padded, img, pos, k, w, PAD_SQ)
-    real = img >= 0
-    win = key_windows(padded, img.clamp(min=0), pos, k, w) * real.unsqueeze(1)  # [M, D]
-    sq = torch.where(real, (win * win).sum(-1), PAD_SQ)
-    return torch.cat([win.T, sq.unsqueeze(0)])
-
-
-def distinct_keys(hashes: torch.Tensor, pos: torch.Tensor, hw: int, in_order: bool = False):
-    """Distinct windows among the keys (every image at every position of pos [S]).
-
-    hashes: [n, H*W] window hashes. Returns rep [Kd] (key id n * H*W + position of the first
-    key with that window, keys ordered (position, image) as in the dense path) and count [Kd];
-    in_order: sorted by that first key's place in the dense order (else by hash).
-    """
-    n = hashes.shape[0]
-    h = hashes[:, pos].T.reshape(-1)  # [S*n], key j = image j % n at position pos[j // n]
-    _, inverse, count = torch.unique(h, return_inverse=True, return_counts=True)
-    order = torch.arange(h.shape[0], device=h.device)
-    first = torch.full((count.shape[0],), h.shape[0], device=h.device).scatter_reduce(0, inverse, order, "amin")
-    if in_order:
-        first, by_first = torch.sort(first)
-        count = count[by_first]
-    rep = (first % n) * hw + pos[first // n]
-    return rep, count
 
 
 @dataclass
@@ -175,7 +117,7 @@ class KeySet:
         proj = basis @ keys  # [r, Kd]
         resid = torch.linalg.vector_norm(keys - basis.T @ proj, dim=0)  # [Kd]
         del keys
-        order = _block_order(proj.T, BLOCK, kernel=kernel)
+        order = block_order(proj.T, BLOCK, kernel=kernel)
         j = -(-kd // BLOCK)
         pad = j * BLOCK - kd
         # rows in block order; padding rows (image -1) at the end
@@ -218,7 +160,7 @@ class KeySet:
         return (qsq.unsqueeze(1) - box - rgap * rgap) / (2 * b * b) + self.logc_max
 
 
-def _block_order(p: torch.Tensor, block: int, levels: int = 3, kernel: bool = False) -> torch.Tensor:
+def block_order(p: torch.Tensor, block: int, levels: int = 3, kernel: bool = False) -> torch.Tensor:
     """An order of the rows of p [K, r] in which consecutive runs of `block` rows lie close together:
     sort-tile-recursive packing on the first `levels` coordinates (slabs along p[:, 0], each cut
     into slabs along p[:, 1], ...; every cell a whole number of blocks; ties keep the row order).

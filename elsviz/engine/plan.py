@@ -1,0 +1,197 @@
+"""Every decision about how a call runs, in one place: per group of classes, which path, which
+kernel and which key table (docs/ENGINE.md, "Which path runs where"; `Engine.plan` prints it)."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ElsvizError
+from ..kernels import cpu as cpu_kernel
+from .geometry import classes
+
+# Relative cost of reading one float of a key table, in multiply-adds; chooses between the table
+# path and the embedded one. Tuned with elsviz.bench on torch's products. The compiled CPU kernel
+# reads a table in chunks that stay in the processor's cache, far cheaper, where the table stays in
+# the engine's cache (a KEPT_SHARE-th of it at most) and a call brings at least KERNEL_MIN_ROWS
+# query rows per class to pay for building it: the default finger study 38.0-41.1 s -> 34.7-36.7 s
+# with the lower cost; without the first condition the 2,000 photos at k = 17 took 107 s instead of
+# 72-88 s, without the second the digits' first trajectory 1.7-1.8 s instead of 1.2-1.4 s
+# (docs/ENGINE.md, "Two ways to get <Q, K>").
+TABLE_READ_COST = 16.0
+TABLE_READ_COST_KERNEL = 2.0
+KEPT_SHARE = 4
+KERNEL_MIN_ROWS = 32
+# A class with at least PRUNE_MIN_LOGITS logits per step (query pixels x keys) takes the pruned path
+# of distinct keys (keyset.py), where a call also brings at least PRUNE_MIN_WORK multiply-adds per
+# key (images x the class's query pixels x window size). A KeySet's set-up costs about 1 us per key;
+# a step costs each key about a nanosecond per 10-20 multiply-adds, and the KeySet saves a share of
+# that. Measured: bbELS on one 16x16 digit brings at most 5,184 per key, and a first trajectory took
+# 3.2 s through KeySets and 1.7 s through plain tables on one core; one hand at k = 7 brings 33,000
+# per key and took 4.5 s against 7.1 s.
+PRUNE_MIN_LOGITS = 2**21
+PRUNE_MIN_WORK = 2**14
+# A KeySet may take at most this share of the cache (else the plain table serves); a table that
+# does not fit the cache is built in pieces of this share of it, merged piece after piece.
+KEYSET_SHARE = 2
+PIECE_SHARE = 8
+
+PATHS = ("ideal", "embedded", "pruned", "table")
+KERNELS = ("torch", "cpu", "triton")
+TABLES = ("none", "cached", "pieces", "distinct")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One group of G classes of equal size (P query pixels and S key positions each) and how a call
+    computes it. pix [G, P] query pixels (row * W' + col); pos [G, S] training positions (row * W + col).
+
+    path:   ideal (whole images), embedded (<X_n, E(Q, s)>, no table), pruned (distinct keys in
+            blocks with bounds), table (a key table and one product per chunk)
+    kernel: torch, cpu (the compiled C++ kernel) or triton (the fused GPU kernel)
+    table:  none, cached (built once, kept), pieces (too large for the cache: built at every call,
+            piece after piece), distinct (one key per distinct window, with its count)
+    """
+
+    index: int
+    pix: torch.Tensor
+    pos: torch.Tensor
+    path: str
+    kernel: str
+    table: str
+    why: str
+
+    @property
+    def classes(self) -> int:
+        return self.pix.shape[0]
+
+    def line(self) -> str:
+        g, p = self.pix.shape
+        return (f"{self.index:>3}  {g:>5} x {p:>5} px x {self.pos.shape[1]:>5} pos  "
+                f"{self.path:<8} {self.kernel:<6} {self.table:<8} {self.why}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one call of `Engine.denoise` does: its steps, one per class group, in order."""
+
+    machine: str
+    k: int | None
+    batch: int
+    keys: int  # training images in play
+    steps: tuple[Step, ...]
+
+    def __str__(self) -> str:
+        head = (f"plan: {self.machine}, k = {self.k}, batch {self.batch}, {self.keys} training images, "
+                f"{len(self.steps)} group(s)\n  #  classes   pixels    positions   path     kernel table    why")
+        return "\n".join([head, *(s.line() for s in self.steps)])
+
+    def paths(self) -> set[tuple[str, str]]:
+        """The (path, kernel) pairs this call takes."""
+        return {(s.path, s.kernel) for s in self.steps}
+
+
+def table_bytes(kernel: str, classes_: int, keys: int, dim: int, c: int) -> int:
+    """Bytes of a group's key table in the layout `kernel` reads: per key its window (dim), |K|^2 and
+    its centre (c), plus for the kernels its id and log count."""
+    extra = 1 + c if kernel == "torch" else 1 + c + 2
+    return classes_ * keys * (dim + extra) * 4
+
+
+def piece_keys(cache_bytes: int, bytes_per_key: int, multiple: int) -> int:
+    """Keys per piece of a table too large for the cache: a PIECE_SHARE-th of the cache, a whole
+    number of `multiple` keys."""
+    return max(multiple, cache_bytes // PIECE_SHARE // max(bytes_per_key, 1) // multiple * multiple)
+
+
+def decide(machine: str, k: int | None, query_hw: tuple[int, int], train_shape: tuple[int, int, int, int],
+           batch: int, slice_batch: int, device: torch.device, kernel: str, cache_bytes: int,
+           distinct=None) -> Plan:
+    """The plan of a call on `batch` images of size query_hw (in slices of slice_batch) against
+    train_shape [N, C, H, W]. kernel: the engine's kernel for this call (torch, cpu, triton);
+    distinct(index, pos) -> the number of distinct windows of a one-class group (asked only where
+    the pruned path is a candidate)."""
+    n, c, h, w = train_shape
+    if machine == "is":
+        everything = torch.arange(h * w, device=device).view(1, -1)
+        return Plan(machine, None, batch, n, (Step(0, everything, everything, "ideal", "torch", "none",
+                                                   "whole images are the keys"),))
+    hq, wq = query_hw
+    sizes: dict[tuple[int, int], list] = {}
+    for pix, pos in classes(machine, k, hq, wq, h, w):
+        sizes.setdefault((len(pix), len(pos)), []).append((pix, pos))
+    d_win, d_img = c * k * k, c * h * w
+    kept = cache_bytes // KEPT_SHARE if kernel == "cpu" else 0
+    many = min(batch, KERNEL_MIN_ROWS)
+    steps = []
+    for index, ((p, s), members) in enumerate(sorted(sizes.items())):
+        pix = torch.tensor([m[0] for m in members], dtype=torch.int64, device=device)
+        pos = torch.tensor([m[1] for m in members], dtype=torch.int64, device=device)
+        ng = len(members)
+        # per (training image, class): the table costs P*S*D multiply-adds + reading S*D floats of
+        # key table; embedded costs P*S*(C*H*W) multiply-adds and needs no table
+        cheap = many * p >= KERNEL_MIN_ROWS and ng * s * n * (d_win + 1 + c + 2) * 4 <= kept
+        table_cost = p * s * d_win + (TABLE_READ_COST_KERNEL if cheap else TABLE_READ_COST) * s * d_win
+        if p * s * d_img <= table_cost:
+            steps.append(Step(index, pix, pos, "embedded", "torch", "none",
+                              f"cheaper without a table: {p * s * d_img:.3g} <= {table_cost:.3g} multiply-adds per image"))
+            continue
+        steps.append(_table_step(index, pix, pos, k, n, c, slice_batch, device, kernel, cache_bytes, distinct))
+    return Plan(machine, k, batch, n, tuple(steps))
+
+
+def _table_step(index, pix, pos, k, n, c, slice_batch, device, kernel, cache_bytes, distinct) -> Step:
+    """How a group that takes a key table computes: pruned distinct keys, or a table whole or in pieces."""
+    from .keyset import KeySet
+
+    ng, p = pix.shape
+    s = pos.shape[1]
+    dim = c * k * k
+    big = ng == 1 and p * s * n >= PRUNE_MIN_LOGITS
+    no_bounds = ""
+    if big and slice_batch * p * dim < PRUNE_MIN_WORK:
+        no_bounds = f"; too little work per key for bounds ({slice_batch * p * dim} < {PRUNE_MIN_WORK})"
+    elif big and (device.type != "cpu" or kernel == "triton"):
+        no_bounds = "; on a GPU every key of a block is computed anyway"
+    elif big:
+        kd = distinct(index, pos[0])
+        if KeySet.bytes_needed(kd, dim, c) <= cache_bytes // KEYSET_SHARE:
+            return Step(index, pix, pos, "pruned", kernel, "distinct",
+                        f"one class of {p * s * n:.3g} logits per image: {kd} distinct keys in blocks with bounds")
+        no_bounds = f"; {kd} distinct keys would take more than 1/{KEYSET_SHARE} of the cache"
+    size = table_bytes(kernel, ng, s * n, dim, c)
+    if size > cache_bytes:
+        return Step(index, pix, pos, "table", kernel, "pieces",
+                    f"table of {size / 2**20:.0f} MB > cache {cache_bytes / 2**20:.0f} MB: built at every call{no_bounds}")
+    if kernel == "triton" and ng == 1:
+        return Step(index, pix, pos, "table", kernel, "distinct", f"one class: one key per distinct window{no_bounds}")
+    return Step(index, pix, pos, "table", kernel, "cached", f"table of {size / 2**20:.1f} MB, kept in the cache{no_bounds}")
+
+
+def kernel_for(device: torch.device) -> tuple[str, ...]:
+    """The kernels an Engine on `device` may use, best first, as ELSVIZ_KERNEL says (read once, when
+    the Engine is made): 'auto' (the default) takes the fused Triton kernel on a CUDA GPU where
+    triton is installed and the compiled C++ kernel on the CPU; 'torch' neither; 'triton' the Triton
+    kernel also on the CPU under TRITON_INTERPRET=1 (the tests)."""
+    from ..kernels import triton as triton_kernel
+
+    choice = os.environ.get("ELSVIZ_KERNEL", "auto").strip().lower() or "auto"
+    if choice not in ("auto", "torch", "triton"):
+        raise ElsvizError(f"ELSVIZ_KERNEL must be 'auto' (default: the compiled kernel on the CPU, the Triton "
+                          f"kernel on a CUDA GPU where triton is installed), 'torch' or 'triton', got {choice!r}.")
+    cpu = ("cpu",) if device.type == "cpu" and cpu_kernel.enabled() else ()
+    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
+        return cpu
+    if choice == "auto":  # a CUDA GPU: the kernel where triton is there, quietly torch where not
+        return ("triton",) if triton_kernel.available() else ()
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        warnings.warn("elsviz: ELSVIZ_KERNEL=triton runs on CUDA devices only (or on the CPU under "
+                      "TRITON_INTERPRET=1); using the torch path.", stacklevel=3)
+        return cpu
+    if not triton_kernel.available():
+        warnings.warn("elsviz: ELSVIZ_KERNEL=triton but triton is not installed (pip install triton); "
+                      "using the torch path.", stacklevel=3)
+        return cpu
+    return ("triton", *cpu)
