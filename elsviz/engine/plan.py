@@ -108,14 +108,15 @@ def piece_keys(cache_bytes: int, bytes_per_key: int, multiple: int) -> int:
 
 def decide(machine: str, k: int | None, query_hw: tuple[int, int], train_shape: tuple[int, int, int, int],
            batch: int, slice_batch: int, device: torch.device, kernel: str, cache_bytes: int,
-           distinct=None) -> Plan:
+           distinct=None, tensor_device=None) -> Plan:
     """The plan of a call on `batch` images of size query_hw (in slices of slice_batch) against
     train_shape [N, C, H, W]. kernel: the engine's kernel for this call (torch, cpu, triton);
     distinct(index, pos) -> the number of distinct windows of a one-class group (asked only where
-    the pruned path is a candidate)."""
+    the pruned path is a candidate). tensor_device: where the steps' index tensors go (default: device)."""
     n, c, h, w = train_shape
+    on = device if tensor_device is None else tensor_device
     if machine == "is":
-        everything = torch.arange(h * w, device=device).view(1, -1)
+        everything = torch.arange(h * w, device=on).view(1, -1)
         return Plan(machine, None, batch, n, (Step(0, everything, everything, "ideal", "torch", "none",
                                                    "whole images are the keys"),))
     hq, wq = query_hw
@@ -127,8 +128,8 @@ def decide(machine: str, k: int | None, query_hw: tuple[int, int], train_shape: 
     many = min(batch, KERNEL_MIN_ROWS)
     steps = []
     for index, ((p, s), members) in enumerate(sorted(sizes.items())):
-        pix = torch.tensor([m[0] for m in members], dtype=torch.int64, device=device)
-        pos = torch.tensor([m[1] for m in members], dtype=torch.int64, device=device)
+        pix = torch.tensor([m[0] for m in members], dtype=torch.int64, device=on)
+        pos = torch.tensor([m[1] for m in members], dtype=torch.int64, device=on)
         ng = len(members)
         # per (training image, class): the table costs P*S*D multiply-adds + reading S*D floats of
         # key table; embedded costs P*S*(C*H*W) multiply-adds and needs no table
