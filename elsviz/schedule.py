@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .errors import ElsvizError
 from .validate import as_float, as_int, is_int
 
@@ -39,15 +41,17 @@ PRESET_NOTES: dict[str, str] = {
 }
 
 
-def beta(t: float) -> float:
-    """beta(t) = 1 - cos(t / 1.008 * pi / 2) ** 2; beta(0) = 0."""
-    return 1.0 - math.cos(t / 1.008 * math.pi / 2) ** 2
+def beta(t: float | torch.Tensor) -> float | torch.Tensor:
+    """beta(t) = 1 - cos(t / 1.008 * pi / 2) ** 2 of a number, or elementwise of a tensor of times; beta(0) = 0."""
+    cos = torch.cos if isinstance(t, torch.Tensor) else math.cos
+    return 1.0 - cos(t / 1.008 * math.pi / 2) ** 2
 
 
-def alpha_sigma(t: float) -> tuple[float, float]:
-    """(a_t, b_t) = (sqrt(1 - beta(t)), sqrt(beta(t)))."""
+def alpha_sigma(t: float | torch.Tensor) -> tuple[float, float] | tuple[torch.Tensor, torch.Tensor]:
+    """(a_t, b_t) = (sqrt(1 - beta(t)), sqrt(beta(t))) of a number, or elementwise of a tensor of times."""
     bt = beta(t)
-    return math.sqrt(1.0 - bt), math.sqrt(bt)
+    sqrt = torch.sqrt if isinstance(bt, torch.Tensor) else math.sqrt
+    return sqrt(1.0 - bt), sqrt(bt)
 
 
 def check_t(t: float) -> float:

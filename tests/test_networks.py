@@ -3,6 +3,7 @@
 Everything runs on 8x8 digits (40 images) and networks of a few thousand weights trained for a few
 steps: fast, and enough to check what users rely on (not how good a network gets: docs/AGREEMENT.md).
 """
+import copy
 import hashlib
 import json
 import math
@@ -17,6 +18,7 @@ from elsviz import ElsvizError, Engine, agreement, calibrate, compare, load_data
 from elsviz.cli import main
 from elsviz.compare import calibration, noise
 from elsviz.networks import read_config, save_schedule, train_network
+from elsviz.schedule import alpha_sigma, beta
 
 SMALL = {"size": 8, "limit": 40}
 TINY = dict(width=8, layers=2, batch=8)
@@ -79,6 +81,72 @@ def test_resuming_continues_exactly_where_training_stopped(digits8, tmp_path):
     assert resumed.steps_done == 8
     for name, value in weights_of(straight).items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_the_schedule_of_a_batch_of_times_is_the_schedule_of_each():
+    """Training noises a batch with alpha_sigma of a tensor: the same formula as the machines' scalar one."""
+    ts = [1e-3, 0.01, 0.25, 0.5, 0.6, 0.9, 0.999, 1.0]
+    a, b = alpha_sigma(torch.tensor(ts, dtype=torch.float64))
+    assert a.shape == b.shape == (len(ts),)
+    for i, t in enumerate(ts):
+        assert (a[i].item(), b[i].item()) == pytest.approx(alpha_sigma(t), abs=1e-12), t
+    # in float32 (training's precision) beta = 1 - cos^2 is as exact as cos^2 near 1 can be rounded, 2^-24;
+    # at t = 0.001 that is 1% of b_t, which the network learns with
+    beta32 = beta(torch.tensor(ts))
+    assert beta32.dtype == torch.float32
+    for i, t in enumerate(ts):
+        assert beta32[i].item() == pytest.approx(beta(t), abs=2.0**-23), t
+    assert beta(torch.zeros(2)).tolist() == [0.0, 0.0] and beta(0.0) == 0.0
+
+
+def reference_training(train, steps: int, seed: int, width: int, layers: int, batch: int, lr: float, ema: float):
+    """The training train_network's docstring describes, written out in one loop: the same seed gives the same
+    initial weights, batches, times, noise and dropped labels; AdamW with a linear warm-up over 5% of the steps
+    (at most 200) and cosine decay to lr / 10; the EMA's decay min(ema, (1 + step) / (10 + step))."""
+    from elsviz.networks import build_model
+
+    classes = int(train.labels.max()) + 1
+    torch.manual_seed(seed)
+    model = build_model("resnet", train.shape, width, layers, num_classes=classes)
+    averaged = copy.deepcopy(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    warm = min(200, max(1, steps // 20))
+    n = len(train)
+    for step in range(steps):
+        idx = torch.randint(0, n, (min(batch, n),), generator=gen)
+        x0 = train.images[idx]
+        t = 1e-3 + (1 - 1e-3) * torch.rand(len(idx), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        label = train.labels[idx].clone()
+        label[torch.rand(len(idx), generator=gen) < 0.1] = classes  # "any class"
+        a, b = alpha_sigma(t)
+        done = min(1.0, (step - warm) / max(1, steps - warm))
+        rate = lr * (step + 1) / warm if step < warm else lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
+        for g in opt.param_groups:
+            g["lr"] = rate
+        loss = torch.nn.functional.mse_loss(model(a[:, None, None, None] * x0 + b[:, None, None, None] * noise,
+                                                  t, label), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pa, pm in zip(averaged.parameters(), model.parameters()):
+                pa.lerp_(pm, 1 - min(ema, (1 + step) / (10 + step)))
+    return model, averaged
+
+
+def test_training_is_the_documented_algorithm_bit_for_bit(digits8, tmp_path):
+    """Seeded training is reproducible to the last bit, and is exactly the algorithm written out above."""
+    kw = dict(width=8, layers=2, batch=8, lr=3e-3, ema=0.9, seed=5)
+    net = train_network(digits8, tmp_path / "n", steps=7, conditional=True, save_every=3, device="cpu", **kw)
+    model, averaged = reference_training(digits8, 7, **kw)
+    state = torch.load(tmp_path / "n" / "train-0000007.pt", weights_only=True)
+    for name, value in averaged.state_dict().items():
+        assert torch.equal(net.model.state_dict()[name], value), name  # the EMA weights sampling uses
+        assert torch.equal(state["ema"][name], value), name
+    for name, value in model.state_dict().items():
+        assert torch.equal(state["model"][name], value), name  # the trained weights resuming starts from
 
 
 def test_stop_saves_a_checkpoint_that_resumes(digits8, tmp_path):
