@@ -262,8 +262,9 @@ class _Loop:
                 loss = s.backward()
                 if not torch.isfinite(loss):
                     raise ElsvizError(f"Training diverged at step {s.step + 1:,} (the loss is {float(loss)}); the "
-                                      f"checkpoint of step {self.last_saved:,} is kept. Resume with a smaller lr "
-                                      f"(now {s.tr['lr']}).")
+                                      f"checkpoint of step {self.last_saved:,} is kept. Train again into a new folder "
+                                      f"with a smaller lr (this run's is {s.tr['lr']}; a resumed run keeps its "
+                                      f"checkpoint's lr).")
                 s.apply()
                 self.recent = (self.recent + [loss.item()])[-LOSS_WINDOW:]
                 if self.after_step():
