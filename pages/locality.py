@@ -13,7 +13,7 @@ AUTO_S = 8.0  # comparisons estimated under this run at once; longer ones wait f
 
 st.title("Locality explorer")
 st.markdown(
-    "**k** is the side of the window each pixel sees, in pixels (k = 5: a 5 x 5 window). Small k: pixels agree only with close neighbours, and "
+    f"**k** is the window size. {claims.JARGON['k']} Small k: pixels agree only with close neighbours, and "
     "the picture is stitched from many small patches (creative, sometimes incoherent). Large k: whole "
     "regions must match one training image (closer to copying). Change k in the sidebar and compare."
 )

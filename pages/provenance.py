@@ -53,7 +53,8 @@ with left:
                                      target=448, colour=colour, draw_seams=seams_on, mark=pixel)
     streamlit_image_coordinates(pic, key="prov_click", cursor="crosshair")
     st.caption(f"{result.spec.describe()}. Step {step}, t = {frame.t:.2f}"
-               f"{'' if window is None else f', k = {window}'}. One colour per training image; grey hatched: "
+               f"{'' if window is None else f', k = {window}'}. "
+               f"{'' if window is None else claims.JARGON['k'] + ' '}One colour per training image; grey hatched: "
                "shared; white lines: seams; red square: the selected pixel.")
     name = export.slug(f"{train.name} {result.spec.describe()} step {step}")
     dl = st.columns(2)

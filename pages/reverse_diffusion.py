@@ -20,6 +20,7 @@ traj, spec = result.traj, result.spec
 last = traj.frames[-1]
 if last.source_index is not None:  # what this run's last step says: how many pixels are copies, how many averages
     st.markdown(f"**In this run.** {claims.settled_claim(last, machine=spec.machine).text}")
+st.caption(claims.JARGON["entropy"])
 
 left, right = st.columns([1, 1], gap="large")
 with left:  # the result first: the output of this run, large and still
@@ -66,8 +67,8 @@ with right:
 st.subheader("Step through the run")
 st.caption("It opens on the last step (the output). Press ▶ Play to run it from the noise, or drag the slider. "
            f"Left: the noisy input x_t of the step. Middle: the posterior mean. {claims.JARGON['posterior']} At the "
-           f"last step it is the output. Right: the entropy of each pixel's patch weights, how undecided it still is. "
-           f"{claims.JARGON['entropy']} The scale is fixed for the machine and set (0 to the log of the number of "
+           f"last step it is the output. Right: the entropy of each pixel's patch weights, how undecided it still is; "
+           "the scale is fixed for the machine and set (0 to the log of the number of "
            "keys) so runs compare: bright = many patches still in play, dark = settled on one patch (or on "
            "identical ones, as on flat background).")
 fig = derived(result, "animation", lambda: figures.animation_figure(
