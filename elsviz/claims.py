@@ -88,15 +88,16 @@ def percent(x: float) -> str:
 
 def amount(x: float) -> str:
     """A distance or weight on the -1..1 (or 0..1) scale that never rounds to a false one: '0' and '1' only
-    when exact, 'under 0.001' and 'over 0.99' next to them, three decimals under 0.1, two above."""
+    when exact (up to float rounding), 'under 0.001' and 'over 0.99' next to them, three decimals under 0.1, two
+    above."""
     if x <= 0:
         return "0"
     if x < 0.001:
         return "under 0.001"
+    if abs(x - 1) <= 1e-6:  # a share of 1 up to float rounding (a weight of 1/7 times 7 keys)
+        return "1"
     if 0.995 <= x < 1:
         return "over 0.99"
-    if x == 1:
-        return "1"
     return f"{x:.3f}" if x < 0.1 else f"{x:.2f}"
 
 
@@ -117,13 +118,20 @@ def plural(word: str, n: int | float = 2) -> str:
 
 # -- the pixel's numbers ---------------------------------------------------------------------------------
 def shares(source_weight: torch.Tensor, source_count: torch.Tensor) -> torch.Tensor:
-    """The weight held by each pixel's heaviest key together with its identical copies, [..., H, W]."""
-    return source_weight.float() * source_count.float()
+    """The weight held by each pixel's heaviest key together with its identical copies, [..., H, W] (float64: a
+    weight times a count of 1,000 keeps its digits)."""
+    return source_weight.double() * source_count.double()
 
 
 def spread(entropy: float) -> float:
     """The number of keys whose even split has this entropy (exp(entropy), the weights' perplexity)."""
     return math.exp(max(0.0, float(entropy)))
+
+
+def evenly(entropy: float, one: str) -> str:
+    """'about 93 patches': the even split with this entropy."""
+    n = spread(entropy)
+    return f"{about(n)} {plural(one, max(1, round(n)))}"
 
 
 def centres(images: torch.Tensor, source_index: torch.Tensor, source_pos: torch.Tensor) -> torch.Tensor:
@@ -178,7 +186,7 @@ def pixel_claim(frame, pixel: tuple[int, int], images: torch.Tensor, *, final: b
         holds = f"weight {amount(share)}"
     distance_words = (f"The pixel equals {centre_word}." if gap == 0 else
                       f"The pixel lies {amount(gap)} from {centre_word} (on the -1..1 scale).")
-    entropy_words = f"entropy {ent:.2f} nats: as spread as an even split over {about(spread(ent))} {plural(one, round(spread(ent)))}"
+    entropy_words = f"entropy {ent:.2f} nats: as spread as an even split over {evenly(ent, one)}"
     if kind.startswith("copied"):
         text = (f"**Pixel ({r}, {c})**{at} is copied from {heaviest}, {holds} ({percent(share)} of its weight). "
                 f"{distance_words}")
@@ -217,13 +225,15 @@ def settled_claim(frame, *, b: int = 0, final: bool = True, machine: str = "bbel
     lead = (f"{when}, **{percent(copied)}** of the pixels are copied from one {one} (or identical ones) that holds "
             f"{COPIED:.0%} of their weight or more")
     median = (f"the heaviest {one} holds a median **{amount(med_share)}** of a pixel's weight, and the median entropy "
-              f"is **{med_ent:.1f} nats** (as spread as an even split over {about(spread(med_ent))} {plural(one, round(spread(med_ent)))})")
+              f"is **{med_ent:.1f} nats** (as spread as an even split over {evenly(med_ent, one)})")
     if copied > 0.5:
         kind, tail = "copied", "most pixels are copies"
     elif averages > 0.5:
-        kind, tail = "averages", f"most pixels ({percent(averages)}) are averages, their heaviest {one} under half their weight"
+        kind, tail = "averages", (f"most pixels ({percent(averages)}) are averages, their heaviest {one} under half "
+                                  "their weight")
     else:
-        kind, tail = "mixed", f"{percent(averages)} of the pixels are averages (their heaviest {one} holds under half their weight)"
+        kind, tail = "mixed", (f"{percent(averages)} of the pixels are averages (their heaviest {one} holds under "
+                               "half their weight)")
     return Claim(kind, f"{lead}; {median}: {tail}.", numbers)
 
 
@@ -253,7 +263,8 @@ def sources_claim(source_index: torch.Tensor, source_count: torch.Tensor, *, nou
     shared = float((~attributed).float().mean())
     _, many = _key_words(machine)
     text = (f"the heaviest {many} of its pixels come from **{n:,} training {plural(noun, n)}**"
-            + (f" ({percent(shared)} of the pixels are shared by identical {many} and name none)" if shared > 0 else ""))
+            + (f" ({percent(shared)} of the pixels are shared by identical {many} and name none)" if shared > 0
+               else ""))
     return Claim("sources", text, {"sources": n, "shared": shared})
 
 
@@ -336,7 +347,8 @@ def novelty_claim(images: torch.Tensor, img: torch.Tensor, *, noun: str = "image
                      numbers)
     return Claim("new-unlike", f"{who} is new, not a copy of any training {noun} (the closest, #{idx}, is "
                                f"**{amount(d)}** away, RMS on the -1..1 scale), but also unlike every one of them: "
-                               f"{TYPICAL_Q:.0%} of the training {nouns} have another within {amount(typ)}, and it has none: by "
+                               f"{TYPICAL_Q:.0%} of the training {nouns} have another within {amount(typ)}, and it "
+                               "has none: by "
                                f"that measure it does not look like a {noun} of this set",
                  numbers)
 

@@ -58,8 +58,8 @@ def last(result):
 
 
 def novelty(result, who: str) -> claims.Claim:
-    return derived(result, f"lesson-novelty-{who}", lambda: claims.novelty_claim(train.images, result.traj.final[0], noun=NOUN,
-                                                                         who=who))
+    return derived(result, f"lesson-novelty-{who}",
+                   lambda: claims.novelty_claim(train.images, result.traj.final[0], noun=NOUN, who=who))
 
 
 # 1 ----------------------------------------------------------------------------------------------

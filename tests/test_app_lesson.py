@@ -126,11 +126,12 @@ def test_what_the_text_claims_is_what_the_runs_show():
     assert ideal and float(ideal.group(2)) <= COPY_RMS  # IS gives back a training image ...
     assert float((out - train.images[int(ideal.group(1))]).pow(2).mean().sqrt()) <= COPY_RMS  # ... the one named
     assert re.search(r"the heaviest patch of \*\*100%\*\* of its pixels is centred exactly where the pixel sits", body)
-    new = re.search(r"The result is new, not a copy of any training digit \(the closest, #(\d+), is \*\*([\d.]+)\*\* away",
-                    body)
+    new = re.search(r"The result is new, not a copy of any training digit "
+                    r"\(the closest, #(\d+), is \*\*([\d.]+)\*\* away", body)
     out = lesson_run(at, "els", LESSON_K).traj.final[0]
     rms = (train.images - out).flatten(1).pow(2).mean(1).sqrt()
-    assert new and int(new.group(1)) == int(rms.argmin()) and float(new.group(2)) == pytest.approx(float(rms.min()), abs=0.005)
+    assert new and int(new.group(1)) == int(rms.argmin())
+    assert float(new.group(2)) == pytest.approx(float(rms.min()), abs=0.005)
     border = re.search(r"\*\*(\d+)%\*\* of its border pixels keep their row or column, against \*\*(\d+)%\*\*", body)
     assert border and border.group(1) == "100" and int(border.group(2)) < 100  # bbELS keeps the border, ELS not
     # the mosaic: the picture rebuilt from its heaviest patches against the output, as measured
@@ -189,7 +190,8 @@ def test_the_jargon_is_explained_where_it_first_appears_on_each_page():
         texts = page_texts(at.main)
         assert not unexplained_jargon(texts), (page, unexplained_jargon(texts))
         seen[page] = {w for w, p in JARGON_WORDS.items() if any(re.search(p, t, re.IGNORECASE) for t in texts)}
-    assert {"k", "entropy", "score"} <= seen[PAGE] and {"k", "entropy", "nats", "posterior"} <= seen["pages/reverse_diffusion.py"]
+    assert {"k", "entropy", "score"} <= seen[PAGE]
+    assert {"k", "entropy", "nats", "posterior"} <= seen["pages/reverse_diffusion.py"]
     # the check can fail: a page that names entropy without explaining it
     assert unexplained_jargon(["The entropy map shows 4.5 nats.", "k = 5"]) == [
         "k (first in: 'k = 5')", "entropy (first in: 'The entropy map shows 4.5 nats.')",
