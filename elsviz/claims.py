@@ -353,14 +353,16 @@ def novelty_claim(images: torch.Tensor, img: torch.Tensor, *, noun: str = "image
                  numbers)
 
 
-def short_novelty(claim: Claim, detail: bool = True) -> str:
+def short_novelty(claim: Claim, detail: bool = True, noun: str = "image") -> str:
     """A few words for a caption: 'a copy of #12', 'new (nearest #4 at 0.21)', 'unlike any (nearest #4 at 0.71)';
-    without detail 'a copy', 'new', 'unlike any'."""
+    without detail 'a copy', 'new, digit-like', 'new, unlike any' (noun: 'digit')."""
     n = claim.numbers
     if claim.kind == "copy":
         return f"a copy of #{n['nearest']}" if detail else "a copy"
-    word = "new" if claim.kind == "new-like" else "unlike any"
-    return f"{word} (nearest #{n['nearest']} at {amount(n['distance'])})" if detail else word
+    if detail:
+        word = "new" if claim.kind == "new-like" else "unlike any"
+        return f"{word} (nearest #{n['nearest']} at {amount(n['distance'])})"
+    return f"new, {noun}-like" if claim.kind == "new-like" else "new, unlike any"
 
 
 def sweep_claim(ks: list[int], claims: list[Claim], *, noun: str = "image") -> Claim:

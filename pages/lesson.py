@@ -136,7 +136,7 @@ st.markdown(
 picture(els, "els", lambda: figures.strip(
     [els.traj.final[0], train.images[near_e],
      figures.provenance_picture(f.mean[0], f.source_index[0], f.source_pos[0], f.source_count[0], target=BIG)],
-    [f"ELS output: {claims.short_novelty(els_claim, detail=False)}", f"closest training {NOUN} #{near_e}",
+    [f"ELS output: {claims.short_novelty(els_claim, detail=False, noun=NOUN)}", f"closest training {NOUN} #{near_e}",
      "where its pixels' heaviest patches are"], target=BIG, font_size=18),
     f"The closest training {NOUN} is {claims.amount(els_claim.numbers['distance'])} away (RMS on the -1..1 scale; "
     f"{claims.TYPICAL_Q:.0%} of the training {NOUNS} have another within "
@@ -193,13 +193,13 @@ sweep_claim = claims.sweep_claim(list(K_STEPS), sweep_claims, noun=NOUN)
 st.markdown(
     "**k** is the size of the window. Small windows match almost anywhere: the picture is stitched from "
     "many tiny pieces. Large windows must match a large part of one training image: the picture copies "
-    "bigger pieces, and with windows as large as the image it copies a whole training image. The paper's "
+    "bigger pieces, and a window that covers the whole image can only match whole training images. The paper's "
     "schedule (section 1) uses large windows while the noise is strong and small ones at the end. "
     f"Here, for {train.shape[1]}x{train.shape[2]} {NOUNS}: {sweep_claim.text}"
 )
 picture(sweep[-1], "k", lambda: figures.strip(
     [r.traj.final[0] for r in sweep],
-    [f"k = {k}: {claims.short_novelty(c, detail=False)}" for k, c in zip(K_STEPS, sweep_claims)],
+    [f"k = {k}: {claims.short_novelty(c, detail=False, noun=NOUN)}" for k, c in zip(K_STEPS, sweep_claims)],
     target=BIG * 3 // 4, font_size=18),
     "bbELS with one k for every step; the same noise in each.")
 st.caption("Next: the Reverse diffusion page plays any run step by step; Patch provenance explains any pixel; "
