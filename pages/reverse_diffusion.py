@@ -11,7 +11,8 @@ st.markdown(
     "The machine starts from pure noise and removes it in steps. At each step every pixel looks at the "
     "**k x k window** around it and averages the centre pixels of training patches, each weighted by how much "
     "its window looks like that one: the *denoised estimate*. Step by step the weights narrow onto fewer "
-    "patches, so the picture becomes a **mosaic of training patches**, or of averages of a few."
+    "patches: at the end a pixel may be copied from one patch, or still be an average of many. The picture is a "
+    "**mosaic of training patches** and of such averages."
 )
 st.caption(claims.JARGON["k"])
 
