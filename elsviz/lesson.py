@@ -1,15 +1,18 @@
 """The numbers the lesson page quotes: plain PyTorch, so they are tested like the rest of elsviz.
 
 Each answers one question of the lesson (docs/APP.md, "Lesson"): is the output a training image
-(nearest_image)? does a pixel copy from where it sits (same_place_fraction)? does a border pixel
-copy from the same distance to the border (border_kept_fraction)?
+(nearest_image)? does a pixel's heaviest patch sit where the pixel sits (same_place_fraction)? does
+a border pixel's heaviest patch keep its distance to the border (border_kept_fraction)? The
+sentences the lesson makes of these numbers are elsviz.claims'.
 """
 from __future__ import annotations
 
 import torch
 
+from . import claims
 from .runs import shared_mask
 
+LESSON_SETS = ("mnist", "digits")  # built-in sets of handwritten digits the lesson runs on, preferred first
 LESSON_K = 5  # one k for the sections that compare machines: small enough to create, large enough for digits
 K_STEPS = (3, 5, 9, 15)  # the "what k does" strip on 16 x 16 digits: texture -> copies
 SNAPSHOT_STEPS = 5  # pictures of x_t in the "noise and the reverse process" strip
@@ -21,14 +24,17 @@ def nearest_image(images: torch.Tensor, img: torch.Tensor) -> tuple[int, float]:
     images [N, C, H, W], img [C, H, W] of the same size. A distance near 0 means img *is* that
     training image (memorised); a digit made of patches lies well away from every one.
     """
-    diff = (images - img.to(images.device)[None]).flatten(1)  # [N, C*H*W]
-    rms = diff.pow(2).mean(1).sqrt()  # [N]
-    best = int(torch.argmin(rms))
-    return best, float(rms[best])
+    return claims.nearest(images, img)
+
+
+def lesson_set(builtins) -> str | None:
+    """The set the lesson runs on when the sidebar's is not one of LESSON_SETS: the first of LESSON_SETS among
+    the names of built-in sets (those that load offline), or None."""
+    return next((name for name in LESSON_SETS if name in tuple(builtins)), None)
 
 
 def same_place_fraction(source_pos: torch.Tensor, source_count: torch.Tensor) -> float:
-    """Fraction of the attributed pixels whose key is centred where the pixel itself sits.
+    """Fraction of the attributed pixels whose heaviest key is centred where the pixel itself sits.
 
     source_pos [H, W, 2], source_count [H, W] (one image). LS: 1.0 (it copies from the same place);
     ELS: well below (it copies from anywhere).

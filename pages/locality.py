@@ -3,9 +3,9 @@ from dataclasses import replace
 
 import streamlit as st
 
-from elsviz import export, figures
+from elsviz import claims, export, figures
 from elsviz.errors import ElsvizError
-from elsviz.runs import MACHINE_NAMES, MACHINES, changed_fraction, k_limit, k_sweep
+from elsviz.runs import MACHINE_NAMES, MACHINES, k_limit, k_sweep
 from elsviz.ui import branch_run, derived, estimate_seconds, main_result, previous_result, settings, show, spec_run
 from elsviz.ui.links import write_link
 
@@ -13,7 +13,7 @@ AUTO_S = 8.0  # comparisons estimated under this run at once; longer ones wait f
 
 st.title("Locality explorer")
 st.markdown(
-    "**k** is the side of the window each pixel sees. Small k: pixels agree only with close neighbours, and "
+    f"**k** is the window size. {claims.JARGON['k']} Small k: pixels agree only with close neighbours, and "
     "the picture is stitched from many small patches (creative, sometimes incoherent). Large k: whole "
     "regions must match one training image (closer to copying). Change k in the sidebar and compare."
 )
@@ -35,8 +35,7 @@ else:
         pictures.append(figures.difference_picture(a, b, target=224))
         captions.append("difference")
     show(figures.strip(pictures, captions, target=224))
-    changed = f" {changed_fraction(a, b):.0%} of the pixels changed (by more than 0.05 on the -1..1 scale)." \
-        if a.shape == b.shape else ""
+    changed = f" {claims.changed_claim(a, b).text}" if a.shape == b.shape else ""
     st.caption(f"Now: {result.spec.describe()}.{changed}")
 
 
@@ -55,6 +54,18 @@ def run_all(specs, what, button_label):
         except ElsvizError as err:
             out.append(err)
     return out
+
+
+def novelty(r) -> claims.Claim:
+    """Whether a result's output is a copy of a training image, or new (elsviz.claims), computed once per run."""
+    return derived(r, "novelty", lambda: claims.novelty_claim(s.train.images, r.traj.final[0],
+                                                             noun=claims.noun(s.train.name)))
+
+
+def novelties(specs, results) -> list[tuple]:
+    """(spec, novelty claim) of the results that ran at the training size (a copy needs the same size)."""
+    return [(sp, novelty(r)) for sp, r in zip(specs, results)
+            if not isinstance(r, ElsvizError) and tuple(r.traj.final.shape[1:]) == tuple(s.train.shape)]
 
 
 def download_png(picture, name: str, key: str) -> None:
@@ -82,13 +93,19 @@ spec = result.spec
 train_hw = tuple(s.train.shape[1:])
 
 if view == "four machines":
-    st.markdown("The same seed and k through all four machines. **IS** memorises (gives back a training "
-                "image); **LS** copies only from the same place; **ELS** copies from anywhere; **bbELS** copies "
-                "from anywhere, except at the border, the paper's model of a convolutional network.")
+    st.markdown("The same seed and k through all four machines. **IS** weighs whole training images (once the "
+                "noise is gone it can only give one back); **LS** weighs patches from the same place only; **ELS** "
+                "from anywhere; **bbELS** from anywhere, except at the border, the paper's model of a "
+                "convolutional network.")
     specs = [replace(spec, machine=m, size=None) for m in MACHINES]
     results = run_all(specs, lambda sp: MACHINE_NAMES[sp.machine], "Run the four machines")
     if results:
         show_strip(specs, results, lambda sp: MACHINE_NAMES[sp.machine], target=160, name="four machines")
+        found = novelties(specs, results)
+        if found:
+            st.caption("Closest training image (RMS distance on the -1..1 scale; *unlike any*: further than "
+                       f"{claims.TYPICAL_Q:.0%} of the training images are from their nearest neighbour): "
+                       + "; ".join(f"{MACHINE_NAMES[sp.machine]}: {claims.short_novelty(c)}" for sp, c in found) + ".")
         if spec.size is not None:
             st.caption("All four at the training size (IS and LS cannot make other sizes).")
 
@@ -98,15 +115,20 @@ elif spec.machine == "is":
 elif view == "k-sweep":
     ks = k_sweep(spec.machine, train_hw, spec.size)
     st.markdown(f"The same seed through **{MACHINE_NAMES[spec.machine]}** with one k for every step, "
-                f"k = {ks[0]} to {ks[-1]}. Watch the picture go from texture to copies.")
+                f"k = {ks[0]} to {ks[-1]}: small windows stitch many small pieces, large ones copy large parts "
+                "of one training image.")
     specs = [replace(spec, k=k) for k in ks]
     results = run_all(specs, lambda sp: f"k-sweep, k = {sp.k}", "Run the k-sweep")
     if results:
         show_strip(specs, results, lambda sp: f"k = {sp.k}", target=112, name="k-sweep")
+        found = novelties(specs, results)
+        if found:
+            st.caption(claims.sweep_claim([sp.k for sp, _ in found], [c for _, c in found],
+                                          noun=claims.noun(s.train.name)).text)
 
 elif view == "branch at a step":
-    st.markdown("Keep the run as it was down to step s+1, then finish it from step s with another k. Early "
-                "steps (large s, much noise) decide the layout; late steps only the texture.")
+    st.markdown("Keep the run as it was down to step s+1, then finish it from step s with another k. Try an "
+                "early step (large s, much noise) and a late one, and compare how much of the picture changes.")
     cols = st.columns(2)
     steps = list(range(spec.steps - 1, 0, -1))
     if ss.get("branch_step") not in steps:
@@ -126,5 +148,4 @@ elif view == "branch at a step":
             [f"estimate at step {at}", "as run", f"k = {k2} from step {at}", "difference"], target=160))
         show(pic)
         download_png(pic, f"{s.train.name} branch at {at} k{k2} {spec.describe()}", key="dl_branch")
-        st.caption(f"{changed_fraction(a, b):.0%} of the pixels changed. Left: what the machine believed "
-                   "when the branch started.")
+        st.caption(f"{claims.changed_claim(a, b).text} Left: what the machine believed when the branch started.")

@@ -2,17 +2,18 @@
 import streamlit as st
 from streamlit_image_coordinates import streamlit_image_coordinates
 
-from elsviz import export, figures
+from elsviz import claims, export, figures
 from elsviz.runs import distinct_sources, mosaic, pixel_from_click, shared_mask, source_shares
 from elsviz.ui import derived, explain, main_result, show
 from elsviz.ui.links import write_link
 
 st.title("Patch provenance")
 st.markdown(
-    "Each pixel of the picture is (in the end) **copied from one training patch**: the one whose window "
-    "matches best. Here each pixel is coloured by the **training image** it comes from, and white lines "
-    "mark the **seams** where one copied piece meets another. **Click a pixel** to see the patches it "
-    "chose from. Grey hatched pixels are *shared*: their window (flat background, say) matches many "
+    "Each pixel of the picture is an **average of the centre pixels of training patches**, each weighted by how "
+    "well its window matches: the better the match, the larger its **weight** (a pixel's weights add up to 1). "
+    "Here each pixel is coloured by the **training image of its heaviest patch**, and white lines mark the "
+    "**seams** where one piece meets another. **Click a pixel** to see its heaviest patches and their weights. "
+    "Grey hatched pixels are *shared*: their heaviest window (flat background, say) is matched equally by many "
     "identical patches, so no single image can be named."
 )
 
@@ -52,7 +53,8 @@ with left:
                                      target=448, colour=colour, draw_seams=seams_on, mark=pixel)
     streamlit_image_coordinates(pic, key="prov_click", cursor="crosshair")
     st.caption(f"{result.spec.describe()}. Step {step}, t = {frame.t:.2f}"
-               f"{'' if window is None else f', k = {window}'}. One colour per training image; grey hatched: "
+               f"{'' if window is None else f', k = {window}'}. "
+               f"{'' if window is None else claims.JARGON['k'] + ' '}One colour per training image; grey hatched: "
                "shared; white lines: seams; red square: the selected pixel.")
     name = export.slug(f"{train.name} {result.spec.describe()} step {step}")
     dl = st.columns(2)
@@ -71,29 +73,20 @@ with right:
     cols = st.columns(2)
     cols[0].number_input("Pixel row", 0, h - 1, step=1, key="px_row")
     cols[1].number_input("Pixel column", 0, w - 1, step=1, key="px_col")
-    r, c = pixel
-    count = int(frame.source_count[0, r, c])
-    src = int(frame.source_index[0, r, c])
-    entropy = float(frame.entropy[0, r, c])
-    if count > 1:
-        st.markdown(f"**Pixel ({r}, {c}) is shared:** its window is matched equally by **{count:,} identical "
-                    f"patches** (flat background, say), so no single training image is named. "
-                    f"Entropy {entropy:.2f} nats.")
-    else:
-        label = "" if train.labels is None else f" (a {train.class_name(int(train.labels[src]))})"
-        u, v = (int(p) for p in frame.source_pos[0, r, c])
-        verb = "is copied from" if step == steps[-1] else "so far leans most towards"
-        st.markdown(f"**Pixel ({r}, {c})** {verb} **training image #{src}**{label}, patch centred at ({u}, {v}), "
-                    f"weight {figures.weight_text(float(frame.source_weight[0, r, c]))}. Entropy {entropy:.2f} nats "
-                    "(0 = decided).")
+    noun = claims.noun(train.name)
+    class_name = None if train.labels is None else (lambda i: train.class_name(int(train.labels[i])))
+    st.markdown(claims.pixel_claim(frame, pixel, train.images, final=step == steps[-1], machine=result.spec.machine,
+                                   noun=noun, class_name=class_name).text)
+    st.caption(claims.JARGON["entropy"])
     keys = explain(result, step, pixel, top=8)
+    held = claims.top_keys_claim(keys, "whole training images" if window is None else "patches")
     if window is None:
         st.markdown("**Its top keys** at this step: IS compares whole images, so each key is a whole training "
-                    "image (the pixel in red). All pixels share these weights.")
+                    f"image (the pixel in red). All pixels share these weights. {held.text}")
     else:
         st.markdown(f"**Its top keys** at this step: each {window}x{window} patch (left) and the training image "
-                    "it sits in (patch outlined, centre pixel in red). Near the end one patch takes all the weight; "
-                    "move the step slider left to watch the candidates compete.")
+                    f"it sits in (patch outlined, centre pixel in red). {held.text} Move the step slider to watch "
+                    "the candidates compete.")
     grid = st.columns(2)
     for n, key in enumerate(keys):
         image = train.images[key["image"]]
@@ -108,18 +101,22 @@ st.subheader("The mosaic")
 idx, pos, cnt = frame.source_index[0], frame.source_pos[0], frame.source_count[0]
 n_sources = distinct_sources(idx, cnt)
 cols = st.columns(3)
-cols[0].metric("Distinct training images in this picture", n_sources)
-cols[1].metric("Shared pixels", f"{float(shared_mask(cnt).float().mean()):.0%}")
+cols[0].metric("Distinct training images in this picture", n_sources,
+               help="Training images that hold the heaviest patch of at least one pixel (shared pixels not counted).")
+cols[1].metric("Shared pixels", claims.percent(float(shared_mask(cnt).float().mean())),
+               help="Pixels whose heaviest window is matched equally by identical patches (flat background, say).")
 cols[2].metric("Training images available", f"{len(train):,}")
 rebuilt = mosaic(train.images, frame.source_index, frame.source_pos)[0]
 show(derived(result, f"mosaic-{step}", lambda: figures.strip(
     [frame.mean[0], rebuilt, figures.provenance_picture(frame.mean[0], idx, pos, cnt, target=160, alpha=1.0)],
-    ["estimate at this step", "rebuilt from winning keys' centres", "sources alone"], target=160)))
-st.caption("Middle: each pixel replaced by the centre pixel of its heaviest key. At the last step it equals the "
-           "output: the picture *is* a patch mosaic. At earlier steps the estimate is still an average of many "
-           "patches, so the two differ.")
+    ["estimate at this step", "rebuilt from heaviest keys' centres", "sources alone"], target=160)))
+final = step == steps[-1]
+rebuilt_claim = claims.mosaic_claim(frame.mean[0], rebuilt, what="output" if final else "estimate at this step",
+                                    machine=result.spec.machine)
+settled = claims.settled_claim(frame, final=final, machine=result.spec.machine)
+st.caption(f"Middle: each pixel replaced by the centre pixel of its heaviest key. {rebuilt_claim.text} {settled.text}")
 shares = source_shares(idx, cnt)[:8]
 if shares:
-    st.markdown("**The training images that supply the most pixels**")
+    st.markdown("**The training images that hold the heaviest patch of the most pixels**")
     show(derived(result, f"sources-{step}", lambda: figures.strip(
         [train.images[i] for i, _ in shares], [f"#{i}: {n} px" for i, n in shares], target=96)))

@@ -1,7 +1,7 @@
 """Page 1: the output first, then the run as an animation: noisy image, denoised estimate and entropy map, step by step."""
 import streamlit as st
 
-from elsviz import export, figures
+from elsviz import claims, export, figures
 from elsviz.errors import ElsvizError
 from elsviz.runs import distinct_sources, shared_mask
 from elsviz.ui import derived, derived_later, main_result, show
@@ -9,14 +9,19 @@ from elsviz.ui import derived, derived_later, main_result, show
 st.title("Reverse diffusion")
 st.markdown(
     "The machine starts from pure noise and removes it in steps. At each step every pixel looks at the "
-    "**k x k window** around it and averages the centre pixels of the training patches that look most "
-    "like that window: the *denoised estimate*. Step by step the choice narrows until each pixel is "
-    "copied from one patch: the picture is a **mosaic of training patches**."
+    "**k x k window** around it and averages the centre pixels of training patches, each weighted by how much "
+    "its window looks like that one: the *denoised estimate*. Step by step the weights narrow onto fewer "
+    "patches: at the end a pixel may be copied from one patch, or still be an average of many. The picture is a "
+    "**mosaic of training patches** and of such averages."
 )
+st.caption(claims.JARGON["k"])
 
 result = main_result()
 traj, spec = result.traj, result.spec
 last = traj.frames[-1]
+if last.source_index is not None:  # what this run's last step says: how many pixels are copies, how many averages
+    st.markdown(f"**In this run.** {claims.settled_claim(last, machine=spec.machine).text}")
+st.caption(claims.JARGON["entropy"])
 
 left, right = st.columns([1, 1], gap="large")
 with left:  # the result first: the output of this run, large and still
@@ -30,9 +35,9 @@ with right:
     if last.source_index is not None:
         cols = st.columns(2)
         cols[0].metric("Source images", distinct_sources(last.source_index[0], last.source_count[0]),
-                       help="How many distinct training images supply at least one pixel of the output (shared "
-                            "pixels not counted). See the Patch provenance page.")
-        cols[1].metric("Shared pixels", f"{float(shared_mask(last.source_count[0]).float().mean()):.0%}",
+                       help="How many distinct training images hold the heaviest patch of at least one pixel of the "
+                            "output (shared pixels not counted). See the Patch provenance page.")
+        cols[1].metric("Shared pixels", claims.percent(float(shared_mask(last.source_count[0]).float().mean())),
                        help="Pixels whose window matches many identical patches (flat background): no single source.")
     st.caption("Change k, the machine or the seed in the sidebar and watch what changes.")
     name = export.slug(f"{result.train.name} {spec.describe()}")
@@ -62,11 +67,11 @@ with right:
 
 st.subheader("Step through the run")
 st.caption("It opens on the last step (the output). Press ▶ Play to run it from the noise, or drag the slider. "
-           "Left: the noisy input x_t of the step. Middle: the machine's guess "
-           "of the clean image (the posterior mean); at the last step it is the output. Right: the entropy "
-           "of each pixel's patch weights, how undecided it still is, on a scale fixed for the machine and set "
-           "(0 to log of the number of keys) so runs compare: bright = many patches still in play, "
-           "dark = settled on one patch (or on identical ones, as on flat background).")
+           f"Left: the noisy input x_t of the step. Middle: the posterior mean. {claims.JARGON['posterior']} At the "
+           f"last step it is the output. Right: the entropy of each pixel's patch weights, how undecided it still is; "
+           "the scale is fixed for the machine and set (0 to the log of the number of "
+           "keys) so runs compare: bright = many patches still in play, dark = settled on one patch (or on "
+           "identical ones, as on flat background).")
 fig = derived(result, "animation", lambda: figures.animation_figure(
     traj, entropy_max=export.max_entropy(spec.machine, len(result.train), result.train.shape),
     show_k=spec.machine != "is"))

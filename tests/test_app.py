@@ -37,8 +37,10 @@ def navigation_as_served(monkeypatch):
 
 
 def app(limit=150, steps=6, loc_mode="one k", **state) -> AppTest:
-    """The app on a subset, few steps and (unlike the default, the paper's schedule) one k."""
+    """The app on a subset, few steps and (unlike the default, the paper's schedule) one k, on the Reverse
+    diffusion page (a first visit opens on the Lesson: tests/test_app_lesson.py)."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.switch_page(PAGES[0])
     at.session_state["limit"] = limit
     at.session_state["steps"] = steps
     if loc_mode is not None:

@@ -67,24 +67,29 @@ def image_bytes(at: AppTest, media: dict) -> list[bytes]:
     return [media[url.rsplit("/", 1)[-1].split(".")[0]][1] for im in at.get("image") for url in im.value]
 
 
-def lesson(**state) -> AppTest:
+def lesson(page: str | None = PAGE, **state) -> AppTest:
+    """The app on a subset of the digits with few steps, on the lesson (page=None: no page chosen, as a
+    first visit)."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
     at.session_state["limit"] = 150
     at.session_state["steps"] = 6
     for key, value in state.items():
         at.session_state[key] = value
-    at.run()
-    at.switch_page(PAGE)
+    if page is not None:
+        at.switch_page(page)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
 
-def test_the_lesson_is_first_in_the_navigation_and_the_app_still_opens_on_reverse_diffusion():
+def test_a_first_visit_opens_on_the_lesson_and_its_first_step():
     from elsviz.ui.nav import DEFAULT, PAGES
 
-    assert PAGES[0][0] == PAGE
-    assert DEFAULT == "pages/reverse_diffusion.py"
+    assert PAGES[0][0] == PAGE == DEFAULT  # first in the navigation, and where the app opens
+    at = lesson(page=None)  # no page asked for: what a newcomer sees
+    assert [t.value for t in at.title] == ["Lesson: how a diffusion model makes something new"]
+    assert [h.value for h in at.header][0] == SECTIONS[0]
+    assert at.get("image")  # the first step's picture
 
 
 def test_seven_sections_in_order_each_with_a_large_picture(media):
@@ -99,17 +104,98 @@ def test_seven_sections_in_order_each_with_a_large_picture(media):
     assert all(Image.open(io.BytesIO(b)).format == "PNG" for b in pngs)
 
 
+def lesson_run(at: AppTest, machine: str, k):
+    """The lesson's run of this machine and k, from the app's run cache (the one the page drew)."""
+    from elsviz.runs import RunSpec
+    from elsviz.ui.cache import _runs
+
+    s = at.session_state["_settings"]
+    return _runs().get((s.dataset_key, RunSpec(machine=machine, k=k, steps=s.spec.steps, seed=s.spec.seed)))
+
+
 def test_what_the_text_claims_is_what_the_runs_show():
+    from elsviz.claims import COPY_RMS, EQUAL_TOL
+    from elsviz.lesson import LESSON_K
+    from elsviz.runs import mosaic
+
     at = lesson()
     body = "\n".join(m.value for m in at.markdown)
-    ideal = re.search(r"returned training digit \*\*#(\d+)\*\*: the distance between the two is \*\*([\d.]+)\*\*", body)
-    assert ideal and float(ideal.group(2)) < 0.05  # IS gives back a training image
-    assert re.search(r"\*\*100%\*\* of its pixels copy a patch centred exactly where they sit", body)  # LS
-    new = re.search(r"the closest training image \(#\d+\) is \*\*([\d.]+)\*\* away", body)
-    assert new and float(new.group(1)) > 0.2  # ELS makes a new digit
+    train = at.session_state["_settings"].train
+    ideal = re.search(r"a copy of training digit \*\*#(\d+)\*\* \(RMS distance \*\*([\d.]+)\*\*", body)
+    out = lesson_run(at, "is", LESSON_K).traj.final[0]
+    assert ideal and float(ideal.group(2)) <= COPY_RMS  # IS gives back a training image ...
+    assert float((out - train.images[int(ideal.group(1))]).pow(2).mean().sqrt()) <= COPY_RMS  # ... the one named
+    assert re.search(r"the heaviest patch of \*\*100%\*\* of its pixels is centred exactly where the pixel sits", body)
+    new = re.search(r"The result is new, not a copy of any training digit "
+                    r"\(the closest, #(\d+), is \*\*([\d.]+)\*\* away", body)
+    out = lesson_run(at, "els", LESSON_K).traj.final[0]
+    rms = (train.images - out).flatten(1).pow(2).mean(1).sqrt()
+    assert new and int(new.group(1)) == int(rms.argmin())
+    assert float(new.group(2)) == pytest.approx(float(rms.min()), abs=0.005)
     border = re.search(r"\*\*(\d+)%\*\* of its border pixels keep their row or column, against \*\*(\d+)%\*\*", body)
     assert border and border.group(1) == "100" and int(border.group(2)) < 100  # bbELS keeps the border, ELS not
-    assert re.search(r"a mosaic of pieces from \*\*\d+ training images\*\*", body)
+    # the mosaic: the picture rebuilt from its heaviest patches against the output, as measured
+    main = lesson_run(at, "bbels", "mnist-resnet").traj
+    f = main.frames[-1]
+    gap = (mosaic(train.images, f.source_index, f.source_pos)[0] - main.final[0]).abs()
+    if float(gap.max()) > EQUAL_TOL:
+        assert "gives back the output" not in body and "gives it back exactly" not in body
+        said = re.search(r"differs from the output by up to \*\*([\d.]+)\*\*", body)
+        assert said and float(said.group(1)) == pytest.approx(float(gap.max()), abs=0.005)
+    assert re.search(r"the heaviest patches of its pixels come from \*\*\d+ training digits\*\*", body)
+
+
+def page_texts(block) -> list[str]:
+    """The text of every element under block, in page order (markdown, captions, headers, info; a metric's
+    label and help)."""
+    out = []
+    for node in block.children.values():
+        value = getattr(node, "value", None)
+        if node.type == "metric":
+            out += [node.label, node.proto.help]
+        elif isinstance(value, str):
+            out.append(value)
+        if hasattr(node, "children"):
+            out += page_texts(node)
+    return out
+
+
+JARGON_WORDS = {"k": r"\bk\b", "entropy": r"\bentropy\b", "nats": r"\bnats\b", "posterior": r"\bposterior\b",
+                "score": r"\bscore\b"}
+
+
+def unexplained_jargon(texts: list[str]) -> list[str]:
+    """The words of elsviz.claims.JARGON whose first mention on a page is not explained by its plain sentence
+    in the same element or the next one."""
+    from elsviz.claims import JARGON
+
+    missing = []
+    for word, pattern in JARGON_WORDS.items():
+        first = next((i for i, t in enumerate(texts) if re.search(pattern, t, re.IGNORECASE)), None)
+        if first is None:
+            continue
+        sentence = JARGON["entropy" if word == "nats" else word]
+        if not any(sentence in t for t in texts[first:first + 2]):
+            missing.append(f"{word} (first in: {texts[first][:80]!r})")
+    return missing
+
+
+def test_the_jargon_is_explained_where_it_first_appears_on_each_page():
+    at = lesson()
+    seen = {}
+    for page in (PAGE, "pages/reverse_diffusion.py", "pages/provenance.py", "pages/locality.py"):
+        at.switch_page(page)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        texts = page_texts(at.main)
+        assert not unexplained_jargon(texts), (page, unexplained_jargon(texts))
+        seen[page] = {w for w, p in JARGON_WORDS.items() if any(re.search(p, t, re.IGNORECASE) for t in texts)}
+    assert {"k", "entropy", "score"} <= seen[PAGE]
+    assert {"k", "entropy", "nats", "posterior"} <= seen["pages/reverse_diffusion.py"]
+    # the check can fail: a page that names entropy without explaining it
+    assert unexplained_jargon(["The entropy map shows 4.5 nats.", "k = 5"]) == [
+        "k (first in: 'k = 5')", "entropy (first in: 'The entropy map shows 4.5 nats.')",
+        "nats (first in: 'The entropy map shows 4.5 nats.')"]
 
 
 @pytest.mark.slow

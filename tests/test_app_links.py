@@ -9,15 +9,13 @@ from tests.test_app import app, navigation_as_served, ok, output_pixels, text  #
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def opened(params: dict, page: str | None = None) -> AppTest:
-    """A fresh session (nothing in session_state) opened on a link with these parameters."""
+def opened(params: dict, page: str = "pages/reverse_diffusion.py") -> AppTest:
+    """A fresh session (nothing in session_state) opened on a link to the page with these parameters (a link
+    copied on a page carries its path: the Reverse diffusion page's, unless told)."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.query_params.update(params)
-    ok(at.run())
-    if page:
-        at.switch_page(page)
-        ok(at.run())
-    return at
+    at.switch_page(page)
+    return ok(at.run())
 
 
 def test_a_link_reopens_the_same_run():

@@ -105,7 +105,7 @@ def test_a_deep_link_on_a_fresh_server_opens_its_page_with_the_sidebar(browser):
 
 def test_open_watch_click_and_change_k(browser, shots):
     with serve() as url:
-        pg = new_page(browser, url)
+        pg = new_page(browser, f"{url}/reverse_diffusion")  # a first visit opens on the Lesson
         try:
             watch_click_and_change_k(pg, shots)
         except BaseException:

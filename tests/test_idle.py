@@ -59,7 +59,7 @@ def quiet_after(pid: int, limit_s: float, window_s: float = 3.0) -> float | None
     return None
 
 
-@pytest.mark.parametrize("link", ["", "/?loc=k&k=5"], ids=["paper schedule", "one k (live k)"])
+@pytest.mark.parametrize("link", ["", "?loc=k&k=5"], ids=["paper schedule", "one k (live k)"])
 def test_an_idle_server_with_a_venv_in_the_clone_uses_under_a_second_of_cpu(tmp_path, link):
     """With one k the server computes the neighbouring k in the background (docs/APP.md, "Live k"): that
     work is bounded, and afterwards the server is as idle as without it."""
@@ -78,7 +78,7 @@ def test_an_idle_server_with_a_venv_in_the_clone_uses_under_a_second_of_cpu(tmp_
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1440, "height": 1200})
             page.set_default_timeout(300_000)
-            page.goto(url + link)
+            page.goto(f"{url}/reverse_diffusion{link}")  # the page with the step player (a first visit opens on the Lesson)
             # the first page has rendered: the step player is drawn and the script has finished
             page.wait_for_selector('[data-testid="stMain"] .js-plotly-plot')
             page.wait_for_function("""() => !document.querySelector('[data-testid="stStatusWidget"]')

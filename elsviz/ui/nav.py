@@ -2,7 +2,7 @@
 import streamlit as st
 
 PAGES = (
-    ("pages/lesson.py", "Lesson", ":material/school:"),  # first in the list; the app opens on DEFAULT
+    ("pages/lesson.py", "Lesson", ":material/school:"),  # first in the list, and the page a first visit opens on
     ("pages/reverse_diffusion.py", "Reverse diffusion", ":material/animation:"),
     ("pages/provenance.py", "Patch provenance", ":material/grid_view:"),
     ("pages/locality.py", "Locality explorer", ":material/tune:"),
@@ -11,7 +11,7 @@ PAGES = (
 )
 
 
-DEFAULT = "pages/reverse_diffusion.py"  # what the app opens on
+DEFAULT = "pages/lesson.py"  # what the app opens on: a newcomer starts with the lesson's first step
 
 
 def navigation(position: str = "sidebar"):
