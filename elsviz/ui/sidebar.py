@@ -28,7 +28,7 @@ ONE_K, PRESET, TABLE = "one k", "paper schedule", "per-step table"
 ANY = -1  # the "any class" choice (a selectbox shows None as "no choice")
 
 DEFAULTS = {
-    # real MNIST handwriting at 16x16, a 1,000-image subset: a digit in under 3 s (data.DEFAULT_SET says more);
+    # real MNIST handwriting at 16x16, a 1,000-image subset: a digit in a 1-2 s run (data.DEFAULT_SET says more);
     # "resize" and "limit" start from data.app_subset of the set a visit opens on, these of the default
     "dataset": data.DEFAULT_SET, "path": "", "resize": data.app_subset(data.DEFAULT_SET)[0],
     "limit": data.app_subset(data.DEFAULT_SET)[1],
