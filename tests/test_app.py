@@ -1,6 +1,7 @@
 """The Streamlit app through Streamlit's AppTest: every page loads, and the sidebar drives what is shown.
 
-Runs use a subset of the digits (limit) and few steps to stay quick; the browser test runs the defaults.
+Runs use a subset of the default set (MNIST at 16x16; limit) and few steps to stay quick; the browser test runs
+the defaults.
 """
 import io
 import json
@@ -85,10 +86,13 @@ def images(at: AppTest) -> list[str]:
 
 
 def test_opens_on_the_papers_schedule():
-    """A new user first sees the paper's calibrated schedule (digit-like pictures), drawn as k per step."""
+    """A new user first sees real handwriting (MNIST, 16x16) and the paper's calibrated schedule (digit-like
+    pictures), drawn as k per step."""
     at = ok(app(loc_mode=None))
     assert at.radio(key="loc_mode").value == "paper schedule"
     assert "schedule mnist-resnet" in text(at)
+    assert at.session_state["dataset"] == "mnist" and at.session_state["resize"] == 16
+    assert "**mnist**: 150 images, 16x16" in "\n".join(c.value for c in at.sidebar.caption)
 
 
 def test_every_page_loads_and_shows_its_parts():
@@ -314,7 +318,7 @@ def test_a_missing_path_shows_a_message_and_keeps_the_set():
     at.session_state["path"] = "/no/such/folder/images.zip"
     ok(at.run())
     assert any("does not exist" in e for e in errors(at))
-    assert "Still using **digits**" in "\n".join(c.value for c in at.sidebar.caption)
+    assert "Still using **mnist**" in "\n".join(c.value for c in at.sidebar.caption)
     assert at.main.get("plotly_chart")  # the page still shows a run
 
 
@@ -328,7 +332,7 @@ def test_a_long_run_says_how_long_and_offers_a_subset():
     est.priors = {key: 1e3 for key in est.priors}  # pretend the machine is very slow: every run is "long"
     est._rates, est._builds = {}, {}
     try:
-        digits = ok(app(limit=0, steps=3, seed=424242))  # all 1,797 digits: never gated
+        digits = ok(app(limit=0, steps=3, seed=424242, dataset="digits"))  # all 1,797 digits: never gated
         assert not digits.warning and digits.main.get("plotly_chart")
         assert _worker().idle(timeout=120)  # its neighbouring k, computed in the background, are timed too
         est._rates, est._builds = {}, {}  # forget them all: the machine is still "slow"

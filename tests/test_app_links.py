@@ -27,7 +27,7 @@ def test_a_link_reopens_the_same_run():
     at.number_input(key="seed").set_value(3)
     ok(at.run())
     link = dict(at.query_params)
-    assert {"set": "digits", "limit": "150", "machine": "els", "loc": "k", "k": "7", "steps": "6",
+    assert {"set": "mnist", "resize": "16", "limit": "150", "machine": "els", "loc": "k", "k": "7", "steps": "6",
             "seed": "3"}.items() <= link.items()
     again = opened(link)
     assert "ELS, k=7, 6 steps, seed 3" in text(again)
@@ -35,6 +35,23 @@ def test_a_link_reopens_the_same_run():
     assert not again.warning
     code = [c.value for c in again.sidebar.get("code")]
     assert code and "k=7" in code[0] and "seed=3" in code[0]  # the link to copy
+
+
+def test_a_link_keeps_the_size_of_a_set_whatever_the_app_opens_with():
+    """The app opens MNIST at 16x16, other sets as they load: a link to MNIST at its own 28x28 says resize=0,
+    and a link to the hands (no resize in it) does not inherit MNIST's 16."""
+    at = ok(app(limit=40, steps=3, resize=0))
+    link = dict(at.query_params)
+    assert link["set"] == "mnist" and link["resize"] == "0"
+    again = opened(link)
+    assert again.session_state["resize"] == 0 and "**mnist**: 40 images, 28x28" in text_sidebar(again)
+    assert output_pixels(again) == output_pixels(at)
+    hands = opened({"set": "hands", "limit": "20", "steps": "3", "loc": "k", "k": "5"})
+    assert hands.session_state["resize"] == 0 and "**hands**: 20 images, 32x32" in text_sidebar(hands)
+
+
+def text_sidebar(at: AppTest) -> str:
+    return "\n".join(c.value for c in at.sidebar.caption)
 
 
 def test_a_link_reopens_the_provenance_step_and_pixel():

@@ -119,7 +119,7 @@ def test_bad_folders_show_a_message_and_the_page_keeps_working(tmp_path):
 
 
 def test_a_network_trained_on_the_page_is_saved_and_shown(networks):
-    at = page(net_choice="tiny (trained here)", limit=40, resize=8, net_name="fresh", net_steps=100)
+    at = page(net_choice="tiny (trained here)", dataset="digits", limit=40, resize=8, net_name="fresh", net_steps=100)
     next(b for b in at.button if b.label == "Train on digits").click()
     ok(at.run())
     assert at.selectbox(key="net_choice").value == "fresh (trained here)"

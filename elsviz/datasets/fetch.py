@@ -72,7 +72,8 @@ REMOTES: dict[str, Remote] = {
         },
     ),
 }
-ALIASES = {"fashion": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
+ALIASES = {"mnist-full": "mnist",  # load_dataset's name for the fetched MNIST ("mnist" alone is the built-in subset)
+           "fashion": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
            "cifar-10": "cifar10", "cifar": "cifar10"}
 
 

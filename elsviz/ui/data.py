@@ -24,9 +24,23 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 ARCHIVE_SUFFIXES = {".zip", ".npz", ".npy", ".gz", ".tar"}
 
 
+# The app opens on real handwriting: MNIST, area-averaged to 16x16, a subset of 1,000 of its 5,000 digits
+# (drawn with seed 0, about 100 of each). Measured on the 2-core CPU, one thread, a fresh engine, the default
+# run (bbELS, schedule mnist-resnet, 20 steps, seed 0): 1,000 images 1.0-1.7 s, 1,500 1.5-1.9 s, 2,000
+# 2.5-2.7 s, all 5,000 7.5-8.1 s (the 1,797 8x8 digits blown up to 16x16: 2.0-3.0 s, and a blur); seed 0
+# gives a 2 with each of these subsets (docs/APP.md, "The first picture").
+DEFAULT_SET = "mnist"
+APP_SUBSETS = {"mnist": (16, 1000)}  # set -> (resize, limit) the sidebar starts from; others load as they are
+
+
 def builtin_names() -> tuple[str, ...]:
     """The sets known by name, default first: the built-ins, then those `elsviz fetch` downloads."""
-    return (*BUILTINS, *DOWNLOADABLE)
+    return (DEFAULT_SET, *(n for n in BUILTINS if n != DEFAULT_SET), *DOWNLOADABLE)
+
+
+def app_subset(name: str) -> tuple[int, int]:
+    """(resize, limit) the sidebar shows when `name` is chosen (0 = as the set loads, all of it)."""
+    return APP_SUBSETS.get(name, (0, 0))
 
 
 def is_downloadable(name: str) -> bool:

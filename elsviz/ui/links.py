@@ -134,10 +134,11 @@ def current_params() -> dict[str, str]:
     if ss.get("dataset") not in data.builtin_names():
         return out  # a local path or an upload cannot be shared
     out["set"] = ss["dataset"]
-    if int(ss.get("limit") or 0):
-        out["limit"] = str(int(ss["limit"]))
-    if int(ss.get("resize") or 0):
-        out["resize"] = str(int(ss["resize"]))
+    resize, limit = data.app_subset(ss["dataset"])  # what a link without them opens the set with
+    if int(ss.get("limit") or 0) or limit:  # 0 (all) is written where the set opens on a subset
+        out["limit"] = str(int(ss.get("limit") or 0))
+    if int(ss.get("resize") or 0) or resize:
+        out["resize"] = str(int(ss.get("resize") or 0))
     if ss["dataset"] == "hands" and ss.get("fingers"):
         out["fingers"] = ",".join(str(int(f)) for f in ss["fingers"])
     out["machine"] = ss["machine"]

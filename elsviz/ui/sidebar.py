@@ -13,6 +13,7 @@ import streamlit as st
 
 from .. import figures
 from ..compare import resample
+from ..datasets.fetch import canonical
 from ..errors import ElsvizError
 from ..networks import calibrated_schedules
 from ..runs import MACHINE_NAMES, MACHINE_SENTENCES, MACHINES, RunSpec, k_limit
@@ -27,7 +28,10 @@ ONE_K, PRESET, TABLE = "one k", "paper schedule", "per-step table"
 ANY = -1  # the "any class" choice (a selectbox shows None as "no choice")
 
 DEFAULTS = {
-    "dataset": "digits", "path": "", "resize": 0, "limit": 0,
+    # real MNIST handwriting at 16x16, a 1,000-image subset: a digit in a 1-2 s run (data.DEFAULT_SET says more);
+    # "resize" and "limit" start from data.app_subset of the set a visit opens on, these of the default
+    "dataset": data.DEFAULT_SET, "path": "", "resize": data.app_subset(data.DEFAULT_SET)[0],
+    "limit": data.app_subset(data.DEFAULT_SET)[1],
     # the paper's calibrated schedule: it makes digit-like pictures, and quickly (large k early)
     "machine": "bbels", "loc_mode": PRESET, "k": 5, "preset": "mnist-resnet",
     "steps": 20, "seed": 0, "label": ANY, "out_h": 0, "out_w": 0,
@@ -54,7 +58,8 @@ def settings() -> Settings:
 
 def _init_state() -> None:
     ss = st.session_state
-    for key, value in DEFAULTS.items():
+    resize, limit = data.app_subset(ss.get("dataset", DEFAULTS["dataset"]))  # a link may open another set
+    for key, value in {**DEFAULTS, "resize": resize, "limit": limit}.items():
         ss.setdefault(key, value)
         ss[key] = ss[key]  # keeps the value of a widget that is hidden in this rerun or on another page
 
@@ -67,7 +72,7 @@ def choose_dataset(name: str, limit: int = 0) -> None:
     """Switch the sidebar to a built-in set and a subset of it (a button's on_click, on any page)."""
     ss = st.session_state
     ss["dataset"] = ss["_choice"] = name  # _choice too: the subset is not reset as for a set picked by hand
-    ss["limit"], ss["resize"] = int(limit), 0
+    ss["limit"], ss["resize"] = int(limit), data.app_subset(name)[0]
 
 
 def _dataset():
@@ -75,11 +80,11 @@ def _dataset():
     ss = st.session_state
     names = data.builtin_names()
     st.selectbox("Training set", [*names, PATH, UPLOAD], key="dataset",
-                 format_func=lambda n: f"{n} (after `elsviz fetch {n}`)" if data.is_downloadable(n) else n,
+                 format_func=lambda n: f"{n} (after `elsviz fetch {canonical(n)}`)" if data.is_downloadable(n) else n,
                  help="The images whose patches the machine copies. Built-ins need no download.")
     choice = ss["dataset"]
     if ss.get("_choice", choice) != choice:  # another set: its own size and subset
-        ss["resize"], ss["limit"] = 0, 0
+        ss["resize"], ss["limit"] = data.app_subset(choice)
     ss["_choice"] = choice
     size = int(ss["resize"]) or None
     limit = int(ss["limit"]) or None
@@ -102,7 +107,7 @@ def _dataset():
             st.caption(str(err))
         else:
             st.error(str(err))
-        key, train = ss.get("_last_dataset") or data.builtin(names[0])
+        key, train = ss.get("_last_dataset") or data.builtin(names[0], *(v or None for v in data.app_subset(names[0])))
         st.caption(f"Still using **{train.name}**.")
     with st.expander("Resize / subset"):
         st.number_input("Resize to (pixels, 0 = keep)", 0, 256, step=1, key="resize",
