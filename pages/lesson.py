@@ -27,7 +27,9 @@ s = settings()
 if s.dataset_key[0] == "builtin" and s.dataset_key[1] in LESSON_SETS and s.dataset_key[1] in BUILTINS:
     lesson = s  # the sidebar's digits (and its subset, if one is chosen)
 else:
-    key, train = data.builtin(lesson_set(BUILTINS))
+    name = lesson_set(BUILTINS)
+    size, limit = data.app_subset(name)  # the sidebar's starting subset (MNIST: 1,000 at 16x16), quick to run
+    key, train = data.builtin(name, size or None, limit or None)
     lesson = Settings(key, train, data.engine(key, "bbels", train), s.spec)
     st.info(f"The lesson always runs on the **{train.name}**; the sidebar's set is used on the other pages.")
 steps, seed = s.spec.steps, s.spec.seed
