@@ -5,6 +5,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -204,8 +205,11 @@ def test_explain_needs_bounded_memory():
 def test_the_wheel_installs_and_runs_without_the_source_tree(tmp_path):
     """Build the wheel, install it (without its dependencies, which this environment has) into a
     folder of its own, and use it from a directory where the source tree is not on the path."""
+    src = tmp_path / "src"  # a copy: setuptools builds in the tree's build/, and a stale one would leak into wheels
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "venv", "build", "*.egg-info", "__pycache__",
+                                                             ".pytest_cache", ".hypothesis", "assets", "out"))
     wheels = tmp_path / "wheels"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
                             "-w", str(wheels), "-q"], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = wheels.glob("elsviz-*.whl")
