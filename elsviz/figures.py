@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import colorsys
 import io
+import re
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from plotly.colors import sample_colorscale
+from plotly.colors import get_colorscale, hex_to_rgb, sample_colorscale
 from plotly.subplots import make_subplots
 
 from .errors import ElsvizError
@@ -46,6 +47,7 @@ def check_run(traj, batch: int) -> int:
     return as_int("batch", batch, 0, frames[0].x.shape[0] - 1, " (which image of the batch)")
 
 ENTROPY_SCALE = "Magma"
+STREAMLIT_PLACEHOLDERS = re.compile(r"#0000[0-3][0-9]|#000040")  # colour strings Streamlit swaps for theme colours
 SEAM_RGB = (255, 255, 255)
 SHARED_RGB = (128, 128, 128)
 OUTLINE_RGB = (255, 255, 255)  # a silhouette's outline (drawn just outside it) over a provenance picture
@@ -82,6 +84,18 @@ def _lut(scale: str) -> np.ndarray:
         cols = sample_colorscale(scale, list(np.linspace(0.0, 1.0, 256)), colortype="tuple")
         _LUTS[scale] = np.array([[round(255 * c) for c in rgb] for rgb in cols], dtype=np.uint8)
     return _LUTS[scale]
+
+
+def plotly_scale(name: str) -> list[list]:
+    """A Plotly colour scale by name as [[position, "rgb(r, g, b)"], ...], drawn the same everywhere.
+
+    Streamlit rewrites a figure's JSON before the browser draws it: the strings #000001 .. #000040 are
+    its theme's placeholders and become theme colours, whatever the chart's theme. Plotly's own scales
+    are written in hex, and Magma and Inferno start at #000004: by name, the lowest entropy (settled,
+    black) would be drawn in a theme colour (light pink). As rgb() strings the stops are left alone.
+    """
+    return [[float(pos), "rgb({}, {}, {})".format(*hex_to_rgb(c)) if c.startswith("#") else c]
+            for pos, c in get_colorscale(name)]
 
 
 def enlarge(rgb: np.ndarray, scale: int) -> Image.Image:
@@ -341,7 +355,8 @@ def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int
         return [
             go.Image(z=to_rgb(f.x[batch].clamp(-1, 1)), hovertemplate="row %{y}, col %{x}<extra>x_t</extra>"),
             go.Image(z=to_rgb(f.mean[batch]), hovertemplate="row %{y}, col %{x}<extra>mean</extra>"),
-            go.Heatmap(z=ent.detach().cpu().numpy(), zmin=0.0, zmax=max(ent_top, 1e-6), colorscale=ENTROPY_SCALE,
+            go.Heatmap(z=ent.detach().cpu().numpy(), zmin=0.0, zmax=max(ent_top, 1e-6),
+                       colorscale=plotly_scale(ENTROPY_SCALE),
                        colorbar=dict(title="nats", thickness=12, len=0.8), zsmooth=False,
                        hovertemplate="row %{y}, col %{x}<br>entropy %{z:.2f} nats<extra></extra>"),
         ]

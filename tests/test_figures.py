@@ -1,5 +1,6 @@
 """elsviz.figures: sharp pixel pictures, the provenance overlay, the animation and the strips."""
 import io
+import json
 
 import numpy as np
 import pytest
@@ -131,3 +132,36 @@ def test_seams_in_the_picture_match_the_runs_helper(traj):
 def test_weight_text_never_rounds_a_weight_to_zero():
     assert figures.weight_text(0.9071) == "0.907"
     assert figures.weight_text(1e-9) == "< 0.001"
+
+
+def _drawn_json(fig) -> str:
+    """What Streamlit sends to the browser of a figure, less the template (the theme's, in the app)."""
+    data = json.loads(fig.to_json())
+    data.get("layout", {}).pop("template", None)
+    return json.dumps(data)
+
+
+def test_no_figure_carries_a_colour_streamlit_would_swap_for_a_theme_colour(traj):
+    """Streamlit replaces the strings #000001 .. #000040 in a figure's JSON by theme colours (in the browser,
+    whatever the theme): a scale written with one of them (Magma starts at #000004) would be drawn wrong
+    where its meaning matters most (0 nats, settled). tests/test_browser_colours.py sees it drawn."""
+    assert figures.STREAMLIT_PLACEHOLDERS.search('{"colorscale": [[0.0, "#000004"]]}')  # the pattern finds one
+    rows = [{"step": 2, "image": 4, "share": 1.0, "weight": 0.3, "entropy": 1.0, "switched": False},
+            {"step": 1, "image": None, "share": 0.5, "weight": 0.9, "entropy": 0.1, "switched": True}]
+    made = {
+        "animation": figures.animation_figure(traj, entropy_max=5.0),
+        "schedule": figures.schedule_figure([3, 3, 5, 7]),
+        "schedules": figures.schedules_figure({"a": [3, 3, 5], "b": [3, 5, 7]}, highlight=["a"]),
+        "scatter": figures.agreement_scatter([0.1, 0.5], [0.3, 0.7], [0, 1]),
+        "step agreement": figures.step_agreement_figure({"bbELS": [(2, 0.5), (1, 0.9)]}),
+        "histogram": figures.finger_histogram({"k = 5": {5: 3, 6: 1}, "k = 9": {5: 4}, "IS": {5: 4}}),
+        "rate": figures.extra_rate_figure([(5, 0.5, 8), (9, 0.25, 8)], reference=0.0),
+        "birth": figures.birth_figure([(9, 5), (7, 6)], born=(8, 7)),
+        "timeline": figures.timeline_figure(rows),
+    }
+    for name, fig in made.items():
+        found = figures.STREAMLIT_PLACEHOLDERS.findall(_drawn_json(fig))
+        assert not found, f"{name}: {sorted(set(found))}"
+    heat = made["animation"].data[2]
+    assert heat.colorscale[0][1] == "rgb(0, 0, 4)" and heat.colorscale[-1][1] == "rgb(252, 253, 191)"  # Magma
+    assert all(tuple(f.data[2].colorscale) == tuple(heat.colorscale) for f in made["animation"].frames)
