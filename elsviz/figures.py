@@ -309,11 +309,10 @@ def _wrap(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
     return lines or [""]
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """A scalable font at `size` pixels: Pillow's own (Aileron, inside every Pillow >= 10.1 wheel with
+    FreeType), so a fresh machine needs no font file. Without a size Pillow gives a fixed 11-pixel bitmap."""
+    return ImageFont.load_default(size=size)
 
 
 def difference_picture(a, b, target: int = 160) -> Image.Image:

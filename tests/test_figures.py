@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFont
 
 from elsviz import Engine, ImageSet, figures, sample
 from elsviz.runs import seams
@@ -165,3 +165,20 @@ def test_no_figure_carries_a_colour_streamlit_would_swap_for_a_theme_colour(traj
     heat = made["animation"].data[2]
     assert heat.colorscale[0][1] == "rgb(0, 0, 4)" and heat.colorscale[-1][1] == "rgb(252, 253, 191)"  # Magma
     assert all(tuple(f.data[2].colorscale) == tuple(heat.colorscale) for f in made["animation"].frames)
+
+
+def test_captions_use_a_scalable_font_of_the_size_asked_for():
+    """Labels are drawn in Pillow's scalable font (Aileron), not its fixed 11-pixel bitmap font, whose
+    thin strokes read "k = 7" as "k = /": the ink of a caption grows with font_size."""
+    blank = torch.zeros(1, 4, 4)
+
+    def ink_height(font_size):
+        pic = figures.strip([blank], ["k = 7"], target=200, font_size=font_size)
+        text = np.asarray(pic.convert("L"))[200 + 10:]  # below the picture
+        rows = np.nonzero((text < 160).any(1))[0]
+        return rows.max() - rows.min() + 1
+
+    assert isinstance(figures._font(15), ImageFont.FreeTypeFont) and figures._font(15).size == 15
+    for size in (15, 30):  # the ink of "k" (ascender to baseline) is about 3/4 of the font's size
+        assert 0.6 * size <= ink_height(size) <= 0.9 * size, (size, ink_height(size))
+    assert 1.8 <= ink_height(30) / ink_height(15) <= 2.2
