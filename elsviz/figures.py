@@ -394,15 +394,48 @@ HOLD_MS = 1500  # ... and the last step, the output
 
 
 def animation_frames(traj, *, target: int = 200, batch: int = 0):
-    """The pictures of an exported run, one per step from the noise to the output: x_t beside the posterior mean.
+    """The pictures of an exported run, one per step from the noise to the output: x_t beside the posterior
+    mean, the step, its time t and window k written above them (no k for IS, or a network: they have no
+    window), what each picture is written below.
 
-    The GIF (animation_gif) and the video (export.run_video) are made of these same pictures. A generator:
+    The GIF (animation_gif) and the video (export.run_mp4) are made of these same pictures. A generator:
     a long run is never in memory all at once.
     """
     batch = check_run(traj, batch)
     target = as_int("target", target, 1, MAX_PICTURE, " (pixels on the larger side of each picture)")
+    show_k = getattr(traj.denoiser, "machine", None) != "is"
+    last = traj.frames[-1].i
     for f in traj.frames:
-        yield _hstack([picture(f.x[batch].clamp(-1, 1), target), picture(f.mean[batch], target)], gap=8)
+        pair = _hstack([picture(f.x[batch].clamp(-1, 1), target), picture(f.mean[batch], target)], gap=8)
+        title = step_title(f, show_k and f.k is not None)
+        yield labelled_pair(pair, title, ("noisy image x_t", "the output" if f.i == last else "estimate"))
+
+
+def frame_font_size(width: int) -> int:
+    """The size of an exported frame's labels for pictures `width` pixels wide in all: 20 px on a slide's
+    GIF (2 x 320 pixels), 30 px in the video (2 x 480), never under 12 px."""
+    return max(12, round(width / 32))
+
+
+def frame_band(width: int) -> int:
+    """The height of the band of text above (and below) an exported frame `width` pixels wide."""
+    size = frame_font_size(width)
+    return size + 2 * max(4, size // 3)
+
+
+def labelled_pair(pair: Image.Image, title: str, names: tuple[str, str]) -> Image.Image:
+    """Two pictures side by side (one image, 8 pixels apart) with `title` above and a name under each."""
+    font = _font(frame_font_size(pair.width))
+    band = frame_band(pair.width)
+    out = Image.new("RGB", (pair.width, pair.height + 2 * band), BACKGROUND_RGB)
+    out.paste(pair, (0, band))
+    draw = ImageDraw.Draw(out)
+    draw.text((pair.width / 2, band / 2), title, fill=TEXT_RGB, font=font, anchor="mm")
+    half = (pair.width - 8) / 2
+    for n, name in enumerate(names):
+        draw.text((n * (half + 8) + half / 2, band + pair.height + band / 2), name, fill=TEXT_RGB, font=font,
+                  anchor="mm")
+    return out
 
 
 def animation_gif(traj, *, target: int = 200, frame_ms: int = FRAME_MS, hold_ms: int = HOLD_MS,

@@ -42,7 +42,40 @@ def test_npz_holds_every_step_and_says_what_each_array_is(traj):
 def test_gif_for_slides_has_a_frame_per_step_at_slide_size(traj):
     gif = Image.open(io.BytesIO(export.run_gif(traj)))
     assert gif.format == "GIF" and gif.n_frames == 4
-    assert gif.size == (2 * export.SLIDE_TARGET + 8, export.SLIDE_TARGET)  # x_t | estimate
+    band = 2 * figures.frame_band(2 * export.SLIDE_TARGET + 8)  # the step above, the names below
+    assert gif.size == (2 * export.SLIDE_TARGET + 8, export.SLIDE_TARGET + band)  # x_t | estimate, labelled
+
+
+def test_every_exported_frame_says_its_step_t_and_k_and_what_each_picture_is(train, traj):
+    """The GIF's and the video's pictures (figures.animation_frames) carry their labels: the step, t and k
+    above x_t and the estimate (the same words as the app's step player), the pictures' names below."""
+    frames = list(figures.animation_frames(traj, target=64))
+    assert [f.i for f in traj.frames] == [4, 3, 2, 1]
+    pair_w = 2 * 64 + 8
+    band = figures.frame_band(pair_w)
+    assert frames[0].size == (pair_w, 64 + 2 * band) and band > figures.frame_font_size(pair_w)
+
+    def drawn(title, names, height=64):  # the labels alone, over a blank pair of pictures
+        return np.asarray(figures.labelled_pair(Image.new("RGB", (pair_w, height), figures.BACKGROUND_RGB),
+                                                title, names))
+
+    for pic, f in zip(frames, traj.frames):
+        arr = np.asarray(pic)
+        top, bottom = arr[:band], arr[-band:]
+        assert np.array_equal(top, drawn(f"step {f.i}   t = {f.t:.2f}   k = {f.k}", ("", ""))[:band])
+        assert (top != figures.BACKGROUND_RGB).any()  # ink: the words are there
+        name = "the output" if f.i == 1 else "estimate"
+        assert np.array_equal(bottom, drawn("", ("noisy image x_t", name))[-band:])
+        # the pictures between the labels are the step's x_t and estimate, untouched
+        assert np.array_equal(arr[band:band + 64, :64], np.asarray(figures.picture(f.x[0].clamp(-1, 1), 64)))
+        assert np.array_equal(arr[band:band + 64, 72:], np.asarray(figures.picture(f.mean[0], 64)))
+    tops = [np.asarray(p)[:band] for p in frames]
+    assert all(not np.array_equal(a, b) for a, b in zip(tops, tops[1:]))  # each step says its own
+    # IS has no window: no k
+    is_run = run(Engine(train, "is", "cpu"), RunSpec(machine="is", k=3, steps=3, seed=0))
+    first = np.asarray(next(figures.animation_frames(is_run, target=64)))[:band]
+    f = is_run.frames[0]
+    assert np.array_equal(first, drawn(f"step {f.i}   t = {f.t:.2f}", ("", ""))[:band])
 
 
 def video(data: bytes):
@@ -61,7 +94,8 @@ def test_mp4_for_slides_is_h264_and_shows_the_gifs_pictures_in_order_for_as_long
     codec, pix_fmt, fps, frames = video(data)
     assert codec == "h264" and pix_fmt == "yuv420p" and fps == export.VIDEO_FPS
     pictures = [np.asarray(p, dtype=np.int16) for p in figures.animation_frames(traj, target=export.VIDEO_TARGET)]
-    assert len(pictures) == 4 and pictures[0].shape == (480, 2 * 480 + 8, 3)  # 16x16 at 30x, side by side
+    band = 2 * figures.frame_band(2 * 480 + 8)  # the step above, the names below
+    assert len(pictures) == 4 and pictures[0].shape == (480 + band, 2 * 480 + 8, 3)  # 16x16 at 30x, side by side
     assert frames[0].shape == pictures[0].shape
     # each decoded frame is one of the GIF's pictures: in order, 220 ms a step, the output held 1.5 s
     shown = []
@@ -76,7 +110,8 @@ def test_mp4_for_slides_is_h264_and_shows_the_gifs_pictures_in_order_for_as_long
 def test_an_odd_sized_picture_becomes_an_even_video(train):
     traj = run(Engine(train, "bbels", "cpu"), RunSpec(machine="bbels", k=3, steps=2, seed=1, size=(9, 7)))
     _, pix_fmt, _, frames = video(export.run_mp4(traj, target=45))  # 45 x 35 pictures: 35 + 8 + 35 = 78 wide
-    assert pix_fmt == "yuv420p" and frames[0].shape == (46, 78, 3)
+    assert figures.frame_font_size(78) == 12  # labels of 12 px: two bands of 12 + 2 x 4 px, 45 + 40 = 85 tall
+    assert pix_fmt == "yuv420p" and frames[0].shape == (86, 78, 3)
     assert (frames[0][-1] > 245).all()  # the added row is the page's white background
 
 
