@@ -328,7 +328,10 @@ def step_title(frame, show_k: bool = True) -> str:
     return f"step {frame.i}   t = {frame.t:.2f}" + (f"   k = {k}" if show_k else "")
 
 
-def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int = 0,
+ANIMATION_TITLES = ("noisy image<br>x_t", "denoised estimate<br>(posterior mean)", "entropy: how<br>undecided")
+
+
+def animation_figure(traj, *, height: int = 460, frame_ms: int = 350, batch: int = 0,
                      entropy_max: float | None = None, show_k: bool = True) -> go.Figure:
     """The run as a Plotly animation: noisy image x_t | posterior mean | entropy map, per step.
 
@@ -345,9 +348,9 @@ def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int
     ent_top = max(float(f.entropy[batch].max()) for f in frames if f.entropy is not None) if frames[0].entropy is not None else 1.0
     if entropy_max is not None:
         ent_top = as_float("entropy_max", entropy_max, 1e-6, 1e6, hint=" (nats)")
-    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.04,
-                        subplot_titles=("noisy image x_t", "denoised estimate (posterior mean)",
-                                        "entropy: how undecided each pixel is"))
+    # titles in short lines: on a phone (390 px) each panel is about 95 px wide, and longer ones overprint
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.04, subplot_titles=ANIMATION_TITLES)
+    fig.update_annotations(font=dict(size=13))
 
     def traces(f):
         ent = f.entropy[batch] if f.entropy is not None else torch.zeros(f.x.shape[-2:])
@@ -366,26 +369,28 @@ def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int
                            layout=go.Layout(title_text=step_title(f, show_k))) for f in frames]
     h, w = frames[0].x.shape[-2:]
     for n in (1, 2, 3):
-        fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, range=[-0.5, w - 0.5],
+        fig.update_xaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, range=[-0.5, w - 0.5],
                          constrain="domain", row=1, col=n)
-        fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, range=[h - 0.5, -0.5],
+        fig.update_yaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, range=[h - 0.5, -0.5],
                          scaleanchor=f"x{'' if n == 1 else n}", constrain="domain", row=1, col=n)
     play = dict(frame=dict(duration=frame_ms, redraw=True), fromcurrent=False, transition=dict(duration=0),
                 mode="immediate")
     pause = dict(frame=dict(duration=0, redraw=False), mode="immediate", transition=dict(duration=0))
+    # under the pictures: the buttons, then the slider in a row of its own, the whole width (beside the
+    # buttons it overlapped them on a phone); the title says the step, so the slider shows no value
     fig.update_layout(
-        height=height, margin=dict(l=10, r=10, t=70, b=10), title=dict(text=step_title(frames[-1], show_k), x=0.01, y=0.98),
-        updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.02, xanchor="left", yanchor="top",
-                          pad=dict(t=0, r=8), showactive=False,
+        height=height, margin=dict(l=10, r=10, t=80, b=105),
+        title=dict(text=step_title(frames[-1], show_k), x=0.01, y=0.98),
+        updatemenus=[dict(type="buttons", direction="left", x=0.0, y=0.0, xanchor="left", yanchor="top",
+                          pad=dict(t=10, r=8), showactive=False,
                           buttons=[dict(label="▶ Play", method="animate", args=[[str(f.i) for f in frames], play]),
                                    dict(label="❚❚ Pause", method="animate", args=[[None], pause])])],
-        sliders=[dict(active=len(frames) - 1, x=0.16, len=0.84, y=-0.02, yanchor="top", pad=dict(t=0),
-                      currentvalue=dict(prefix="step ", font=dict(size=13)),
+        sliders=[dict(active=len(frames) - 1, x=0.0, len=1.0, y=0.0, yanchor="top", pad=dict(t=50, l=8, r=8),
+                      currentvalue=dict(visible=False),
                       steps=[dict(label=str(f.i), method="animate",
                                   args=[[str(f.i)], dict(frame=dict(duration=0, redraw=True), mode="immediate",
                                                          transition=dict(duration=0))]) for f in frames])],
     )
-    fig.update_layout(margin=dict(b=70))
     return fig
 
 

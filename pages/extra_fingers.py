@@ -105,12 +105,12 @@ entries = study.entries(gk, only_odd)
 if not entries:
     st.success(f"k = {gk}: every one of the {len(seeds)} hands has {HAND} fingers.")
 else:
-    columns = min(8, len(entries))
+    columns = 8  # always: drawn at the column's width (whole on a phone), a hand is the same size for any number
     pick = ss.get("fing_pick")
     selected = next((n for n, e in enumerate(entries) if pick == (gk, e["seed"])), None)
     pic = figures.gallery([e["image"] for e in entries], [f"seed {e['seed']}: {e['count']}" for e in entries],
                           [e["count"] != HAND for e in entries], columns=columns, target=96, selected=selected)
-    click = streamlit_image_coordinates(pic, key="fing_gallery_click", cursor="pointer")
+    click = streamlit_image_coordinates(pic, key="fing_gallery_click", cursor="pointer", width="stretch")
     if click and click.get("unix_time") != ss.get("_fing_click_seen"):
         ss["_fing_click_seen"] = click.get("unix_time")
         n = cell_at(click, len(entries), columns)

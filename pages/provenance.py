@@ -50,7 +50,7 @@ with left:
     seams_on = opts[1].toggle("Draw seams", value=True, key="prov_seams")
     pic = figures.provenance_picture(frame.mean[0], frame.source_index[0], frame.source_pos[0], frame.source_count[0],
                                      target=448, colour=colour, draw_seams=seams_on, mark=pixel)
-    streamlit_image_coordinates(pic, key="prov_click", cursor="crosshair")
+    streamlit_image_coordinates(pic, key="prov_click", cursor="crosshair", width="stretch")  # whole in any column
     st.caption(f"{result.spec.describe()}. Step {step}, t = {frame.t:.2f}"
                f"{'' if window is None else f', k = {window}'}. One colour per training image; grey hatched: "
                "shared; white lines: seams; red square: the selected pixel.")

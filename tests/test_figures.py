@@ -182,3 +182,19 @@ def test_captions_use_a_scalable_font_of_the_size_asked_for():
     for size in (15, 30):  # the ink of "k" (ascender to baseline) is about 3/4 of the font's size
         assert 0.6 * size <= ink_height(size) <= 0.9 * size, (size, ink_height(size))
     assert 1.8 <= ink_height(30) / ink_height(15) <= 2.2
+
+
+def test_a_marked_pixel_in_the_last_row_and_column_is_framed_whole_inside_the_picture():
+    """The frame around the selected pixel is drawn inside the picture: at the right and bottom border its
+    outer side is the picture's last column and row of pixels, not lost past the edge."""
+    img = torch.zeros(1, 4, 4)
+    idx = torch.zeros(4, 4, dtype=torch.int64)
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    pos, count = torch.stack([rows, cols], -1), torch.ones(4, 4, dtype=torch.int64)
+    red = (255, 60, 60)
+    for mark in ((3, 3), (0, 3), (3, 0)):
+        pic = np.asarray(figures.provenance_picture(img, idx, pos, count, target=64, mark=mark))
+        s = 16
+        top, left = mark[0] * s, mark[1] * s
+        for y, x in ((top, left + s // 2), (top + s - 1, left + s // 2), (top + s // 2, left), (top + s // 2, left + s - 1)):
+            assert tuple(pic[y, x]) == red, (mark, y, x)  # all four sides, the outer ones on the border
