@@ -41,7 +41,8 @@ def picture(result, name: str, make, caption: str) -> None:
     show(pic)
     st.caption(caption)
     st.download_button("Download this picture (PNG)", derived(result, f"lesson-{name}-png", lambda: export.png_bytes(pic)),
-                       file_name=f"lesson-{name}.png", mime="image/png", key=f"dl_{name}")
+                       file_name=export.download_name(f"lesson-{name}", "png", train=result.train, spec=result.spec),
+                       mime="image/png", key=f"dl_{name}")
 
 
 def last(result):

@@ -13,6 +13,8 @@ from elsviz import Engine, export, figures, load_dataset
 from elsviz.cli import main
 from elsviz.errors import ElsvizError
 from elsviz.runs import RunSpec, run
+from tests.test_app import navigation_as_served  # noqa: F401 - a fixture: the app as `streamlit run` serves it
+from tests.test_app_lesson import media  # noqa: F401 - a fixture: the files the app hands the browser
 
 SPEC = RunSpec(machine="bbels", k=3, steps=5, seed=4)
 
@@ -194,3 +196,95 @@ def test_cli_sample_mp4_is_the_apps_video(tmp_path, traj):
                  "-o", str(out), "--mp4"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["final.png", "provenance.png", "run.gif", "run.mp4"]
     assert (out / "run.mp4").read_bytes() == export.run_mp4(traj)  # the same figure code, the same encoder settings
+
+
+def test_download_names_say_which_run_and_differ_for_any_other():
+    """One name per picture of a run: the set (and its size), machine, k or schedule, steps, seed, class,
+    output size and step; two runs that differ in any of them never get the same file name."""
+    from dataclasses import replace
+
+    class Set:  # an ImageSet as download_name sees it: a name and a length
+        def __init__(self, name, n):
+            self.name, self.n = name, n
+
+        def __len__(self):
+            return self.n
+
+    digits = Set("digits", 1797)
+    base = RunSpec(machine="bbels", k="mnist-resnet", steps=20, seed=0)
+    name = export.download_name("lesson-mosaic", "png", train=digits, spec=base)
+    assert name == "lesson-mosaic_digits-n1797_bbels-mnist-resnet-20steps-seed0.png"
+    assert export.download_name("lesson-mosaic", "png", train=digits, spec=base) == name  # the same run: the same
+    variants = {
+        "seed": dict(spec=replace(base, seed=1)),
+        "steps": dict(spec=replace(base, steps=10)),
+        "machine": dict(spec=replace(base, machine="els")),
+        "k": dict(spec=replace(base, k=5)),
+        "other k": dict(spec=replace(base, k=7)),
+        "a table": dict(spec=replace(base, k=(3,) * 10 + (5,) * 10)),
+        "another table": dict(spec=replace(base, k=(3,) * 9 + (5,) * 11)),
+        "class": dict(spec=replace(base, label=3)),
+        "size": dict(spec=replace(base, size=(24, 40))),
+        "subset": dict(train=Set("digits", 150)),
+        "set": dict(train=Set("hands", 1797)),
+        "step": dict(step=4),
+    }
+    names = {"base": name}
+    for what, change in variants.items():
+        args = dict(train=digits, spec=base) | change
+        names[what] = export.download_name("lesson-mosaic", "png", **args)
+    assert len(set(names.values())) == len(names), names
+    assert names["seed"].endswith("seed1.png") and names["step"].endswith("_step4.png")
+    assert "k5" in names["k"] and "class3" in names["class"] and "24x40" in names["size"]
+    assert export.download_name("run", "gif", train="photos", spec=replace(base, machine="is", k=5)) == \
+        "run_photos_is-20steps-seed0.gif"  # IS: no window, so no k
+    for n in names.values():  # safe on every system: letters, digits, '-', '_' and the one '.'
+        stem, ext = n.rsplit(".", 1)
+        assert ext == "png" and stem.replace("-", "").replace("_", "").isalnum() and stem.isascii()
+        assert len(n) < 120
+    assert export.download_name("what: a / b", ".NPZ", train="my set (v2)") == "what-a-b_my-set-v2.npz"
+
+
+def test_every_download_button_of_the_app_is_named_by_download_name():
+    """Each st.download_button in pages/ gets its file name from export.download_name (directly, or through
+    a function of the page that calls it), so no two runs' downloads share a name."""
+    import ast
+
+    pages = Path(__file__).resolve().parents[1] / "pages"
+    found = 0
+
+    def names_by_download_name(tree) -> set[str]:  # the page's own functions that return download_name(...)
+        return {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+                and any(isinstance(c, ast.Call) and getattr(c.func, "attr", None) == "download_name"
+                        for c in ast.walk(f))}
+
+    for page in sorted(pages.glob("*.py")):
+        tree = ast.parse(page.read_text())
+        helpers = names_by_download_name(tree)
+        for call in ast.walk(tree):
+            if not (isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "download_button"):
+                continue
+            found += 1
+            value = next((k.value for k in call.keywords if k.arg == "file_name"), None)
+            ok = isinstance(value, ast.Call) and (
+                (isinstance(value.func, ast.Attribute) and value.func.attr == "download_name")
+                or (isinstance(value.func, ast.Name) and value.func.id in helpers))
+            assert ok, f"{page.name}:{call.lineno}: file_name={ast.unparse(value) if value else None}"
+    assert found >= 7  # reverse diffusion 4, provenance 2, locality 1, lesson 1 (at least)
+
+
+def test_two_seeds_download_under_two_names_that_say_which_run(media, navigation_as_served):
+    """The same page's downloads from two runs never share a file name (they used to: one seed's file
+    overwrote the other's in the Downloads folder)."""
+    from tests.test_app import app, ok
+    from tests.test_app_lesson import downloads
+
+    names = {}
+    for seed in (0, 1):
+        at = ok(app(steps=6, seed=seed))
+        names[seed] = {key: name for key, (name, _) in downloads(at, media).items()}
+    for key in ("dl_gif", "dl_png", "dl_npz"):
+        first, second = names[0][key], names[1][key]
+        assert first != second, key
+        assert first.startswith(("run_digits-n150_", "output_digits-n150_")) and "bbels-k5-6steps-seed0" in first
+        assert "seed1" in second
