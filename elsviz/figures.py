@@ -480,6 +480,10 @@ def schedule_figure(ks: list[int], *, height: int = 170, title: str | None = Non
     return fig
 
 
+# legends in rows above the plot, wrapping: beside it (Plotly's default) they took half of a phone's width
+LEGEND_ABOVE = dict(orientation="h", x=0.0, xanchor="left", y=1.02, yanchor="bottom", font=dict(size=11))
+
+
 def weight_text(w: float) -> str:
     """A key's weight for a caption: three decimals, and '< 0.001' rather than a misleading 0.000."""
     return f"{w:.3f}" if w >= 0.0005 else "< 0.001"
@@ -561,22 +565,28 @@ def agreement_scatter(x_vals, y_vals, seeds, *, x_name: str = "IS", y_name: str 
     return fig
 
 
-def schedules_figure(schedules: dict, *, highlight=(), height: int = 320, title: str | None = None) -> go.Figure:
+def schedules_figure(schedules: dict, *, highlight=(), height: int = 320, title: str | None = None,
+                     rest: str = "the paper's schedules") -> go.Figure:
     """Several locality schedules k[0..S-1] against step; those named in `highlight` drawn bold, the rest thin
-    and grey (the paper's presets, say)."""
+    and grey (the paper's presets, say), one entry of the legend (`rest`) for all of them; each line's
+    name shows where the pointer rests on it."""
     fig = go.Figure()
     palette = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
+    grey = 0
     for name, ks in schedules.items():
         steps = list(range(len(ks) - 1, 0, -1))
         bold = name in highlight
         colour = palette[list(highlight).index(name) % len(palette)] if bold else "rgba(120,120,120,0.45)"
+        grey += not bold
         fig.add_trace(go.Scatter(x=steps, y=[ks[i] for i in steps], mode="lines+markers" if bold else "lines",
-                                 line_shape="hv", name=name, line=dict(color=colour, width=3 if bold else 1),
+                                 line_shape="hv", name=name if bold else rest,
+                                 line=dict(color=colour, width=3 if bold else 1),
+                                 legendgroup=None if bold else "rest", showlegend=bold or grey == 1,
                                  hovertemplate=f"{name}<br>step %{{x}}: k = %{{y}}<extra></extra>"))
     fig.update_xaxes(title_text="step (noisy → clean)", autorange="reversed")
     fig.update_yaxes(title_text="k", rangemode="tozero")
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title,
-                      legend=dict(font=dict(size=11)))
+                      legend=LEGEND_ABOVE)
     return fig
 
 
@@ -605,7 +615,8 @@ def step_agreement_figure(lines: dict, *, height: int = 300, title: str | None =
                                  hovertemplate=f"{name}<br>step %{{x}}: %{{y:.3f}}<extra></extra>"))
     fig.update_xaxes(title_text="step (noisy → clean)", autorange="reversed")
     fig.update_yaxes(title_text="agreement of the posterior means", range=[-0.05, 1.05])
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title,
+                      legend=LEGEND_ABOVE)
     return fig
 
 
@@ -723,7 +734,7 @@ def finger_histogram(distributions: dict, *, normal: int = 5, height: int = 320)
                              hovertemplate=f"{name}<br>%{{x}} fingers: %{{customdata}} seeds (%{{y:.0%}})<extra></extra>"))
     fig.update_xaxes(title_text="fingers counted", type="category")
     fig.update_yaxes(title_text="share of the seeds", tickformat=".0%", rangemode="tozero")
-    fig.update_layout(height=height, barmode="group", margin=dict(l=10, r=10, t=10, b=10), legend=dict(font=dict(size=11)))
+    fig.update_layout(height=height, barmode="group", margin=dict(l=10, r=10, t=10, b=10), legend=LEGEND_ABOVE)
     return fig
 
 

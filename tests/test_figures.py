@@ -198,3 +198,14 @@ def test_a_marked_pixel_in_the_last_row_and_column_is_framed_whole_inside_the_pi
         top, left = mark[0] * s, mark[1] * s
         for y, x in ((top, left + s // 2), (top + s - 1, left + s // 2), (top + s // 2, left), (top + s // 2, left + s - 1)):
             assert tuple(pic[y, x]) == red, (mark, y, x)  # all four sides, the outer ones on the border
+
+
+def test_schedules_figure_names_the_highlighted_lines_and_the_rest_once():
+    """The legend stays short (it sits above the plot, wrapping on a phone): the bold lines by name, the grey
+    ones as one entry; each grey line still names itself under the pointer."""
+    fig = figures.schedules_figure({"calibrated": [3, 3, 5], "mnist-resnet": [3, 5, 7], "cifar10-unet": [3, 3, 3]},
+                                   highlight=["calibrated"])
+    shown = [t.name for t in fig.data if t.showlegend is not False]
+    assert shown == ["calibrated", "the paper's schedules"]
+    assert "mnist-resnet" in fig.data[1].hovertemplate and "cifar10-unet" in fig.data[2].hovertemplate
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y > 1  # above the plot
