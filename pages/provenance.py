@@ -1,10 +1,10 @@
 """Page 2: where each pixel was copied from: source overlay with seams, a pixel's top keys, the mosaic."""
 import streamlit as st
-from streamlit_image_coordinates import streamlit_image_coordinates
 
 from elsviz import export, figures
 from elsviz.runs import distinct_sources, mosaic, pixel_from_click, shared_mask, source_shares
 from elsviz.ui import derived, explain, main_result, show
+from elsviz.ui.clickable import clickable_image
 from elsviz.ui.links import write_link
 
 st.title("Patch provenance")
@@ -50,7 +50,7 @@ with left:
     seams_on = opts[1].toggle("Draw seams", value=True, key="prov_seams")
     pic = figures.provenance_picture(frame.mean[0], frame.source_index[0], frame.source_pos[0], frame.source_count[0],
                                      target=448, colour=colour, draw_seams=seams_on, mark=pixel)
-    streamlit_image_coordinates(pic, key="prov_click", cursor="crosshair", width="stretch")  # whole in any column
+    clickable_image(pic, key="prov_click", cursor="crosshair")
     st.caption(f"{result.spec.describe()}. Step {step}, t = {frame.t:.2f}"
                f"{'' if window is None else f', k = {window}'}. One colour per training image; grey hatched: "
                "shared; white lines: seams; red square: the selected pixel.")

@@ -5,7 +5,7 @@ Screenshots go to out/screenshots/ (or $ELSVIZ_SCREENSHOTS) as phone_*.png.
 """
 import pytest
 
-from tests.test_browser import CHROMIUM, LONG, PLOT, browser, no_exception, serve, settle, shots  # noqa: F401
+from tests.test_browser import CHROMIUM, CLICKABLE, LONG, PLOT, browser, no_exception, serve, settle, shots  # noqa: F401
 
 pytestmark = [
     pytest.mark.browser,
@@ -15,7 +15,6 @@ pytestmark = [
 
 PHONE = {"width": 390, "height": 844}  # CSS pixels of a common phone
 LINK = "set=digits&limit=150&machine=bbels&loc=k&k=3&steps=6&seed=3"  # a run well under a second
-CLICKABLE = 'iframe[title="streamlit_image_coordinates.streamlit_image_coordinates"]'
 
 # what sticks out sideways: the page, and the main column (Streamlit scrolls it, not the page)
 OVERFLOW = """() => {
