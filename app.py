@@ -13,8 +13,11 @@ cpu_kernel.build_in_background()  # a fresh machine compiles the engine's kernel
 
 st.set_page_config(page_title="elsviz: patch mosaics, step by step", page_icon=":material/grid_view:", layout="wide")
 
-# pixel pictures stay sharp when the browser scales them to the column
-st.html("<style>[data-testid='stImage'] img {image-rendering: pixelated;}</style>")
+# Pictures come enlarged from the server, each pixel a sharp square, and are shown at their own width or
+# shrunk to the column. Nearest neighbour keeps the squares sharp where the browser enlarges them (screens
+# of 1.5 device pixels per CSS pixel and more); where it shrinks them it drops whole rows of pixels (the
+# bar of the 7 in a caption: "k = 7" read "k = /"), so there the browser's smoothing stays.
+st.html("<style>@media (min-resolution: 1.5dppx) {[data-testid='stImage'] img {image-rendering: pixelated;}}</style>")
 
 pages = navigation()
 sidebar()

@@ -140,6 +140,8 @@ def one_line(exc: BaseException) -> str:
 
 # -- output files ----------------------------------------------------------------------------------
 FORCE = arg("--force", action="store_true", help="overwrite output files that exist already")
+DEVICE = arg("--device", default="auto",
+             help="where the engine runs: auto (a CUDA GPU when there is one, else the CPU), cpu or cuda (default auto)")
 
 
 class _Temporary:
@@ -278,14 +280,17 @@ def _k_arg(value: str):
 
 @command("sample", "run the reverse process; save the output, an animation and its provenance map",
          *DATASET_ARGS,
-         arg("--machine", default="bbels", choices=["is", "ls", "els", "bbels"]),
+         arg("--machine", default="bbels", choices=["is", "ls", "els", "bbels"],
+             help="is: the ideal score (gives back training images); ls: local; els: local and equivariant; "
+                  "bbels: els with the border broken, as a zero-padded network (default bbels)"),
          arg("--k", type=_k_arg, default="mnist-resnet",
-             help="window size k (odd), a preset (e.g. mnist-resnet) or k[0..steps-1] comma-separated"),
-         arg("--steps", type=int, default=20),
-         arg("--seed", type=int, default=0),
+             help="window size k (odd), a preset (e.g. mnist-resnet) or k[0..steps-1] comma-separated "
+                  "(default mnist-resnet)"),
+         arg("--steps", type=int, default=20, help="reverse-diffusion steps (default 20, as the paper)"),
+         arg("--seed", type=int, default=0, help="seed of the starting noise: the same seed, the same run (default 0)"),
          arg("--label", type=int, default=None, help="class label (conditional generation)"),
          arg("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="output size (ELS, bbELS)"),
-         arg("--device", default="auto"),
+         DEVICE,
          arg("-o", "--out", default="elsviz-run",
              help="folder for final.png, run.gif, provenance.png (and run.mp4, run.npz)"),
          arg("--mp4", action="store_true", help="also write run.mp4: the run as a video for slides (H.264, the "

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import FORCE, _dataset_options, _k_arg, arg, command, output_files
+from .cli import DEVICE, FORCE, _dataset_options, _k_arg, arg, command, output_files
 from .errors import ElsvizError
 
 TRAIN_STEPS = 2000  # the digits ResNet: about 6 CPU-minutes (docs/AGREEMENT.md)
@@ -56,10 +56,11 @@ NETWORK_DATASET_ARGS = (
          arg("--batch", type=int, default=64, help="images per step (default 64)"),
          arg("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)"),
          arg("--conditional", action="store_true", help="class-conditional (needs labels)"),
-         arg("--seed", type=int, default=0),
+         arg("--seed", type=int, default=0,
+             help="seed of the initial weights and of the batches and noise drawn in training (default 0)"),
          arg("--save-every", type=int, default=250, help="checkpoint every N steps (default 250)"),
          arg("--resume", action="store_true", help="continue the run in --out (to --steps in all)"),
-         arg("--device", default="auto"))
+         DEVICE)
 def _train(args) -> int:
     from .datasets import load_dataset
     from .networks import train_network
@@ -98,9 +99,10 @@ def _train(args) -> int:
          arg("--first-seed", type=int, default=1000,
              help="default 1000, so that compare's seeds 0, 1, ... are not the ones calibrated on"),
          arg("--steps", type=int, default=20, help="reverse-diffusion steps (default 20, as the paper)"),
-         arg("--machine", default="bbels", choices=["ls", "els", "bbels"]),
+         arg("--machine", default="bbels", choices=["ls", "els", "bbels"],
+             help="the machine whose window sizes are fitted: ls, els or bbels (default bbels; IS has no window)"),
          arg("--label", type=int, default=None, help="class label (conditional networks)"),
-         arg("--device", default="auto"),
+         DEVICE,
          *NETWORK_DATASET_ARGS)
 def _calibrate(args) -> int:
     from .compare import calibration
@@ -127,18 +129,20 @@ def _calibrate(args) -> int:
 @command("compare", "run a network and the machines from the same noise: agreement per seed, medians, bbELS vs IS",
          arg("network", metavar="DIR", help="a network folder written by elsviz train"),
          arg("--seeds", type=int, default=32, help="number of seeds (default 32)"),
-         arg("--first-seed", type=int, default=0),
+         arg("--first-seed", type=int, default=0,
+             help="the seeds are first-seed, first-seed + 1, ... (default 0; calibrate uses 1000 on)"),
          arg("--k", type=_k_arg, default=None,
              help="the machines' schedule: default the calibrated one; or an odd k, a preset, or k per step"),
          arg("--steps", type=int, default=20, help="the machines' steps (default 20)"),
          arg("--network-steps", type=int, nargs="+", default=[20, 150], help="the network's steps (default 20 150)"),
-         arg("--machines", nargs="+", default=["bbels", "els", "ls", "is"], choices=["bbels", "els", "ls", "is"]),
+         arg("--machines", nargs="+", default=["bbels", "els", "ls", "is"], choices=["bbels", "els", "ls", "is"],
+             help="the machines run against the network (default bbels els ls is)"),
          arg("--label", type=int, default=None, help="class label (conditional networks)"),
          arg("--json", default=None,
              help="write every figure to this JSON file (with the calibrated schedule, DIR/compare.json is "
                   "written too)"),
          arg("--figure", default=None, help="save the seeds x [network | machines] grid as a PNG"),
-         arg("--device", default="auto"),
+         DEVICE,
          FORCE,
          *NETWORK_DATASET_ARGS)
 def _compare(args) -> int:

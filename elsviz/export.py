@@ -20,6 +20,7 @@ import math
 import os
 import secrets
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -244,6 +245,48 @@ def max_entropy(machine: str, n_images: int, shape: tuple[int, int, int]) -> flo
     _, h, w = shape
     keys = n_images if machine in ("is", "ls") else n_images * h * w
     return math.log(max(int(keys), 2))
+
+
+def download_name(what: str, ext: str, *, train=None, spec=None, step: int | None = None) -> str:
+    """The file name of a download, the same for the same picture of the same run and different for
+    any other: what it is, the training set (its name and number of images), the run (machine, k or
+    schedule, steps, seed, class, output size) and the step shown, where there is one.
+
+        download_name("lesson-mosaic", "png", train=digits, spec=RunSpec("bbels", "mnist-resnet", 20, 3))
+        -> 'lesson-mosaic_digits-n1797_bbels-mnist-resnet-20steps-seed3.png'
+
+    train: an ImageSet (or a set's name); spec: an elsviz.runs.RunSpec; a table of k per step is named
+    by its range and a checksum of the whole table ('k3to15-table-5d1c0e2a').
+    """
+    parts = [_safe(what)]
+    if train is not None:
+        n = len(train) if hasattr(train, "__len__") and not isinstance(train, str) else None
+        parts.append(_safe(getattr(train, "name", train)) + ("" if n is None else f"-n{n}"))
+    if spec is not None:
+        run = [_safe(spec.machine)]
+        if spec.machine != "is":  # IS has no window: k changes nothing
+            if isinstance(spec.k, tuple):
+                table = zlib.crc32(",".join(map(str, spec.k)).encode())
+                run.append(f"k{min(spec.k)}to{max(spec.k)}-table-{table:08x}")
+            elif isinstance(spec.k, str):
+                run.append(_safe(spec.k))
+            else:
+                run.append(f"k{spec.k}")
+        run += [f"{spec.steps}steps", f"seed{spec.seed}"]
+        if spec.label is not None:
+            run.append(f"class{spec.label}")
+        if spec.size is not None:
+            run.append(f"{spec.size[0]}x{spec.size[1]}")
+        parts.append("-".join(run))
+    if step is not None:
+        parts.append(f"step{int(step)}")
+    return "_".join(p for p in parts if p) + "." + _safe(ext.lstrip("."))
+
+
+def _safe(text) -> str:
+    """Letters, digits and single hyphens: safe in a file name on every system."""
+    keep = "".join(ch.lower() if ch.isascii() and ch.isalnum() else "-" for ch in str(text))
+    return "-".join(p for p in keep.split("-") if p)[:60]
 
 
 def slug(text: str) -> str:

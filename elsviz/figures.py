@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import colorsys
 import io
+import re
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from plotly.colors import sample_colorscale
+from plotly.colors import get_colorscale, hex_to_rgb, sample_colorscale
 from plotly.subplots import make_subplots
 
 from .errors import ElsvizError
@@ -46,6 +47,7 @@ def check_run(traj, batch: int) -> int:
     return as_int("batch", batch, 0, frames[0].x.shape[0] - 1, " (which image of the batch)")
 
 ENTROPY_SCALE = "Magma"
+STREAMLIT_PLACEHOLDERS = re.compile(r"#0000[0-3][0-9]|#000040")  # colour strings Streamlit swaps for theme colours
 SEAM_RGB = (255, 255, 255)
 SHARED_RGB = (128, 128, 128)
 OUTLINE_RGB = (255, 255, 255)  # a silhouette's outline (drawn just outside it) over a provenance picture
@@ -82,6 +84,18 @@ def _lut(scale: str) -> np.ndarray:
         cols = sample_colorscale(scale, list(np.linspace(0.0, 1.0, 256)), colortype="tuple")
         _LUTS[scale] = np.array([[round(255 * c) for c in rgb] for rgb in cols], dtype=np.uint8)
     return _LUTS[scale]
+
+
+def plotly_scale(name: str) -> list[list]:
+    """A Plotly colour scale by name as [[position, "rgb(r, g, b)"], ...], drawn the same everywhere.
+
+    Streamlit rewrites a figure's JSON before the browser draws it: the strings #000001 .. #000040 are
+    its theme's placeholders and become theme colours, whatever the chart's theme. Plotly's own scales
+    are written in hex, and Magma and Inferno start at #000004: by name, the lowest entropy (settled,
+    black) would be drawn in a theme colour (light pink). As rgb() strings the stops are left alone.
+    """
+    return [[float(pos), "rgb({}, {}, {})".format(*hex_to_rgb(c)) if c.startswith("#") else c]
+            for pos, c in get_colorscale(name)]
 
 
 def enlarge(rgb: np.ndarray, scale: int) -> Image.Image:
@@ -295,11 +309,10 @@ def _wrap(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
     return lines or [""]
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """A scalable font at `size` pixels: Pillow's own (Aileron, inside every Pillow >= 10.1 wheel with
+    FreeType), so a fresh machine needs no font file. Without a size Pillow gives a fixed 11-pixel bitmap."""
+    return ImageFont.load_default(size=size)
 
 
 def difference_picture(a, b, target: int = 160) -> Image.Image:
@@ -315,7 +328,10 @@ def step_title(frame, show_k: bool = True) -> str:
     return f"step {frame.i}   t = {frame.t:.2f}" + (f"   k = {k}" if show_k else "")
 
 
-def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int = 0,
+ANIMATION_TITLES = ("noisy image<br>x_t", "denoised estimate<br>(posterior mean)", "entropy: how<br>undecided")
+
+
+def animation_figure(traj, *, height: int = 460, frame_ms: int = 350, batch: int = 0,
                      entropy_max: float | None = None, show_k: bool = True) -> go.Figure:
     """The run as a Plotly animation: noisy image x_t | posterior mean | entropy map, per step.
 
@@ -332,16 +348,17 @@ def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int
     ent_top = max(float(f.entropy[batch].max()) for f in frames if f.entropy is not None) if frames[0].entropy is not None else 1.0
     if entropy_max is not None:
         ent_top = as_float("entropy_max", entropy_max, 1e-6, 1e6, hint=" (nats)")
-    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.04,
-                        subplot_titles=("noisy image x_t", "denoised estimate (posterior mean)",
-                                        "entropy: how undecided each pixel is"))
+    # titles in short lines: on a phone (390 px) each panel is about 95 px wide, and longer ones overprint
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.04, subplot_titles=ANIMATION_TITLES)
+    fig.update_annotations(font=dict(size=13))
 
     def traces(f):
         ent = f.entropy[batch] if f.entropy is not None else torch.zeros(f.x.shape[-2:])
         return [
             go.Image(z=to_rgb(f.x[batch].clamp(-1, 1)), hovertemplate="row %{y}, col %{x}<extra>x_t</extra>"),
             go.Image(z=to_rgb(f.mean[batch]), hovertemplate="row %{y}, col %{x}<extra>mean</extra>"),
-            go.Heatmap(z=ent.detach().cpu().numpy(), zmin=0.0, zmax=max(ent_top, 1e-6), colorscale=ENTROPY_SCALE,
+            go.Heatmap(z=ent.detach().cpu().numpy(), zmin=0.0, zmax=max(ent_top, 1e-6),
+                       colorscale=plotly_scale(ENTROPY_SCALE),
                        colorbar=dict(title="nats", thickness=12, len=0.8), zsmooth=False,
                        hovertemplate="row %{y}, col %{x}<br>entropy %{z:.2f} nats<extra></extra>"),
         ]
@@ -352,26 +369,28 @@ def animation_figure(traj, *, height: int = 430, frame_ms: int = 350, batch: int
                            layout=go.Layout(title_text=step_title(f, show_k))) for f in frames]
     h, w = frames[0].x.shape[-2:]
     for n in (1, 2, 3):
-        fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, range=[-0.5, w - 0.5],
+        fig.update_xaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, range=[-0.5, w - 0.5],
                          constrain="domain", row=1, col=n)
-        fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, range=[h - 0.5, -0.5],
+        fig.update_yaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, range=[h - 0.5, -0.5],
                          scaleanchor=f"x{'' if n == 1 else n}", constrain="domain", row=1, col=n)
     play = dict(frame=dict(duration=frame_ms, redraw=True), fromcurrent=False, transition=dict(duration=0),
                 mode="immediate")
     pause = dict(frame=dict(duration=0, redraw=False), mode="immediate", transition=dict(duration=0))
+    # under the pictures: the buttons, then the slider in a row of its own, the whole width (beside the
+    # buttons it overlapped them on a phone); the title says the step, so the slider shows no value
     fig.update_layout(
-        height=height, margin=dict(l=10, r=10, t=70, b=10), title=dict(text=step_title(frames[-1], show_k), x=0.01, y=0.98),
-        updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.02, xanchor="left", yanchor="top",
-                          pad=dict(t=0, r=8), showactive=False,
+        height=height, margin=dict(l=10, r=10, t=80, b=105),
+        title=dict(text=step_title(frames[-1], show_k), x=0.01, y=0.98),
+        updatemenus=[dict(type="buttons", direction="left", x=0.0, y=0.0, xanchor="left", yanchor="top",
+                          pad=dict(t=10, r=8), showactive=False,
                           buttons=[dict(label="▶ Play", method="animate", args=[[str(f.i) for f in frames], play]),
                                    dict(label="❚❚ Pause", method="animate", args=[[None], pause])])],
-        sliders=[dict(active=len(frames) - 1, x=0.16, len=0.84, y=-0.02, yanchor="top", pad=dict(t=0),
-                      currentvalue=dict(prefix="step ", font=dict(size=13)),
+        sliders=[dict(active=len(frames) - 1, x=0.0, len=1.0, y=0.0, yanchor="top", pad=dict(t=50, l=8, r=8),
+                      currentvalue=dict(visible=False),
                       steps=[dict(label=str(f.i), method="animate",
                                   args=[[str(f.i)], dict(frame=dict(duration=0, redraw=True), mode="immediate",
                                                          transition=dict(duration=0))]) for f in frames])],
     )
-    fig.update_layout(margin=dict(b=70))
     return fig
 
 
@@ -380,15 +399,48 @@ HOLD_MS = 1500  # ... and the last step, the output
 
 
 def animation_frames(traj, *, target: int = 200, batch: int = 0):
-    """The pictures of an exported run, one per step from the noise to the output: x_t beside the posterior mean.
+    """The pictures of an exported run, one per step from the noise to the output: x_t beside the posterior
+    mean, the step, its time t and window k written above them (no k for IS, or a network: they have no
+    window), what each picture is written below.
 
-    The GIF (animation_gif) and the video (export.run_video) are made of these same pictures. A generator:
+    The GIF (animation_gif) and the video (export.run_mp4) are made of these same pictures. A generator:
     a long run is never in memory all at once.
     """
     batch = check_run(traj, batch)
     target = as_int("target", target, 1, MAX_PICTURE, " (pixels on the larger side of each picture)")
+    show_k = getattr(traj.denoiser, "machine", None) != "is"
+    last = traj.frames[-1].i
     for f in traj.frames:
-        yield _hstack([picture(f.x[batch].clamp(-1, 1), target), picture(f.mean[batch], target)], gap=8)
+        pair = _hstack([picture(f.x[batch].clamp(-1, 1), target), picture(f.mean[batch], target)], gap=8)
+        title = step_title(f, show_k and f.k is not None)
+        yield labelled_pair(pair, title, ("noisy image x_t", "the output" if f.i == last else "estimate"))
+
+
+def frame_font_size(width: int) -> int:
+    """The size of an exported frame's labels for pictures `width` pixels wide in all: 20 px on a slide's
+    GIF (2 x 320 pixels), 30 px in the video (2 x 480), never under 12 px."""
+    return max(12, round(width / 32))
+
+
+def frame_band(width: int) -> int:
+    """The height of the band of text above (and below) an exported frame `width` pixels wide."""
+    size = frame_font_size(width)
+    return size + 2 * max(4, size // 3)
+
+
+def labelled_pair(pair: Image.Image, title: str, names: tuple[str, str]) -> Image.Image:
+    """Two pictures side by side (one image, 8 pixels apart) with `title` above and a name under each."""
+    font = _font(frame_font_size(pair.width))
+    band = frame_band(pair.width)
+    out = Image.new("RGB", (pair.width, pair.height + 2 * band), BACKGROUND_RGB)
+    out.paste(pair, (0, band))
+    draw = ImageDraw.Draw(out)
+    draw.text((pair.width / 2, band / 2), title, fill=TEXT_RGB, font=font, anchor="mm")
+    half = (pair.width - 8) / 2
+    for n, name in enumerate(names):
+        draw.text((n * (half + 8) + half / 2, band + pair.height + band / 2), name, fill=TEXT_RGB, font=font,
+                  anchor="mm")
+    return out
 
 
 def animation_gif(traj, *, target: int = 200, frame_ms: int = FRAME_MS, hold_ms: int = HOLD_MS,
@@ -426,6 +478,10 @@ def schedule_figure(ks: list[int], *, height: int = 170, title: str | None = Non
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title,
                       showlegend=False)
     return fig
+
+
+# legends in rows above the plot, wrapping: beside it (Plotly's default) they took half of a phone's width
+LEGEND_ABOVE = dict(orientation="h", x=0.0, xanchor="left", y=1.02, yanchor="bottom", font=dict(size=11))
 
 
 def weight_text(w: float) -> str:
@@ -509,22 +565,28 @@ def agreement_scatter(x_vals, y_vals, seeds, *, x_name: str = "IS", y_name: str 
     return fig
 
 
-def schedules_figure(schedules: dict, *, highlight=(), height: int = 320, title: str | None = None) -> go.Figure:
+def schedules_figure(schedules: dict, *, highlight=(), height: int = 320, title: str | None = None,
+                     rest: str = "the paper's schedules") -> go.Figure:
     """Several locality schedules k[0..S-1] against step; those named in `highlight` drawn bold, the rest thin
-    and grey (the paper's presets, say)."""
+    and grey (the paper's presets, say), one entry of the legend (`rest`) for all of them; each line's
+    name shows where the pointer rests on it."""
     fig = go.Figure()
     palette = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
+    grey = 0
     for name, ks in schedules.items():
         steps = list(range(len(ks) - 1, 0, -1))
         bold = name in highlight
         colour = palette[list(highlight).index(name) % len(palette)] if bold else "rgba(120,120,120,0.45)"
+        grey += not bold
         fig.add_trace(go.Scatter(x=steps, y=[ks[i] for i in steps], mode="lines+markers" if bold else "lines",
-                                 line_shape="hv", name=name, line=dict(color=colour, width=3 if bold else 1),
+                                 line_shape="hv", name=name if bold else rest,
+                                 line=dict(color=colour, width=3 if bold else 1),
+                                 legendgroup=None if bold else "rest", showlegend=bold or grey == 1,
                                  hovertemplate=f"{name}<br>step %{{x}}: k = %{{y}}<extra></extra>"))
     fig.update_xaxes(title_text="step (noisy → clean)", autorange="reversed")
     fig.update_yaxes(title_text="k", rangemode="tozero")
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title,
-                      legend=dict(font=dict(size=11)))
+                      legend=LEGEND_ABOVE)
     return fig
 
 
@@ -553,7 +615,8 @@ def step_agreement_figure(lines: dict, *, height: int = 300, title: str | None =
                                  hovertemplate=f"{name}<br>step %{{x}}: %{{y:.3f}}<extra></extra>"))
     fig.update_xaxes(title_text="step (noisy → clean)", autorange="reversed")
     fig.update_yaxes(title_text="agreement of the posterior means", range=[-0.05, 1.05])
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title,
+                      legend=LEGEND_ABOVE)
     return fig
 
 
@@ -671,7 +734,7 @@ def finger_histogram(distributions: dict, *, normal: int = 5, height: int = 320)
                              hovertemplate=f"{name}<br>%{{x}} fingers: %{{customdata}} seeds (%{{y:.0%}})<extra></extra>"))
     fig.update_xaxes(title_text="fingers counted", type="category")
     fig.update_yaxes(title_text="share of the seeds", tickformat=".0%", rangemode="tozero")
-    fig.update_layout(height=height, barmode="group", margin=dict(l=10, r=10, t=10, b=10), legend=dict(font=dict(size=11)))
+    fig.update_layout(height=height, barmode="group", margin=dict(l=10, r=10, t=10, b=10), legend=LEGEND_ABOVE)
     return fig
 
 

@@ -3,7 +3,6 @@ when and from which training hands the extra finger came."""
 import numpy as np
 import streamlit as st
 import torch
-from streamlit_image_coordinates import streamlit_image_coordinates
 
 from elsviz import figures
 from elsviz.errors import ElsvizError
@@ -14,6 +13,7 @@ from elsviz.runs import MACHINE_NAMES, k_limit, pixel_from_click
 from elsviz.schedule import locality_schedule
 from elsviz.ui import fingers as fui
 from elsviz.ui import settings, show, status_slot
+from elsviz.ui.clickable import clickable_image
 
 st.title("Extra fingers")
 st.markdown(
@@ -110,7 +110,7 @@ else:
     selected = next((n for n, e in enumerate(entries) if pick == (gk, e["seed"])), None)
     pic = figures.gallery([e["image"] for e in entries], [f"seed {e['seed']}: {e['count']}" for e in entries],
                           [e["count"] != HAND for e in entries], columns=columns, target=96, selected=selected)
-    click = streamlit_image_coordinates(pic, key="fing_gallery_click", cursor="pointer")
+    click = clickable_image(pic, key="fing_gallery_click", cursor="pointer")
     if click and click.get("unix_time") != ss.get("_fing_click_seen"):
         ss["_fing_click_seen"] = click.get("unix_time")
         n = cell_at(click, len(entries), columns)
@@ -157,7 +157,7 @@ with cols[1]:
     prov = figures.provenance_picture(frame.mean[0], frame.source_index[0], frame.source_pos[0], frame.source_count[0],
                                       target=256, alpha=alpha, style="edges" if style == "outlines" else "tint",
                                       outline=True, within=hand if on_hand else None)
-    prov_click = streamlit_image_coordinates(prov, key="fing_prov_click", cursor="crosshair", width="stretch")
+    prov_click = clickable_image(prov, key="fing_prov_click", cursor="crosshair")
     st.caption("Where each pixel was copied from, one colour per training hand (white: the hand's outline). "
                "**Click** a piece to inspect it below.")
 with cols[2]:

@@ -50,9 +50,9 @@ def picture(result, name: str, make, caption: str) -> None:
     pic = derived(result, f"lesson-{name}", make)
     show(pic)
     st.caption(caption)
-    file = export.slug(f"lesson {name} {train.name} {steps} steps seed {seed}")
     st.download_button("Download this picture (PNG)", derived(result, f"lesson-{name}-png", lambda: export.png_bytes(pic)),
-                       file_name=f"{file}.png", mime="image/png", key=f"dl_{name}")
+                       file_name=export.download_name(f"lesson-{name}", "png", train=result.train, spec=result.spec),
+                       mime="image/png", key=f"dl_{name}")
 
 
 def last(result):

@@ -68,9 +68,10 @@ def novelties(specs, results) -> list[tuple]:
             if not isinstance(r, ElsvizError) and tuple(r.traj.final.shape[1:]) == tuple(s.train.shape)]
 
 
-def download_png(picture, name: str, key: str) -> None:
-    """A PNG download of a strip on this page (for slides)."""
-    st.download_button("Download this strip (PNG)", export.png_bytes(picture), file_name=f"{export.slug(name)}.png",
+def download_png(picture, name: str, spec, key: str) -> None:
+    """A PNG download of a strip on this page (for slides), named by the run it starts from."""
+    st.download_button("Download this strip (PNG)", export.png_bytes(picture),
+                       file_name=export.download_name(f"locality-{name}", "png", train=s.train, spec=spec),
                        mime="image/png", key=key, icon=":material/download:")
 
 
@@ -79,7 +80,7 @@ def show_strip(specs, results, caption, target=128, name="strip"):
     if good:
         pic = figures.strip([r.traj.final[0] for _, r in good], [caption(sp) for sp, _ in good], target=target)
         show(pic)
-        download_png(pic, f"{s.train.name} {name} {good[0][0].describe()}", key=f"dl_{export.slug(name)}")
+        download_png(pic, export.slug(name), good[0][0], key=f"dl_{export.slug(name)}")
     for sp, r in zip(specs, results):
         if isinstance(r, ElsvizError):
             st.caption(f"{caption(sp)}: not run. {r}")
@@ -147,5 +148,5 @@ elif view == "branch at a step":
             [result.traj.frame(at).mean[0], a, b, figures.difference_picture(a, b, target=160)],
             [f"estimate at step {at}", "as run", f"k = {k2} from step {at}", "difference"], target=160))
         show(pic)
-        download_png(pic, f"{s.train.name} branch at {at} k{k2} {spec.describe()}", key="dl_branch")
+        download_png(pic, f"branch-at-{at}-k{k2}", spec, key="dl_branch")
         st.caption(f"{claims.changed_claim(a, b).text} Left: what the machine believed when the branch started.")

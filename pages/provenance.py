@@ -1,10 +1,10 @@
 """Page 2: where each pixel was copied from: source overlay with seams, a pixel's top keys, the mosaic."""
 import streamlit as st
-from streamlit_image_coordinates import streamlit_image_coordinates
 
 from elsviz import claims, export, figures
 from elsviz.runs import distinct_sources, mosaic, pixel_from_click, shared_mask, source_shares
 from elsviz.ui import derived, explain, main_result, show
+from elsviz.ui.clickable import clickable_image
 from elsviz.ui.links import write_link
 
 st.title("Patch provenance")
@@ -51,20 +51,21 @@ with left:
     seams_on = opts[1].toggle("Draw seams", value=True, key="prov_seams")
     pic = figures.provenance_picture(frame.mean[0], frame.source_index[0], frame.source_pos[0], frame.source_count[0],
                                      target=448, colour=colour, draw_seams=seams_on, mark=pixel)
-    streamlit_image_coordinates(pic, key="prov_click", cursor="crosshair")
+    clickable_image(pic, key="prov_click", cursor="crosshair")
     st.caption(f"{result.spec.describe()}. Step {step}, t = {frame.t:.2f}"
                f"{'' if window is None else f', k = {window}'}. "
                f"{'' if window is None else claims.JARGON['k'] + ' '}One colour per training image; grey hatched: "
                "shared; white lines: seams; red square: the selected pixel.")
-    name = export.slug(f"{train.name} {result.spec.describe()} step {step}")
     dl = st.columns(2)
     dl[0].download_button("Picture (PNG)", derived(result, f"provenance-png-{step}-{colour}-{seams_on}", lambda: export.png_bytes(
         figures.provenance_picture(frame.mean[0], frame.source_index[0], frame.source_pos[0], frame.source_count[0],
                                    target=640, colour=colour, draw_seams=seams_on))),
-        file_name=f"provenance-{name}.png", mime="image/png", key="dl_provenance", icon=":material/download:",
+        file_name=export.download_name("provenance", "png", train=train, spec=result.spec, step=step),
+        mime="image/png", key="dl_provenance", icon=":material/download:",
         help="This picture, large, without the selected pixel's mark.")
     dl[1].download_button("Numbers (.npz)", derived(result, "npz", lambda: export.npz_bytes(
-        traj, spec=result.spec, dataset=train.name)), file_name=f"{export.slug(f'{train.name} {result.spec.describe()}')}.npz",
+        traj, spec=result.spec, dataset=train.name)),
+        file_name=export.download_name("run", "npz", train=train, spec=result.spec),
         mime="application/octet-stream", key="dl_npz", icon=":material/download:",
         help="Every step's provenance (source image, position, weight, count, entropy) and images as arrays; "
              "its README entry says what each is.")

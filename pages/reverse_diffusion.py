@@ -40,26 +40,30 @@ with right:
         cols[1].metric("Shared pixels", claims.percent(float(shared_mask(last.source_count[0]).float().mean())),
                        help="Pixels whose window matches many identical patches (flat background): no single source.")
     st.caption("Change k, the machine or the seed in the sidebar and watch what changes.")
-    name = export.slug(f"{result.train.name} {spec.describe()}")
+
+    def name(what: str, ext: str) -> str:  # unique per run: set, machine, k, steps, seed
+        return export.download_name(what, ext, train=result.train, spec=spec)
+
     try:
         export.video_codec()
         no_video = None
     except ElsvizError as exc:  # no PyAV here: the GIF still is
         no_video = str(exc)
     row = st.container(horizontal=True)  # the four side by side, wrapping where the column is narrow
-    row.download_button("GIF", derived_later(result, "gif-slides", lambda: export.run_gif(traj)), file_name=f"{name}.gif",
-                        mime="image/gif", key="dl_gif", icon=":material/download:", on_click="ignore",
+    row.download_button("GIF", derived_later(result, "gif-slides", lambda: export.run_gif(traj)),
+                        file_name=name("run", "gif"), mime="image/gif", key="dl_gif", icon=":material/download:",
+                        on_click="ignore",
                         help="The run for slides: x_t beside the estimate, one frame per step.")
-    row.download_button("MP4", derived_later(result, "mp4", lambda: export.run_mp4(traj)), file_name=f"{name}.mp4",
+    row.download_button("MP4", derived_later(result, "mp4", lambda: export.run_mp4(traj)), file_name=name("run", "mp4"),
                         mime="video/mp4", key="dl_mp4", icon=":material/download:", on_click="ignore",
                         disabled=no_video is not None,
                         help=no_video or "The run as a video for slides (H.264, made when you click): x_t beside "
                                          "the estimate, about 480 pixels tall, the output held at the end.")
     row.download_button("PNG", derived(result, "output-png", lambda: export.png_bytes(
-        figures.picture(traj.final[0], target=640))), file_name=f"{name}.png", mime="image/png", key="dl_png",
+        figures.picture(traj.final[0], target=640))), file_name=name("output", "png"), mime="image/png", key="dl_png",
         icon=":material/download:", help="The output, large, each pixel a sharp square.")
     row.download_button("Numbers", derived(result, "npz", lambda: export.npz_bytes(
-        traj, spec=spec, dataset=result.train.name)), file_name=f"{name}.npz", mime="application/octet-stream",
+        traj, spec=spec, dataset=result.train.name)), file_name=name("run", "npz"), mime="application/octet-stream",
         key="dl_npz", icon=":material/download:",
         help="Every step as arrays (.npz): x_t, estimate, entropy, provenance; its README entry says what each is.")
     if no_video is not None:

@@ -17,11 +17,13 @@ def test_reverse_diffusion_offers_gif_mp4_png_and_npz_of_its_run(media):
     name, gif = files["dl_gif"]
     gif = Image.open(io.BytesIO(gif))
     assert name.endswith(".gif") and gif.format == "GIF"
-    assert gif.n_frames == 5 and gif.size == (2 * export.SLIDE_TARGET + 8, export.SLIDE_TARGET)
+    wide = 2 * export.SLIDE_TARGET + 8  # x_t | estimate, the step's labels above and below (figures.frame_band)
+    assert gif.n_frames == 5 and gif.size == (wide, export.SLIDE_TARGET + 2 * figures.frame_band(wide))
     name, mp4 = files["dl_mp4"]
     codec, _, _, frames = video(mp4)
     assert name == files["dl_gif"][0][:-4] + ".mp4" and codec == "h264"
-    assert len(frames) == 4 * 11 + 75 and frames[0].shape == (export.VIDEO_TARGET, 2 * export.VIDEO_TARGET + 8, 3)
+    wide = 2 * export.VIDEO_TARGET + 8
+    assert len(frames) == 4 * 11 + 75 and frames[0].shape == (export.VIDEO_TARGET + 2 * figures.frame_band(wide), wide, 3)
     assert downloads(at, media)["dl_mp4"][1] is mp4  # made once, kept with the run
     png = Image.open(io.BytesIO(files["dl_png"][1]))
     assert png.format == "PNG" and png.size == (640, 640)

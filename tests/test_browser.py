@@ -34,6 +34,7 @@ pytestmark = [
 
 
 PLOT = '[data-testid="stMain"] .js-plotly-plot'  # the step player (the sidebar may hold a schedule plot)
+CLICKABLE = 'iframe[title="elsviz.ui.clickable.clickable"]'  # a picture one clicks on (elsviz.ui.clickable)
 
 
 @contextlib.contextmanager
@@ -94,8 +95,7 @@ def plot_title(pg) -> str:
 def test_a_deep_link_on_a_fresh_server_opens_its_page_with_the_sidebar(browser):
     with serve() as url:  # a fresh server: no session has declared the navigation yet
         pg = new_page(browser, f"{url}/provenance")
-        pg.wait_for_selector('iframe[title="streamlit_image_coordinates.streamlit_image_coordinates"], '
-                             '[data-testid="stException"]')
+        pg.wait_for_selector(f'{CLICKABLE}, [data-testid="stException"]')
         settle(pg)
         no_exception(pg)
         assert pg.get_by_role("heading", name="Patch provenance").count() == 1
@@ -144,7 +144,7 @@ def watch_click_and_change_k(pg, shots):
 
     # the provenance page: click a pixel of the overlay and see its top keys
     pg.get_by_role("link", name="Patch provenance").click()
-    frame = pg.frame_locator('iframe[title="streamlit_image_coordinates.streamlit_image_coordinates"]')
+    frame = pg.frame_locator(CLICKABLE)
     img = frame.locator("img#image")
     img.wait_for()
     settle(pg)
@@ -265,7 +265,7 @@ def test_extra_fingers_runs_a_tiny_study_and_opens_a_hand(browser, shots):
             pg.get_by_role("heading", name="One hand: seed", exact=False).wait_for()
             settle(pg)
             no_exception(pg)
-            gallery = pg.frame_locator('iframe[title="streamlit_image_coordinates.streamlit_image_coordinates"]').first
+            gallery = pg.frame_locator(CLICKABLE).first
             assert gallery.locator("img#image").bounding_box()["width"] >= 200  # two hands, large enough to click
             assert pg.locator('[data-testid="stAlertContentInfo"]').last.inner_text().strip()  # the sentence
             pg.get_by_text("Which seeds: the gallery").evaluate("e => e.scrollIntoView()")

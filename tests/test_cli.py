@@ -252,3 +252,23 @@ def test_elsviz_app_serves_the_app_from_any_folder_and_stops_cleanly_on_ctrl_c(t
             code = proc.wait(timeout=30)
     assert code == 0, log_tail(log)
     assert list(tmp_path.iterdir()) == []  # nothing written where it was started
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """`elsviz COMMAND --help` explains every argument: no flag (--machine, --steps, --seed, ...) without help."""
+    import argparse
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subs.choices) >= {"fetch", "info", "sheet", "sample", "app", "train", "calibrate", "compare"}
+    missing = []
+    for name, sub in [("elsviz", parser), *subs.choices.items()]:
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            text = (action.help or "").strip()
+            if not text or text == argparse.SUPPRESS:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, "arguments without help: " + ", ".join(missing)
+    usage = subs.choices["sample"].format_help()
+    assert "reverse-diffusion steps (default 20" in usage and "seed of the starting noise" in usage

@@ -505,3 +505,47 @@ def test_idx_header_claiming_huge_dimensions_is_a_truncated_file(tmp_path):
     bad.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 4_000_000_000, 28, 28) + b"\0" * 100))
     with pytest.raises(ElsvizError, match="truncated"):
         load_dataset(bad)
+
+
+@pytest.mark.parametrize("data", [
+    b"garbage",  # not an image at all
+    b"\x89PNG\r\n\x1a\n not really",  # a PNG's signature, then nonsense
+    "truncated",  # a real PNG cut short
+])
+def test_an_image_that_does_not_decode_is_named_plainly_without_python_reprs(tmp_path, data):
+    """The message names the file as the user knows it and says why in words: no `<_io.BufferedReader ...>`."""
+    if data == "truncated":
+        whole = png_bytes(RNG.integers(0, 256, size=(64, 64), dtype=np.uint8))
+        data = whole[: len(whole) // 2]
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    write_png(folder / "fine.png", np.zeros((64, 64), np.uint8))  # the size of the truncated one's header
+    (folder / "corrupt.png").write_bytes(data)
+    zpath = tmp_path / "pictures.zip"
+    write_zip(zpath, {"fine.png": png_bytes(np.zeros((64, 64), np.uint8)), "corrupt.png": data})
+    for source, shown in ((folder, f"{folder}/corrupt.png"), (zpath, f"{zpath}:corrupt.png")):
+        with pytest.raises(ElsvizError) as err:
+            load_dataset(source)
+        text = str(err.value)
+        assert text.startswith(f"{shown}: this image does not decode (") and text.endswith("remove or replace the file.")
+        assert "<" not in text and ">" not in text and "BufferedReader" not in text and "_io" not in text, text
+
+
+def test_a_corrupt_upload_is_named_by_its_own_name():
+    """In the app, the upload's name and nothing of the temporary folder or of Python."""
+    pytest.importorskip("streamlit")
+    from elsviz.ui import data
+
+    class Upload:  # Streamlit's UploadedFile: name, size, getvalue()
+        def __init__(self, name, content):
+            self.name, self._content, self.size = name, content, len(content)
+
+        def getvalue(self):
+            return self._content
+
+    fine = png_bytes(np.zeros((8, 8), np.uint8))
+    for files in ([Upload("corrupt.png", b"garbage")], [Upload("fine.png", fine), Upload("corrupt.png", b"garbage")]):
+        with pytest.raises(ElsvizError) as err:
+            data.from_upload(files)
+        assert str(err.value) == ("corrupt.png: this image does not decode (its bytes are not a PNG, JPEG, GIF, "
+                                  "BMP, TIFF or WebP image); remove or replace the file.")

@@ -1,10 +1,11 @@
 """elsviz.figures: sharp pixel pictures, the provenance overlay, the animation and the strips."""
 import io
+import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFont
 
 from elsviz import Engine, ImageSet, figures, sample
 from elsviz.runs import seams
@@ -131,3 +132,80 @@ def test_seams_in_the_picture_match_the_runs_helper(traj):
 def test_weight_text_never_rounds_a_weight_to_zero():
     assert figures.weight_text(0.9071) == "0.907"
     assert figures.weight_text(1e-9) == "< 0.001"
+
+
+def _drawn_json(fig) -> str:
+    """What Streamlit sends to the browser of a figure, less the template (the theme's, in the app)."""
+    data = json.loads(fig.to_json())
+    data.get("layout", {}).pop("template", None)
+    return json.dumps(data)
+
+
+def test_no_figure_carries_a_colour_streamlit_would_swap_for_a_theme_colour(traj):
+    """Streamlit replaces the strings #000001 .. #000040 in a figure's JSON by theme colours (in the browser,
+    whatever the theme): a scale written with one of them (Magma starts at #000004) would be drawn wrong
+    where its meaning matters most (0 nats, settled). tests/test_browser_colours.py sees it drawn."""
+    assert figures.STREAMLIT_PLACEHOLDERS.search('{"colorscale": [[0.0, "#000004"]]}')  # the pattern finds one
+    rows = [{"step": 2, "image": 4, "share": 1.0, "weight": 0.3, "entropy": 1.0, "switched": False},
+            {"step": 1, "image": None, "share": 0.5, "weight": 0.9, "entropy": 0.1, "switched": True}]
+    made = {
+        "animation": figures.animation_figure(traj, entropy_max=5.0),
+        "schedule": figures.schedule_figure([3, 3, 5, 7]),
+        "schedules": figures.schedules_figure({"a": [3, 3, 5], "b": [3, 5, 7]}, highlight=["a"]),
+        "scatter": figures.agreement_scatter([0.1, 0.5], [0.3, 0.7], [0, 1]),
+        "step agreement": figures.step_agreement_figure({"bbELS": [(2, 0.5), (1, 0.9)]}),
+        "histogram": figures.finger_histogram({"k = 5": {5: 3, 6: 1}, "k = 9": {5: 4}, "IS": {5: 4}}),
+        "rate": figures.extra_rate_figure([(5, 0.5, 8), (9, 0.25, 8)], reference=0.0),
+        "birth": figures.birth_figure([(9, 5), (7, 6)], born=(8, 7)),
+        "timeline": figures.timeline_figure(rows),
+    }
+    for name, fig in made.items():
+        found = figures.STREAMLIT_PLACEHOLDERS.findall(_drawn_json(fig))
+        assert not found, f"{name}: {sorted(set(found))}"
+    heat = made["animation"].data[2]
+    assert heat.colorscale[0][1] == "rgb(0, 0, 4)" and heat.colorscale[-1][1] == "rgb(252, 253, 191)"  # Magma
+    assert all(tuple(f.data[2].colorscale) == tuple(heat.colorscale) for f in made["animation"].frames)
+
+
+def test_captions_use_a_scalable_font_of_the_size_asked_for():
+    """Labels are drawn in Pillow's scalable font (Aileron), not its fixed 11-pixel bitmap font, whose
+    thin strokes read "k = 7" as "k = /": the ink of a caption grows with font_size."""
+    blank = torch.zeros(1, 4, 4)
+
+    def ink_height(font_size):
+        pic = figures.strip([blank], ["k = 7"], target=200, font_size=font_size)
+        text = np.asarray(pic.convert("L"))[200 + 10:]  # below the picture
+        rows = np.nonzero((text < 160).any(1))[0]
+        return rows.max() - rows.min() + 1
+
+    assert isinstance(figures._font(15), ImageFont.FreeTypeFont) and figures._font(15).size == 15
+    for size in (15, 30):  # the ink of "k" (ascender to baseline) is about 3/4 of the font's size
+        assert 0.6 * size <= ink_height(size) <= 0.9 * size, (size, ink_height(size))
+    assert 1.8 <= ink_height(30) / ink_height(15) <= 2.2
+
+
+def test_a_marked_pixel_in_the_last_row_and_column_is_framed_whole_inside_the_picture():
+    """The frame around the selected pixel is drawn inside the picture: at the right and bottom border its
+    outer side is the picture's last column and row of pixels, not lost past the edge."""
+    img = torch.zeros(1, 4, 4)
+    idx = torch.zeros(4, 4, dtype=torch.int64)
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    pos, count = torch.stack([rows, cols], -1), torch.ones(4, 4, dtype=torch.int64)
+    red = (255, 60, 60)
+    for mark in ((3, 3), (0, 3), (3, 0)):
+        pic = np.asarray(figures.provenance_picture(img, idx, pos, count, target=64, mark=mark))
+        s = 16
+        top, left = mark[0] * s, mark[1] * s
+        for y, x in ((top, left + s // 2), (top + s - 1, left + s // 2), (top + s // 2, left), (top + s // 2, left + s - 1)):
+            assert tuple(pic[y, x]) == red, (mark, y, x)  # all four sides, the outer ones on the border
+
+
+def test_schedules_figure_names_the_highlighted_lines_and_the_rest_once():
+    """The legend stays short (it sits above the plot, wrapping on a phone): the bold lines by name, the grey
+    ones as one entry; each grey line still names itself under the pointer."""
+    fig = figures.schedules_figure({"calibrated": [3, 3, 5], "mnist-resnet": [3, 5, 7], "cifar10-unet": [3, 3, 3]},
+                                   highlight=["calibrated"])
+    shown = [t.name for t in fig.data if t.showlegend is not False]
+    assert shown == ["calibrated", "the paper's schedules"]
+    assert "mnist-resnet" in fig.data[1].hovertemplate and "cifar10-unet" in fig.data[2].hovertemplate
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y > 1  # above the plot

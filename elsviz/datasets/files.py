@@ -279,14 +279,27 @@ class _Entry:
     shown: str  # how to name it in messages
 
 
+_READABLE = "PNG, JPEG, GIF, BMP, TIFF or WebP"
+_REPR = re.compile(r"<[A-Za-z_][\w.]*(?: [^<>]*)?>")  # a Python object's repr: <_io.BufferedReader name='...'>
+
+
+def _undecodable(entry: _Entry, exc: Exception) -> ElsvizError:
+    """The message for an image Pillow cannot read: the file named as the user knows it, the reason in words
+    (Pillow's own messages name the open file by its Python repr)."""
+    if isinstance(exc, UnidentifiedImageError):
+        why = f"its bytes are not a {_READABLE} image"
+    else:
+        why = " ".join(_REPR.sub("the file", str(exc)).split()) or type(exc).__name__
+    return ElsvizError(f"{entry.shown}: this image does not decode ({why}); remove or replace the file.")
+
+
 def _decode(entry: _Entry) -> Image.Image:
     try:
         with entry.open() as fh:
             im = Image.open(fh)
             im.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ElsvizError(f"{entry.shown}: this image does not decode ({exc}); remove or replace the file.") \
-            from exc
+        raise _undecodable(entry, exc) from exc
     return im
 
 
@@ -299,8 +312,7 @@ def _header(entry: _Entry) -> tuple[tuple[int, int], bool]:
                 im.mode == "P" and _palette_is_gray(im))
             return (im.height, im.width), gray
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ElsvizError(f"{entry.shown}: this image does not decode ({exc}); remove or replace the file.") \
-            from exc
+        raise _undecodable(entry, exc) from exc
 
 
 def _palette_is_gray(im: Image.Image) -> bool:
