@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "elsviz"
 UI = PACKAGE / "ui"
-WEB = ("streamlit", "streamlit_image_coordinates")
+WEB = ("streamlit",)
 
 
 def web_imports(path: Path) -> list[str]:
