@@ -20,6 +20,7 @@ from .cache import _runs, engine_use, spec_run
 from .sidebar import Settings, choose_dataset
 
 PROBE_BATCH = 8  # images in the step timed for the study's estimate (a batch costs less per image)
+STUDY_STEPS = tuple(sorted({5, 8, 10, 15, 20, 30, DEFAULT_STUDY.steps}))  # the study's choices of steps per hand
 
 
 @st.cache_resource(max_entries=4, show_spinner="Thresholding the images into silhouettes ...")

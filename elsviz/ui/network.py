@@ -23,6 +23,8 @@ from .cache import _runs, engine_use, estimate_seconds, spec_run
 from .sidebar import Settings
 
 MACHINES = ("bbels", "els", "is")  # the grid's machines (LS is in `elsviz compare`)
+CALIBRATED, SIDEBAR = "calibrated for this network", "the sidebar's locality"
+SCHEDULE_MODES = {"calibrated": CALIBRATED, "sidebar": SIDEBAR}  # in a link -> the page's choice
 
 
 # -- which networks ---------------------------------------------------------------------------------
