@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import ElsvizError
-from .fingers import MIN_SIZE, count_fingers
+from .fingers import HAND, MIN_SIZE, count_fingers, extra_fingers, fix_cover
 from .imageset import ImageSet
 from .runs import MACHINE_NAMES, k_limit, seams, shared_mask
 from .schedule import PRESETS, check_k
@@ -281,6 +281,42 @@ def parse_ks(text: str, machine: str, train_hw: tuple[int, int]) -> list:
     return out
 
 
+def study_settings(machine: str, seeds: list[int], ks: list, steps: int) -> str:
+    """A finger study's settings in words: 'bbELS on 16 seeds (0 to 15) at k = 9, 13, 17 and 25 (one window
+    size for every step of a run), 10 steps each; IS on the same seeds as the reference.'"""
+    seeds = [int(v) for v in seeds]
+    run = f"{seeds[0]} to {seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 1 \
+        else ", ".join(map(str, seeds))
+    fixed = [k for k in ks if not isinstance(k, (str, tuple, list))]
+    named = [k for k in ks if isinstance(k, str)]
+    parts = []
+    if fixed:
+        parts.append(f"k = {_and(fixed)} (one window size for every step of a run)")
+    if named:
+        parts.append(f"the schedule{'s' if len(named) > 1 else ''} {_and(named)} (k changes with the step)")
+    parts += [f"k = {min(k)}..{max(k)} per step" for k in ks if isinstance(k, (tuple, list))]
+    return (f"{MACHINE_NAMES.get(machine, machine)} on {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({run}) at "
+            f"{' and '.join(parts)}, {steps} steps each; IS on the same seeds as the reference.")
+
+
+def hand_record(traj: Trajectory, birth=None, *, k=None, train_name: str = "", sentence: str = "") -> dict:
+    """One hand of the study for a JSON file: its run (seed, k, steps), the fingers counted, the extra
+    finger(s) and why (fix_cover), the branch test, and the page's sentence."""
+    fc = count_fingers(traj.final[0].cpu().mean(0))
+    out = {"training_set": train_name, "machine": getattr(traj.denoiser, "machine", ""), "seed": traj.seed,
+           "k": list(k) if isinstance(k, tuple) else k, "steps": int(traj.steps), "fingers": fc.count,
+           "normal": HAND, "not_a_hand": fc.reason,
+           "finger_tips": [[float(r), float(c)] for r, c in fc.tips], "sentence": sentence}
+    if birth is not None:
+        cover = fix_cover(traj, birth)
+        out["branch_test"] = {"k": birth.k, "steps": birth.steps, "fingers": birth.counts,
+                              "window": list(birth.window) if birth.window else None,
+                              "agreement": birth.agreement, "redrawn": birth.changed,
+                              "finger_kept_by_fix": cover}
+        out["extra_fingers"] = extra_fingers(traj, birth)
+    return out
+
+
 @dataclass
 class Studied:
     """A finger study of a local machine (elsviz.fingers.finger_study) beside its IS reference on the
@@ -325,21 +361,8 @@ class Studied:
         return int(self.study.steps)
 
     def settings(self) -> str:
-        """The study's own settings in words: 'bbELS on 16 seeds (0 to 15) at k = 9, 13, 17 and 25 (one window
-        size for every step of a run), 10 steps each; IS on the same seeds as the reference.'"""
-        seeds = self.seeds
-        run = f"{seeds[0]} to {seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ", ".join(map(str, seeds))
-        fixed = [k for k in self.ks if not isinstance(k, (str, tuple))]
-        named = [k for k in self.ks if isinstance(k, str)]
-        parts = []
-        if fixed:
-            parts.append(f"k = {_and(fixed)} (one window size for every step of a run)")
-        if named:
-            parts.append(f"the schedule{'s' if len(named) > 1 else ''} {_and(named)} (k changes with the step)")
-        parts += [f"k = {min(k)}..{max(k)} per step" for k in self.ks if isinstance(k, tuple)]
-        return (f"{MACHINE_NAMES.get(self.study.machine, self.study.machine)} on {len(seeds)} seed"
-                f"{'s' if len(seeds) > 1 else ''} ({run}) at {' and '.join(parts)}, {self.steps} steps each; IS on "
-                "the same seeds as the reference.")
+        """The study's own settings in words (study_settings)."""
+        return study_settings(self.study.machine, self.seeds, self.ks, self.steps)
 
     def table(self) -> list[dict]:
         """One row per seed and setting, IS last: seed, machine, k (the window, or the schedule's name), steps,
