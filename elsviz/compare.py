@@ -168,7 +168,8 @@ def scale_sentence(result: "Comparison", network: str | None = None, machines=No
     (0.98) lies above all three; ELS (0.46) lies below all three; IS (0.77) lies between a random
     training image and the nearest training image."
 
-    Every number is a median over the seeds; "above", "between" and "below" compare medians.
+    Every number is a median over the seeds; "above", "between", "below" and "level with" compare
+    the medians as stated, to two decimals.
     """
     net = network or result.main_network
     base = {b: median(v) for b, v in result.baselines.get(net, {}).items()}
@@ -189,10 +190,11 @@ def scale_sentence(result: "Comparison", network: str | None = None, machines=No
         v = median(result.agreement[net][m])
         if math.isnan(v):
             continue
-        below = [b for b, bv in ranked if bv < v]
-        above = [b for b, bv in ranked if bv > v]
+        # compared as stated, to two decimals: "0.13 lies above 0.13" would read as a contradiction
+        below = [b for b, bv in ranked if round(bv, 2) < round(v, 2)]
+        above = [b for b, bv in ranked if round(bv, 2) > round(v, 2)]
         every = {1: None, 2: "both", 3: "all three"}[len(ranked)]
-        level = [b for b, bv in ranked if bv == v]
+        level = [b for b, bv in ranked if round(bv, 2) == round(v, 2)]
         if level:
             place = f"level with {_baseline_name(level[0])}"
         elif not above:
@@ -444,7 +446,7 @@ class Comparison:
                         row[f"{metric}_{net}_{m}"] = round(vals[s], 4)
             for net, per in self.baselines.items():
                 for name, vals in per.items():
-                    row[f"agreement_{net}_{name}"] = round(vals[s], 4)
+                    row[f"agreement_{net}_{name}"] = _none(round(vals[s], 4))
                     row[f"{'seed' if name == 'other-seed' else 'image'}_{net}_{name}"] = \
                         self.baseline_index[net][name][s]
             rows.append(row)
