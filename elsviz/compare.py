@@ -163,10 +163,10 @@ def baselines(outputs: torch.Tensor, images: torch.Tensor, seeds) -> tuple[dict[
 def scale_sentence(result: "Comparison", network: str | None = None, machines=None) -> str:
     """How to read the agreement of a comparison, from its own baselines, in words:
 
-    "For scale, on these 4 seeds (medians): the network against its own output for another seed
-    0.51, against a random training image 0.52, against the nearest training image 0.87. bbELS
-    (0.98) lies above all three; ELS (0.46) lies below all three; IS (0.77) lies between a random
-    training image and the nearest training image."
+    "For scale, on these 4 seeds (medians), the network agrees at 0.58 with its own output for
+    another seed, at 0.53 with a random training image and at 0.87 with the nearest training
+    image. bbELS (0.98) lies above all three; ELS (0.55) lies between a random training image and
+    another seed's output; IS (0.77) lies between another seed's output and the nearest training image."
 
     Every number is a median over the seeds; "above", "between", "below" and "level with" compare
     the medians as stated, to two decimals.
@@ -177,11 +177,11 @@ def scale_sentence(result: "Comparison", network: str | None = None, machines=No
     if not base:
         return ""
     n = len(result.seeds)
-    parts = {"other-seed": "the network against its own output for another seed",
-             "random-image": "against a random training image", "nearest-image": "against the nearest training image"}
-    said = [f"{parts[b] if i or b == 'other-seed' else 'the network ' + parts[b]} {v:.2f}"
-            for i, (b, v) in enumerate(base.items())]
-    text = f"For scale, on these {n} seed{'s' if n > 1 else ''} (medians): " + ", ".join(said) + "."
+    parts = {"other-seed": "with its own output for another seed", "random-image": "with a random training image",
+             "nearest-image": "with the nearest training image"}
+    said = [f"at {v:.2f} {parts[b]}" for b, v in base.items()]
+    said = said[0] if len(said) == 1 else ", ".join(said[:-1]) + " and " + said[-1]
+    text = f"For scale, on these {n} seed{'s' if n > 1 else ''} (medians), the network agrees {said}."
     if "other-seed" not in base and n == 1:
         text += " (Another seed's output needs two seeds.)"
     ranked = sorted(base.items(), key=lambda kv: kv[1])  # lowest first

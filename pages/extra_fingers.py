@@ -35,7 +35,7 @@ machine, train = hs.engine.machine, hs.train
 train_hw = tuple(train.shape[1:])
 check = fui.training_check(hs.dataset_key, train)
 st.caption(f"**{train.name}**, {len(train):,} images, {MACHINE_NAMES[machine]} (the sidebar's machine). "
-           f"Training hands: {check.describe()}")
+           f"{check.describe()}")
 if machine == "is":
     st.info("IS memorises whole training hands, so it never grows a finger: pick LS, ELS or bbELS in the sidebar "
             "to study what locality does (IS stays in the study as the reference).")

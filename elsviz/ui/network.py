@@ -108,11 +108,11 @@ def locality_note(kind: str, name: str, source: str | None, net, has_calibrated:
            f"Calibrate it (the button above, or `elsviz calibrate {net.path}`) for a schedule fitted to it")
     if kind == "preset":
         return (f"**{name}** is the schedule the paper fitted to its own network ({PRESET_NOTES.get(name, name)}, "
-                f"32x32 images), not to {this}: the agreement below says how well bbELS matches {this} with another "
-                f"network's windows, and can be much lower than with its own. {fit}.")
+                f"32x32 images), not to {this}: the agreement below says how well bbELS matches {this} with the "
+                f"windows fitted to another network, not with its own. {fit}.")
     if kind == "calibrated" and source != this:
         return (f"**{name}** was fitted to the network {source}, not to {this}: the agreement below says how well "
-                f"bbELS matches {this} with another network's windows. {fit}.")
+                f"bbELS matches {this} with the windows fitted to another network, not with its own. {fit}.")
     if kind in ("k", "table"):
         return f"The sidebar's {name} is not fitted to any network. {fit}."
     return None
