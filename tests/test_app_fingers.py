@@ -234,3 +234,16 @@ def test_a_link_opens_the_same_hand_even_before_the_study_runs():
     # a hand that is not in the study is not opened, and the page says so
     bad = opened({**link, "hand": "13:40"}, PAGE)
     assert any("seed 40, k = 13" in w.value and "not one of this study's" in w.value for w in bad.warning)
+
+
+def test_a_bad_link_keeps_the_study_defaults_and_says_what_it_dropped():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)  # the link opens this page first
+    at.query_params.update({"set": "hands", "limit": "30", "study_steps": "7", "study_k": "9;13", "hand": "four:1",
+                            "study_seeds": "0"})
+    at.switch_page(PAGE)
+    ok(at.run())
+    warning = " ".join(w.value for w in at.warning)
+    for bad in ("study_steps=7", "study_k=9;13", "hand=four:1", "study_seeds=0"):
+        assert bad in warning, bad
+    assert at.session_state["fing_steps"] == DEFAULT_STUDY.steps and not at.error
+    assert at.text_input(key="fing_ks").value == " ".join(map(str, DEFAULT_STUDY.ks))

@@ -187,8 +187,8 @@ def test_agreement_stands_beside_baselines_recomputed_from_the_network(networks,
     # each dot of the chart is a seed's number; the sentence states the medians and where each machine lies
     medians = {b: median([float(r[f"agreement_network-150_{b}"]) for r in per]) for b in BASELINES}
     sentence = next(m.value for m in at.markdown if m.value.startswith("For scale"))
-    for b, v in zip(BASELINES, re.findall(r"(-?\d\.\d\d)", sentence.split(". ")[0].split(":", 1)[1])):
-        assert v == f"{medians[b]:.2f}"
+    stated = re.findall(r"at (-?\d\.\d\d) with", sentence.split(". ")[0])
+    assert stated == [f"{medians[b]:.2f}" for b in BASELINES], sentence
     for m, label in (("bbels", "bbELS"), ("els", "ELS"), ("is", "IS")):
         value = median([float(r[f"agreement_network-150_{m}"]) for r in per])
         said = re.search(r"(?<![A-Za-z])" + re.escape(label) + r" \((-?\d\.\d\d)\) lies (above|below|between|level "
