@@ -188,12 +188,17 @@ left.plotly_chart(figures.agreement_spread_figure(rows, seeds, baselines=list(BA
                   key="net_baselines", config={"displayModeBar": False})
 with right:
     st.markdown(scale_sentence(result, main, list(nets.MACHINES)))
-    st.caption(f"Each dot is one seed, the diamond the median, the bar the middle half of the seeds (lower to upper "
-               f"quartile). Grey rows: what the network's output ({net_steps} steps) scores against pictures that "
-               "are not made from the same noise: the network's own output for the next seed (the last seed: the "
-               "first), a training image drawn at random with the seed, and the training image that agrees with it "
-               "most (the best that copying one whole training image can reach). A machine above the grey rows "
-               "makes more than a training image that happens to look alike.")
+    quartiles = result.spreads(main)
+    st.markdown("| agreement with the network | median | middle half of the seeds |\n|---|---|---|\n" + "\n".join(
+        f"| {label} | {quartiles[key][1]:.2f} | {quartiles[key][0]:.2f} .. {quartiles[key][2]:.2f} |"
+        for key, label in [*((m, NAMES[m]) for m in nets.MACHINES), *BASELINES.items()]
+        if quartiles[key][1] == quartiles[key][1]))
+    left.caption(f"Each dot is one seed, the diamond the median, the bar the middle half of the seeds (lower to "
+                 f"upper quartile). Grey rows: what the network's output ({net_steps} steps) scores against pictures "
+                 "not made from the same noise: the network's own output for the next seed (the last seed: the "
+                 "first), a training image drawn at random with the seed, and the training image that agrees with it "
+                 "most (the best that copying one whole training image can reach). A machine above the nearest "
+                 "training image agrees with the network better than any whole training image does.")
 
 # -- downloads and the link ------------------------------------------------------------------------------------
 name = export.slug(f"{net.path.name} vs machines seeds {seeds[0]}-{seeds[-1]} "

@@ -159,7 +159,7 @@ def test_agreement_stands_beside_baselines_recomputed_from_the_network(networks,
     import io
     import re
 
-    from elsviz.compare import BASELINES, agreement, median, random_images
+    from elsviz.compare import BASELINES, agreement, median, random_images, spread
 
     at = page(net_choice="tiny (trained here)", net_seeds=3)
     assert not at.error
@@ -200,6 +200,10 @@ def test_agreement_stands_beside_baselines_recomputed_from_the_network(networks,
         level = [b for b in BASELINES if stated[b] == said.group(1)]
         assert said.group(2) == ("level with" if level else "above" if not higher else "below" if not lower
                                  else "between"), sentence
+    table = next(m.value for m in at.markdown if m.value.startswith("| agreement with the network"))
+    for b, label in BASELINES.items():  # the spread, stated: median and quartiles of the seeds' numbers
+        q1, med, q3 = spread([float(r[f"agreement_network-150_{b}"]) for r in per])
+        assert f"| {label} | {med:.2f} | {q1:.2f} .. {q3:.2f} |" in table
     data = json.loads(files["net_dl_json"][1])
     assert data["machines_use"] == "calibrated: tiny" and len(data["per_seed"]) == 3
     assert data["median_baselines"]["network-150"]["nearest-image"] == pytest.approx(medians["nearest-image"], abs=1e-4)
