@@ -363,6 +363,7 @@ class FingerBirth:
                window itself sometimes makes odd hands, or the count flickers)
     changed:   per branch, the share of the silhouette it redraws (1 - intersection over union
                of the thresholded outputs with the run's own)
+    searched:  True when the steps came from a binary search (bisect=True), not from every step
     """
 
     base: int
@@ -374,6 +375,7 @@ class FingerBirth:
     window: tuple[int, int] | None
     agreement: float = 1.0
     changed: list[float] = field(default_factory=list)
+    searched: bool = False
 
     @property
     def points(self) -> list[tuple[int, int]]:
@@ -477,7 +479,7 @@ def finger_birth(trajectory: Trajectory, k=None, *, denoiser=None, at_steps=None
     window, agreement = (None, 1.0) if base == target else _window(points, target)
     finals = [tried[s][1] for s in done]
     changed = [_redrawn(original, f[0].mean(0)) for f in finals]
-    return FingerBirth(base, target, k, done, [c for _, c in points], finals, window, agreement, changed)
+    return FingerBirth(base, target, k, done, [c for _, c in points], finals, window, agreement, changed, bisect)
 
 
 def _redrawn(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -865,11 +867,13 @@ def explain_extra_finger(trajectory: Trajectory, birth: FingerBirth | None = Non
                 f"latest step that still gives {target} fingers, drops while it keeps the others.")
     if window is None:
         fixed = sum(c == target for c in birth.counts)
-        if len(birth.steps) == 1:  # a binary search stops after its first branch
+        if len(birth.steps) == 1:  # one branch: a binary search stops when its first one does not fix it
             first = birth.steps[0]
             earliest = " (the earliest branch: it redoes nearly the whole run)" if first == steps - 1 else ""
             how = (f" Finishing the run with {k} from step {first}{earliest} gives {birth.counts[0]} fingers, not "
-                   f"{target}: that window does not undo it; try a larger k.")
+                   f"{target}" + (", and the binary search stops there; try branching from every step (the larger "
+                                  "window sometimes errs on one step), or a larger k." if birth.searched else
+                                  ": that window does not undo it; try a larger k."))
         else:
             some, undo = (f"on only {fixed}", "does not undo it reliably") if fixed else ("on none", "does not undo it")
             how = (f" Finishing the run with {k} gives {target} fingers {some} of the {len(birth.steps)} branches: "

@@ -308,8 +308,12 @@ def test_finger_birth_without_a_fix_or_without_a_problem(hand_pictures):
     searched = finger_birth(traj, denoiser=Grows(six), bisect=True)  # the earliest branch fails: the search stops
     assert searched.steps == [5] and searched.window is None
     assert ("Finishing the run with the other denoiser from step 5 (the earliest branch: it redoes nearly the "
-            "whole run) gives 6 fingers, not 5: that window does not undo it; try a larger k."
+            "whole run) gives 6 fingers, not 5, and the binary search stops there; try branching from every step"
             in explain_extra_finger(traj, searched))
+    one = finger_birth(traj, denoiser=Grows(six), at_steps=[3])  # one branch asked for: no search to blame
+    assert not one.searched and searched.searched
+    assert "from step 3 gives 6 fingers, not 5: that window does not undo it" in explain_extra_finger(traj, one)
+    assert "binary search" not in explain_extra_finger(traj, one)
     always = finger_birth(traj, denoiser=Grows(five))  # a window that copies a whole hand at any step
     assert always.window == (1, 1) and "cannot tell when the extra finger was born or which one it is" in \
         explain_extra_finger(traj, always)

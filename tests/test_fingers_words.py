@@ -74,7 +74,10 @@ def check_sentence(text: str, traj, birth, train=None) -> str:
     assert extra_finger(traj, birth) in (None, *range(1, fc.count + 1))
     if birth.window is None:
         assert "cannot tell" in text and extra_fingers(traj, birth) == [] and " born at" not in text
-        if len(birth.steps) > 1:
+        if len(birth.steps) == 1:
+            assert f"from step {birth.steps[0]}" in text and f"gives {birth.counts[0]} fingers, not 5" in text
+            assert ("the binary search stops there" in text) == birth.searched
+        else:
             fixed = sum(c == 5 for c in birth.counts)
             assert f"gives 5 fingers on {f'only {fixed}' if fixed else 'none'} of the {len(birth.steps)} branches" in text
         return "no window"
