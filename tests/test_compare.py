@@ -119,3 +119,17 @@ def test_a_comparison_carries_its_baselines_into_its_table_json_and_summary():
     assert alone.table()[0]["agreement_network_other-seed"] is None
     bare = score([0], 5, [3] * 5, [5], {"network": torch.randn(1, 1, 4, 4), "is": torch.randn(1, 1, 4, 4)}, {})
     assert bare.baselines == {} and scale_sentence(bare) == "" and "for scale" not in bare.summary()
+
+
+def test_the_spread_figure_draws_each_seed_and_marks_the_median_and_quartiles():
+    from elsviz import figures
+
+    rows = {"bbELS": [0.9, 0.95, 0.97, 0.99], "a random training image": [0.5, 0.6, math.nan, 0.4]}
+    fig = figures.agreement_spread_figure(rows, [0, 1, 2, 3], baselines=["a random training image"])
+    for name, values in rows.items():
+        traces = [t for t in fig.data if t.y[0] == name]
+        bar, dots, diamond = traces
+        q1, med, q3 = spread(values)
+        assert list(bar.x) == pytest.approx([q1, q3]) and list(diamond.x) == pytest.approx([med])
+        assert list(dots.customdata) == [0, 1, 2, 3] and len(dots.x) == 4
+    assert "140" in [t for t in fig.data if t.y[0] == "a random training image"][1].marker.color  # baselines grey

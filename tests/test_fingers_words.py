@@ -351,3 +351,14 @@ def _row(traj, n):
     from elsviz.fingers import _one
 
     return _one(traj, n)
+
+
+def test_the_branch_chart_names_each_step_counting_forwards():
+    from elsviz import figures
+
+    fig = figures.birth_steps_figure([(9, 5), (6, 5), (3, 6), (1, 6)], 10, born=(6, 4))
+    assert list(fig.layout.xaxis.ticktext) == ["9<br>(1/9)", "6<br>(4/9)", "3<br>(7/9)", "1<br>(9/9)"]
+    notes = [a.text for a in fig.layout.annotations if a.text.startswith("born at")]
+    assert notes == ["born at steps 6-4 (midway in the run)"]
+    late = figures.birth_steps_figure([(3, 5), (2, 6)], 10, born=(3, 3))
+    assert [a.text for a in late.layout.annotations if a.text.startswith("born")] == ["born at step 3 (late in the run)"]
