@@ -77,6 +77,141 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(vals) if vals else math.nan
 
 
+def spread(values: Iterable[float]) -> tuple[float, float, float]:
+    """(lower quartile, median, upper quartile) of the numbers that are not NaN: the middle half of the
+    seeds lies between the quartiles. Quartiles by linear interpolation between the sorted values (as
+    numpy.percentile does); one value is all three; (NaN, NaN, NaN) if none."""
+    vals = sorted(v for v in values if not math.isnan(v))
+    if not vals:
+        return math.nan, math.nan, math.nan
+
+    def at(q):
+        pos = q * (len(vals) - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(vals) - 1)
+        return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
+
+    return at(0.25), at(0.5), at(0.75)
+
+
+# ----------------------------------------------------------------------------------------------
+# Baselines: what agreement two unrelated pictures reach
+# ----------------------------------------------------------------------------------------------
+BASELINES = {
+    "other-seed": "the network, another seed",
+    "random-image": "a random training image",
+    "nearest-image": "the nearest training image",
+}
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """[N, ...] -> [N, P] rows centred and scaled to unit length (constant rows stay zero)."""
+    x = x.detach().double().flatten(1).cpu()
+    x = x - x.mean(1, keepdim=True)
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def nearest_images(outputs: torch.Tensor, images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[int]]:
+    """For each output [S, C, H, W]: its agreement with the training image [N, C, H, W] it agrees with
+    most, and that image's index. The best any machine that returns a training image (IS) can do."""
+    if tuple(outputs.shape[1:]) != tuple(images.shape[1:]):
+        raise ElsvizError(f"outputs of {tuple(outputs.shape[1:])} cannot be held against training images of "
+                          f"{tuple(images.shape[1:])}.")
+    u = _unit(outputs)  # [S, P]
+    best = torch.full((u.shape[0],), -math.inf, dtype=torch.float64)
+    where = torch.zeros(u.shape[0], dtype=torch.int64)
+    for start in range(0, images.shape[0], chunk):
+        scores = u @ _unit(images[start:start + chunk]).T  # [S, chunk]
+        value, index = scores.max(1)
+        better = value > best
+        best = torch.where(better, value, best)
+        where = torch.where(better, index + start, where)
+    return best.tolist(), where.tolist()
+
+
+def random_images(seeds: list[int], n: int) -> list[int]:
+    """For each seed, a training image index drawn at random from n (the seed's own generator, so the
+    same seed always draws the same image)."""
+    return [int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(int(s)))) for s in seeds]
+
+
+def baselines(outputs: torch.Tensor, images: torch.Tensor, seeds) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """What agreement unrelated pictures reach, per seed, beside a network's outputs [S, C, H, W]:
+
+    other-seed:    the network's output for the next seed in the list (the last seed: the first),
+                   two pictures the same network drew from different noise (NaN with one seed)
+    random-image:  a training image drawn at random with the seed (random_images)
+    nearest-image: the training image that agrees most with the output (nearest_images)
+
+    Returns ({name: [agreement per seed]}, {name: [index per seed]}): the other seed, or the training image.
+    """
+    seeds = list(seeds)
+    n = len(seeds)
+    if outputs.shape[0] != n:
+        raise ElsvizError(f"{outputs.shape[0]} outputs for {n} seeds: give one seed per output.")
+    other = [(s + 1) % n for s in range(n)]
+    chosen = random_images(seeds, images.shape[0])
+    near, near_idx = nearest_images(outputs, images)
+    values = {
+        "other-seed": [math.nan if n == 1 else agreement(outputs[s], outputs[other[s]]) for s in range(n)],
+        "random-image": [agreement(outputs[s], images[chosen[s]]) for s in range(n)],
+        "nearest-image": near,
+    }
+    return values, {"other-seed": [seeds[o] for o in other], "random-image": chosen, "nearest-image": near_idx}
+
+
+def scale_sentence(result: "Comparison", network: str | None = None, machines=None) -> str:
+    """How to read the agreement of a comparison, from its own baselines, in words:
+
+    "For scale, on these 4 seeds (medians), the network agrees at 0.58 with its own output for
+    another seed, at 0.53 with a random training image and at 0.87 with the nearest training
+    image. bbELS (0.98) lies above all three; ELS (0.55) lies between a random training image and
+    another seed's output; IS (0.77) lies between another seed's output and the nearest training image."
+
+    Every number is a median over the seeds; "above", "between", "below" and "level with" compare
+    the medians as stated, to two decimals.
+    """
+    net = network or result.main_network
+    base = {b: median(v) for b, v in result.baselines.get(net, {}).items()}
+    base = {b: v for b, v in base.items() if not math.isnan(v)}
+    if not base:
+        return ""
+    n = len(result.seeds)
+    parts = {"other-seed": "with its own output for another seed", "random-image": "with a random training image",
+             "nearest-image": "with the nearest training image"}
+    said = [f"at {v:.2f} {parts[b]}" for b, v in base.items()]
+    said = said[0] if len(said) == 1 else ", ".join(said[:-1]) + " and " + said[-1]
+    text = f"For scale, on these {n} seed{'s' if n > 1 else ''} (medians), the network agrees {said}."
+    if "other-seed" not in base and n == 1:
+        text += " (Another seed's output needs two seeds.)"
+    ranked = sorted(base.items(), key=lambda kv: kv[1])  # lowest first
+    where = []
+    for m in machines or [m for m in MACHINE_ORDER if m in result.agreement[net]]:
+        v = median(result.agreement[net][m])
+        if math.isnan(v):
+            continue
+        # compared as stated, to two decimals: "0.13 lies above 0.13" would read as a contradiction
+        below = [b for b, bv in ranked if round(bv, 2) < round(v, 2)]
+        above = [b for b, bv in ranked if round(bv, 2) > round(v, 2)]
+        every = {1: None, 2: "both", 3: "all three"}[len(ranked)]
+        level = [b for b, bv in ranked if round(bv, 2) == round(v, 2)]
+        if level:
+            place = f"level with {_baseline_name(level[0])}"
+        elif not above:
+            place = f"above {every or _baseline_name(ranked[0][0])}"
+        elif not below:
+            place = f"below {every or _baseline_name(ranked[0][0])}"
+        else:
+            place = f"between {_baseline_name(below[-1])} and {_baseline_name(above[0])}"
+        where.append(f"{NAMES.get(m, m)} ({v:.2f}) lies {place}")
+    return text + (" " + "; ".join(where) + "." if where else "")
+
+
+def _baseline_name(b: str) -> str:
+    return {"other-seed": "another seed's output", "random-image": "a random training image",
+            "nearest-image": "the nearest training image"}[b]
+
+
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
@@ -233,7 +368,10 @@ class Comparison:
     means: name -> {step i: [S, C, H, W] posterior mean} for the runs with `steps` steps.
     agreement[net][machine] / r2[net][machine]: per-seed scores of each machine against each
     network run. step_agreement[m][i]: per-seed agreement of the posterior means of the network
-    and machine m at step i (both with `steps` steps).
+    and machine m at step i (both with `steps` steps). baselines[net][name]: per-seed agreement of
+    unrelated pictures with that network run (BASELINES: another seed's output, a random training
+    image, the nearest training image), baseline_index[net][name] the other seed or the image's
+    index; empty when the comparison was scored without the training images.
     """
 
     seeds: list[int]
@@ -246,6 +384,8 @@ class Comparison:
     r2: dict[str, dict[str, list[float]]]
     step_agreement: dict[str, dict[int, list[float]]]
     label: int | None = None
+    baselines: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    baseline_index: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
     @staticmethod
     def network_key(n: int, steps: int) -> str:
@@ -254,6 +394,13 @@ class Comparison:
     def medians(self, metric: str = "agreement") -> dict[str, dict[str, float]]:
         table = self.agreement if metric == "agreement" else self.r2
         return {net: {m: median(v) for m, v in row.items()} for net, row in table.items()}
+
+    def spreads(self, network: str | None = None) -> dict[str, tuple[float, float, float]]:
+        """{machine or baseline: (lower quartile, median, upper quartile)} of the agreement with one network
+        run (default: the main one) over the seeds; machines first, then the baselines."""
+        net = network or self.main_network
+        rows = {**self.agreement[net], **self.baselines.get(net, {})}
+        return {name: spread(values) for name, values in rows.items()}
 
     def beats(self, a: str = "bbels", b: str = "is", network: str | None = None) -> float:
         """The share of seeds on which machine a agrees better with the network than machine b does."""
@@ -283,7 +430,10 @@ class Comparison:
         share = self.beats() if both else math.nan
         beat = "" if math.isnan(share) else \
             f"; bbELS beats IS on {share:.0%} of seeds ({max(self.network_steps)}-step network)"
-        return f"{len(self.seeds)} seeds, median agreement: " + "; ".join(parts) + beat
+        base = self.baselines.get(self.main_network, {})
+        scale = "" if not base else "; for scale, the network against " + ", ".join(
+            f"{_baseline_name(b)} {median(v):.3f}" for b, v in base.items() if not math.isnan(median(v)))
+        return f"{len(self.seeds)} seeds, median agreement: " + "; ".join(parts) + beat + scale
 
     def table(self) -> list[dict]:
         """One row per seed: seed, then agreement_<net>_<machine> and r2_<net>_<machine>."""
@@ -294,6 +444,11 @@ class Comparison:
                 for net, per in tab.items():
                     for m, vals in per.items():
                         row[f"{metric}_{net}_{m}"] = round(vals[s], 4)
+            for net, per in self.baselines.items():
+                for name, vals in per.items():
+                    row[f"agreement_{net}_{name}"] = _none(round(vals[s], 4))
+                    row[f"{'seed' if name == 'other-seed' else 'image'}_{net}_{name}"] = \
+                        self.baseline_index[net][name][s]
             rows.append(row)
         return rows
 
@@ -305,7 +460,17 @@ class Comparison:
                 "bbels_beats_is": {net: self.beats(network=net) for net in self.agreement
                                    if {"bbels", "is"} <= set(self.agreement[net])},
                 "step_agreement_median": {m: dict(self.step_medians(m)) for m in self.step_agreement},
+                "baselines": dict(BASELINES),
+                "median_baselines": {net: {b: _none(median(v)) for b, v in per.items()}
+                                     for net, per in self.baselines.items()},
+                "quartiles": {net: {name: [_none(q) for q in qs] for name, qs in self.spreads(net).items()}
+                              for net in self.agreement},
                 "per_seed": self.table(), "summary": self.summary()}
+
+
+def _none(v: float):
+    """NaN as None (JSON has no NaN)."""
+    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def compare(network, train=None, seeds=range(32), k=None, *, steps: int = 20, network_steps=(20, 150),
@@ -349,14 +514,15 @@ def compare(network, train=None, seeds=range(32), k=None, *, steps: int = 20, ne
 
     outputs = {name: t.final.detach().cpu() for name, t in trajs.items()}
     means = {name: {f.i: f.mean.detach().cpu() for f in t.frames} for name, t in trajs.items() if t.steps == steps}
-    return score(seeds, steps, ks, network_steps, outputs, means, label)
+    return score(seeds, steps, ks, network_steps, outputs, means, label, train=train)
 
 
 def score(seeds, steps: int, schedule, network_steps, outputs: dict, means: dict,
-          label: int | None = None) -> Comparison:
+          label: int | None = None, *, train=None) -> Comparison:
     """A Comparison from finished runs: outputs {name: [S, C, H, W]} (names as in Comparison) and the
     posterior means {name: {step: [S, C, H, W]}} of the `steps`-step runs. Machines are the names
-    that do not start with "network"."""
+    that do not start with "network". train: the training set (an ImageSet, or its images
+    [N, C, H, W]) for the baselines; without it there are none."""
     seeds = list(seeds)
     network_steps = sorted(int(n) for n in network_steps)
     machines = [m for m in outputs if not m.startswith("network")]
@@ -370,4 +536,11 @@ def score(seeds, steps: int, schedule, network_steps, outputs: dict, means: dict
     net_means = means.get(Comparison.network_key(steps, steps), {})
     step_agree = {m: {i: [agreement(net_means[i][s], means[m][i][s]) for s in range(n)]
                       for i in sorted(net_means, reverse=True) if i in means.get(m, {})} for m in machines}
-    return Comparison(seeds, steps, list(schedule), network_steps, outputs, means, agree, fit, step_agree, label)
+    base, index = {}, {}
+    if train is not None:
+        images = getattr(train, "images", train)
+        for ns in network_steps:
+            net = Comparison.network_key(ns, steps)
+            base[net], index[net] = baselines(outputs[net], images, seeds)
+    return Comparison(seeds, steps, list(schedule), network_steps, outputs, means, agree, fit, step_agree, label,
+                      base, index)

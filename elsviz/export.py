@@ -294,3 +294,43 @@ def slug(text: str) -> str:
     keep = "".join(ch.lower() if ch.isalnum() else "-" for ch in text.replace("=", "").replace(" steps", "steps"))
     return "-".join(p for p in keep.split("-") if p)[:80] or "elsviz"
 
+
+
+# -- tables of numbers (the finger study, a network comparison) -------------------------------------
+def _plain(value):
+    """A value as JSON has it: NaN and infinities become null, tuples lists, numpy numbers Python ones."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_bytes(data) -> bytes:
+    """data (dicts, lists, numbers, strings) as an indented UTF-8 JSON file; NaN written as null, which
+    every JSON reader takes (NaN itself is not JSON)."""
+    import json
+
+    return (json.dumps(_plain(data), indent=1, allow_nan=False, ensure_ascii=False) + "\n").encode()
+
+
+def csv_bytes(rows: list[dict]) -> bytes:
+    """Rows (dicts, the first one's keys as the header, later keys appended) as a UTF-8 CSV file; a list
+    value is written as its numbers joined by spaces, NaN as an empty cell."""
+    import csv
+
+    if not rows:
+        raise ElsvizError("There are no rows to write: run the study or the comparison first.")
+    header = list(dict.fromkeys(key for row in rows for key in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        plain = _plain(row)
+        writer.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v)
+                         for k, v in plain.items()})
+    return buf.getvalue().encode()

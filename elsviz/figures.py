@@ -881,3 +881,61 @@ def finger_sources_grid(images_per_finger: list[list], captions: list[list[str]]
     ordinal = ["most pixels", "2nd", "3rd", "4th", "5th", "6th", "7th", "8th"]
     return grid(rows, ordinal[:width] + [f"{n}th" for n in range(len(ordinal) + 1, width + 1)],
                 [f"finger {n}" for n in range(1, len(rows) + 1)], caps, target=target, font_size=13)
+
+
+# -- added for issue 18 (Network vs machine, Extra fingers): agreement beside its baselines; the branch
+#    test with its steps in words -------------------------------------------------------------------------
+def agreement_spread_figure(rows: dict, seeds, *, baselines=(), height: int | None = None) -> go.Figure:
+    """Agreement with the network, one row per machine or baseline (rows = {name: [value per seed]}, top
+    row first): each seed a dot (hover: the seed), the middle half of the seeds a thick bar from the
+    lower to the upper quartile, the median a white diamond (elsviz.compare.spread: the numbers the
+    page states). Names in `baselines` grey, the machines blue."""
+    from .compare import spread
+
+    names = list(rows)
+    fig = go.Figure()
+    for name in names:
+        vals = [float(v) for v in rows[name]]
+        q1, med, q3 = spread(vals)
+        colour = "rgb(140,140,140)" if name in baselines else "rgb(31,119,180)"
+        if med == med:  # not NaN
+            fig.add_trace(go.Scatter(x=[q1, q3], y=[name, name], mode="lines", line=dict(color=colour, width=10),
+                                     opacity=0.35, hoverinfo="skip", showlegend=False))
+        fig.add_trace(go.Scatter(x=vals, y=[name] * len(vals), mode="markers", showlegend=False,
+                                 marker=dict(size=8, color=colour, line=dict(width=1, color="white")),
+                                 customdata=list(seeds),
+                                 hovertemplate=f"{name}<br>seed %{{customdata}}: %{{x:.3f}}<extra></extra>"))
+        if med == med:
+            fig.add_trace(go.Scatter(x=[med], y=[name], mode="markers", showlegend=False,
+                                     marker=dict(symbol="diamond", size=13, color="white",
+                                                 line=dict(width=2, color=colour)),
+                                     hovertemplate=(f"{name}<br>median {med:.3f}<br>middle half of the seeds "
+                                                    f"{q1:.3f} .. {q3:.3f}<extra></extra>")))
+    finite = [v for vals in rows.values() for v in vals if v == v]
+    lo = min(0.0, min(finite, default=0.0))
+    fig.update_xaxes(title_text="agreement with the network (1 = the same picture)", range=[lo - 0.03, 1.03])
+    fig.update_yaxes(autorange="reversed", categoryorder="array", categoryarray=names)
+    fig.update_layout(height=height or 70 + 38 * len(names), margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+def birth_steps_figure(points: list, steps: int, *, born: tuple[int, int] | None = None, normal: int = 5,
+                       height: int = 300) -> go.Figure:
+    """birth_figure with its steps in words: each tick names the step and where it falls in the run
+    (steps count down: step steps-1 runs first), and the shaded window says early, midway or late."""
+    from .fingers import run_phase
+
+    fig = birth_figure(points, born=born, normal=normal, height=height)
+    shown = sorted({p[0] for p in points}, reverse=True)
+    fig.update_xaxes(tickmode="array", tickvals=shown,
+                     ticktext=[f"{s}<br>({steps - s}/{steps - 1})" for s in shown],
+                     title_text=f"finished with the larger window from step s (s counts down: {steps - 1} runs "
+                                f"first, 1 last; (n/{steps - 1}): the n-th step of the run)")
+    if born is not None:
+        hi, lo = max(born), min(born)
+        phases = [run_phase(hi, steps), run_phase(lo, steps)]
+        when = phases[0] if phases[0] == phases[1] else f"{phases[0]} to {phases[1]}"
+        for note in fig.layout.annotations:
+            if note.text and note.text.startswith("born at"):
+                note.text = f"{note.text} ({when} in the run)"
+    return fig

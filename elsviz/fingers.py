@@ -6,7 +6,7 @@ training hands a run made a finger too many.
     study = finger_study(engine, seeds=range(24), ks=[5, 9, 13, 17])
     study.extra_rate(5), study.odd_seeds(5)               # how often, and which seeds
     birth = finger_birth(traj, k=17)                      # from which step a larger window still fixes it
-    explain_extra_finger(traj, birth)                     # "Finger 6 of 6 ... is assembled at steps 9-6 ..."
+    explain_extra_finger(traj, birth)                     # "... Finger 2 of 6 ... is the extra one ... born at step 6 ..."
 
 The counter is a short scikit-image pipeline (docs/FINGERS.md shows each step):
 
@@ -363,6 +363,7 @@ class FingerBirth:
                window itself sometimes makes odd hands, or the count flickers)
     changed:   per branch, the share of the silhouette it redraws (1 - intersection over union
                of the thresholded outputs with the run's own)
+    searched:  True when the steps came from a binary search (bisect=True), not from every step
     """
 
     base: int
@@ -374,6 +375,7 @@ class FingerBirth:
     window: tuple[int, int] | None
     agreement: float = 1.0
     changed: list[float] = field(default_factory=list)
+    searched: bool = False
 
     @property
     def points(self) -> list[tuple[int, int]]:
@@ -477,7 +479,7 @@ def finger_birth(trajectory: Trajectory, k=None, *, denoiser=None, at_steps=None
     window, agreement = (None, 1.0) if base == target else _window(points, target)
     finals = [tried[s][1] for s in done]
     changed = [_redrawn(original, f[0].mean(0)) for f in finals]
-    return FingerBirth(base, target, k, done, [c for _, c in points], finals, window, agreement, changed)
+    return FingerBirth(base, target, k, done, [c for _, c in points], finals, window, agreement, changed, bisect)
 
 
 def _redrawn(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -684,35 +686,157 @@ def _hands(images: list[int]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _span(window: tuple[int, int]) -> str:
-    return f"{window[0]}" if window[0] == window[1] else f"{window[0]}-{window[1]}"
+def _listed(labels: list[int]) -> str:
+    return _hands([str(v) for v in labels]).replace("#", "")
+
+
+def _few(n: int) -> str:
+    return {1: "one", 2: "two", 3: "three"}.get(n, str(n))
+
+
+def _pct(values) -> str:
+    """'0%', '36% and 8%', or '0% each' when several are the same (as printed)."""
+    parts = [f"{v:.0%}" for v in values]
+    if len(parts) > 1 and len(set(parts)) == 1:
+        return f"{parts[0]} each"
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+# -- when, in a run whose steps count down ---------------------------------------------------------
+PHASES = {"early": "early in the run, in its first third", "midway": "midway through the run, in its middle third",
+          "late": "late in the run, in its last third"}
+
+
+def run_phase(step: int, steps: int) -> str:
+    """'early', 'midway' or 'late': the third of a run of `steps` steps that step `step` falls in.
+
+    Steps count down: step steps-1 runs first (most noise), step 1 last. Step s is the
+    (steps - s)-th of the steps - 1 denoising steps; its middle, (steps - s - 0.5) / (steps - 1)
+    of the way through the run, decides the third."""
+    n = steps - 1
+    if not 1 <= step <= n:
+        raise ElsvizError(f"step must be a step of the run, {n} .. 1; got {step!r}.")
+    middle = (steps - step - 0.5) / n
+    return "early" if middle < 1 / 3 else "late" if middle > 2 / 3 else "midway"
+
+
+def when_in_run(window: tuple[int, int], steps: int) -> str:
+    """The steps first .. last (first >= last) of a run of `steps` steps in words, counting forwards:
+    'at step 3, the 7th of the run's 9 steps, late in the run, in its last third'."""
+    first, last = window
+    order = (steps - first, steps - last)  # 1 = the first step the run takes
+    a, b = run_phase(first, steps), run_phase(last, steps)
+    if a == b:
+        phase = PHASES[a]
+    else:
+        phase = f"from {a} to {b} in the run"
+    if first == last:
+        return f"at step {first}, the {_ordinal(order[0])} of the run's {steps - 1} steps, {phase}"
+    return (f"somewhere in steps {first} to {last}, the {_ordinal(order[0])} to {_ordinal(order[1])} of the run's "
+            f"{steps - 1} steps, {phase}")
+
+
+def countdown(steps: int) -> str:
+    """How the steps of a run are numbered, in words."""
+    return f"steps count down from {steps - 1}, the noisiest, to 1, the last"
+
+
+# -- which finger is the extra one ------------------------------------------------------------------
+KEPT = 0.5  # a finger the fixing branch keeps: at least half of its pixels are still hand there.
+# Measured (bbELS k = 13 on 200 hands, the six-finger outputs of seeds 0, 1, 5 and 11, branched with
+# k = 17 and 31): where a fix removes one finger, that finger keeps 0% and every other 73-100%; a fix
+# that redraws the hand leaves its fingers anywhere from 0% to 100%.
+
+
+def fix_cover(trajectory: Trajectory, birth: FingerBirth | None, batch: int = 0) -> list[float] | None:
+    """For each finger of the run's output (label 1 first): the share of its pixels that are still
+    hand in the branch that fixes the count (the branch from birth.window[0]). None without a
+    window (no branch test, or no branch fixes it)."""
+    b = _batch(batch, trajectory.final.shape[0], all_ok=False)
+    if birth is None or birth.window is None:
+        return None
+    fc = count_fingers(trajectory.final[b].cpu().mean(0))
+    fixed = count_fingers(birth.final(birth.window[0])[0].mean(0))
+    cover = fixed.hand if fixed.hand is not None else np.zeros(fc.regions.shape, dtype=bool)
+    return [float(cover[fc.regions == label].mean()) for label in range(1, fc.count + 1)]
+
+
+def extra_fingers(trajectory: Trajectory, birth: FingerBirth | None = None, batch: int = 0) -> list[int]:
+    """The extra fingers of the run's output: those the branch test's fixing branch drops.
+
+    One definition, because a six-finger hand has no finger marked extra (the counter finds six
+    alike): the extra finger is the one that finishing the run with a larger window, from the
+    latest step that still gives `target` fingers (birth.window[0]), drops (less than KEPT of its
+    pixels still hand) while it keeps every other finger. [] when that does not single fingers out:
+    no branch test or no fixing branch; a window at step 1 (the larger window overwrites the hand at
+    the end); a fix that drops more fingers than the hand has too many (it redraws that part of the
+    hand) or fewer (it changes the fingers' shapes instead)."""
+    b = _batch(batch, trajectory.final.shape[0], all_ok=False)
+    cover = fix_cover(trajectory, birth, b)
+    if cover is None or birth.window[0] == 1:
+        return []
+    surplus = len(cover) - birth.target
+    dropped = [label for label, c in enumerate(cover, start=1) if c < KEPT]
+    return dropped if surplus > 0 and len(dropped) == surplus else []
 
 
 def extra_finger(trajectory: Trajectory, birth: FingerBirth | None = None, batch: int = 0) -> int | None:
-    """The label of the finger most likely extra in the run's output, or None (not more than
-    `target` fingers). With a branch test: the finger that the latest fixing branch's hand covers
-    least (the one relaxing the locality removes); without: the last one around the hand."""
-    b = _batch(batch, trajectory.final.shape[0], all_ok=False)
-    fc = count_fingers(trajectory.final[b].cpu().mean(0))
-    target = birth.target if birth is not None else HAND
-    if fc.count <= target:
-        return None
-    if birth is None or birth.fixed_from is None:
-        return fc.count
-    fixed = count_fingers(birth.final(birth.fixed_from)[0].mean(0))
-    cover = fixed.hand if fixed.hand is not None else np.zeros_like(fc.regions, dtype=bool)
-    return min(range(1, fc.count + 1), key=lambda lab: (cover[fc.regions == lab].mean(), -lab))
+    """The label of the run's extra finger (see extra_fingers: the one finger the branch test's fixing
+    branch drops while keeping the others), or None: no branch test, not exactly one finger too
+    many, or no single finger that the fix drops."""
+    found = extra_fingers(trajectory, birth, batch)
+    return found[0] if len(found) == 1 else None
+
+
+def _sources(trajectory: Trajectory, mask: np.ndarray, window, b: int, top: int) -> list[int]:
+    """The training images most of a region's attributed pixels copy, summed over the window's steps
+    (without one: the last step)."""
+    frames = [f for f in trajectory.frames if window and window[1] <= f.i <= window[0]] or trajectory.frames[-1:]
+    pixels: Counter = Counter()
+    for f in frames if frames[0].source_index is not None else []:
+        for src in region_sources(f, mask, top=None, batch=b):
+            pixels[src["image"]] += src["pixels"]
+    return [i for i, _ in pixels.most_common(top)]
+
+
+def _copied(trajectory: Trajectory, mask: np.ndarray, window, b: int, train, top: int, pixels: str) -> str:
+    """' In those steps its pixels were copied from training hands #71 and #55, which have 5 fingers each.'"""
+    if trajectory.frames[-1].source_index is None:
+        return " This run's denoiser names no training patches."
+    when = "In those steps" if window else "At the last step"
+    images = _sources(trajectory, mask, window, b, top)
+    if not images:
+        return f" {when} {pixels} were shared only (windows that many training hands have alike)."
+    text = f" {when} {pixels} were copied from training hand{'s' if len(images) > 1 else ''} {_hands(images)}"
+    if train is not None and len(train) > max(images):
+        counts = [count_fingers(train.images[i].mean(0)).count for i in images]
+        if len(counts) == 1:
+            text += f", which has {counts[0]} fingers" if counts[0] else ", which is not a hand to the counter"
+        elif len(set(counts)) == 1 and counts[0]:
+            text += f", which have {counts[0]} fingers each"
+        elif all(counts):
+            text += f", which have {_listed(counts)} fingers"
+    return text + "."
 
 
 def explain_extra_finger(trajectory: Trajectory, birth: FingerBirth | None = None, *, finger: int | None = None,
                          batch: int = 0, train=None, top: int = 2) -> str:
-    """What made the run's odd hand, in a sentence or two, e.g. "Finger 6 of 6 (the 6th around the
-    hand from the wrist) is assembled at steps 9-6 from patches of training hands #412 and #77."
+    """What made the run's odd hand, in plain words and with the numbers behind them, e.g.
 
-    birth: the run's branch test (finger_birth) for the steps; finger: the finger to explain (default
-    extra_finger's choice); train: the training set, for the hands' rotation when it has one (hands).
-    The sources are the training images most of the finger's pixels copy, summed over the steps of
-    the birth window (without one: at the last step).
+    "This hand has 6 fingers, one more than 5. Finger 2 of 6 (the 2nd around the hand from the
+    wrist) is the extra one: finishing the run with k = 17 from step 6 gives 5 fingers, keeping the
+    other 5 (at least 73% of each is still hand there) and dropping finger 2 (0% left). It is born
+    at step 6, the 4th of the run's 9 steps, midway through the run, in its middle third (steps
+    count down from 9, the noisiest, to 1, the last): finishing from step 6 or any earlier step
+    gives 5 fingers, from step 5 or any later one it does not. In those steps its pixels were copied
+    from training hands #71 and #55, which have 5 fingers each. That branch redraws 12% of the
+    silhouette."
+
+    birth: the run's branch test (finger_birth); without one no finger is named extra (see
+    extra_fingers for the definition). finger: explain this finger's sources instead. train: the
+    training set, to say how many fingers the source hands have. The sources are the training images
+    most of the fingers' pixels copy, summed over the steps of the birth window (without one: at the
+    last step).
     """
     b = _batch(batch, trajectory.final.shape[0], all_ok=False)
     fc = count_fingers(trajectory.final[b].cpu().mean(0))
@@ -721,50 +845,86 @@ def explain_extra_finger(trajectory: Trajectory, birth: FingerBirth | None = Non
         return f"No hand to explain: {fc.reason}."
     if fc.count == target and finger is None:
         return f"This hand has {target} fingers: nothing extra to explain."
+    steps = trajectory.steps
+    diff = fc.count - target
+    head = "" if diff == 0 else \
+        f"This hand has {fc.count} fingers, {_few(abs(diff))} {'more' if diff > 0 else 'fewer'} than {target}."
     window = birth.window if birth is not None else None
-    how = ""
-    if birth is not None:
-        k = "the other denoiser" if birth.k is None else f"k = {birth.k}"
+    k = None if birth is None else ("the other denoiser" if birth.k is None else f"k = {birth.k}")
+
+    if finger is not None:  # one finger's sources, whatever the count
+        mask = fc.finger(finger)
+        span = window if window and window[0] > 1 else None
+        made = when_in_run(span, steps) if span else "by the run"
+        text = f"Finger {finger} of {fc.count} (the {_ordinal(finger)} around the hand from the wrist) is made {made}."
+        return " ".join(p for p in (head, text) if p) + _copied(trajectory, mask, span, b, train, top, "its pixels")
+
+    if birth is None:
+        if diff < 0:
+            return head + " The branch test (finishing the run with a larger window) tells when the finger was lost."
+        return (head + f" No finger is extra by itself: the counter finds {fc.count} fingers alike. The branch test "
+                f"decides which one is: the extra finger is the one that finishing the run with a larger window, from the "
+                f"latest step that still gives {target} fingers, drops while it keeps the others.")
+    if window is None:
         fixed = sum(c == target for c in birth.counts)
-    if window is not None:
-        later = f"; from step {window[1] - 1} on it no longer does" if window[1] > 1 else ""
-        how = f" Finishing the run with {k} from step {window[0]} or earlier gives {target} fingers{later}"
-        agree = round(birth.agreement * len(birth.steps))
-        how += "." if birth.agreement == 1 else f" ({agree} of {len(birth.steps)} branches fit this)."
-        if birth.changed:
-            how += f" That branch redraws {birth.changed[birth.steps.index(window[0])]:.0%} of the silhouette."
-        if window[0] == 1:
-            how += (f" Even the last step alone with {k} gives {target} fingers: that window overwrites the hand "
-                    "at the end, so it cannot tell when the finger was born; branch with a window nearer the run's.")
-    elif birth is not None and fc.count != target and len(birth.steps) == 1:  # (a search stops there)
-        first = birth.steps[0]
-        earliest = " (the earliest branch: it redoes nearly the whole run)" if first == trajectory.steps - 1 else ""
-        how = (f" Finishing the run with {k} from step {first}{earliest} gives {birth.counts[0]} fingers, "
-               f"not {target}: that window does not undo it; try a larger k.")
-    elif birth is not None and fc.count != target:
-        some = f"on only {fixed}" if fixed else "on none"
-        how = (f" Finishing the run with {k} gives {target} fingers {some} of the {len(birth.steps)} branches: "
-               "that window does not undo it reliably; try a larger k.")
-    if fc.count < target and finger is None:
-        where = f" The finger is lost at step{'s' if window[0] != window[1] else ''} {_span(window)}." if window else ""
-        return f"This hand has {fc.count} fingers, {target - fc.count} fewer than {target}.{where}{how}"
-    label = finger if finger is not None else extra_finger(trajectory, birth, b)
-    mask = fc.finger(label)
-    frames = [f for f in trajectory.frames if window and window[1] <= f.i <= window[0]] or trajectory.frames[-1:]
-    pixels: Counter = Counter()
-    for f in frames if frames[0].source_index is not None else []:
-        for src in region_sources(f, mask, top=None, batch=b):
-            pixels[src["image"]] += src["pixels"]
-    made = f"at step{'s' if window[0] != window[1] else ''} {_span(window)}" if window else "by the run"
-    text = f"Finger {label} of {fc.count} (the {_ordinal(label)} around the hand from the wrist) is assembled {made}"
-    if pixels:
-        images = [i for i, _ in pixels.most_common(top)]
-        text += f" from patches of training hand{'s' if len(images) > 1 else ''} {_hands(images)}"
-        rotation = getattr(train, "meta", {}).get("rotation") if train is not None else None
-        if rotation is not None and len(rotation) == len(train):
-            text += " (turned " + " and ".join(f"{float(rotation[i]):+.0f}°" for i in images) + ")"
-    elif frames[0].source_index is None:
-        text += " (this run's denoiser names no training patches)"
+        if len(birth.steps) == 1:  # one branch: a binary search stops when its first one does not fix it
+            first = birth.steps[0]
+            earliest = " (the earliest branch: it redoes nearly the whole run)" if first == steps - 1 else ""
+            how = (f" Finishing the run with {k} from step {first}{earliest} gives {birth.counts[0]} fingers, not "
+                   f"{target}" + (", and the binary search stops there; try branching from every step (the larger "
+                                  "window sometimes errs on one step), or a larger k." if birth.searched else
+                                  ": that window does not undo it; try a larger k."))
+        else:
+            some, undo = (f"on only {fixed}", "does not undo it reliably") if fixed else ("on none", "does not undo it")
+            how = (f" Finishing the run with {k} gives {target} fingers {some} of the {len(birth.steps)} branches: "
+                   f"that window {undo}; try a larger k.")
+        what = "when the finger was lost" if diff < 0 else "when the extra finger was born, nor which one it is"
+        return head + how + f" So the test cannot tell {what}."
+    if window[0] == 1:
+        what = "when the finger was lost" if diff < 0 else "when the extra finger was born or which one it is"
+        return (head + f" Even the last step alone with {k} gives {target} fingers: that window overwrites the hand at "
+                f"the end, so the test cannot tell {what}; branch with a window nearer the run's.")
+
+    fit = "" if birth.agreement == 1 else \
+        f" ({round(birth.agreement * len(birth.steps))} of {len(birth.steps)} branches fit this)"
+    later = f", from step {window[1] - 1} or any later one it does not" if window[1] > 1 else ""
+    story = (f"finishing from step {window[0]} or any earlier step gives {target} fingers{later}{fit}")
+    redraw = ""
+    if birth.changed:
+        redraw = f" That branch redraws {birth.changed[birth.steps.index(window[0])]:.0%} of the silhouette."
+    when = f"{when_in_run(window, steps)} ({countdown(steps)})"
+    if diff < 0:
+        return head + f" The finger is lost {when}: {story}." + redraw
+
+    cover = fix_cover(trajectory, birth, b)
+    extra = extra_fingers(trajectory, birth, b)
+    dropped = [label for label, c in enumerate(cover, start=1) if c < KEPT]
+    fix = f"finishing the run with {k} from step {window[0]} gives {target} fingers"
+    if extra:
+        others = [c for label, c in enumerate(cover, start=1) if label not in extra]
+        names = f"Finger {extra[0]} of {fc.count} (the {_ordinal(extra[0])} around the hand from the wrist) is" \
+            if len(extra) == 1 else f"Fingers {_listed(extra)} of {fc.count} are"
+        text = (f"{head} {names} the extra one{'' if len(extra) == 1 else 's'}: {fix}, keeping the other "
+                f"{len(others)} (at least {min(others):.0%} of each is still hand there) and dropping "
+                f"finger{'s' if len(extra) > 1 else ''} {_listed(extra)} ({_pct(cover[e - 1] for e in extra)} left). "
+                f"{'It is' if len(extra) == 1 else 'They are'} born {when}: {story}.")
+        mask = np.isin(fc.regions, extra)
+        pixels = "its pixels" if len(extra) == 1 else "their pixels"
+    elif len(dropped) > diff:
+        text = (f"{head} No single finger is the extra one: {fix} but redraws the hand, dropping fingers "
+                f"{_listed(dropped)} ({_pct(cover[d - 1] for d in dropped)} still hand there) and drawing "
+                f"{_few(len(dropped) - diff)} other{'s' if len(dropped) - diff > 1 else ''} in their place. The odd count "
+                f"is born {when}: {story}.")
+        mask = np.isin(fc.regions, dropped)
+        pixels = "the pixels of those fingers"
     else:
-        text += " from shared pixels only (windows that many training hands have alike)"
-    return text + "." + how
+        kept = [c for c in cover if c >= KEPT]
+        lost = (f"drops only finger{'s' if len(dropped) > 1 else ''} {_listed(dropped)} ({_pct(cover[d - 1] for d in dropped)} left) and keeps at "
+                f"least {min(kept):.0%} of each other finger") if dropped else \
+            f"keeps at least {min(cover):.0%} of every finger"
+        text = (f"{head} No finger is the extra one: {fix} yet {lost}, so the count changes through the fingers' "
+                f"shapes rather than by dropping {'one' if diff == 1 else f'{diff}'}. The odd count is born {when}: "
+                f"{story}.")
+        mask = None
+    copied = "" if mask is None else _copied(trajectory, mask, window, b, train, top, pixels)
+    return text + copied + redraw

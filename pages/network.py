@@ -3,24 +3,27 @@ from pathlib import Path
 
 import streamlit as st
 
-from elsviz import figures
-from elsviz.compare import NAMES, median, resample
+from elsviz import export, figures
+from elsviz.compare import BASELINES, NAMES, median, resample, scale_sentence, spread
 from elsviz.errors import ElsvizError
 from elsviz.networks import ARCHS, catalogue, default_network_dir, receptive_field
 from elsviz.schedule import PRESETS
 from elsviz.ui import network as nets
 from elsviz.ui import settings, show
 from elsviz.ui.data import engine as engine_of
+from elsviz.ui.links import write_link
+from elsviz.ui.network import CALIBRATED, SIDEBAR
 
 PATH = "a local path ..."
-CALIBRATED, SIDEBAR = "calibrated for this network", "the sidebar's locality"
 
 st.title("Network vs machine")
 st.markdown(
     "The theory says a trained **convolutional** network makes, from the same noise, the picture the **bbELS "
     "machine** makes: a mosaic of training patches. Here a real network, trained on the same images, and the "
     "machines start from the **same noise**. Each picture's **agreement** with the network is the paper's score: "
-    "centre both pictures, scale them to unit length, take the dot product (1 = the same picture, 0 = unrelated)."
+    "centre both pictures, scale them to unit length, take the dot product: 1 = the same picture (up to brightness "
+    "and contrast). Unrelated pictures of the same kind score well above 0, so every number here stands beside "
+    "what the network scores against **another seed's output, a random training image and the nearest one**."
 )
 
 s = settings()
@@ -34,6 +37,13 @@ if finished is not None:
     if label:
         ss["net_choice"] = label
 options = [*networks, PATH]
+linked = ss.pop("_link_net_choice", None)  # a shared link's network, by its name in the list
+if linked is not None:
+    if linked in networks:
+        ss["net_choice"] = linked
+    else:
+        st.warning(f"The link names the network `{linked}`, which this server does not have: showing "
+                   f"{options[0]} instead.", icon=":material/link_off:")
 if ss.get("net_choice") not in options:
     ss["net_choice"] = options[0]
 st.selectbox("Network", options, key="net_choice",
@@ -115,16 +125,24 @@ if mode == SIDEBAR and sidebar_ks is None:
     st.warning("The sidebar's machine is IS, which has no window: pick another machine there, or calibrate.")
     st.stop()
 ks = resample(calibrated, 20) if mode == CALIBRATED else sidebar_ks
-name = f"calibrated: {net.path.name}"
-lines = {name: resample(calibrated, 20)} if calibrated else {"the sidebar's": sidebar_ks}
-lines.update({p: list(v) for p, v in PRESETS.items() if "circular" not in p})
+cal_name = f"calibrated: {net.path.name}"
+side_name, side_kind, side_source = nets.sidebar_locality(s.spec)
+same = side_kind == "calibrated" and side_source == net.path.name and calibrated is not None  # the one schedule
+used = cal_name if mode == CALIBRATED or same else f"the sidebar's: {side_name}"
+lines = {cal_name: resample(calibrated, 20)} if calibrated else {}
+if sidebar_ks is not None and not same:
+    lines[f"the sidebar's: {side_name}"] = sidebar_ks
+lines.update({p: list(v) for p, v in PRESETS.items() if "circular" not in p and p != side_name})
 left, right = st.columns([3, 2])
-left.plotly_chart(figures.schedules_figure(lines, highlight=[next(iter(lines))]), key="net_schedules",
+left.plotly_chart(figures.schedules_figure(lines, highlight=[used]), key="net_schedules",
                   config={"displayModeBar": False})
-right.markdown(f"**k per step** (step 19 to 1): {' '.join(str(ks[i]) for i in range(19, 0, -1))}")
-right.caption("Grey: the paper's schedules, fitted on 32x32 images to networks trained on MNIST, FashionMNIST, "
-              "CIFAR-10 and CelebA. " + ("The calibrated schedule is also offered in the sidebar (paper schedule)."
-                                          if calibrated else ""))
+right.markdown(f"**The machines use {used}**. k per step (step 19 to 1): {' '.join(str(ks[i]) for i in range(19, 0, -1))}")
+right.caption("Bold: the schedule the machines use below. Grey: the others, among them the paper's, fitted on "
+              "32x32 images to networks trained on MNIST, FashionMNIST, CIFAR-10 and CelebA. "
+              + ("The calibrated schedule is also offered in the sidebar (paper schedule)." if calibrated else ""))
+note = None if used == cal_name else nets.locality_note(side_kind, side_name, side_source, net, calibrated is not None)
+if note:
+    st.info(note, icon=":material/info:")
 if calibrated and net.calibration.get("stale"):
     right.warning("This schedule was calibrated for earlier weights (training went on since); "
                   "run elsviz calibrate again.")
@@ -146,17 +164,63 @@ if result is None:
 main = result.network_key(net_steps, 20)
 row = result.agreement[main]
 left, right = st.columns([3, 2], gap="large")
-show(figures.network_grid(result, [main, *nets.MACHINES], target=112), where=left)
+grid_pic = figures.network_grid(result, [main, *nets.MACHINES], target=112)
+show(grid_pic, where=left)
 with right:
     cols = st.columns(2)
     for n, m in enumerate(nets.MACHINES):
-        cols[n % 2].metric(f"median agreement, {NAMES[m]}", f"{median(row[m]):.2f}")
+        q1, med, q3 = spread(row[m])
+        cols[n % 2].metric(f"median agreement, {NAMES[m]}", f"{med:.2f}",
+                           help=f"Over the {len(seeds)} seeds; the middle half lies between {q1:.2f} and {q3:.2f}.")
     wins = sum(b > i for b, i in zip(row["bbels"], row["is"]))
     cols[1].metric("seeds where bbELS beats IS", f"{wins} of {len(seeds)}")
     st.caption(f"Each row starts from one seed's noise. Under each machine's picture: its agreement with the network "
                f"({net_steps} steps). The machines take 20 steps with the schedule above. **IS** can only give back "
                "a training image; **ELS** matches patches anywhere, with wrap-around edges; **bbELS** also knows "
                "where the border is, as a zero-padded network does.")
+
+# -- beside the baselines ------------------------------------------------------------------------------------
+st.subheader("How high is high? Agreement beside its baselines")
+rows = {NAMES[m]: row[m] for m in nets.MACHINES}
+rows.update({BASELINES[b]: v for b, v in result.baselines[main].items()})
+left, right = st.columns([3, 2])
+left.plotly_chart(figures.agreement_spread_figure(rows, seeds, baselines=list(BASELINES.values())),
+                  key="net_baselines", config={"displayModeBar": False})
+with right:
+    st.markdown(scale_sentence(result, main, list(nets.MACHINES)))
+    quartiles = result.spreads(main)
+    st.markdown("| agreement with the network | median | middle half of the seeds |\n|---|---|---|\n" + "\n".join(
+        f"| {label} | {quartiles[key][1]:.2f} | {quartiles[key][0]:.2f} .. {quartiles[key][2]:.2f} |"
+        for key, label in [*((m, NAMES[m]) for m in nets.MACHINES), *BASELINES.items()]
+        if quartiles[key][1] == quartiles[key][1]))
+    left.caption(f"Each dot is one seed, the diamond the median, the bar the middle half of the seeds (lower to "
+                 f"upper quartile). Grey rows: what the network's output ({net_steps} steps) scores against pictures "
+                 "not made from the same noise: the network's own output for the next seed (the last seed: the "
+                 "first), a training image drawn at random with the seed, and the training image that agrees with it "
+                 "most (the best that copying one whole training image can reach). A machine above the nearest "
+                 "training image agrees with the network better than any whole training image does.")
+
+# -- downloads and the link ------------------------------------------------------------------------------------
+name = export.slug(f"{net.path.name} vs machines seeds {seeds[0]}-{seeds[-1]} "
+                   f"{'calibrated' if mode == CALIBRATED else side_name}")
+record = {**result.to_json(), "network": net.describe(), "network_folder": net.path.name,
+          "machines_use": used, "shown_network_steps": net_steps}
+dl = st.container(horizontal=True)
+dl.download_button("Grid (PNG)", export.png_bytes(grid_pic), file_name=export.download_name(f"{name}-grid", "png"), mime="image/png",
+                   key="net_dl_png", icon=":material/download:", on_click="ignore",
+                   help="The pictures above: each seed's network output and the machines', with their agreement.")
+dl.download_button("Per seed (CSV)", export.csv_bytes(result.table()), file_name=export.download_name(f"{name}", "csv"), mime="text/csv",
+                   key="net_dl_csv", icon=":material/download:", on_click="ignore",
+                   help="One row per seed: each machine's and each baseline's agreement (and r²) with the network "
+                        "at 20 and 150 steps, the other seed and the training images used.")
+dl.download_button("All numbers (JSON)", export.json_bytes(record), file_name=export.download_name(f"{name}", "json"),
+                   mime="application/json", key="net_dl_json", icon=":material/download:", on_click="ignore",
+                   help="Per seed, medians, quartiles, step by step, the schedule the machines used.")
+if ss.get("net_seed_pick") not in seeds:
+    ss.pop("net_seed_pick", None)  # a seed no longer compared (or a link's): the first one
+write_link(net=ss["net_choice"] if ss["net_choice"] in networks else None,
+           net_k={v: k for k, v in nets.SCHEDULE_MODES.items()}[mode], net_seeds=n_seeds, net_steps=net_steps,
+           net_seed=ss.get("net_seed_pick") if len(seeds) > 1 else None)
 
 # -- the scatter ---------------------------------------------------------------------------------------------
 st.subheader("Seed by seed: bbELS against IS")

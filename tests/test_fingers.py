@@ -308,10 +308,16 @@ def test_finger_birth_without_a_fix_or_without_a_problem(hand_pictures):
     searched = finger_birth(traj, denoiser=Grows(six), bisect=True)  # the earliest branch fails: the search stops
     assert searched.steps == [5] and searched.window is None
     assert ("Finishing the run with the other denoiser from step 5 (the earliest branch: it redoes nearly the "
-            "whole run) gives 6 fingers, not 5: that window does not undo it; try a larger k."
+            "whole run) gives 6 fingers, not 5, and the binary search stops there; try branching from every step"
             in explain_extra_finger(traj, searched))
+    one = finger_birth(traj, denoiser=Grows(six), at_steps=[3])  # one branch asked for: no search to blame
+    assert not one.searched and searched.searched
+    assert "from step 3 gives 6 fingers, not 5: that window does not undo it" in explain_extra_finger(traj, one)
+    assert "binary search" not in explain_extra_finger(traj, one)
     always = finger_birth(traj, denoiser=Grows(five))  # a window that copies a whole hand at any step
-    assert always.window == (1, 1) and "cannot tell when the finger was born" in explain_extra_finger(traj, always)
+    assert always.window == (1, 1) and "cannot tell when the extra finger was born or which one it is" in \
+        explain_extra_finger(traj, always)
+    assert extra_finger(traj, always) is None  # a window that overwrites the hand singles out no finger
     fine = sample(Grows(five), x=torch.zeros(1, 1, 32, 32), steps=6, k=5)
     assert finger_birth(fine, denoiser=Grows(six), at_steps=[3]).window is None
     assert "nothing extra" in explain_extra_finger(fine)
@@ -351,7 +357,8 @@ def test_birth_window_rule():
 
 def test_explain_names_the_steps_and_the_training_hands(hand_pictures):
     """A six-finger output whose frames copy every pixel from training hand #12 at steps 9-7 and
-    from #30 at the other steps: the sentence names the birth window and hand #12."""
+    from #30 at the other steps; the larger window drops finger 2 when it takes over at step 9: the
+    sentence names finger 2, the birth window and hand #12."""
     five, six = hand_pictures
     steps = 10
     traj = sample(Grows(six), x=torch.zeros(1, 1, 32, 32), steps=steps, k=5)
@@ -359,15 +366,23 @@ def test_explain_names_the_steps_and_the_training_hands(hand_pictures):
         f.source_index = torch.full((1, 32, 32), 12 if 7 <= f.i <= 9 else 30)
         f.source_pos = _grid(32, 32)[None].clone()
         f.source_count = torch.ones(1, 32, 32, dtype=torch.int64)
-    birth = finger_birth(traj, denoiser=Fixes(five, six, steps, born=9), at_steps=[9, 6, 3])
+    fc = count_fingers(six[0])
+    dropped = six.clone()
+    dropped[0, 0][torch.from_numpy(fc.finger(2))] = -1.0  # the same hand without finger 2
+    assert count_fingers(dropped[0]).count == 5
+    birth = finger_birth(traj, denoiser=Fixes(dropped, six, steps, born=9), at_steps=[9, 6, 3])
     assert birth.window == (9, 7)
-    label = extra_finger(traj, birth)
-    assert 1 <= label <= 6
+    assert extra_finger(traj, birth) == 2
     text = explain_extra_finger(traj, birth)
-    assert f"Finger {label} of 6" in text and "steps 9-7" in text and "#12" in text and "#30" not in text
-    assert "from step 9 or earlier gives 5 fingers" in text
+    assert text.startswith("This hand has 6 fingers, one more than 5. Finger 2 of 6 (the 2nd around the hand from "
+                           "the wrist) is the extra one")
+    assert "somewhere in steps 9 to 7, the 1st to 3rd of the run's 9 steps, early in the run" in text
+    assert "#12" in text and "#30" not in text
+    assert "finishing from step 9 or any earlier step gives 5 fingers, from step 6 or any later one it does not" in text
     assert f"That branch redraws {birth.changed[0]:.0%} of the silhouette" in text
-    assert "#30" in explain_extra_finger(traj)  # without the branch test: the last step's sources
+    # without the branch test no finger is called extra; a finger asked for names its last step's sources
+    assert extra_finger(traj) is None and "No finger is extra by itself" in explain_extra_finger(traj)
+    assert "#30" in explain_extra_finger(traj, finger=2) and "Finger 2 of 6" in explain_extra_finger(traj, finger=2)
 
 
 # -- the study ---------------------------------------------------------------------------------------

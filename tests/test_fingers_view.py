@@ -150,3 +150,49 @@ def test_step_seconds_times_a_cold_and_a_warm_step(hands):
 
     cold, warm = step_seconds(Engine(hands, machine="bbels", device="cpu"), 2, 5)
     assert cold > 0 and warm > 0
+
+
+def test_the_hand_check_says_whether_it_counted_all_or_a_sample():
+    hands = load_dataset("hands", n=600)  # more than CHECK_ALL: a sample
+    from elsviz.fingers_view import CHECK_ALL
+
+    check = hand_check(hands.images)
+    assert check.checked == CHECK_ALL and check.total == 600
+    assert check.describe().startswith(f"{check.hands} of {CHECK_ALL} training images read as hands (3 to 7 "
+                                       "fingers), a sample spread evenly over the 600")
+    every = hand_check(hands.images[:200])
+    assert every.checked == every.total == 200
+    assert every.describe().startswith("All 200 training images read as hands") == (every.hands == 200)
+    assert f"{every.counts[5]} with 5 fingers" in every.describe()
+    few = hand_check(hands.images, n=64)
+    assert few.checked == 64 and "a sample spread evenly over the 600" in few.describe()
+
+
+def test_the_study_says_its_settings_and_its_table_holds_every_count():
+    from elsviz import Engine
+    from elsviz.fingers import finger_study
+    from elsviz.fingers_view import Studied, study_settings
+    from elsviz.export import csv_bytes, json_bytes
+    import csv
+    import io
+    import json
+
+    assert study_settings("bbels", range(0, 16), [9, 13, 17, 25], 10) == (
+        "bbELS on 16 seeds (0 to 15) at k = 9, 13, 17 and 25 (one window size for every step of a run), 10 steps "
+        "each; IS on the same seeds as the reference.")
+    assert "the schedule mnist-resnet (k changes with the step)" in study_settings("els", [3], [5, "mnist-resnet"], 20)
+    small = load_dataset("hands", n=24, size=24)
+    study = finger_study(Engine(small, "bbels", "cpu"), [2, 3, 4], [3, 7], steps=3)
+    ideal = finger_study(Engine(small, "is", "cpu"), [2, 3, 4], [3], steps=3)
+    studied = Studied(study, ideal)
+    assert studied.settings() == study_settings("bbels", [2, 3, 4], [3, 7], 3)
+    rows = studied.table()
+    assert len(rows) == 3 * 2 + 3 and rows[-1]["machine"] == "is" and rows[-1]["k"] == ""
+    for row in rows[:6]:
+        k, n = row["k"], [2, 3, 4].index(row["seed"])
+        assert row["fingers"] == study.counts[k][n] and row["extra"] == (study.counts[k][n] > 5) and row["steps"] == 3
+    back = list(csv.DictReader(io.StringIO(csv_bytes(rows).decode())))
+    assert [int(r["fingers"]) for r in back] == [r["fingers"] for r in rows]
+    data = json.loads(json_bytes(studied.to_json()))
+    assert data["extra_rate"] == {"3": study.extra_rate(3), "7": study.extra_rate(7)} and data["steps"] == 3
+    assert data["per_seed"] == json.loads(json.dumps(rows))

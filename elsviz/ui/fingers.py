@@ -13,13 +13,15 @@ from dataclasses import replace
 
 import streamlit as st
 
+from .. import export
 from ..fingers import DEFAULT_STUDY, finger_birth, finger_study
-from ..fingers_view import Studied, hand_check, silhouette_problem, silhouettes, step_seconds
+from ..fingers_view import Studied, hand_check, hand_record, silhouette_problem, silhouettes, step_seconds
 from . import data
 from .cache import _runs, engine_use, spec_run
 from .sidebar import Settings, choose_dataset
 
 PROBE_BATCH = 8  # images in the step timed for the study's estimate (a batch costs less per image)
+STUDY_STEPS = tuple(sorted({5, 8, 10, 15, 20, 30, DEFAULT_STUDY.steps}))  # the study's choices of steps per hand
 
 
 @st.cache_resource(max_entries=4, show_spinner="Thresholding the images into silhouettes ...")
@@ -179,3 +181,24 @@ def birth(result, k_fix, bisect: bool, slot):
             bar.empty()
 
     return _runs().fetch(_birth_key(result, k_fix, bisect), make)
+
+
+# -- what the page says and offers about one hand ---------------------------------------------------------
+def sidebar_locality(spec) -> str:
+    """The sidebar's locality in words, as a run's caption has it ('schedule mnist-resnet', 'k=5')."""
+    return spec.describe().split(", ")[1]
+
+
+def hand_downloads(result, born, k, train_name: str, sentence: str, picture) -> None:
+    """Download buttons for the hand opened: its picture (fingers numbered, the extra one outlined) as PNG, and
+    its record (run, fingers, branch test, the sentence) as JSON."""
+    traj = result.traj
+    name = export.slug(f"{train_name} hand seed {traj.seed} k {k} {traj.steps} steps")
+    record = hand_record(traj, born, k=k, train_name=train_name, sentence=sentence)
+    row = st.container(horizontal=True)
+    row.download_button("Hand (PNG)", export.png_bytes(picture), file_name=f"{name}.png", mime="image/png",
+                        key="fing_dl_hand_png", icon=":material/download:", on_click="ignore",
+                        help="The hand, each finger in its colour and numbered from the wrist; the extra one outlined.")
+    row.download_button("Hand (JSON)", export.json_bytes(record), file_name=f"{name}.json", mime="application/json",
+                        key="fing_dl_hand_json", icon=":material/download:", on_click="ignore",
+                        help="Seed, k, steps, the fingers counted, the branch test and the sentence above.")

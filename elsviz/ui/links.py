@@ -59,6 +59,44 @@ def _preset(text: str) -> str:
     return text
 
 
+def _study_ks(text: str) -> str:
+    """The finger study's window sizes as typed ("9,13,17" in the URL -> "9 13 17"); the page checks them."""
+    entries = text.replace(",", " ").split()
+    if not entries or len(text) > 200 or not all(e.replace("-", "").isalnum() for e in entries):
+        raise ValueError
+    return " ".join(entries)
+
+
+def _study_steps(text: str) -> int:
+    from .fingers import STUDY_STEPS  # here: ui.fingers imports the sidebar, which imports this module
+
+    value = int(text)
+    if value not in STUDY_STEPS:
+        raise ValueError
+    return value
+
+
+def _hand(text: str) -> tuple:
+    """A hand of the finger study, "k:seed" ("13:5", "mnist-resnet:5") -> (13, 5); the page checks it is in the study."""
+    k, _, seed = text.rpartition(":")
+    if not k or not (k.isdigit() or k in PRESETS):
+        raise ValueError
+    return (_int(1, 255, odd=True)(k) if k.isdigit() else k, _int(0, 2**31 - 1)(seed))
+
+
+def _network(text: str) -> str:
+    """A network of the catalogue, by its label ("digits-resnet (bundled)"); the page checks it is there."""
+    if not text.strip() or len(text) > 200:
+        raise ValueError
+    return text
+
+
+def _schedule_mode(text: str) -> str:
+    from .network import SCHEDULE_MODES  # here: ui.network imports the sidebar, which imports this module
+
+    return SCHEDULE_MODES[text]
+
+
 # URL name -> (session_state key, parser, what it should be, for the message)
 PARAMS = {
     "set": ("dataset", lambda t: _choice(data.builtin_names())(t), "a built-in training set"),
@@ -79,6 +117,18 @@ PARAMS = {
     "row": ("px_row", _int(0, 255), "a pixel row"),
     "col": ("px_col", _int(0, 255), "a pixel column"),
     "view": ("loc_view", _choice(("four machines", "k-sweep", "branch at a step")), "a comparison"),
+    # Extra fingers: the study and the hand opened (the page checks the hand is one of the study's)
+    "study_seeds": ("fing_seeds", _int(1, 512), "a number of seeds"),
+    "study_k": ("fing_ks", _study_ks, "window sizes such as 9,13,17"),
+    "study_steps": ("fing_steps", _study_steps, "one of the study's step counts"),
+    "hand": ("_link_fing_pick", _hand, "k:seed of a hand in the study"),
+    "fix": ("_link_fing_fix", _int(3, 255, odd=True), "an odd window size"),
+    # Network vs machine (the page checks the network is there and the seed is one of the compared)
+    "net": ("_link_net_choice", _network, "a network's name"),
+    "net_k": ("net_sched", _schedule_mode, "calibrated or sidebar"),
+    "net_seeds": ("net_seeds", _int(1, 8), "1 to 8 seeds"),
+    "net_steps": ("net_steps_shown", lambda t: int(_choice(("150", "20"))(t)), "150 or 20"),
+    "net_seed": ("net_seed_pick", _int(0, 2**31 - 1), "one of the compared seeds"),
 }
 OUTPUT_SIZE = ("out_h", "out_w")  # applied after the training set is loaded (a new set resets them)
 

@@ -17,12 +17,15 @@ from ..datasets import load_dataset
 from ..errors import ElsvizError
 from ..networks import CONFIG, SCHEDULE, load_network, save_schedule, train_network
 from ..runs import RunSpec, k_limit
+from ..schedule import PRESET_NOTES, PRESETS
 from ..sampling import sample
 from . import data
 from .cache import _runs, engine_use, estimate_seconds, spec_run
-from .sidebar import Settings
+from .sidebar import PRESET, Settings
 
 MACHINES = ("bbels", "els", "is")  # the grid's machines (LS is in `elsviz compare`)
+CALIBRATED, SIDEBAR = "calibrated for this network", "the sidebar's locality"
+SCHEDULE_MODES = {"calibrated": CALIBRATED, "sidebar": SIDEBAR}  # in a link -> the page's choice
 
 
 # -- which networks ---------------------------------------------------------------------------------
@@ -75,6 +78,43 @@ def source_of(dataset_key) -> tuple[str, dict] | None:
     if dataset_key[0] == "path":
         _, path, _, size, limit = dataset_key
         return path, {k: v for k, v in (("size", size), ("limit", limit)) if v}
+    return None
+
+
+# -- which schedule the machines use ------------------------------------------------------------------
+def sidebar_locality(spec) -> tuple[str, str, str | None]:
+    """The sidebar's locality as (name, kind, fitted to): kind "preset" (a paper schedule by name), "calibrated"
+    (a network's calibrated schedule; fitted to: that network's folder name), "k" (one k), "table" (k per step
+    typed in), "is" (no window)."""
+    ss = st.session_state
+    if spec.machine == "is":
+        return "no window (IS)", "is", None
+    if isinstance(spec.k, str):
+        return spec.k, "preset", None
+    if isinstance(spec.k, tuple):
+        preset = str(ss.get("preset", ""))
+        if ss.get("loc_mode") == PRESET and preset in PRESETS:
+            return preset, "preset", None  # clamped to what the machine takes here: still the paper's fit
+        if ss.get("loc_mode") == PRESET and preset.startswith("calibrated: "):
+            return preset, "calibrated", preset.removeprefix("calibrated: ")
+        return "k per step (the sidebar's table)", "table", None
+    return f"k = {spec.k}", "k", None
+
+
+def locality_note(kind: str, name: str, source: str | None, net, has_calibrated: bool) -> str | None:
+    """What a schedule the machines use was fitted to, when it was not fitted to this network (None when it was)."""
+    this = net.path.name
+    fit = ("Choose **calibrated for this network** above for the schedule fitted to it" if has_calibrated else
+           f"Calibrate it (the button above, or `elsviz calibrate {net.path}`) for a schedule fitted to it")
+    if kind == "preset":
+        return (f"**{name}** is the schedule the paper fitted to its own network ({PRESET_NOTES.get(name, name)}, "
+                f"32x32 images), not to {this}: the agreement below says how well bbELS matches {this} with the "
+                f"windows fitted to another network, not with its own. {fit}.")
+    if kind == "calibrated" and source != this:
+        return (f"**{name}** was fitted to the network {source}, not to {this}: the agreement below says how well "
+                f"bbELS matches {this} with the windows fitted to another network, not with its own. {fit}.")
+    if kind in ("k", "table"):
+        return f"The sidebar's {name} is not fitted to any network. {fit}."
     return None
 
 
@@ -180,7 +220,8 @@ def comparison(net, dataset_key, train, seeds: list[int], ks, network_steps=(20,
         trajs = [runs[(m, s)] for s in seeds]
         outputs[m] = _stack([t.final for t in trajs])
         means[m] = {f.i: _stack([t.frame(f.i).mean for t in trajs]) for f in trajs[0].frames}
-    return score(seeds, 20, resample(ks, 20), sorted(set(network_steps) | {20}), outputs, means, label)
+    return score(seeds, 20, resample(ks, 20), sorted(set(network_steps) | {20}), outputs, means, label,
+                 train=train)
 
 
 def _stack(tensors):
