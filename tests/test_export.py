@@ -276,6 +276,7 @@ def test_every_download_button_of_the_app_is_named_by_download_name():
 def test_two_seeds_download_under_two_names_that_say_which_run(media, navigation_as_served):
     """The same page's downloads from two runs never share a file name (they used to: one seed's file
     overwrote the other's in the Downloads folder)."""
+    from elsviz.ui.data import DEFAULT_SET
     from tests.test_app import app, ok
     from tests.test_app_lesson import downloads
 
@@ -286,5 +287,6 @@ def test_two_seeds_download_under_two_names_that_say_which_run(media, navigation
     for key in ("dl_gif", "dl_png", "dl_npz"):
         first, second = names[0][key], names[1][key]
         assert first != second, key
-        assert first.startswith(("run_digits-n150_", "output_digits-n150_")) and "bbels-k5-6steps-seed0" in first
+        assert first.startswith((f"run_{DEFAULT_SET}-n150_", f"output_{DEFAULT_SET}-n150_")), first
+        assert "bbels-k5-6steps-seed0" in first
         assert "seed1" in second
