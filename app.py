@@ -2,7 +2,7 @@
 
     streamlit run app.py
 
-The sidebar (training set, machine, locality, steps, seed) is shared by the three pages.
+The sidebar (training set, machine, locality, steps, seed) is shared by every page (elsviz/ui/nav.py lists them).
 """
 import streamlit as st
 

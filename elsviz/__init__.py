@@ -2,13 +2,12 @@
 
     from elsviz import ImageSet, Engine, sample, branch, ElsvizError, load_dataset
 """
-from .compare import agreement, calibrate, compare, r2
+from .analysis.compare import agreement, calibrate, compare, r2
 from .datasets import load_dataset
 from .engine import Engine, Posterior
 from .machines import MACHINES
 from .errors import ElsvizError
-from .fingers import (DEFAULT_STUDY, FingerBirth, FingerCount, FingerStudy, commitment_map, count_fingers,
-                      count_fingers_batch, explain_extra_finger, finger_birth, finger_study, region_sources, seam_map)
+from .analysis.fingers import DEFAULT_STUDY, FingerBirth, FingerCount, FingerStudy, commitment_map, count_fingers, count_fingers_batch, explain_extra_finger, finger_birth, finger_study, region_sources, seam_map
 from .imageset import ImageSet
 from .networks import Network, load_network, train_network
 from .sampling import Frame, Trajectory, branch, sample

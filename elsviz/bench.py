@@ -182,11 +182,11 @@ def _mb(b):
 
 
 def _naive_median(machine: str, device: str) -> float:
-    """One digits trajectory through the naive dense formulation (elsviz.naive)."""
+    """One digits trajectory through the naive dense formulation (elsviz.engine.naive)."""
     import torch
 
     from elsviz import load_dataset, sample
-    from elsviz.naive import naive_mean
+    from elsviz.engine.naive import naive_mean
 
     train = load_dataset("digits")
     imgs = train.images.to(device)

@@ -255,7 +255,7 @@ def download_name(what: str, ext: str, *, train=None, spec=None, step: int | Non
         download_name("lesson-mosaic", "png", train=digits, spec=RunSpec("bbels", "mnist-resnet", 20, 3))
         -> 'lesson-mosaic_digits-n1797_bbels-mnist-resnet-20steps-seed3.png'
 
-    train: an ImageSet (or a set's name); spec: an elsviz.runs.RunSpec; a table of k per step is named
+    train: an ImageSet (or a set's name); spec: an elsviz.app.runs.RunSpec; a table of k per step is named
     by its range and a checksum of the whole table ('k3to15-table-5d1c0e2a').
     """
     parts = [_safe(what)]

@@ -17,7 +17,7 @@ from plotly.colors import get_colorscale, hex_to_rgb, sample_colorscale
 from plotly.subplots import make_subplots
 
 from .errors import ElsvizError
-from .runs import patch, seams, shared_mask
+from .analysis.provenance import patch, seams, shared_mask
 from .validate import as_bool, as_float, as_int, as_pixel
 
 MAX_PICTURE = 4096  # pixels on a side
@@ -489,7 +489,7 @@ def weight_text(w: float) -> str:
     return f"{w:.3f}" if w >= 0.0005 else "< 0.001"
 
 
-# -- a trained network against the machines (elsviz.compare) ----------------------------------------
+# -- a trained network against the machines (elsviz.analysis.compare) ----------------------------------------
 def grid(rows, col_titles: list[str], row_titles: list[str], captions=None, *, target: int = 96, gap: int = 8,
          font_size: int = 14) -> Image.Image:
     """Pictures in rows and columns: titles above the columns, at the left of the rows, and an optional
@@ -522,9 +522,9 @@ def grid(rows, col_titles: list[str], row_titles: list[str], captions=None, *, t
 
 
 def network_grid(result, columns=None, *, rows: int | None = None, target: int = 96) -> Image.Image:
-    """Seeds x [network | machines] of an elsviz.compare.Comparison, each machine's picture captioned
+    """Seeds x [network | machines] of an elsviz.analysis.compare.Comparison, each machine's picture captioned
     with its agreement with the network (the network run with the most steps, unless columns name another)."""
-    from .compare import NAMES
+    from .analysis.compare import NAMES
 
     net = result.main_network
     columns = list(columns or [net, "bbels", "els", "is"])
@@ -592,10 +592,10 @@ def schedules_figure(schedules: dict, *, highlight=(), height: int = 320, title:
 
 def trajectory_pair(result, machine: str = "bbels", seed_index: int = 0, *, every: int = 1,
                     target: int = 64) -> Image.Image:
-    """One seed of an elsviz.compare.Comparison, step by step: the network's posterior means in the top row,
+    """One seed of an elsviz.analysis.compare.Comparison, step by step: the network's posterior means in the top row,
     the machine's below (a column per step, or per `every` steps, always ending with step 1; both runs
     with the same number of steps), and the agreement of the two at each step under the second row."""
-    from .compare import NAMES
+    from .analysis.compare import NAMES
 
     net = result.means["network"]
     steps = sorted(net, reverse=True)
@@ -620,7 +620,7 @@ def step_agreement_figure(lines: dict, *, height: int = 300, title: str | None =
     return fig
 
 
-# -- extra fingers (elsviz.fingers, elsviz.fingers_view; the "Extra fingers" page) -------------------
+# -- extra fingers (elsviz.analysis.fingers, elsviz.app.fingers; the "Extra fingers" page) -------------------
 FINGER_RGB = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
               (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]  # one colour per finger label
 FLAG_RGB = (214, 39, 40)  # an odd hand (not five fingers)
@@ -809,7 +809,7 @@ def timeline_figure(rows: list[dict], *, height: int = 300) -> go.Figure:
 def seam_picture(img, source_index, source_pos, source_count, *, target: int = 256, within=None,
                  rgb=(230, 30, 30)) -> Image.Image:
     """The seams of a mosaic as red lines between pixels, over the picture dimmed: where neighbours are
-    copied from different training images or from one at other offsets (elsviz.runs.seams). within:
+    copied from different training images or from one at other offsets (elsviz.analysis.provenance.seams). within:
     bool [H, W] (the hand, say): only seams with both pixels inside are drawn."""
     check_image(img)
     h, w = img.shape[-2:]
@@ -888,9 +888,9 @@ def finger_sources_grid(images_per_finger: list[list], captions: list[list[str]]
 def agreement_spread_figure(rows: dict, seeds, *, baselines=(), height: int | None = None) -> go.Figure:
     """Agreement with the network, one row per machine or baseline (rows = {name: [value per seed]}, top
     row first): each seed a dot (hover: the seed), the middle half of the seeds a thick bar from the
-    lower to the upper quartile, the median a white diamond (elsviz.compare.spread: the numbers the
+    lower to the upper quartile, the median a white diamond (elsviz.analysis.compare.spread: the numbers the
     page states). Names in `baselines` grey, the machines blue."""
-    from .compare import spread
+    from .analysis.compare import spread
 
     names = list(rows)
     fig = go.Figure()
@@ -923,7 +923,7 @@ def birth_steps_figure(points: list, steps: int, *, born: tuple[int, int] | None
                        height: int = 300) -> go.Figure:
     """birth_figure with its steps in words: each tick names the step and where it falls in the run
     (steps count down: step steps-1 runs first), and the shaded window says early, midway or late."""
-    from .fingers import run_phase
+    from .analysis.fingers import run_phase
 
     fig = birth_figure(points, born=born, normal=normal, height=height)
     shown = sorted({p[0] for p in points}, reverse=True)

@@ -84,3 +84,13 @@ def check_k_fits(machine: str, k: int, train_hw: tuple[int, int], out_hw: tuple[
                     "some boundary patterns of the output occur nowhere in the training images. "
                     f"Pick an odd k <= {odd_floor(min(q, tr))} or the training size."
                 )
+
+
+def k_sweep(machine: str, train_hw: tuple[int, int], out_hw: tuple[int, int] | None = None) -> list[int]:
+    """k = 1, 3, 5, ... up to the image size (the first odd k >= the output's larger side), within k_limit."""
+    out_hw = out_hw or train_hw
+    lim = k_limit(machine, train_hw, out_hw)
+    top = max(out_hw) if max(out_hw) % 2 else max(out_hw) + 1
+    if lim is not None:
+        top = min(top, lim)
+    return list(range(1, top + 1, 2))

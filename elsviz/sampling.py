@@ -62,7 +62,7 @@ class Trajectory:
         raise ElsvizError(f"This run has no step {i}; steps run from {self.steps - 1} down to 1.")
 
 
-def _noise(denoiser, seed: int, shape) -> torch.Tensor:
+def start_noise(denoiser, seed: int, shape) -> torch.Tensor:
     device = getattr(denoiser, "device", torch.device("cpu"))
     gen = torch.Generator(device=device).manual_seed(int(seed))
     return torch.randn(shape, generator=gen, device=device)
@@ -117,7 +117,7 @@ def sample(denoiser, x: torch.Tensor | None = None, steps: int = 20, k=5, label:
     seed = None if seed is None else as_seed(seed)
     if x is None:
         seed = 0 if seed is None else seed
-        x = _noise(denoiser, seed, _default_shape(denoiser, shape))
+        x = start_noise(denoiser, seed, _default_shape(denoiser, shape))
     elif not isinstance(x, torch.Tensor):
         raise ElsvizError(f"x must be a torch tensor [B, C, H, W], got {type(x).__name__}.")
     elif x.is_complex() or x.ndim not in (3, 4) or x.numel() == 0:

@@ -15,26 +15,7 @@ from streamlit.testing.v1 import AppTest
 from elsviz.errors import ElsvizError
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["pages/reverse_diffusion.py", "pages/provenance.py", "pages/locality.py"]
-
-
-@pytest.fixture(autouse=True)
-def navigation_as_served(monkeypatch):
-    """Run the app as `streamlit run` does: through st.navigation, not the legacy pages/ folder mode.
-
-    AppTest resets PagesManager.uses_pages_directory before every run, so with a pages/ folder
-    beside app.py each rerun goes through the legacy mode and skips app.py (and its sidebar); the
-    server sets the flag once and st.navigation clears it for good.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    init = PagesManager.__init__
-
-    def served(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", served)
+PAGES = ["app_pages/reverse_diffusion.py", "app_pages/provenance.py", "app_pages/locality.py"]
 
 
 def app(limit=150, steps=6, loc_mode="one k", **state) -> AppTest:
@@ -58,7 +39,7 @@ def ok(at: AppTest) -> AppTest:
 
 def open_page(path: str, timeout: float = 300, /, **state) -> AppTest:
     """The app with this session state (any keys: path, timeout included), switched to the page at
-    path (e.g. "pages/network.py"), run."""
+    path (e.g. "app_pages/network.py"), run."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
     for key, value in state.items():
         at.session_state[key] = value
@@ -163,8 +144,8 @@ def element_types(block) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("seed,page", list(enumerate(["pages/reverse_diffusion.py", "pages/provenance.py",
-                                                       "pages/locality.py", "pages/lesson.py"], start=424240)))
+@pytest.mark.parametrize("seed,page", list(enumerate(["app_pages/reverse_diffusion.py", "app_pages/provenance.py",
+                                                       "app_pages/locality.py", "app_pages/lesson.py"], start=424240)))
 def test_a_page_keeps_its_places_whether_its_run_computes_or_comes_from_the_cache(seed, page):
     """Streamlit matches a rerun's elements to the previous rerun's by their place: a progress bar
     only a computing rerun leaves behind shifts the rest by one, and the next rerun briefly shows the
@@ -175,7 +156,7 @@ def test_a_page_keeps_its_places_whether_its_run_computes_or_comes_from_the_cach
         at.session_state[key] = value  # the first rerun computes
     at.switch_page(page)
     computed = element_types(ok(at.run()).main)
-    if page != "pages/lesson.py":  # (the lesson runs its own specs)
+    if page != "app_pages/lesson.py":  # (the lesson runs its own specs)
         assert at.session_state["_last_result"].seconds > 0
     cached = element_types(ok(at.run()).main)
     assert computed == cached
@@ -184,11 +165,11 @@ def test_a_page_keeps_its_places_whether_its_run_computes_or_comes_from_the_cach
 def shown_from_the_neighbours(at: AppTest) -> None:
     """After a run at k = 5: k = 3, 7, 9 and 1 were computed in the background, and the slider moved
     to 7 shows that run from the cache, not run again."""
-    from elsviz.ui.cache import _runs, _worker
+    from elsviz.ui.cache import runs_cache, _worker
 
     assert _worker().idle(timeout=300)
     s = at.session_state["_settings"]
-    near = {k: _runs().get((s.dataset_key, s.spec.__class__(**{**s.spec.__dict__, "k": k}))) for k in (3, 7, 9, 1)}
+    near = {k: runs_cache().get((s.dataset_key, s.spec.__class__(**{**s.spec.__dict__, "k": k}))) for k in (3, 7, 9, 1)}
     assert all(near.values()), [k for k, r in near.items() if r is None]
     assert all((s.dataset_key, r.spec) in _worker().done for r in near.values())  # made in the background
     at.slider(key="k").set_value(7)
@@ -201,7 +182,7 @@ def test_live_k_computes_the_neighbouring_k_in_the_background():
     Changing the settings stops background work for the old ones."""
     import threading
 
-    from elsviz.live import Job
+    from elsviz.app.worker import Job
     from elsviz.ui.cache import _worker
 
     at = ok(app(seed=515151))
@@ -234,7 +215,7 @@ def test_one_sessions_new_settings_leave_another_sessions_neighbours_alone():
     are dropped; the other's neighbour is finished."""
     import threading
 
-    from elsviz.live import Job
+    from elsviz.app.worker import Job
     from elsviz.ui.cache import _worker
 
     first, second = ok(app(seed=525252)), ok(app(seed=535353))

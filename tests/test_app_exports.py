@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 
 from elsviz import export, figures
-from tests.test_app import app, navigation_as_served, ok  # noqa: F401 - autouse: the app as `streamlit run` serves it
+from tests.test_app import app, ok
 from tests.test_app_lesson import downloads, image_bytes, media  # noqa: F401 - media: a fixture
 from tests.test_export import video
 
@@ -38,14 +38,14 @@ def test_reverse_diffusion_offers_gif_mp4_png_and_npz_of_its_run(media):
 
 def test_provenance_and_locality_offer_their_pictures(media):
     at = ok(app(steps=6))
-    at.switch_page("pages/provenance.py")
+    at.switch_page("app_pages/provenance.py")
     ok(at.run())
     files = downloads(at, media)
     png = Image.open(io.BytesIO(files["dl_provenance"][1]))
     assert png.format == "PNG" and png.size == (640, 640)
     assert np.load(io.BytesIO(files["dl_npz"][1]), allow_pickle=False)["source_index"].shape == (5, 1, 16, 16)
 
-    at.switch_page("pages/locality.py")
+    at.switch_page("app_pages/locality.py")
     ok(at.run())
     start = [b for b in at.button if b.label.startswith("Run the")]
     if start:

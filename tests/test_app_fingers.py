@@ -12,14 +12,13 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from elsviz import load_dataset
-from elsviz.fingers import DEFAULT_STUDY
-from tests.test_app import navigation_as_served  # noqa: F401 - autouse: the app as `streamlit run` serves it
+from elsviz.analysis.fingers import DEFAULT_STUDY
 from tests.test_app import element_types, ok, open_page
 from tests.test_app_lesson import downloads, media  # noqa: F401 - media: a fixture
 from tests.test_app_links import opened
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = "pages/extra_fingers.py"
+PAGE = "app_pages/extra_fingers.py"
 TINY = dict(dataset="hands", limit=30, fing_seeds=3, fing_ks="5 13", fing_steps=5)
 
 

@@ -11,10 +11,9 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tests.test_app import navigation_as_served  # noqa: F401 - autouse: the app as `streamlit run` serves it
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = "pages/lesson.py"
+PAGE = "app_pages/lesson.py"
 SECTIONS = ["1. Noise, then the reverse process", "2. The ideal model memorises",
             "3. Locality alone copies from the same place", "4. Locality plus equivariance creates",
             "5. The border: bbELS", "6. The patch mosaic", "7. What k does"]
@@ -106,17 +105,17 @@ def test_seven_sections_in_order_each_with_a_large_picture(media):
 
 def lesson_run(at: AppTest, machine: str, k):
     """The lesson's run of this machine and k, from the app's run cache (the one the page drew)."""
-    from elsviz.runs import RunSpec
-    from elsviz.ui.cache import _runs
+    from elsviz.app.runs import RunSpec
+    from elsviz.ui.cache import runs_cache
 
     s = at.session_state["_settings"]
-    return _runs().get((s.dataset_key, RunSpec(machine=machine, k=k, steps=s.spec.steps, seed=s.spec.seed)))
+    return runs_cache().get((s.dataset_key, RunSpec(machine=machine, k=k, steps=s.spec.steps, seed=s.spec.seed)))
 
 
 def test_what_the_text_claims_is_what_the_runs_show():
-    from elsviz.claims import COPY_RMS, EQUAL_TOL
-    from elsviz.lesson import LESSON_K
-    from elsviz.runs import mosaic
+    from elsviz.analysis.claims import COPY_RMS, EQUAL_TOL
+    from elsviz.analysis.lesson import LESSON_K
+    from elsviz.analysis.provenance import mosaic
 
     at = lesson()
     body = "\n".join(m.value for m in at.markdown)
@@ -165,9 +164,9 @@ JARGON_WORDS = {"k": r"\bk\b", "entropy": r"\bentropy\b", "nats": r"\bnats\b", "
 
 
 def unexplained_jargon(texts: list[str]) -> list[str]:
-    """The words of elsviz.claims.JARGON whose first mention on a page is not explained by its plain sentence
+    """The words of elsviz.analysis.claims.JARGON whose first mention on a page is not explained by its plain sentence
     in the same element or the next one."""
-    from elsviz.claims import JARGON
+    from elsviz.analysis.claims import JARGON
 
     missing = []
     for word, pattern in JARGON_WORDS.items():
@@ -183,7 +182,7 @@ def unexplained_jargon(texts: list[str]) -> list[str]:
 def test_the_jargon_is_explained_where_it_first_appears_on_each_page():
     at = lesson()
     seen = {}
-    for page in (PAGE, "pages/reverse_diffusion.py", "pages/provenance.py", "pages/locality.py"):
+    for page in (PAGE, "app_pages/reverse_diffusion.py", "app_pages/provenance.py", "app_pages/locality.py"):
         at.switch_page(page)
         at.run()
         assert not at.exception, [e.value for e in at.exception]
@@ -191,7 +190,7 @@ def test_the_jargon_is_explained_where_it_first_appears_on_each_page():
         assert not unexplained_jargon(texts), (page, unexplained_jargon(texts))
         seen[page] = {w for w, p in JARGON_WORDS.items() if any(re.search(p, t, re.IGNORECASE) for t in texts)}
     assert {"k", "entropy", "score"} <= seen[PAGE]
-    assert {"k", "entropy", "nats", "posterior"} <= seen["pages/reverse_diffusion.py"]
+    assert {"k", "entropy", "nats", "posterior"} <= seen["app_pages/reverse_diffusion.py"]
     # the check can fail: a page that names entropy without explaining it
     assert unexplained_jargon(["The entropy map shows 4.5 nats.", "k = 5"]) == [
         "k (first in: 'k = 5')", "entropy (first in: 'The entropy map shows 4.5 nats.')",

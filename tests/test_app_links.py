@@ -4,12 +4,12 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from tests.test_app import app, navigation_as_served, ok, output_pixels, text  # noqa: F401 - autouse fixture
+from tests.test_app import app, ok, output_pixels, text
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def opened(params: dict, page: str = "pages/reverse_diffusion.py") -> AppTest:
+def opened(params: dict, page: str = "app_pages/reverse_diffusion.py") -> AppTest:
     """A fresh session (nothing in session_state) opened on a link to the page with these parameters (a link
     copied on a page carries its path: the Reverse diffusion page's, unless told)."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
@@ -56,7 +56,7 @@ def text_sidebar(at: AppTest) -> str:
 
 def test_a_link_reopens_the_provenance_step_and_pixel():
     at = ok(app(limit=150, steps=6))
-    at.switch_page("pages/provenance.py")
+    at.switch_page("app_pages/provenance.py")
     ok(at.run())
     at.number_input(key="px_row").set_value(3)
     at.number_input(key="px_col").set_value(11)
@@ -65,7 +65,7 @@ def test_a_link_reopens_the_provenance_step_and_pixel():
     ok(at.run())
     link = dict(at.query_params)
     assert {"step": "2", "row": "3", "col": "11"}.items() <= link.items()
-    again = opened(link, "pages/provenance.py")
+    again = opened(link, "app_pages/provenance.py")
     assert again.select_slider(key="prov_step").value == 2
     assert "Pixel (3, 11)" in text(again)
 

@@ -13,14 +13,13 @@ import numpy as np
 from PIL import Image
 
 from elsviz import Engine, calibrate, load_dataset, load_network, sample
-from elsviz.compare import resample
+from elsviz.analysis.compare import resample
 from elsviz.networks import save_schedule, train_network
-from tests.test_app import navigation_as_served  # noqa: F401 - autouse: the app as `streamlit run` serves it
 from tests.test_app import ok, open_page, text
 from tests.test_app_lesson import downloads, media  # noqa: F401 - media: a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = "pages/network.py"
+PAGE = "app_pages/network.py"
 SMALL = {"size": 8, "limit": 40}
 
 
@@ -105,7 +104,7 @@ def test_the_calibrated_schedule_is_offered_in_the_sidebar(networks):
     assert "calibrated: tiny (fitted to the network tiny, bbels, 2 samples)" in options
     assert options[0].startswith("mnist-resnet")
     at.selectbox(key="preset").set_value("calibrated: tiny")
-    at.switch_page("pages/locality.py")
+    at.switch_page("app_pages/locality.py")
     ok(at.run())
     assert not at.error
     fitted = json.loads((networks / "tiny" / "schedule.json").read_text())["schedule"]
@@ -159,7 +158,7 @@ def test_agreement_stands_beside_baselines_recomputed_from_the_network(networks,
     import io
     import re
 
-    from elsviz.compare import BASELINES, agreement, median, random_images, spread
+    from elsviz.analysis.compare import BASELINES, agreement, median, random_images, spread
 
     at = page(net_choice="tiny (trained here)", net_seeds=3)
     assert not at.error

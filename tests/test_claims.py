@@ -1,8 +1,8 @@
-"""Property tests of elsviz.claims: every sentence the pages state about a run, recomputed from the run's numbers.
+"""Property tests of elsviz.analysis.claims: every sentence the pages state about a run, recomputed from the run's numbers.
 
 For every built-in set (a small subset, 3 steps, k = 3, so it stays cheap on 2 cores) each machine runs 50 seeds
 at once, as 50 images of one batch drawn exactly as the app draws seed s. Each claim is then checked against the
-numbers by the checks below, written apart from elsviz.claims (distances in float64 by brute force, shares from
+numbers by the checks below, written apart from elsviz.analysis.claims (distances in float64 by brute force, shares from
 the weights, fractions from the positions): a sentence that says "copied" must be about a pixel whose heaviest
 patch holds at least COPIED of its weight, "gives back" about a picture within EQUAL_TOL of its mosaic, "a copy"
 about an output within COPY_RMS of a training image, and every number in it must be the one measured. Each check
@@ -20,11 +20,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elsviz import Engine, claims, load_dataset, sample
-from elsviz.claims import COPIED, COPY_RMS, EQUAL_TOL, MOSTLY, TYPICAL_Q, amount, percent
+from elsviz import Engine, load_dataset, sample
+from elsviz.analysis import claims
+from elsviz.analysis.claims import COPIED, COPY_RMS, EQUAL_TOL, MOSTLY, TYPICAL_Q, amount, percent
 from elsviz.datasets import BUILTINS
-from elsviz.lesson import border_kept_fraction, same_place_fraction
-from elsviz.runs import mosaic
+from elsviz.analysis.lesson import border_kept_fraction, same_place_fraction
+from elsviz.analysis.provenance import mosaic
 
 SEEDS = 50
 STEPS = 3  # two denoising steps: an intermediate frame (step 2) and the output (step 1)

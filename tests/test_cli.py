@@ -14,8 +14,8 @@ import pytest
 
 from tests.servers import free_port, log_tail, running
 
-from elsviz import cli
-from elsviz.cli import COMMANDS, build_parser, main, output_files
+import elsviz.cli.commands as cli
+from elsviz.cli.commands import COMMANDS, build_parser, main, output_files
 from elsviz.errors import ElsvizError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +232,7 @@ def test_app_runs_streamlit_on_the_app_with_its_settings_and_passes_options_thro
 
 
 def test_app_without_its_files_says_how_to_get_them(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "elsviz" / "cli.py"))
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "elsviz" / "cli" / "commands.py"))
     assert main(["app"]) == 1
     err = capsys.readouterr().err
     assert "pip install -e ." in err and err.count("\n") == 1

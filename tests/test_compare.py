@@ -1,4 +1,4 @@
-"""elsviz.compare's baselines: what agreement unrelated pictures reach, the quartiles, and the sentence that
+"""elsviz.analysis.compare's baselines: what agreement unrelated pictures reach, the quartiles, and the sentence that
 reads a comparison's numbers against them, recomputed here by brute force over many seeds."""
 import json
 import math
@@ -8,8 +8,7 @@ import re
 import pytest
 import torch
 
-from elsviz.compare import (BASELINES, NAMES, agreement, baselines, median, nearest_images, random_images,
-                            scale_sentence, score, spread)
+from elsviz.analysis.compare import BASELINES, NAMES, agreement, baselines, median, nearest_images, random_images, scale_sentence, score, spread
 from elsviz.errors import ElsvizError
 
 

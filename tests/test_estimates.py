@@ -1,13 +1,12 @@
 """Time estimates (runs.Estimator), the long-run gate and its subset offer, the time left during a run,
-and live k: the neighbouring k computed in the background (elsviz.live.Worker)."""
+and live k: the neighbouring k computed in the background (elsviz.app.worker.Worker)."""
 import threading
 import time
 
 import pytest
 
-from elsviz.live import Job, Worker
-from elsviz.runs import (GATE_WORK, LONG_S, Estimator, RunSpec, Workload, left_text, needs_confirmation, neighbour_ks,
-                         run_ks, step_work, subset_offer, time_left)
+from elsviz.app.worker import Job, Worker
+from elsviz.app.runs import GATE_WORK, LONG_S, Estimator, RunSpec, Workload, left_text, needs_confirmation, neighbour_ks, run_ks, step_work, subset_offer, time_left
 
 DIGITS = step_work(1797, (1, 16, 16), "bbels")  # 1.2e8 per step
 HANDS = step_work(1000, (1, 32, 32), "bbels")  # 1.0e9 per step

@@ -10,10 +10,9 @@ import pytest
 from PIL import Image
 
 from elsviz import Engine, export, figures, load_dataset
-from elsviz.cli import main
+from elsviz.cli.commands import main
 from elsviz.errors import ElsvizError
-from elsviz.runs import RunSpec, run
-from tests.test_app import navigation_as_served  # noqa: F401 - a fixture: the app as `streamlit run` serves it
+from elsviz.app.runs import RunSpec, run
 from tests.test_app_lesson import media  # noqa: F401 - a fixture: the files the app hands the browser
 
 SPEC = RunSpec(machine="bbels", k=3, steps=5, seed=4)
@@ -250,7 +249,7 @@ def test_every_download_button_of_the_app_is_named_by_download_name():
     a function of the page that calls it), so no two runs' downloads share a name."""
     import ast
 
-    pages = Path(__file__).resolve().parents[1] / "pages"
+    pages = Path(__file__).resolve().parents[1] / "app_pages"
     found = 0
 
     def names_by_download_name(tree) -> set[str]:  # the page's own functions that return download_name(...)
@@ -273,7 +272,7 @@ def test_every_download_button_of_the_app_is_named_by_download_name():
     assert found >= 7  # reverse diffusion 4, provenance 2, locality 1, lesson 1 (at least)
 
 
-def test_two_seeds_download_under_two_names_that_say_which_run(media, navigation_as_served):
+def test_two_seeds_download_under_two_names_that_say_which_run(media):
     """The same page's downloads from two runs never share a file name (they used to: one seed's file
     overwrote the other's in the Downloads folder)."""
     from elsviz.ui.data import DEFAULT_SET

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from elsviz import ElsvizError, load_dataset
-from elsviz.cli import main
+from elsviz.cli.commands import main
 from elsviz.datasets.fetch import REMOTES, Remote, fetch
 
 

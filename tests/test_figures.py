@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageFont
 
 from elsviz import Engine, ImageSet, figures, sample
-from elsviz.runs import seams
+from elsviz.analysis.provenance import seams
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 
 from elsviz import figures
 from elsviz.errors import ElsvizError
-from elsviz.fingers_view import cell_at
+from elsviz.app.fingers import cell_at
 
 
 def blob():

@@ -1,4 +1,4 @@
-"""The extra-finger debugger (elsviz.fingers): the counter against the hands generator's ground truth,
+"""The extra-finger debugger (elsviz.analysis.fingers): the counter against the hands generator's ground truth,
 not-a-hand and bad input, the seam and commitment maps on hand-made runs, the branch test on a
 denoiser whose answer we know, and the study's batching, reproducibility and cache.
 
@@ -16,8 +16,8 @@ from skimage.draw import disk
 
 from elsviz import (ElsvizError, Engine, Frame, Trajectory, branch, commitment_map, count_fingers, count_fingers_batch,
                     explain_extra_finger, finger_birth, finger_study, load_dataset, region_sources, sample, seam_map)
-from elsviz.runs import k_limit
-from elsviz.fingers import DEFAULT_STUDY, NEVER, FingerBirth, _window, clear_study_cache, extra_finger, study_noise
+from elsviz.machines import k_limit
+from elsviz.analysis.fingers import DEFAULT_STUDY, NEVER, FingerBirth, _window, clear_study_cache, extra_finger, study_noise
 
 
 # -- the counter ------------------------------------------------------------------------------------

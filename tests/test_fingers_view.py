@@ -1,4 +1,4 @@
-"""elsviz.fingers_view: silhouettes from a user's images, the hand check, the pieces of a mosaic and
+"""elsviz.app.fingers: silhouettes from a user's images, the hand check, the pieces of a mosaic and
 the patches a region is made of, a region's timeline, slicing a batched run, the gallery's clicks."""
 from collections import Counter
 
@@ -8,8 +8,7 @@ import torch
 
 from elsviz import ImageSet, load_dataset
 from elsviz.errors import ElsvizError
-from elsviz.fingers_view import (cell_at, hand_check, parse_ks, patch_caption, patches_sentence, piece_patches, pieces, silhouette_problem,
-                                 silhouettes, timeline)
+from elsviz.app.fingers import cell_at, hand_check, parse_ks, patch_caption, patches_sentence, piece_patches, pieces, silhouette_problem, silhouettes, timeline
 from elsviz.sampling import Frame, Trajectory
 
 
@@ -146,7 +145,7 @@ def test_the_study_takes_odd_ks_and_schedule_names_and_says_what_is_wrong_with_o
 
 def test_step_seconds_times_a_cold_and_a_warm_step(hands):
     from elsviz import Engine
-    from elsviz.fingers_view import step_seconds
+    from elsviz.app.fingers import step_seconds
 
     cold, warm = step_seconds(Engine(hands, machine="bbels", device="cpu"), 2, 5)
     assert cold > 0 and warm > 0
@@ -154,7 +153,7 @@ def test_step_seconds_times_a_cold_and_a_warm_step(hands):
 
 def test_the_hand_check_says_whether_it_counted_all_or_a_sample():
     hands = load_dataset("hands", n=600)  # more than CHECK_ALL: a sample
-    from elsviz.fingers_view import CHECK_ALL
+    from elsviz.app.fingers import CHECK_ALL
 
     check = hand_check(hands.images)
     assert check.checked == CHECK_ALL and check.total == 600
@@ -170,8 +169,8 @@ def test_the_hand_check_says_whether_it_counted_all_or_a_sample():
 
 def test_the_study_says_its_settings_and_its_table_holds_every_count():
     from elsviz import Engine
-    from elsviz.fingers import finger_study
-    from elsviz.fingers_view import Studied, study_settings
+    from elsviz.analysis.fingers import finger_study
+    from elsviz.app.fingers import Studied, study_settings
     from elsviz.export import csv_bytes, json_bytes
     import csv
     import io

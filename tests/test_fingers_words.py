@@ -1,4 +1,4 @@
-"""The Extra fingers page's sentences against the numbers they state (elsviz.fingers.explain_extra_finger).
+"""The Extra fingers page's sentences against the numbers they state (elsviz.analysis.fingers.explain_extra_finger).
 
 `check_sentence` recomputes every claim of a sentence from the run and its branch test, from first
 principles (count_fingers of the outputs, region_sources of the frames): the finger count, which
@@ -17,9 +17,8 @@ import pytest
 import torch
 
 from elsviz import Engine, count_fingers, finger_birth, load_dataset, region_sources, sample
-from elsviz.fingers import (KEPT, PHASES, explain_extra_finger, extra_finger, extra_fingers, fix_cover, run_phase,
-                            when_in_run)
-from elsviz.fingers import study_noise
+from elsviz.analysis.fingers import KEPT, PHASES, explain_extra_finger, extra_finger, extra_fingers, fix_cover, run_phase, when_in_run
+from elsviz.analysis.fingers import study_noise
 from tests.test_fingers import _grid
 
 WORDS = {1: "one", 2: "two", 3: "three"}
@@ -348,7 +347,7 @@ def test_sentences_state_their_numbers_on_real_bbels_runs():
 
 
 def _row(traj, n):
-    from elsviz.fingers import _one
+    from elsviz.analysis.fingers import _one
 
     return _one(traj, n)
 

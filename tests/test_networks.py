@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from elsviz import ElsvizError, Engine, agreement, calibrate, compare, load_dataset, load_network, r2, sample
-from elsviz.cli import main
-from elsviz.compare import calibration, noise
+from elsviz import ElsvizError, Engine, agreement, calibrate, load_dataset, load_network, r2, sample
+from elsviz.analysis import compare
+from elsviz.cli.commands import main
+from elsviz.analysis.compare import calibration, noise
 from elsviz.networks import read_config, save_schedule, train_network
 from elsviz.schedule import alpha_sigma, beta
 
@@ -372,7 +373,7 @@ def test_calibration_recovers_the_schedule_of_a_machine(digits8):
 
 
 def test_the_schedule_is_the_median_best_k_rounded_to_odd():
-    from elsviz.compare import _odd_median
+    from elsviz.analysis.compare import _odd_median
 
     assert _odd_median([3, 3, 5, 9, 9]) == 5
     assert _odd_median([3, 5]) == 5 and _odd_median([5, 7, 9, 11]) == 9  # halfway: up to the next odd k

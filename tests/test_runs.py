@@ -1,13 +1,12 @@
-"""elsviz.runs: run specs, the run cache, time estimates and the provenance summaries the app shows."""
+"""elsviz.app.runs (run specs, the run cache, time estimates) and elsviz.analysis.provenance (the summaries the app shows)."""
 import pytest
 import torch
 
 from elsviz import Engine, ImageSet
 from elsviz.errors import ElsvizError
-from elsviz.runs import (
-    Estimator, Result, RunCache, RunSpec, Workload, changed_fraction, distinct_sources, k_limit, k_sweep, mosaic, patch,
-    pixel_from_click, run, run_cost, seams, shared_mask, source_shares, subset_size,
-)
+from elsviz.app.runs import Estimator, pixel_from_click, Result, run, run_cost, RunCache, RunSpec, subset_size, Workload
+from elsviz.analysis.provenance import changed_fraction, distinct_sources, mosaic, patch, seams, shared_mask, source_shares
+from elsviz.machines import k_limit, k_sweep
 
 
 def consistent_pos(h, w, dr=0, dc=0):
@@ -167,7 +166,7 @@ def test_run_makes_the_requested_size_and_is_reproducible():
 
 
 def test_the_app_leaves_a_core_for_the_browser_unless_told_otherwise():
-    from elsviz.runs import app_threads
+    from elsviz.app.runs import app_threads
 
     assert app_threads(2, {}) == 1  # 2 cores: the engine takes one, the browser and server the other
     assert app_threads(8, {}) == 7

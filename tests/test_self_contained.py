@@ -72,7 +72,7 @@ def test_the_theory_page_cites_the_paper():
 
 
 def test_the_app_page_says_what_the_app_opens_with():
-    from elsviz.runs import MACHINE_NAMES
+    from elsviz.machines import MACHINE_NAMES
     from elsviz.ui.sidebar import DEFAULTS, PRESET
 
     app_md = (ROOT / "docs" / "APP.md").read_text()

@@ -8,7 +8,6 @@ from .models import (ARCHS, DEFAULTS, Embedding, ResNetDenoiser, UNetDenoiser, b
                      receptive_field, time_features)
 from .training import T_MIN, TrainProgress, train_network
 
-_atomic_write = atomic_write  # the name elsviz/cli_networks.py imports
 
 __all__ = [
     "ARCHS", "BUNDLED", "CONFIG", "DEFAULTS", "FORMAT", "SCHEDULE", "T_MIN", "VERSION",

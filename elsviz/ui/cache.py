@@ -5,7 +5,7 @@ on the page. A run that truly takes long (runs.needs_confirmation: a 32x32 set o
 digits) says so first and offers a subset of the training set. Estimates come from the steps this
 server has timed (runs.Estimator, per workload and k), and a running run says how long is left.
 
-Live k: after a run with one k, its neighbouring k are computed in the background (elsviz.live)
+Live k: after a run with one k, its neighbouring k are computed in the background (elsviz.app.worker)
 into the same run cache, so moving the slider to one of them shows it at once.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import replace
 import streamlit as st
 
 from ..errors import ElsvizError
-from ..live import Job, Worker
-from ..runs import (Estimator, Result, RunCache, RunSpec, StepClock, Workload, k_limit,
-                    left_text, needs_confirmation, neighbour_ks, run, run_ks, run_ts, step_work, subset_offer, time_left)
+from ..app.worker import Job, Worker
+from ..app.runs import Estimator, left_text, needs_confirmation, neighbour_ks, Result, run, run_ks, run_ts, RunCache, RunSpec, step_work, StepClock, subset_offer, time_left, Workload
+from ..machines import k_limit
 from ..sampling import branch
 from . import data
 from .sidebar import settings
@@ -31,7 +31,7 @@ LIVE_MAX_S = 15.0  # ... only those estimated under this (the 1,000 hands on one
 
 
 @st.cache_resource(show_spinner=False)
-def _runs() -> RunCache:
+def runs_cache() -> RunCache:
     return RunCache(maxsize=256)
 
 
@@ -146,7 +146,7 @@ def _use_subset(n: int) -> None:
 
 def estimate(settings, spec: RunSpec) -> float:
     """About how many seconds spec takes on the settings' set (0 when it is cached)."""
-    if _runs().get((settings.dataset_key, spec)) is not None:
+    if runs_cache().get((settings.dataset_key, spec)) is not None:
         return 0.0
     engine = _engine_of(settings, spec.machine)
     workload, work = _workload(settings, spec, engine)
@@ -162,7 +162,7 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
     """
     spec = spec or settings.spec
     key = (settings.dataset_key, spec)
-    cache = _runs()
+    cache = runs_cache()
     slot = status_slot()
     hit = cache.get(key)
     if hit is None and _worker().running() == key:  # being computed in the background: finish it there
@@ -219,7 +219,7 @@ def live_plan(settings, spec: RunSpec) -> list[Job]:
     for k in neighbour_ks(spec.k, kmax, LIVE_K):
         other = replace(spec, k=k)
         key = (settings.dataset_key, other)
-        if _runs().get(key) is not None:
+        if runs_cache().get(key) is not None:
             continue
         if _estimator().seconds(workload, work, run_ks(other), engine, run_ts(other)) > LIVE_MAX_S:
             continue
@@ -230,7 +230,7 @@ def live_plan(settings, spec: RunSpec) -> list[Job]:
 def _background_run(settings, spec, engine, workload, work):
     def go(check):
         key = (settings.dataset_key, spec)
-        if _runs().get(key) is not None:  # run in the foreground meanwhile
+        if runs_cache().get(key) is not None:  # run in the foreground meanwhile
             return
         total, done = spec.steps - 1, []
 
@@ -239,7 +239,7 @@ def _background_run(settings, spec, engine, workload, work):
             check(len(done), total)
 
         traj, took = _timed_run(engine, workload, work, lambda cb: run(engine, spec, cb), StepClock(callback))
-        _runs().put(key, Result(settings.dataset_key, settings.train, engine, spec, traj, took, background=True))
+        runs_cache().put(key, Result(settings.dataset_key, settings.train, engine, spec, traj, took, background=True))
 
     return go
 
@@ -309,7 +309,7 @@ def branch_run(result: Result, at_step: int, k) -> Result:
                                         lambda cb: branch(result.traj, at_step=at_step, k=k, callback=cb), slot)
         return Result(result.dataset_key, result.train, result.engine, result.spec, traj, took)
 
-    return _runs().fetch((result.dataset_key, result.spec, "branch", at_step, k), make)
+    return runs_cache().fetch((result.dataset_key, result.spec, "branch", at_step, k), make)
 
 
 def explain(result: Result, step: int, pixel: tuple[int, int], top: int = 8) -> list[dict]:
@@ -320,7 +320,7 @@ def explain(result: Result, step: int, pixel: tuple[int, int], top: int = 8) -> 
         with engine_use(result.engine):
             return result.engine.explain(frame.x, frame.t, frame.k, pixel=pixel, top=top, label=result.spec.label)
 
-    return _runs().fetch((result.dataset_key, result.spec, "explain", step, pixel, top), make)
+    return runs_cache().fetch((result.dataset_key, result.spec, "explain", step, pixel, top), make)
 
 
 def derived(result: Result, name: str, make):
@@ -328,7 +328,7 @@ def derived(result: Result, name: str, make):
 
     name must tell apart what a result's spec does not (e.g. the step and k of a branch).
     """
-    return _runs().fetch((result.dataset_key, result.spec, "derived", name), make)
+    return runs_cache().fetch((result.dataset_key, result.spec, "derived", name), make)
 
 
 def derived_later(result: Result, name: str, make):
@@ -337,7 +337,7 @@ def derived_later(result: Result, name: str, make):
     st.download_button runs it on another thread, after the page has run; the cache it fills is the
     page's, taken now, so the next click (or a later visit to the same run) gets the same bytes at once.
     """
-    runs, key = _runs(), (result.dataset_key, result.spec, "derived", name)
+    runs, key = runs_cache(), (result.dataset_key, result.spec, "derived", name)
     return lambda: runs.fetch(key, make)
 
 

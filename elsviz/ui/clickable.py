@@ -2,7 +2,7 @@
 
     click = clickable_image(picture, key="prov_click", cursor="crosshair")
     if click:  # {x, y, width, height, unix_time}: where on the picture as drawn, and its drawn size
-        row, col = elsviz.runs.pixel_from_click(click, (h, w))
+        row, col = elsviz.app.runs.pixel_from_click(click, (h, w))
 
 The picture is drawn at its own size but never wider than its column: on a narrow screen (a phone,
 390 px) it is shrunk to fit and stays whole, where a picture of fixed width in the component's frame

@@ -17,7 +17,7 @@ import torch
 from ..datasets import BUILTINS, DOWNLOADABLE, load_dataset
 from ..engine import Engine
 from ..errors import ElsvizError
-from ..runs import app_threads
+from ..app.runs import app_threads
 
 MAX_UPLOAD_BYTES = 200 * 2**20  # Streamlit's own upload limit is 200 MB too
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

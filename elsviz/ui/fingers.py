@@ -14,14 +14,13 @@ from dataclasses import replace
 import streamlit as st
 
 from .. import export
-from ..fingers import DEFAULT_STUDY, finger_birth, finger_study
-from ..fingers_view import Studied, hand_check, hand_record, silhouette_problem, silhouettes, step_seconds
+from ..analysis.fingers import DEFAULT_STUDY, finger_birth, finger_study
+from ..app.fingers import STUDY_STEPS, Studied, hand_check, hand_record, silhouette_problem, silhouettes, step_seconds  # noqa: F401 (STUDY_STEPS: the page reads it here)
 from . import data
-from .cache import _runs, engine_use, spec_run
+from .cache import runs_cache, engine_use, spec_run
 from .sidebar import Settings, choose_dataset
 
 PROBE_BATCH = 8  # images in the step timed for the study's estimate (a batch costs less per image)
-STUDY_STEPS = tuple(sorted({5, 8, 10, 15, 20, 30, DEFAULT_STUDY.steps}))  # the study's choices of steps per hand
 
 
 @st.cache_resource(max_entries=4, show_spinner="Thresholding the images into silhouettes ...")
@@ -94,7 +93,7 @@ def estimate(hs: Settings, n_seeds: int, ks, steps: int) -> float:
             cold, warm = step_seconds(hs.engine, batch, _probe_k(ks), label=hs.spec.label)
         return {"per_image_step": warm / batch, "per_k": max(cold - warm, 0.0)}
 
-    speed = _runs().fetch(_speed_key(hs), probe)
+    speed = runs_cache().fetch(_speed_key(hs), probe)
     return speed["per_image_step"] * n_seeds * (steps - 1) * len(ks) + speed["per_k"] * len(ks)
 
 
@@ -104,7 +103,7 @@ def _study_key(hs: Settings, seeds, ks, steps: int):
 
 def cached_study(hs: Settings, seeds, ks, steps: int) -> Studied | None:
     """The study of these settings if it has run, else None."""
-    return _runs().get(_study_key(hs, seeds, ks, steps))
+    return runs_cache().get(_study_key(hs, seeds, ks, steps))
 
 
 def run_study(hs: Settings, seeds, ks, steps: int, slot) -> Studied:
@@ -125,7 +124,7 @@ def run_study(hs: Settings, seeds, ks, steps: int, slot) -> Studied:
                                      progress=progress)
             fresh = sum(study.seconds.values())
             if fresh > 1.0:  # a study that ran (not from finger_study's own cache) times the machine
-                _runs().put(_speed_key(hs), {"per_image_step": fresh / (len(seeds) * (steps - 1) * len(ks)), "per_k": 0.0})
+                runs_cache().put(_speed_key(hs), {"per_image_step": fresh / (len(seeds) * (steps - 1) * len(ks)), "per_k": 0.0})
             bar.progress(1.0, text="Study: IS, the reference ...")
             ideal_engine = data.engine(hs.dataset_key, "is", hs.train)
             with engine_use(ideal_engine):
@@ -134,7 +133,7 @@ def run_study(hs: Settings, seeds, ks, steps: int, slot) -> Studied:
             bar.empty()
         return Studied(study, ideal)
 
-    return _runs().fetch(_study_key(hs, seeds, ks, steps), make)
+    return runs_cache().fetch(_study_key(hs, seeds, ks, steps), make)
 
 
 # -- one hand -----------------------------------------------------------------------------------------
@@ -156,14 +155,14 @@ def birth_seconds(hs: Settings, steps: int, k_fix: int, bisect: bool) -> float:
         with engine_use(hs.engine):
             return step_seconds(hs.engine, 1, k_fix, label=hs.spec.label)[0]
 
-    per = _runs().fetch(_speed_key(hs, alone=True), probe)
+    per = runs_cache().fetch(_speed_key(hs, alone=True), probe)
     n = steps - 1
     work = (n + 1 + math.ceil(math.log2(max(n, 2))) * n / 2) if bisect else n * (n + 1) / 2
     return per * work
 
 
 def cached_birth(result, k_fix, bisect: bool):
-    return _runs().get(_birth_key(result, k_fix, bisect))
+    return runs_cache().get(_birth_key(result, k_fix, bisect))
 
 
 def birth(result, k_fix, bisect: bool, slot):
@@ -180,7 +179,7 @@ def birth(result, k_fix, bisect: bool, slot):
         finally:
             bar.empty()
 
-    return _runs().fetch(_birth_key(result, k_fix, bisect), make)
+    return runs_cache().fetch(_birth_key(result, k_fix, bisect), make)
 
 
 # -- what the page says and offers about one hand ---------------------------------------------------------

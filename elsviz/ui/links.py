@@ -15,12 +15,17 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from ..runs import MACHINES
+from ..app.fingers import STUDY_STEPS
+from ..machines import MACHINES
 from ..schedule import PRESETS
 from . import data
 
 LOC = {"k": "one k", "schedule": "paper schedule"}  # URL value -> the sidebar's locality mode
 ANY = -1
+
+# the Network vs machine page's choices of schedule, and their names in a link
+CALIBRATED, SIDEBAR = "calibrated for this network", "the sidebar's locality"
+SCHEDULE_MODES = {"calibrated": CALIBRATED, "sidebar": SIDEBAR}
 
 
 def _int(lo: int, hi: int, odd: bool = False):
@@ -68,8 +73,6 @@ def _study_ks(text: str) -> str:
 
 
 def _study_steps(text: str) -> int:
-    from .fingers import STUDY_STEPS  # here: ui.fingers imports the sidebar, which imports this module
-
     value = int(text)
     if value not in STUDY_STEPS:
         raise ValueError
@@ -92,8 +95,6 @@ def _network(text: str) -> str:
 
 
 def _schedule_mode(text: str) -> str:
-    from .network import SCHEDULE_MODES  # here: ui.network imports the sidebar, which imports this module
-
     return SCHEDULE_MODES[text]
 
 

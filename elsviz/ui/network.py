@@ -12,20 +12,20 @@ from pathlib import Path
 
 import streamlit as st
 
-from ..compare import Comparison, calibration, resample, score
+from ..analysis.compare import Comparison, calibration, resample, score
 from ..datasets import load_dataset
 from ..errors import ElsvizError
 from ..networks import CONFIG, SCHEDULE, load_network, save_schedule, train_network
-from ..runs import RunSpec, k_limit
+from ..app.runs import RunSpec
+from ..machines import k_limit
 from ..schedule import PRESET_NOTES, PRESETS
 from ..sampling import sample
 from . import data
-from .cache import _runs, engine_use, estimate_seconds, spec_run
+from .cache import runs_cache, engine_use, estimate_seconds, spec_run
+from .links import CALIBRATED, SCHEDULE_MODES, SIDEBAR  # noqa: F401 (the page reads them here)
 from .sidebar import PRESET, Settings
 
 MACHINES = ("bbels", "els", "is")  # the grid's machines (LS is in `elsviz compare`)
-CALIBRATED, SIDEBAR = "calibrated for this network", "the sidebar's locality"
-SCHEDULE_MODES = {"calibrated": CALIBRATED, "sidebar": SIDEBAR}  # in a link -> the page's choice
 
 
 # -- which networks ---------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def calibrate_here(net, engine, seeds: list[int], steps: int = 20) -> None:
 def network_run(net, seed: int, steps: int, label=None):
     """sample(net, seed=seed, steps=steps), cached per checkpoint, weights and parameters."""
     key = ("network", str(net.path), net.config["weights_sha256"], seed, steps, label)
-    return _runs().fetch(key, lambda: sample(net, seed=seed, steps=steps, label=label))
+    return runs_cache().fetch(key, lambda: sample(net, seed=seed, steps=steps, label=label))
 
 
 def machine_specs(ks, seeds, train_hw, steps: int = 20, label=None) -> list[RunSpec]:

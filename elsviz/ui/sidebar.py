@@ -12,15 +12,15 @@ from dataclasses import dataclass
 import streamlit as st
 
 from .. import figures
-from ..compare import resample
+from ..analysis.compare import resample
 from ..datasets.fetch import canonical
 from ..errors import ElsvizError
 from ..networks import calibrated_schedules
-from ..runs import MACHINE_NAMES, MACHINE_SENTENCES, MACHINES, RunSpec, k_limit
+from ..machines import k_limit, MACHINE_NAMES, MACHINE_SENTENCES, MACHINES
+from ..app.runs import RunSpec
 from ..schedule import PRESET_NOTES, PRESETS, locality_schedule
 from . import data
 from .links import link_message, link_size, read_link, write_link
-from .nav import through_app
 
 PATH = "a local path ..."
 UPLOAD = "upload your own ..."
@@ -51,9 +51,7 @@ class Settings:
 
 def settings() -> Settings:
     """The settings the sidebar made in this rerun."""
-    if "_settings" not in st.session_state:  # the page ran without app.py (a deep link on a fresh server)
-        through_app()
-    return st.session_state["_settings"]
+    return st.session_state["_settings"]  # (every page runs through app.py's st.navigation, which made them)
 
 
 def _init_state() -> None:

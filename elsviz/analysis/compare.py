@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ElsvizError
-from .runs import k_limit
-from .sampling import Trajectory, _noise, sample
-from .schedule import alpha_sigma, locality_schedule
+from ..errors import ElsvizError
+from ..machines import k_limit
+from ..sampling import Trajectory, sample, start_noise
+from ..schedule import alpha_sigma, locality_schedule
 
 MACHINE_ORDER = ("bbels", "els", "ls", "is")
 NAMES = {"bbels": "bbELS", "els": "ELS", "ls": "LS", "is": "IS"}
@@ -230,7 +230,7 @@ def _seeds(seeds) -> list[int]:
 def noise(denoiser, seeds, shape=None) -> torch.Tensor:
     """The starting noise of `sample(denoiser, seed=s)` for every seed, stacked: [S, C, H, W]."""
     shape = tuple(shape or denoiser.train.shape)
-    return torch.cat([_noise(denoiser, s, (1, *shape)) for s in _seeds(seeds)])
+    return torch.cat([start_noise(denoiser, s, (1, *shape)) for s in _seeds(seeds)])
 
 
 def resample(ks, steps: int) -> list[int]:
@@ -484,7 +484,7 @@ def compare(network, train=None, seeds=range(32), k=None, *, steps: int = 20, ne
     (the paper: 150 for the network, 20 for the machine). engines: machine -> Engine to reuse.
     progress(what, done, total) after each step of each run.
     """
-    from .engine import Engine
+    from ..engine import Engine
 
     seeds = _seeds(seeds)
     machines = [m for m in MACHINE_ORDER if m in set(machines)] + [m for m in machines if m not in MACHINE_ORDER]

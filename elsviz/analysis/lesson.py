@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import claims
-from .runs import shared_mask
+from .provenance import shared_mask
 
 LESSON_SETS = ("mnist", "digits")  # built-in sets of handwritten digits the lesson runs on, preferred first
 LESSON_K = 5  # one k for the sections that compare machines: small enough to create, large enough for digits

@@ -3,9 +3,10 @@ from dataclasses import replace
 
 import streamlit as st
 
-from elsviz import claims, export, figures
+from elsviz.analysis import claims
+from elsviz import export, figures
 from elsviz.errors import ElsvizError
-from elsviz.runs import MACHINE_NAMES, MACHINES, k_limit, k_sweep
+from elsviz.machines import k_limit, k_sweep, MACHINE_NAMES, MACHINES
 from elsviz.ui import branch_run, derived, estimate_seconds, main_result, previous_result, settings, show, spec_run
 from elsviz.ui.links import write_link
 
@@ -57,7 +58,7 @@ def run_all(specs, what, button_label):
 
 
 def novelty(r) -> claims.Claim:
-    """Whether a result's output is a copy of a training image, or new (elsviz.claims), computed once per run."""
+    """Whether a result's output is a copy of a training image, or new (elsviz.analysis.claims), computed once per run."""
     return derived(r, "novelty", lambda: claims.novelty_claim(s.train.images, r.traj.final[0],
                                                              noun=claims.noun(s.train.name)))
 

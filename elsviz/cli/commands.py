@@ -54,9 +54,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ElsvizError
+from ..errors import ElsvizError
 
-COMMAND_MODULES: tuple[str, ...] = ("elsviz.cli_networks",)  # modules whose @command functions join the CLI
+COMMAND_MODULES: tuple[str, ...] = ("elsviz.cli.networks",)  # modules whose @command functions join the CLI
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def output_files(paths: Iterable, *, force: bool = False) -> Iterator[_Temporary
 
 
 # -- datasets ------------------------------------------------------------------------------------
-def _dataset_options(pairs: list[str]) -> dict:
+def dataset_options(pairs: list[str]) -> dict:
     """-O key=value pairs -> load_dataset options; values are Python literals, else strings."""
     out = {}
     for pair in pairs or []:
@@ -229,7 +229,7 @@ DATASET_ARGS = (
          arg("--dir", default=None, help="folder for the files (default: where load_dataset(name) looks)"),
          arg("--base-url", default=None, help="another server holding the same file names"))
 def _fetch(args) -> int:
-    from .datasets.fetch import fetch
+    from ..datasets.fetch import fetch
 
     folder = fetch(args.name, args.dir, base_url=args.base_url,
                    progress=lambda msg: print(f"{args.name}: {msg}", file=sys.stderr))
@@ -239,9 +239,9 @@ def _fetch(args) -> int:
 
 @command("info", "describe a training set: size, classes, source", *DATASET_ARGS)
 def _info(args) -> int:
-    from .datasets import load_dataset
+    from ..datasets import load_dataset
 
-    ims = load_dataset(args.dataset, **_dataset_options(args.option))
+    ims = load_dataset(args.dataset, **dataset_options(args.option))
     c, h, w = ims.shape
     print(f"name:        {ims.name}")
     print(f"description: {ims.description}")
@@ -257,9 +257,9 @@ def _info(args) -> int:
          arg("-o", "--output", default=None, help="PNG file (default: dataset_NAME.png)"),
          arg("--zoom", type=int, default=3, help="pixels per image pixel (default 3)"), FORCE)
 def _sheet(args) -> int:
-    from .datasets import contact_sheet, load_dataset
+    from ..datasets import contact_sheet, load_dataset
 
-    ims = load_dataset(args.dataset, **_dataset_options(args.option))
+    ims = load_dataset(args.dataset, **dataset_options(args.option))
     out = args.output or f"dataset_{ims.name}.png"
     with output_files([out], force=args.force) as tmp:
         contact_sheet(ims, zoom=args.zoom).save(tmp[out], format="PNG")
@@ -268,7 +268,7 @@ def _sheet(args) -> int:
 
 
 # -- runs ------------------------------------------------------------------------------------------
-def _k_arg(value: str):
+def k_arg(value: str):
     """--k: an odd int, a preset name, or a comma-separated schedule of `steps` ints."""
     if "," in value:
         return [int(v) for v in value.split(",")]
@@ -283,7 +283,7 @@ def _k_arg(value: str):
          arg("--machine", default="bbels", choices=["is", "ls", "els", "bbels"],
              help="is: the ideal score (gives back training images); ls: local; els: local and equivariant; "
                   "bbels: els with the border broken, as a zero-padded network (default bbels)"),
-         arg("--k", type=_k_arg, default="mnist-resnet",
+         arg("--k", type=k_arg, default="mnist-resnet",
              help="window size k (odd), a preset (e.g. mnist-resnet) or k[0..steps-1] comma-separated "
                   "(default mnist-resnet)"),
          arg("--steps", type=int, default=20, help="reverse-diffusion steps (default 20, as the paper)"),
@@ -299,13 +299,13 @@ def _k_arg(value: str):
                                                 "(the app's 'Numbers' download; its README entry describes them)"),
          FORCE)
 def _sample(args) -> int:
-    from . import export, figures
-    from .datasets import load_dataset
-    from .engine import Engine
-    from .runs import RunSpec
-    from .sampling import sample
+    from .. import export, figures
+    from ..datasets import load_dataset
+    from ..engine import Engine
+    from ..app.runs import RunSpec
+    from ..sampling import sample
 
-    train = load_dataset(args.dataset, **_dataset_options(args.option))
+    train = load_dataset(args.dataset, **dataset_options(args.option))
     engine = Engine(train, args.machine, args.device)
     shape = None if args.size is None else (train.channels, *args.size)
 
@@ -338,10 +338,10 @@ def _sample(args) -> int:
 
 # -- the app ---------------------------------------------------------------------------------------
 def app_script() -> Path:
-    """The app.py that belongs to this elsviz (beside the package, with pages/ and .streamlit/)."""
-    script = Path(__file__).resolve().parent.parent / "app.py"
-    if not (script.is_file() and (script.parent / "pages").is_dir()):
-        raise ElsvizError(f"The app's files (app.py, pages/) are not beside this elsviz package ({script.parent}): "
+    """The app.py that belongs to this elsviz (beside the package, with app_pages/ and .streamlit/)."""
+    script = Path(__file__).resolve().parents[2] / "app.py"
+    if not (script.is_file() and (script.parent / "app_pages").is_dir()):
+        raise ElsvizError(f"The app's files (app.py, app_pages/) are not beside this elsviz package ({script.parent}): "
                           "install elsviz from a clone with `pip install -e .`, or run `streamlit run app.py` there.")
     return script
 

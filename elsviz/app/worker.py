@@ -28,7 +28,7 @@ from collections.abc import Callable, Hashable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .errors import ElsvizError
+from ..errors import ElsvizError
 
 
 class _Stopped(ElsvizError):

@@ -1,14 +1,15 @@
 """The lesson: the theory in seven short steps, each one live run of the engine on the digits and a few sentences.
 
-Every sentence about a run comes from elsviz.claims, computed from that run's numbers.
+Every sentence about a run comes from elsviz.analysis.claims, computed from that run's numbers.
 """
 import streamlit as st
 
-from elsviz import claims, export, figures
+from elsviz.analysis import claims
+from elsviz import export, figures
 from elsviz.datasets import BUILTINS
-from elsviz.lesson import (K_STEPS, LESSON_K, LESSON_SETS, border_kept_fraction, lesson_set, same_place_fraction,
-                           snapshot_steps)
-from elsviz.runs import RunSpec, mosaic, source_shares
+from elsviz.analysis.lesson import K_STEPS, LESSON_K, LESSON_SETS, border_kept_fraction, lesson_set, same_place_fraction, snapshot_steps
+from elsviz.app.runs import RunSpec
+from elsviz.analysis.provenance import mosaic, source_shares
 from elsviz.ui import Settings, derived, settings, show, spec_run
 from elsviz.ui import data
 

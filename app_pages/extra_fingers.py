@@ -6,11 +6,10 @@ import torch
 
 from elsviz import export, figures
 from elsviz.errors import ElsvizError
-from elsviz.fingers import (DEFAULT_STUDY, HAND, commitment_map, count_fingers, explain_extra_finger, extra_finger,
-                            region_sources, seam_map)
-from elsviz.fingers_view import (cell_at, hand_record, parse_ks, patch_caption, patches_sentence, piece_patches, pieces,
-                                 study_settings, timeline)
-from elsviz.runs import MACHINE_NAMES, k_limit, pixel_from_click
+from elsviz.analysis.fingers import DEFAULT_STUDY, HAND, commitment_map, count_fingers, explain_extra_finger, extra_finger, region_sources, seam_map
+from elsviz.app.fingers import cell_at, hand_record, parse_ks, patch_caption, patches_sentence, piece_patches, pieces, study_settings, timeline
+from elsviz.machines import k_limit, MACHINE_NAMES
+from elsviz.app.runs import pixel_from_click
 from elsviz.schedule import locality_schedule
 from elsviz.ui import fingers as fui
 from elsviz.ui import settings, show, status_slot

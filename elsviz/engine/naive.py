@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .engine.geometry import overhang, windows
-from .schedule import alpha_sigma
+from .geometry import overhang, windows
+from ..schedule import alpha_sigma
 
 
 def allowed_positions(machine: str, k: int, hq: int, wq: int, h: int, w: int) -> torch.Tensor:

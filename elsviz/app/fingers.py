@@ -1,9 +1,9 @@
-"""What the "Extra fingers" page computes besides the finger counter itself (elsviz.fingers):
+"""What the "Extra fingers" page computes besides the finger counter itself (elsviz.analysis.fingers):
 turning a user's images into silhouettes, checking that a set holds hands, the copied pieces of a
 mosaic and the training patches they are made of, a region's timeline across the steps, and the
 study's time estimate. Plain numpy / torch / scikit-image, no Streamlit; tests/test_fingers_view.py.
 
-Vocabulary as in elsviz.runs: a pixel is *attributed* when one key wins its window (source_count
+Vocabulary as in elsviz.analysis.provenance: a pixel is *attributed* when one key wins its window (source_count
 == 1), *shared* otherwise (flat background: identical keys tie, no single source).
 """
 from __future__ import annotations
@@ -16,14 +16,17 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .errors import ElsvizError
-from .fingers import HAND, MIN_SIZE, count_fingers, extra_fingers, fix_cover
-from .imageset import ImageSet
-from .runs import MACHINE_NAMES, k_limit, seams, shared_mask
-from .schedule import PRESETS, check_k
-from .sampling import Frame, Trajectory
+from ..errors import ElsvizError
+from ..analysis.fingers import DEFAULT_STUDY, HAND, MIN_SIZE, count_fingers, extra_fingers, fix_cover
+from ..imageset import ImageSet
+from ..machines import k_limit, MACHINE_NAMES
+from ..analysis.provenance import seams, shared_mask
+from ..schedule import PRESETS, check_k
+from ..sampling import Frame, Trajectory
 
 BINARY_SHARE = 0.8  # a silhouette set has at least this share of its pixels near -1 or 1
+
+STUDY_STEPS = tuple(sorted({5, 8, 10, 15, 20, 30, DEFAULT_STUDY.steps}))  # the study's choices of steps per hand
 
 
 # -- silhouettes ---------------------------------------------------------------------------------
@@ -133,7 +136,7 @@ def pieces(source_index: torch.Tensor, source_pos: torch.Tensor, source_count: t
     """int32 [H, W]: the copied pieces of a mosaic, one label per piece (1, 2, ...), 0 on shared pixels.
 
     A piece is a connected set of attributed pixels copied from one training image at one offset:
-    neighbours with no seam between them (elsviz.runs.seams). Computed as connected components on a
+    neighbours with no seam between them (elsviz.analysis.provenance.seams). Computed as connected components on a
     grid twice as fine, whose odd cells say whether two neighbours are joined.
     source_index, source_count [H, W]; source_pos [H, W, 2].
     """

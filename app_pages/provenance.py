@@ -1,8 +1,10 @@
 """Page 2: where each pixel was copied from: source overlay with seams, a pixel's top keys, the mosaic."""
 import streamlit as st
 
-from elsviz import claims, export, figures
-from elsviz.runs import distinct_sources, mosaic, pixel_from_click, shared_mask, source_shares
+from elsviz.analysis import claims
+from elsviz import export, figures
+from elsviz.analysis.provenance import distinct_sources, mosaic, shared_mask, source_shares
+from elsviz.app.runs import pixel_from_click
 from elsviz.ui import derived, explain, main_result, show
 from elsviz.ui.clickable import clickable_image
 from elsviz.ui.links import write_link

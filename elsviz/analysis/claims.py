@@ -136,7 +136,7 @@ def evenly(entropy: float, one: str) -> str:
 
 def centres(images: torch.Tensor, source_index: torch.Tensor, source_pos: torch.Tensor) -> torch.Tensor:
     """The centre pixel of each pixel's heaviest key: images [N, C, H, W], source_index [H', W'],
-    source_pos [H', W', 2] -> [C, H', W'] (runs.mosaic for one image)."""
+    source_pos [H', W', 2] -> [C, H', W'] (provenance.mosaic for one image)."""
     idx, pos = source_index.to(images.device), source_pos.to(images.device)
     return images[idx, :, pos[..., 0], pos[..., 1]].permute(2, 0, 1)
 
@@ -238,7 +238,7 @@ def settled_claim(frame, *, b: int = 0, final: bool = True, machine: str = "bbel
 
 
 def mosaic_claim(output: torch.Tensor, rebuilt: torch.Tensor, *, what: str = "output", machine: str = "bbels") -> Claim:
-    """The picture rebuilt from its heaviest keys' centre pixels (runs.mosaic) against the picture itself
+    """The picture rebuilt from its heaviest keys' centre pixels (provenance.mosaic) against the picture itself
     ([C, H, W] each): equal (to half an 8-bit level), or different by a measured largest and median amount."""
     diff = (output.detach().float().cpu() - rebuilt.detach().float().cpu()).abs().amax(0).flatten()
     top, med = float(diff.max()), float(diff.median())
@@ -418,7 +418,7 @@ def border_claim(kept_bb: float, kept_els: float) -> Claim:
 
 
 def changed_claim(a: torch.Tensor, b: torch.Tensor, tol: float = CHANGED_TOL) -> Claim:
-    """How much of a picture changed between two images [C, H, W] (runs.changed_fraction)."""
+    """How much of a picture changed between two images [C, H, W] (provenance.changed_fraction)."""
     frac = float(((a.detach().cpu() - b.detach().cpu()).abs().amax(0) > tol).float().mean())
     return Claim("changed", f"{percent(frac)} of the pixels changed (by more than {tol} on the -1..1 scale).",
                  {"fraction": frac})

@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from elsviz import export, figures
-from elsviz.compare import BASELINES, NAMES, median, resample, scale_sentence, spread
+from elsviz.analysis.compare import BASELINES, NAMES, median, resample, scale_sentence, spread
 from elsviz.errors import ElsvizError
 from elsviz.networks import ARCHS, catalogue, default_network_dir, receptive_field
 from elsviz.schedule import PRESETS

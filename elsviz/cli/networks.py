@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import DEVICE, FORCE, _dataset_options, _k_arg, arg, command, output_files
-from .errors import ElsvizError
+from .commands import DEVICE, FORCE, dataset_options, k_arg, arg, command, output_files
+from ..errors import ElsvizError
 
 TRAIN_STEPS = 2000  # the digits ResNet: about 6 CPU-minutes (docs/AGREEMENT.md)
 
@@ -25,10 +25,10 @@ def _say(msg: str) -> None:
 
 def _dataset_for(network, args):
     """The network's training set: --dataset (with -O) when given, else the one its config.json names."""
-    from .datasets import load_dataset
+    from ..datasets import load_dataset
 
     if args.dataset:
-        return load_dataset(args.dataset, **_dataset_options(args.option))
+        return load_dataset(args.dataset, **dataset_options(args.option))
     try:
         return network.train.load()
     except ElsvizError as err:
@@ -62,10 +62,10 @@ NETWORK_DATASET_ARGS = (
          arg("--resume", action="store_true", help="continue the run in --out (to --steps in all)"),
          DEVICE)
 def _train(args) -> int:
-    from .datasets import load_dataset
-    from .networks import train_network
+    from ..datasets import load_dataset
+    from ..networks import train_network
 
-    options = _dataset_options(args.option)
+    options = dataset_options(args.option)
     train = load_dataset(args.dataset, **options)
     _say(f"training a {args.arch} on {train.name} ({len(train):,} images, {'x'.join(map(str, train.shape))}) "
          f"into {args.out}")
@@ -105,9 +105,9 @@ def _train(args) -> int:
          DEVICE,
          *NETWORK_DATASET_ARGS)
 def _calibrate(args) -> int:
-    from .compare import calibration
-    from .engine import Engine
-    from .networks import load_network, save_schedule
+    from ..analysis.compare import calibration
+    from ..engine import Engine
+    from ..networks import load_network, save_schedule
 
     net = load_network(args.network)
     train = _dataset_for(net, args)
@@ -131,7 +131,7 @@ def _calibrate(args) -> int:
          arg("--seeds", type=int, default=32, help="number of seeds (default 32)"),
          arg("--first-seed", type=int, default=0,
              help="the seeds are first-seed, first-seed + 1, ... (default 0; calibrate uses 1000 on)"),
-         arg("--k", type=_k_arg, default=None,
+         arg("--k", type=k_arg, default=None,
              help="the machines' schedule: default the calibrated one; or an odd k, a preset, or k per step"),
          arg("--steps", type=int, default=20, help="the machines' steps (default 20)"),
          arg("--network-steps", type=int, nargs="+", default=[20, 150], help="the network's steps (default 20 150)"),
@@ -146,9 +146,9 @@ def _calibrate(args) -> int:
          FORCE,
          *NETWORK_DATASET_ARGS)
 def _compare(args) -> int:
-    from . import figures
-    from .compare import NAMES, compare
-    from .networks import _atomic_write, load_network
+    from .. import figures
+    from ..analysis.compare import NAMES, compare
+    from ..networks import atomic_write, load_network
 
     net = load_network(args.network)
     train = _dataset_for(net, args)
@@ -180,7 +180,7 @@ def _compare(args) -> int:
     out = Path(args.json) if args.json else None
     if args.k is None:  # the calibrated schedule: the network's own record, shown by the app
         out = Path(net.path) / "compare.json"
-        _atomic_write(out, lambda f: f.write(text))
+        atomic_write(out, lambda f: f.write(text))
     with output_files(extra, force=args.force) as tmp:
         if args.json:
             tmp[args.json].write_bytes(text)

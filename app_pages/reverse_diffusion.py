@@ -1,9 +1,10 @@
 """Page 1: the output first, then the run as an animation: noisy image, denoised estimate and entropy map, step by step."""
 import streamlit as st
 
-from elsviz import claims, export, figures
+from elsviz.analysis import claims
+from elsviz import export, figures
 from elsviz.errors import ElsvizError
-from elsviz.runs import distinct_sources, shared_mask
+from elsviz.analysis.provenance import distinct_sources, shared_mask
 from elsviz.ui import derived, derived_later, main_result, show
 
 st.title("Reverse diffusion")
