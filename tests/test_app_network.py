@@ -73,7 +73,7 @@ def test_the_page_compares_a_network_with_the_machines():
     charts = at.main.get("plotly_chart")
     assert len(charts) == 4  # schedules beside the presets, agreement beside its baselines, the scatter, by step
     spec = json.loads(charts[0].proto.spec)
-    names = [trace["name"] for trace in spec["data"]]
+    names = [trace["hovertemplate"].split("<br>")[0] for trace in spec["data"]]  # each line's own name
     assert names[0] == "calibrated: tiny" and "the sidebar's: mnist-resnet" in names  # and the sidebar's
     assert bold(spec) == ["calibrated: tiny"]  # the one the machines use
     assert "The machines use calibrated: tiny" in text(at) and not at.info
