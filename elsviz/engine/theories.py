@@ -128,10 +128,18 @@ def pca(x: torch.Tensor, a: float, b: float, flat: torch.Tensor, mask: torch.Ten
 
 # -- pspc -------------------------------------------------------------------------------------------
 def _box(v: torch.Tensor, k: int) -> torch.Tensor:
-    """Sums over every k x k window that lies inside v [n, H, W] -> [n, H - k + 1, W - k + 1]
-    (two one-dimensional passes; each output is a plain sum of k numbers per pass)."""
-    v = F.avg_pool2d(v.unsqueeze(1), (k, 1), stride=1, divisor_override=1)
-    return F.avg_pool2d(v, (1, k), stride=1, divisor_override=1).squeeze(1)
+    """Sums over every k x k window that lies inside v [n, H, W] -> [n, H - k + 1, W - k + 1]: k
+    shifted slices added along the rows, then k along the columns (plain sums, as exact as a
+    product's; on the CPU 10-60x faster than avg_pool2d's or conv2d's sums of the same windows:
+    1,000 x 32x32 at k = 7, 0.9 ms against 31 and 73 ms)."""
+    hc, wc = v.shape[-2] - k + 1, v.shape[-1] - k + 1
+    rows = v[..., :hc, :].clone()
+    for dy in range(1, k):
+        rows += v[..., dy:dy + hc, :]
+    out = rows[..., :wc].clone()
+    for dx in range(1, k):
+        out += rows[..., dx:dx + wc]
+    return out
 
 
 def _spread(v: torch.Tensor, k: int) -> torch.Tensor:
@@ -159,9 +167,10 @@ def pspc(x: torch.Tensor, a: float, b: float, imgs: torch.Tensor, k: int, sq: to
     and its posterior mean sum_i w_i crop(X_i); a pixel is the average of the crops that hold it.
 
     <crop(x), crop(X_i)> is a box sum of x * X_i, so a chunk of images costs a few passes over
-    [b, n, H, W] whatever k. Pass 1 gathers each crop's softmax statistics; pass 2 recomputes the
-    logits, turns them into weights w = exp(l - m) / s and adds each image's pixels weighted by the
-    sum of w over the crops holding the pixel (_spread).
+    [b, n, H, W] (2k additions per entry for the sums). Pass 1 gathers each crop's softmax
+    statistics; pass 2 turns them into weights w = exp(l - m) / s (with the logits again where the
+    images take several chunks) and adds each image's pixels weighted by the sum of w over the crops
+    holding the pixel (_spread).
 
     x [B, C, H, W], imgs [N, C, H, W], sq [N, Hc, Wc] = crop_sq(imgs, k). Returns mean [B, C, H, W]
     and, per pixel [B, H, W], the heaviest crop holding it (the largest heaviest-image weight 1/s over
@@ -176,8 +185,8 @@ def pspc(x: torch.Tensor, a: float, b: float, imgs: torch.Tensor, k: int, sq: to
     cover = _spread(torch.ones(1, hc, wc, device=x.device), k)[0]  # [H, W] crops holding each pixel
     per_slice = max(1, min(bsz, chunk_elems // (c * h * w)))
     mean = torch.zeros(bsz, c, h, w, device=x.device)
-    crop_m = torch.empty(bsz, hc, wc, device=x.device)
-    crop_s, crop_ent = torch.empty_like(crop_m), torch.empty_like(crop_m)
+    crop_s = torch.empty(bsz, hc, wc, device=x.device)
+    crop_ent = torch.empty_like(crop_s)
     crop_best = torch.empty(bsz, hc, wc, dtype=torch.int64, device=x.device)
     for b0 in range(0, bsz, per_slice):
         xs = x[b0:b0 + per_slice]  # [b, C, H, W]
@@ -187,21 +196,26 @@ def pspc(x: torch.Tensor, a: float, b: float, imgs: torch.Tensor, k: int, sq: to
         def logits_of(n0):  # [b, n, Hc, Wc]
             xc = imgs[n0:n0 + step]
             dots = (xs.unsqueeze(1) * xc.unsqueeze(0)).sum(2)  # [b, n, H, W]
-            return c1 * _box(dots.flatten(0, 1), k).view(nb, -1, hc, wc) + c2 * sq[n0:n0 + step].unsqueeze(0)
+            return _box(dots, k).mul_(c1).add_(sq[n0:n0 + step].unsqueeze(0), alpha=c2)
 
-        sm = Softmax(nb * hc * wc, 0, x.device)  # pass 1: per crop m, s, entropy, heaviest image
+        stats, e = None, None  # pass 1: per crop m, s, entropy term, heaviest image (over dim 1)
         for n0 in range(0, n, step):
-            lg = logits_of(n0).permute(0, 2, 3, 1).contiguous()  # [b, Hc, Wc, n]
-            m, s, acc, ent, arg = Softmax.rows(lg, lambda e: e.new_zeros(*e.shape[:-1], 0))
-            sm.merge(None, m.flatten(), s.flatten(), acc.reshape(m.numel(), 0), ent.flatten(), arg.flatten() + n0)
-        m, s = sm.m.view(nb, 1, hc, wc), sm.s.view(nb, 1, hc, wc)
+            lg = logits_of(n0)
+            m, arg = lg.max(1)  # [b, Hc, Wc], the first image on ties
+            lm = lg.sub_(m.unsqueeze(1)).clamp_(min=FLOOR)  # l - m, as in Softmax.rows
+            e = torch.exp(lm)
+            part = (m, e.sum(1), e.new_zeros(*m.shape, 0), (e * lm).sum(1), arg + n0)
+            stats = part if stats is None else combine(stats, part)
+        m, s, _, ent, best = stats
         for n0 in range(0, n, step):  # pass 2: normalised weights, spread over the pixels
-            wt = torch.exp((logits_of(n0) - m).clamp_(min=FLOOR)) / s  # [b, n, Hc, Wc]
-            spread = _spread(wt.flatten(0, 1), k).view(nb, -1, h, w)  # [b, n, H, W]
+            if step < n:  # several chunks: the logits again, now that m and s are final
+                e = torch.exp(logits_of(n0).sub_(m.unsqueeze(1)).clamp_(min=FLOOR))
+            wt = e / s.unsqueeze(1)  # [b, n, Hc, Wc]
+            spread = _spread(wt, k)  # [b, n, H, W]
             mean[b0:b0 + nb] += (spread.unsqueeze(2) * imgs[n0:n0 + step].unsqueeze(0)).sum(1)  # [b, C, H, W]
-        crop_m[b0:b0 + nb], crop_s[b0:b0 + nb] = sm.m.view(nb, hc, wc), sm.s.view(nb, hc, wc)
-        crop_ent[b0:b0 + nb] = (torch.log(sm.s) - sm.ent / sm.s).clamp(min=0.0).view(nb, hc, wc)
-        crop_best[b0:b0 + nb] = sm.best.view(nb, hc, wc)
+        crop_s[b0:b0 + nb] = s
+        crop_ent[b0:b0 + nb] = (torch.log(s) - ent / s).clamp(min=0.0)
+        crop_best[b0:b0 + nb] = best
     mean /= cover
     # per pixel, the heaviest crop holding it: the candidates of pixel (r, c) are the crops at
     # (r - k + 1 + dy, c - k + 1 + dx), dy, dx in [0, k), centred (dy - d, dx - d) away from it. Taken
@@ -258,11 +272,16 @@ def cfdm(x: torch.Tensor, a: float, b: float, flat: torch.Tensor, sq: torch.Tens
         logits_of = lambda n0: torch.addmm(sq[n0:n0 + step].unsqueeze(0), q, flat[n0:n0 + step].T,  # noqa: E731
                                            beta=c2, alpha=c1)  # [b*M, n]
         lse = torch.full((q.shape[0],), -math.inf, device=x.device)
-        for n0 in range(0, n, step):  # pass 1
-            lse = torch.logaddexp(lse, torch.logsumexp(logits_of(n0), -1))
+        for n0 in range(0, n, step):  # pass 1: log sum exp of each copy's logits
+            lg = logits_of(n0)
+            m = lg.amax(-1, keepdim=True)
+            # (l - m clamped: torch.logsumexp's exp of far keys leaves the fast path, 8x slower here)
+            lse = torch.logaddexp(lse, m.squeeze(1) + torch.exp((lg - m).clamp_(min=FLOOR)).sum(-1).log())
         rows = slice(b0, b0 + nb)
         for n0 in range(0, n, step):  # pass 2
-            wbar = torch.exp((logits_of(n0) - lse.unsqueeze(1)).clamp_(min=FLOOR)).view(nb, copies, -1).mean(1)  # [b, n]
+            if step < n:  # several chunks: the logits again (else pass 1's serve)
+                lg = logits_of(n0)
+            wbar = torch.exp((lg - lse.unsqueeze(1)).clamp_(min=FLOOR)).view(nb, copies, -1).mean(1)  # [b, n]
             mean[rows] += wbar @ flat[n0:n0 + step]
             entropy[rows] -= torch.xlogy(wbar, wbar).sum(-1)
             v, i = wbar.max(-1)
