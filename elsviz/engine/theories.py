@@ -105,7 +105,6 @@ def pca(x: torch.Tensor, a: float, b: float, flat: torch.Tensor, mask: torch.Ten
     one product [images, D] @ M per chunk (the mask is dense, B * N * D^2 multiply-adds)."""
     bsz, dim = x.shape[0], x[0].numel()
     q = x.flatten(1)  # [B, D]
-    mt = mask.T.contiguous()  # [D, D]: row m is the mask of entry m
     sm = Softmax(bsz * dim, 1, x.device)
     # batch items per slice: their logits [b, D, n] hold chunk_elems numbers with chunks of at least
     # 64 images (fewer columns make the products slow)
@@ -118,7 +117,9 @@ def pca(x: torch.Tensor, a: float, b: float, flat: torch.Tensor, mask: torch.Ten
         for n0 in range(0, flat.shape[0], step):
             xc = flat[n0:n0 + step]  # [n, D]
             v = xc.unsqueeze(0) * (a * qs.unsqueeze(1) - (a * a / 2) * xc.unsqueeze(0))  # [b, n, D]
-            logits = torch.matmul(mt, v.transpose(1, 2)).div_(b * b)  # [b, D (entry m), n]
+            # [b, n, D] @ M, then entries first: on the CPU 7x faster than M^T @ v^T, the same product
+            # (digits: 1.6 ms against 11 ms)
+            logits = torch.matmul(v, mask).div_(b * b).transpose(1, 2).contiguous()  # [b, D (entry m), n]
             vals = xc.T  # [D, n]: value of image i at entry m
             m, s, acc, ent, arg = Softmax.rows(logits, lambda e: (e * vals).sum(-1, keepdim=True))
             part.merge(None, m.flatten(), s.flatten(), acc.reshape(-1, 1), ent.flatten(), arg.flatten() + n0)
