@@ -83,8 +83,8 @@ _ALL = (
             "of the noisy image, so it can fall between training images.", False,
             cite="Scarvelis et al., arXiv 2310.12395",
             options=(Option("samples", 10, "perturbed copies of x averaged, an integer from 1 to 4,096"),
-                     Option("sigma", 0.1, "standard deviation of the perturbations in the units of x_t, >= 0; "
-                                          "0 gives IS"),
+                     Option("sigma", 0.1, "standard deviation of the perturbations in the units of x_t, from 0 "
+                                          "to 10; 0 gives IS"),
                      Option("seed", 0, "seed of the perturbations: the same seed, the same copies at every "
                                        "call (and the same machine)"))),
 )
@@ -150,6 +150,9 @@ def check_k_fits(machine: str, k: int, train_hw: tuple[int, int], out_hw: tuple[
 
 
 MAX_SAMPLES = 4096  # cfdm's copies: each costs a pass over the training set per call
+# cfdm's sigma: x_t's entries are of order 1 (a_t x_0 + b_t eps, x_0 in [-1, 1]); at sigma = 10 every
+# copy is mostly perturbation, and far beyond float32 logits overflow
+MAX_SIGMA = 10.0
 
 
 def machine_options(machine: str, given: dict) -> dict:
@@ -172,7 +175,8 @@ def machine_options(machine: str, given: dict) -> dict:
         elif name == "samples":
             out[name] = as_int("samples", value, 1, MAX_SAMPLES, f" (cfdm's perturbed copies; default {opt.default})")
         elif name == "sigma":
-            out[name] = as_float("sigma", value, 0.0, hint=f" (cfdm's perturbation scale; default {opt.default})")
+            out[name] = as_float("sigma", value, 0.0, MAX_SIGMA, hint=f" (cfdm's perturbation scale in the units of x_t; "
+                                                                    f"default {opt.default})")
         elif name == "seed":
             out[name] = as_seed(value)
     return out
