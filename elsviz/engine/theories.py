@@ -226,7 +226,9 @@ def pspc(x: torch.Tensor, a: float, b: float, imgs: torch.Tensor, k: int, sq: to
     weight = 1.0 / crop_s  # [B, Hc, Wc]
     padded = F.pad(weight, (k - 1, k - 1, k - 1, k - 1), value=-1.0).unsqueeze(1)  # [B, 1, Hc + 2k - 2, ...]
     order = nearest_first(k, x.device)  # [k*k] offsets dy * k + dx
-    offset = order[F.unfold(padded, k)[:, order].argmax(1)].view(bsz, h, w)  # [B, H, W]: dy * k + dx
+    per = max(1, chunk_elems // (k * k * h * w))  # batch items whose candidates [b, k*k, H*W] fit chunk_elems
+    offset = torch.cat([order[F.unfold(padded[b0:b0 + per], k)[:, order].argmax(1)]
+                        for b0 in range(0, bsz, per)]).view(bsz, h, w)  # [B, H, W]: dy * k + dx
     rows = torch.arange(h, device=x.device).view(1, h, 1) + offset // k - (k - 1)  # crop's top row
     cols = torch.arange(w, device=x.device).view(1, 1, w) + offset % k - (k - 1)
     crop = (rows * wc + cols).flatten(1)  # [B, H*W] flat crop index
