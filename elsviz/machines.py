@@ -100,6 +100,38 @@ THEORIES: tuple[str, ...] = ("nearest", "wiener", "pca", "pspc", "cfdm")
 # machines that work only at the training size (their keys are whole images or fixed places)
 TRAINING_SIZE_ONLY: tuple[str, ...] = ("is", "ls", "nearest", "wiener", "pca", "pspc", "cfdm")
 
+MAX_SAMPLES = 4096  # cfdm's copies: each costs a pass over the training set per call
+# cfdm's sigma: x_t's entries are of order 1 (a_t x_0 + b_t eps, x_0 in [-1, 1]); at sigma = 10 every
+# copy is mostly perturbation, and far beyond float32 logits overflow
+MAX_SIGMA = 10.0
+
+
+def machine_options(machine: str, given: dict) -> dict:
+    """The machine's own settings (Option), checked: given {name: value or None}; None takes the
+    default. A setting another machine takes raises ElsvizError (it would be ignored silently)."""
+    own = {o.name: o for o in BY_KEY[machine].options}
+    for name, value in given.items():
+        if value is not None and name not in own:
+            takers = [m.key for m in _ALL if any(o.name == name for o in m.options)]
+            raise ElsvizError(f"{name}= is a setting of the {' and '.join(takers)} machine, not of "
+                              f"{BY_KEY[machine].name}; leave it out, or use machine={takers[0]!r}.")
+    out = {}
+    for name, opt in own.items():
+        value = given.get(name)
+        if value is None:
+            out[name] = opt.default
+        elif name == "threshold":
+            out[name] = as_float("threshold", value, 0.0, 1.0, hint=" (the pca mask's share of its largest weight; "
+                                                                    f"default {opt.default})")
+        elif name == "samples":
+            out[name] = as_int("samples", value, 1, MAX_SAMPLES, f" (cfdm's perturbed copies; default {opt.default})")
+        elif name == "sigma":
+            out[name] = as_float("sigma", value, 0.0, MAX_SIGMA, hint=f" (cfdm's perturbation scale in the units of x_t; "
+                                                                    f"default {opt.default})")
+        elif name == "seed":
+            out[name] = as_seed(value)
+    return out
+
 
 def odd_floor(v: int) -> int:
     """The largest odd number <= v."""
@@ -148,35 +180,3 @@ def check_k_fits(machine: str, k: int, train_hw: tuple[int, int], out_hw: tuple[
                     f"Pick an odd k <= {odd_floor(min(q, tr))} or the training size."
                 )
 
-
-MAX_SAMPLES = 4096  # cfdm's copies: each costs a pass over the training set per call
-# cfdm's sigma: x_t's entries are of order 1 (a_t x_0 + b_t eps, x_0 in [-1, 1]); at sigma = 10 every
-# copy is mostly perturbation, and far beyond float32 logits overflow
-MAX_SIGMA = 10.0
-
-
-def machine_options(machine: str, given: dict) -> dict:
-    """The machine's own settings (Option), checked: given {name: value or None}; None takes the
-    default. A setting another machine takes raises ElsvizError (it would be ignored silently)."""
-    own = {o.name: o for o in BY_KEY[machine].options}
-    for name, value in given.items():
-        if value is not None and name not in own:
-            takers = [m.key for m in _ALL if any(o.name == name for o in m.options)]
-            raise ElsvizError(f"{name}= is a setting of the {' and '.join(takers)} machine, not of "
-                              f"{BY_KEY[machine].name}; leave it out, or use machine={takers[0]!r}.")
-    out = {}
-    for name, opt in own.items():
-        value = given.get(name)
-        if value is None:
-            out[name] = opt.default
-        elif name == "threshold":
-            out[name] = as_float("threshold", value, 0.0, 1.0, hint=" (the pca mask's share of its largest weight; "
-                                                                    f"default {opt.default})")
-        elif name == "samples":
-            out[name] = as_int("samples", value, 1, MAX_SAMPLES, f" (cfdm's perturbed copies; default {opt.default})")
-        elif name == "sigma":
-            out[name] = as_float("sigma", value, 0.0, MAX_SIGMA, hint=f" (cfdm's perturbation scale in the units of x_t; "
-                                                                    f"default {opt.default})")
-        elif name == "seed":
-            out[name] = as_seed(value)
-    return out
