@@ -179,4 +179,3 @@ def check_k_fits(machine: str, k: int, train_hw: tuple[int, int], out_hw: tuple[
                     "some boundary patterns of the output occur nowhere in the training images. "
                     f"Pick an odd k <= {odd_floor(min(q, tr))} or the training size."
                 )
-
