@@ -304,3 +304,151 @@ def noisy_query(b, c, h, w, t, seed):
     a, s = a_b(t)
     x0 = g.uniform(-1, 1, size=(b, c, h, w))
     return (a * x0 + s * g.standard_normal((b, c, h, w))).astype(np.float32)
+
+
+# -- the rival theories (docs/THEORIES.md) ------------------------------------------------------------
+# Whole matrices, float64, straight from the definitions: x and the training images flattened to
+# D = C*H*W entries. Each returns a RefPosterior (pixels=None) whose provenance follows the engine's
+# documented conventions, with margin = the top weight / the best weight that would name another source.
+THEORIES = ("nearest", "wiener", "pca", "pspc", "cfdm")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis."""
+    w = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return w / w.sum(axis=-1, keepdims=True)
+
+
+def _entropy(w: np.ndarray) -> np.ndarray:
+    """Entropy over the last axis, 0 log 0 = 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0).sum(axis=-1)
+
+
+def _ratio(top: float, rival: float) -> float:
+    """top / rival, inf where the rival weighs nothing."""
+    return float(top / rival) if rival > 0 else math.inf
+
+
+def _margin(w: np.ndarray, top: int, same: np.ndarray) -> float:
+    """w[top] / the largest weight outside `same` (a boolean mask of the keys that name the same source)."""
+    others = w[~same]
+    return _ratio(w[top], others.max()) if others.size else math.inf
+
+
+def gaussian(images: np.ndarray):
+    """mu [D] and the population covariance S [D, D] (divided by N) of images [N, C, H, W]."""
+    X = images.reshape(images.shape[0], -1)
+    mu = X.mean(axis=0)
+    return mu, (X - mu).T @ (X - mu) / X.shape[0]
+
+
+def pca_mask(images: np.ndarray, t: float, threshold: float) -> np.ndarray:
+    """M [D, D]: W = a^2 S (a^2 S + b^2 I)^-1, row n / W[n, n] (as is where |W[n, n]| < 1e-6),
+    M[n, m] = 1 where |ratio| >= threshold * its largest magnitude."""
+    a, b = a_b(t)
+    _, S = gaussian(images)
+    D = S.shape[0]
+    W = a * a * S @ np.linalg.inv(a * a * S + b * b * np.eye(D))
+    d = np.diag(W).copy()
+    R = W / np.where(np.abs(d) < 1e-6, 1.0, d)[:, None]
+    return (np.abs(R) >= threshold * np.abs(R).max()).astype(np.float64)
+
+
+class Theories:
+    """nearest, wiener, pca, pspc and cfdm on a training set images [N, C, H, W] (float64)."""
+
+    def __init__(self, images, labels=None):
+        self.images = as_f64(images)
+        self.labels = None if labels is None else [int(v) for v in as_f64(labels)]
+
+    def denoise(self, machine, x, t, k=None, label=None, threshold=0.02, eps=None, sigma=0.0) -> RefPosterior:
+        """x [B, C, H, W] at the training size. eps [M, C, H, W]: cfdm's perturbations."""
+        x = as_f64(x)
+        allowed = allowed_images(self.images.shape[0], self.labels, label)
+        imgs = self.images[allowed]  # [N, C, H, W]
+        B, C, H, W = x.shape
+        assert (C, H, W) == imgs.shape[1:]
+        a, b = a_b(t)
+        X = imgs.reshape(len(allowed), -1)  # [N, D]
+        out = dict(mean=np.zeros_like(x), index=np.full((B, H, W), -1), pos=np.full((B, H, W, 2), -1),
+                   weight=np.full((B, H, W), np.nan), count=np.zeros((B, H, W), dtype=np.int64),
+                   entropy=np.full((B, H, W), np.nan), margin=np.full((B, H, W), np.inf))
+        here = np.stack(np.meshgrid(np.arange(H), np.arange(W), indexing="ij"), -1)  # [H, W, 2]
+        same_image = np.all(X[:, None, :] == X[None, :, :], axis=2)  # [N, N] identical whole images
+        for bi in range(B):
+            q = x[bi].reshape(-1)  # [D]
+            if machine == "wiener":
+                mu, S = gaussian(imgs)
+                D = S.shape[0]
+                out["mean"][bi] = (mu + a * S @ np.linalg.solve(a * a * S + b * b * np.eye(D), q - a * mu)).reshape(C, H, W)
+                continue
+            if machine in ("nearest", "cfdm"):
+                if machine == "nearest":
+                    dist = ((q[None] - a * X) ** 2).sum(1)  # [N]
+                    n = int(np.argmin(dist))
+                    w = np.zeros(len(allowed))
+                    w[n] = 1.0
+                    gap = np.sort(dist[~same_image[n]])[:1]
+                    margin = math.inf if gap.size == 0 else float(gap[0] / max(dist[n], 1e-300))
+                    entropy = 0.0
+                else:
+                    copies = q[None] + sigma * as_f64(eps).reshape(eps.shape[0], -1)  # [M, D]
+                    dist = ((copies[:, None, :] - a * X[None]) ** 2).sum(2)  # [M, N]
+                    w = _softmax(-dist / (2 * b * b)).mean(0)  # [N]
+                    n = int(np.argmax(w))
+                    margin = _margin(w, n, same_image[n])
+                    entropy = float(_entropy(w))
+                out["mean"][bi] = (w @ X).reshape(C, H, W)
+                out["index"][bi], out["pos"][bi] = allowed[n], here
+                out["weight"][bi] = 1.0 if machine == "nearest" else w[n]
+                out["count"][bi], out["entropy"][bi], out["margin"][bi] = same_image[n].sum(), entropy, margin
+                continue
+            if machine == "pca":
+                M = pca_mask(imgs, t, threshold)  # [D (n), D (m)]
+                sqd = (q[None] - a * X) ** 2  # [N, D]
+                w = _softmax((-(sqd @ M) / (2 * b * b)).T)  # [D (m), N]
+                out["mean"][bi] = (w * X.T).sum(1).reshape(C, H, W)
+                top_w = w.max(1).reshape(C, H, W)
+                for i in range(H):
+                    for j in range(W):
+                        ch = int(np.argmax(top_w[:, i, j]))  # first channel on ties
+                        m = (ch * H + i) * W + j
+                        n = int(np.argmax(w[m]))
+                        entries = [(c * H + i) * W + j for c in range(C)]
+                        rivals = w[entries][:, ~same_image[n]]  # weights, in any channel, of other images
+                        out["index"][bi, i, j], out["pos"][bi, i, j] = allowed[n], (i, j)
+                        out["weight"][bi, i, j], out["count"][bi, i, j] = w[m, n], same_image[n].sum()
+                        out["entropy"][bi, i, j] = _entropy(w[m])
+                        out["margin"][bi, i, j] = _ratio(w[m, n], rivals.max()) if rivals.size else math.inf
+                continue
+            assert machine == "pspc" and k is not None and k <= min(H, W)
+            acc, cover = np.zeros((C, H, W)), np.zeros((H, W))
+            cands = [[[] for _ in range(W)] for _ in range(H)]  # per pixel: (weight, crop order, u, v, image)
+            crops = [(u, v) for u in range(H - k + 1) for v in range(W - k + 1)]  # row-major by top-left
+            for order, (u, v) in enumerate(crops):
+                qc = x[bi][:, u:u + k, v:v + k].reshape(-1)
+                Kc = imgs[:, :, u:u + k, v:v + k].reshape(len(allowed), -1)  # [N, C*k*k]
+                w = _softmax(-((qc[None] - a * Kc) ** 2).sum(1) / (2 * b * b))  # [N]
+                acc[:, u:u + k, v:v + k] += np.tensordot(w, imgs[:, :, u:u + k, v:v + k], axes=1)
+                cover[u:u + k, v:v + k] += 1
+                n = int(np.argmax(w))
+                same = np.all(Kc == Kc[n][None], axis=1)
+                for i in range(u, u + k):
+                    for j in range(v, v + k):
+                        cands[i][j].append((w, order, u, v, n, same, _entropy(w)))
+            out["mean"][bi] = acc / cover
+            for i in range(H):
+                for j in range(W):
+                    # the heaviest; on equal weights the crop centred nearest the pixel, then the first
+                    best = max(cands[i][j], key=lambda c: (c[0][c[4]], -((c[2] + k // 2 - i) ** 2 + (c[3] + k // 2 - j) ** 2),
+                                                            -c[1]))
+                    w, order, u, v, n, same, ent = best
+                    rivals = [c[0][c[4]] for c in cands[i][j] if c[1] != order]
+                    rivals += [w[~same].max()] if (~same).any() else []
+                    out["index"][bi, i, j], out["pos"][bi, i, j] = allowed[n], (u + k // 2, v + k // 2)
+                    out["weight"][bi, i, j], out["count"][bi, i, j], out["entropy"][bi, i, j] = w[n], same.sum(), ent
+                    out["margin"][bi, i, j] = _ratio(w[n], max(rivals)) if rivals else math.inf
+        score = -(x - a * out["mean"]) / b**2
+        return RefPosterior(out["mean"], score, out["index"], out["pos"], out["weight"], out["count"], out["entropy"],
+                            out["margin"], None)

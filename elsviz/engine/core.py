@@ -2,6 +2,7 @@
 steps and finishes the posterior (docs/ENGINE.md is the long description)."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -11,11 +12,11 @@ import torch.nn.functional as F
 from ..errors import ElsvizError
 from ..imageset import ImageSet
 from ..kernels import cpu as cpu_kernel
-from ..machines import MACHINES, check_k_fits
+from ..machines import BY_KEY, MACHINES, THEORIES, TRAINING_SIZE_ONLY, check_k_fits, machine_options
 from ..schedule import alpha_sigma, check_k, check_t
 from ..validate import as_bool, as_choice, as_int, as_label, as_pixel
 from . import explain as explaining
-from . import paths
+from . import paths, theories
 from .cache import Cache, cpu_budget, gpu_cache_bytes
 from .geometry import train_class, windows
 from .keyset import KeySet
@@ -64,6 +65,12 @@ def resolve_device(device) -> torch.device:
     return dev
 
 
+# wiener and pca hold a D x D covariance (D = C*H*W), its eigenvectors and a mask per t, and
+# decompose it once per set: at D = 4,096 each matrix takes 134 MB in float64 and the
+# eigendecomposition about a minute on two cores (torch.linalg.eigh, 2-core Xeon)
+MAX_ENTRIES = 4096
+
+
 class _KernelFailed(Exception):
     """The Triton kernel could not run: the call starts again on the torch path."""
 
@@ -79,10 +86,16 @@ class Engine:
     to 2 GB, shared by all CPU engines of the process that take the default; on a GPU 40% of its
     free memory); chunk_elems bounds each chunk of logits (the working memory is a few times
     chunk_elems floats).
+
+    The rival theories take settings of their own (docs/THEORIES.md; None: the default):
+    threshold (pca, 0.02), samples (cfdm, 10), sigma (cfdm, 0.1) and seed (cfdm, 0). A setting of
+    another machine raises ElsvizError.
     """
 
     def __init__(self, train: ImageSet, machine: str = "bbels", device="auto", *,
-                 cache_bytes: int | None = None, chunk_elems: int | None = None, compile: bool = False):
+                 cache_bytes: int | None = None, chunk_elems: int | None = None, compile: bool = False,
+                 threshold: float | None = None, samples: int | None = None, sigma: float | None = None,
+                 seed: int | None = None):
         if not isinstance(train, ImageSet):
             raise ElsvizError(f"Engine needs an ImageSet, got {type(train).__name__}; wrap your images in ImageSet(images, labels).")
         machine = as_choice("machine", machine, tuple(MACHINES))
@@ -91,6 +104,15 @@ class Engine:
         cache_bytes = None if cache_bytes is None else as_int("cache_bytes", cache_bytes, 0)
         chunk_elems = None if chunk_elems is None else as_int("chunk_elems", chunk_elems, 1)
         compile = as_bool("compile", compile)
+        # the machine's own settings, complete (defaults filled in)
+        self.options = machine_options(machine, {"threshold": threshold, "samples": samples, "sigma": sigma,
+                                                 "seed": seed})
+        if machine in ("wiener", "pca") and train.images[0].numel() > MAX_ENTRIES:
+            c, h, w = train.images.shape[1:]
+            raise ElsvizError(
+                f"{BY_KEY[machine].name} needs the covariance of all {c * h * w:,} entries of the {c}x{h}x{w} images "
+                f"(a {c * h * w:,} x {c * h * w:,} matrix and its eigendecomposition); it takes images of at most "
+                f"{MAX_ENTRIES:,} entries (64x64 grey, 32x32 colour): load the set at a smaller size.")
         self.train = train
         self.machine = machine
         self.device = resolve_device(device)
@@ -148,11 +170,11 @@ class Engine:
             raise ElsvizError("x contains NaN or inf values; start from finite noise, e.g. torch.randn.")
         t = check_t(t)
         hq, wq = x.shape[-2:]
-        k = None if self.machine == "is" else check_k(k)
-        if self.machine in ("is", "ls") and (hq, wq) != (h, w):
+        k = check_k(k) if BY_KEY[self.machine].local else None
+        if self.machine in TRAINING_SIZE_ONLY and (hq, wq) != (h, w):
             raise ElsvizError(
-                f"The {self.machine.upper()} machine only works at the training size {h}x{w}, got x of size {hq}x{wq}; "
-                "use ELS or bbELS for other output sizes."
+                f"The {BY_KEY[self.machine].name} machine only works at the training size {h}x{w}, got x of size "
+                f"{hq}x{wq}; use ELS or bbELS for other output sizes."
             )
         if k is not None:
             check_k_fits(self.machine, k, (h, w), (hq, wq))
@@ -185,7 +207,8 @@ class Engine:
                kernel)
         return self._cache.get(key, lambda: decide(
             self.machine, k, (hq, wq), tuple(imgs.shape), bsz, slice_batch, x.device, kernel, self._cache.max_bytes,
-            distinct=lambda index, pos: self._distinct(k, label, hq, wq, index, pos)[0].shape[0]))
+            distinct=lambda index, pos: self._distinct(k, label, hq, wq, index, pos)[0].shape[0],
+            options=self.options))
 
     def _per_slice(self, hq, wq, c, k) -> int:
         """Images per slice of the batch: the query windows of a slice hold about chunk_elems numbers."""
@@ -198,6 +221,8 @@ class Engine:
         x, t, k, subset = self._check(x, t, k, label)
         a, b = alpha_sigma(t)
         imgs = self._images_of(label, subset)  # [N, C, H, W]
+        if self.machine in THEORIES:
+            return self._theory(self._plan(x, k, label, imgs).steps[0], x, a, b, t, k, imgs, subset, label)
         try:
             sm = self._run(self._plan(x, k, label, imgs), x, a, b, k, imgs, label)
         except _KernelFailed:  # stay exact: the whole call again, without the Triton kernel
@@ -406,6 +431,77 @@ class Engine:
 
         return self._cache.get(("mult", self.machine, k, label), make)
 
+    # -- the rival theories (engine/theories.py; docs/THEORIES.md) ---------------------------------
+    def _theory(self, step: Step, x, a, b, t, k, imgs, subset, label) -> Posterior:
+        """A rival theory's posterior: the step's path computes the mean, then provenance per pixel.
+
+        nearest, cfdm: one training image per batch item, for every pixel (as IS); pca: per pixel the
+        heaviest image of its entries' softmaxes (the channel with the heaviest one); pspc: per pixel
+        the heaviest crop holding it, source_pos the crop's centre; wiener: no source (index and
+        position -1, weight and entropy NaN, count 0). source_count: training images identical to the
+        source (whole images; pspc: identical crops at the same place)."""
+        bsz, c, h, w = x.shape
+        flat = imgs.flatten(1)  # [N, D]
+        rows = torch.arange(h, device=x.device).view(1, h, 1).expand(bsz, h, w)
+        cols = torch.arange(w, device=x.device).view(1, 1, w).expand(bsz, h, w)
+        here = torch.stack([rows, cols], dim=-1)  # [B, H, W, 2]: each pixel's own place
+        per_pixel = lambda v: v.view(bsz, 1, 1).expand(bsz, h, w).contiguous()  # noqa: E731  [B] -> [B, H, W]
+        if step.path == "wiener":
+            mu, vals, _, vecs = self._gaussian(label, imgs)
+            mean = theories.wiener(x, a, b, mu, vals, vecs)
+            nan = torch.full((bsz, h, w), math.nan, device=x.device)
+            none = torch.full((bsz, h, w), -1, dtype=torch.int64, device=x.device)
+            return self._theory_posterior(x, mean, a, b, t, k, none, torch.full_like(here, -1), nan, none + 1, nan, None)
+        mult = self._multiplicity(None, label)  # [N] identical whole images
+        if step.path in ("nearest", "cfdm"):
+            sq = self._cache.get(("is-sq", label), lambda: (flat * flat).sum(-1))  # [N]
+            if step.path == "nearest":
+                best = theories.nearest(x, a, flat, sq, self.chunk_elems)  # [B]
+                mean, weight, entropy = imgs[best], torch.ones(bsz, device=x.device), torch.zeros(bsz, device=x.device)
+            else:
+                o = self.options
+                eps = self._cache.get(("cfdm-eps", o["seed"], o["samples"], c, h, w),
+                                      lambda: theories.perturbations(o["samples"], (c, h, w), o["seed"], x.device))
+                mean, best, weight, entropy = theories.cfdm(x, a, b, flat, sq, eps, o["sigma"], self.chunk_elems)
+                mean = mean.view(bsz, c, h, w)
+            return self._theory_posterior(x, mean, a, b, t, k, per_pixel(best), here, per_pixel(weight),
+                                          per_pixel(mult[best]), per_pixel(entropy), subset)
+        if step.path == "pca":
+            mask = self._cache.get(("pca-mask", label, t, self.options["threshold"]),
+                                   lambda: theories.pca_mask(*self._gaussian(label, imgs)[1:3], a, b, self.options["threshold"]))
+            sm = theories.pca(x, a, b, flat, mask, self.chunk_elems)  # rows (b, entry)
+            mean = (sm.acc[:, 0] / sm.s).view(bsz, c, h, w)
+            weight = (1.0 / sm.s).view(bsz, c, h, w)
+            chan = weight.argmax(1, keepdim=True)  # [B, 1, H, W] the channel with the heaviest image (first on ties)
+            pick = lambda v: torch.gather(v.reshape(bsz, c, h, w), 1, chan).squeeze(1)  # noqa: E731
+            best = pick(sm.best)
+            entropy = pick((torch.log(sm.s) - sm.ent / sm.s).clamp(min=0.0))
+            return self._theory_posterior(x, mean, a, b, t, k, best, here, pick(weight), mult[best], entropy, subset)
+        # pspc
+        sq = self._cache.get(("pspc-sq", k, label), lambda: theories.crop_sq(imgs, k))  # [N, Hc, Wc]
+        mean, best, weight, entropy, centre = theories.pspc(x, a, b, imgs, k, sq, self.chunk_elems)
+        crops = self._cache.get(("mult", "ls", k, label), lambda: same_count(
+            self._hashes(k, label), train_class("ls", k, h, w).to(imgs.device)))  # [N, H, W] identical crops, same place
+        count = crops[best, centre[..., 0], centre[..., 1]]
+        return self._theory_posterior(x, mean, a, b, t, k, best, centre, weight, count, entropy, subset)
+
+    def _theory_posterior(self, x, mean, a, b, t, k, src_img, src_pos, weight, count, entropy, subset) -> Posterior:
+        if subset is not None:
+            src_img = subset[src_img]
+        score = -(x - a * mean) / (b * b)
+        return Posterior(mean, score, src_img, src_pos, weight, count.to(torch.int64), entropy, t, k)
+
+    def _gaussian(self, label, imgs):
+        """The Gaussian model of the images in play (cached per label): mean [D], eigenvalues [D]
+        and eigenvectors [D, D] of the population covariance in float64 (pca's mask), and the
+        eigenvectors in float32 (wiener's products)."""
+        def make():
+            mu, vals, vecs = theories.gaussian_model(imgs.flatten(1), self.chunk_elems)
+            return mu, vals, vecs, vecs.float()
+
+        dim = imgs[0].numel()
+        return self._cache.get(("gaussian", label), make, dim * dim * 12)
+
     # -- explanation of one pixel -------------------------------------------------------------
     @torch.no_grad()
     def explain(self, x: torch.Tensor, t: float, k=None, pixel=(0, 0), top: int = 8, label: int | None = None) -> list[dict]:
@@ -416,6 +512,11 @@ class Engine:
         zero-padded), logit. Identical windows are listed once with their count. Keys go in chunks
         of about chunk_elems numbers: memory stays bounded whatever the training set's size.
         """
+        if self.machine in THEORIES:
+            raise ElsvizError(
+                f"explain lists the keys of IS, LS, ELS and bbELS; for {BY_KEY[self.machine].name} read the "
+                "provenance of denoise(x, t, k): source_index, source_pos, source_weight and entropy per pixel"
+                + (" (wiener has none: it copies nothing)." if self.machine == "wiener" else "."))
         x, t, k, subset = self._check(x, t, k, label)
         _, _, hq, wq = x.shape
         pixel = as_pixel(pixel, hq, wq)

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ElsvizError
 from ..kernels import cpu as cpu_kernel
+from ..machines import THEORIES
 from .geometry import classes
 
 # Relative cost of reading one float of a key table, in multiply-adds; chooses between the table
@@ -38,7 +39,7 @@ PRUNE_MIN_WORK = 2**14
 KEYSET_SHARE = 2
 PIECE_SHARE = 8
 
-PATHS = ("ideal", "embedded", "pruned", "table")
+PATHS = ("ideal", "embedded", "pruned", "table", *THEORIES)  # a rival theory's path is its name
 KERNELS = ("torch", "cpu", "triton")
 TABLES = ("none", "cached", "pieces", "distinct")
 
@@ -49,7 +50,8 @@ class Step:
     computes it. pix [G, P] query pixels (row * W' + col); pos [G, S] training positions (row * W + col).
 
     path:   ideal (whole images), embedded (<X_n, E(Q, s)>, no table), pruned (distinct keys in
-            blocks with bounds), table (a key table and one product per chunk)
+            blocks with bounds), table (a key table and one product per chunk); a rival theory's
+            name (nearest, wiener, pca, pspc, cfdm: engine/theories.py, one way each)
     kernel: torch, cpu (the compiled C++ kernel) or triton (the fused GPU kernel)
     table:  none, cached (built once, kept), pieces (too large for the cache: built at every call,
             piece after piece), distinct (one key per distinct window, with its count)
@@ -108,13 +110,16 @@ def piece_keys(cache_bytes: int, bytes_per_key: int, multiple: int) -> int:
 
 def decide(machine: str, k: int | None, query_hw: tuple[int, int], train_shape: tuple[int, int, int, int],
            batch: int, slice_batch: int, device: torch.device, kernel: str, cache_bytes: int,
-           distinct=None, tensor_device=None) -> Plan:
+           distinct=None, tensor_device=None, options: dict | None = None) -> Plan:
     """The plan of a call on `batch` images of size query_hw (in slices of slice_batch) against
     train_shape [N, C, H, W]. kernel: the engine's kernel for this call (torch, cpu, triton);
     distinct(index, pos) -> the number of distinct windows of a one-class group (asked only where
-    the pruned path is a candidate). tensor_device: where the steps' index tensors go (default: device)."""
+    the pruned path is a candidate). tensor_device: where the steps' index tensors go (default: device).
+    options: the machine's own settings (machines.Option; cfdm's samples and sigma)."""
     n, c, h, w = train_shape
     on = device if tensor_device is None else tensor_device
+    if machine in THEORIES:
+        return Plan(machine, k, batch, n, (theory_step(machine, k, train_shape, on, options or {}),))
     if machine == "is":
         everything = torch.arange(h * w, device=on).view(1, -1)
         return Plan(machine, None, batch, n, (Step(0, everything, everything, "ideal", "torch", "none",
@@ -141,6 +146,38 @@ def decide(machine: str, k: int | None, query_hw: tuple[int, int], train_shape: 
             continue
         steps.append(_table_step(index, pix, pos, k, n, c, slice_batch, device, kernel, cache_bytes, distinct))
     return Plan(machine, k, batch, n, tuple(steps))
+
+
+def theory_step(machine: str, k: int | None, train_shape, on, options: dict) -> Step:
+    """The one step of a rival theory (engine/theories.py): its path is its name, its work in
+    multiply-adds per image of the batch."""
+    n, c, h, w = train_shape
+    dim = c * h * w
+    everything = torch.arange(h * w, device=on).view(1, -1)
+    if machine == "pspc":
+        d, hc, wc = k // 2, h - k + 1, w - k + 1
+        centres = torch.tensor([(u + d) * w + v + d for u in range(hc) for v in range(wc)], dtype=torch.int64,
+                               device=on).view(1, -1)
+        return Step(0, everything, centres, "pspc", "torch", "none",
+                    f"{hc * wc} crops of {k}x{k}: box sums of x * X_i, two passes over {n} images "
+                    f"(softmax statistics, then weights), about {2 * n * dim * (2 * k + 2):.3g} operations per image")
+    if machine == "nearest":
+        return Step(0, everything, everything, "nearest", "torch", "none",
+                    f"whole images: one distance each, the closest kept ({n * dim:.3g} multiply-adds per image)")
+    if machine == "wiener":
+        return Step(0, everything, everything, "wiener", "torch", "cached",
+                    f"the {dim} x {dim} covariance's eigendecomposition, once per set (cached); "
+                    f"two products ({2 * dim * dim:.3g} multiply-adds per image)")
+    if machine == "pca":
+        return Step(0, everything, everything, "pca", "torch", "cached",
+                    f"a {dim} x {dim} mask per t from the covariance's eigendecomposition (both cached); "
+                    f"one softmax over {n} images per entry ({n * dim * dim:.3g} multiply-adds per image)")
+    if machine == "cfdm":
+        copies = 1 if options["sigma"] == 0 else options["samples"]
+        return Step(0, everything, everything, "cfdm", "torch", "none",
+                    f"{copies} perturbed cop{'y' if copies == 1 else 'ies'} against whole images, two passes "
+                    f"(softmax statistics, then averaged weights; {2 * copies * n * dim:.3g} multiply-adds per image)")
+    raise ValueError(machine)
 
 
 def _table_step(index, pix, pos, k, n, c, slice_batch, device, kernel, cache_bytes, distinct) -> Step:
