@@ -12,10 +12,19 @@ PAGES = (
 )
 
 
-DEFAULT = "app_pages/lesson.py"  # what the app opens on: a newcomer starts with the lesson's first step
+# Reverse diffusion is served at "/", so that a link shared from it before the lesson came first (only
+# settings, no page) still opens it; a first visit to "/" without a link begins with the lesson.
+DEFAULT = "app_pages/reverse_diffusion.py"
+FIRST = "app_pages/lesson.py"
 
 
 def navigation(position: str = "sidebar"):
-    """st.navigation over the pages (DEFAULT is the one the app opens on)."""
-    return st.navigation([st.Page(path, title=title, icon=icon, default=path == DEFAULT)
+    """st.navigation over the pages; a session's first visit to "/" without settings in its URL
+    goes on to the lesson (a newcomer starts with the lesson's first step)."""
+    page = st.navigation([st.Page(path, title=title, icon=icon, default=path == DEFAULT)
                           for path, title, icon in PAGES], position=position)
+    if not st.session_state.get("_landed"):
+        st.session_state["_landed"] = True
+        if page.url_path == "" and not st.query_params:
+            st.switch_page(FIRST)
+    return page
