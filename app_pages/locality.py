@@ -6,7 +6,7 @@ import streamlit as st
 from elsviz.analysis import claims
 from elsviz import export, figures
 from elsviz.errors import ElsvizError
-from elsviz.machines import k_limit, k_sweep, MACHINE_NAMES, MACHINES
+from elsviz.machines import k_limit, k_sweep, MACHINE_NAMES, PAPER_MACHINES
 from elsviz.ui import branch_run, derived, estimate_seconds, main_result, previous_result, settings, show, spec_run
 from elsviz.ui.links import write_link
 
@@ -99,7 +99,7 @@ if view == "four machines":
                 "noise is gone it can only give one back); **LS** weighs patches from the same place only; **ELS** "
                 "from anywhere; **bbELS** from anywhere, except at the border, the paper's model of a "
                 "convolutional network.")
-    specs = [replace(spec, machine=m, size=None) for m in MACHINES]
+    specs = [replace(spec, machine=m, size=None) for m in PAPER_MACHINES]
     results = run_all(specs, lambda sp: MACHINE_NAMES[sp.machine], "Run the four machines")
     if results:
         show_strip(specs, results, lambda sp: MACHINE_NAMES[sp.machine], target=160, name="four machines")

@@ -9,7 +9,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-import torch
 
 from ..machines import MACHINE_NAMES
 from ..sampling import sample

@@ -20,7 +20,7 @@ from . import paths, theories
 from .cache import Cache, cpu_budget, gpu_cache_bytes
 from .geometry import train_class, windows
 from .keyset import KeySet
-from .plan import PIECE_SHARE, Plan, Step, decide, kernel_for, piece_keys, table_bytes
+from .plan import Plan, Step, decide, kernel_for, piece_keys, table_bytes
 from .softmax import Softmax, compiled_rows
 from .tables import CHUNK, cpu_table, padded_images, torch_table
 from .ties import distinct_keys, same_count, window_hash

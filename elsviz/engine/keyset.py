@@ -24,7 +24,7 @@ Rows of a KeySet (distinct keys, in block order, padded to a whole number of blo
                          one of the two
     values [J*L, C + 2]  1 (for the sum of weights), the key's centre pixel (C values), log count
     rep    [J*L]         id n * H * W + position of the first key (in the dense order) with this window
-Padding rows have |K|^2 = PAD_SQ (a logit far below any real one) and values 0, so they add nothing.
+Padding rows have |K|^2 = tables.PAD_SQ (a logit far below any real one) and values 0, so they add nothing.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import cpu as cpu_kernel
-from .tables import PAD_SQ, centre_entries, padded_images, window_table
+from .tables import centre_entries, padded_images, window_table
 
 BLOCK = 256  # keys per block
 MICRO = 32  # keys per run inside a block whose softmax terms are skipped together when all are negligible

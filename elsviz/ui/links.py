@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from ..app.fingers import STUDY_STEPS
-from ..machines import MACHINES
+from ..machines import PAPER_MACHINES
 from ..schedule import PRESETS
 from . import data
 
@@ -104,7 +104,7 @@ PARAMS = {
     "limit": ("limit", _int(0, 1_000_000), "a number of images"),
     "resize": ("resize", _int(0, 256), "a size in pixels"),
     "fingers": ("fingers", _fingers, "finger counts 3 to 7"),
-    "machine": ("machine", _choice(MACHINES), "is, ls, els or bbels"),
+    "machine": ("machine", _choice(PAPER_MACHINES), "is, ls, els or bbels"),
     "loc": ("loc_mode", lambda t: LOC[_choice(LOC)(t)], "k or schedule"),
     "k": ("k", _int(1, 255, odd=True), "an odd window size"),
     "schedule": ("preset", _preset, "a schedule's name"),

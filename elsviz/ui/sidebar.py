@@ -16,7 +16,7 @@ from ..analysis.compare import resample
 from ..datasets.fetch import canonical
 from ..errors import ElsvizError
 from ..networks import calibrated_schedules
-from ..machines import k_limit, MACHINE_NAMES, MACHINE_SENTENCES, MACHINES
+from ..machines import k_limit, MACHINE_NAMES, MACHINE_SENTENCES, PAPER_MACHINES
 from ..app.runs import RunSpec
 from ..schedule import PRESET_NOTES, PRESETS, locality_schedule
 from . import data
@@ -199,7 +199,7 @@ def sidebar() -> Settings:
         key, train = _dataset()
         c, h, w = train.shape
 
-        st.radio("Machine", list(MACHINES), key="machine", horizontal=True, format_func=MACHINE_NAMES.get)
+        st.radio("Machine", list(PAPER_MACHINES), key="machine", horizontal=True, format_func=MACHINE_NAMES.get)
         machine = ss["machine"]
         st.caption(MACHINE_SENTENCES[machine])
 
