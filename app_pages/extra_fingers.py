@@ -186,8 +186,9 @@ else:
 
 opts = st.columns(4)
 style = opts[0].radio("Sources as", ["tint", "outlines"], key="fing_style", horizontal=True,
-                      help="Tint: each pixel coloured by its training image. Outlines: the picture as it is, each "
-                           "copied piece outlined in its training image's colour.")
+                      help="Tint: each pixel coloured by the training image of its heaviest patch. Outlines: the "
+                           "picture as it is, each piece (neighbours whose heaviest patches come from one image at "
+                           "one offset) outlined in that image's colour.")
 alpha = opts[1].slider("Colour strength", 0.0, 1.0, 0.6, 0.05, key="fing_alpha")
 on_hand = opts[2].toggle("On the hand only", value=True, key="fing_on_hand")
 threshold = opts[3].slider("Decided below (nats)", 0.05, 2.0, 0.5, 0.05, key="fing_entropy",
@@ -202,14 +203,14 @@ with cols[1]:
                                       target=256, alpha=alpha, style="edges" if style == "outlines" else "tint",
                                       outline=True, within=hand if on_hand else None)
     prov_click = clickable_image(prov, key="fing_prov_click", cursor="crosshair")
-    st.caption("Where each pixel was copied from, one colour per training hand (white: the hand's outline). "
+    st.caption("Which training hand weighs most in each pixel, one colour per training hand (white: the hand's outline). "
                "**Click** a piece to inspect it below.")
 with cols[2]:
     seamy = seam_map(frame).numpy()
     share = float(seamy[hand].mean()) if hand.any() else 0.0
     show(figures.seam_picture(out, frame.source_index[0], frame.source_pos[0], frame.source_count[0], target=256,
                               within=hand if on_hand else None),
-         caption=f"Seams (red): neighbours copied from different hands, or from one hand at other offsets. "
+         caption=f"Seams (red): neighbours whose heaviest patches come from different hands, or from one hand at other offsets. "
                  f"{share:.0%} of the hand's pixels touch one.")
 with cols[3]:
     show(figures.commitment_picture(commitment_map(traj, threshold), out, steps, target=256),
@@ -218,18 +219,18 @@ with cols[3]:
 
 # -- where each finger came from ---------------------------------------------------------------------------
 if fc.count:
-    st.markdown("**The training hands each finger was copied from**")
+    st.markdown("**The training hands whose patches weigh most in each finger**")
     found = [region_sources(frame, fc.finger(label), top=5) for label in range(1, fc.count + 1)]
     show(figures.finger_sources_grid([[train.images[src["image"]] for src in srcs] or [-torch.ones(train.shape)]
                                       for srcs in found],
                                      [[f"#{src['image']}: {src['pixels']} px" for src in srcs] or ["shared only"]
                                       for srcs in found], target=64))
-    st.caption("Each finger's pixels, by the training hand they were copied from at the last step (the index is the "
+    st.caption("Each finger's pixels, by the training hand of their heaviest patch at the last step (the index is the "
                "hand's number in the training set; the sentence above counts the steps in which the finger was born "
                "instead). Shared pixels (windows many hands have alike) are left out.")
 
-# -- a whole copied piece ----------------------------------------------------------------------------------
-st.markdown("**A copied piece, and its story across the steps**")
+# -- a whole piece ----------------------------------------------------------------------------------
+st.markdown("**A piece of the mosaic (one training image at one offset), and its story across the steps**")
 h, w = out.shape[-2:]
 if prov_click and prov_click.get("unix_time") != ss.get("_fing_prov_seen"):
     ss["_fing_prov_seen"] = prov_click.get("unix_time")

@@ -1,4 +1,5 @@
-"""Page 2: where each pixel was copied from: source overlay with seams, a pixel's top keys, the mosaic."""
+"""Patch provenance: which training patch weighs most in each pixel (source overlay with seams), a
+pixel's top keys and their weights, the mosaic of the heaviest patches."""
 import streamlit as st
 
 from elsviz.analysis import claims

@@ -4,7 +4,7 @@
 principles (count_fingers of the outputs, region_sources of the frames): the finger count, which
 finger is the extra one and the shares behind that, the step of its birth, its place in the run
 (counting forwards: the n-th of the run's steps, early, midway or late), how many branches fit, the
-training hands its pixels copy and their finger counts, how much the fixing branch redraws. It runs
+training hands its pixels' heaviest patches come from and their finger counts, how much the fixing branch redraws. It runs
 over 60 hand-made runs (generated hands as outputs and fixes, each seed another hand, other steps,
 another birth step and flickering branches) and over real bbELS runs.
 """
@@ -148,7 +148,7 @@ def check_sentence(text: str, traj, birth, train=None) -> str:
         assert "This run's denoiser names no training patches." in text
         return kind
     images = top_sources(traj, np.isin(fc.regions, dropped), birth.window)
-    said = re.search(r"were copied from training hands? ([#\d, and]+?)(?:, which|\.)", text)
+    said = re.search(r"heaviest patches of [a-z ]+? came from training hands? ([#\d, and]+?)(?:, which|\.)", text)
     if not images:
         assert "shared only" in text
     else:

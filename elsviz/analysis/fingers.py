@@ -801,14 +801,16 @@ def _sources(trajectory: Trajectory, mask: np.ndarray, window, b: int, top: int)
 
 
 def _copied(trajectory: Trajectory, mask: np.ndarray, window, b: int, train, top: int, pixels: str) -> str:
-    """' In those steps its pixels were copied from training hands #71 and #55, which have 5 fingers each.'"""
+    """' In those steps the heaviest patches of its pixels came from training hands #71 and #55, which have 5
+    fingers each.' (The heaviest, not a copy: a pixel's heaviest patch often holds a few percent of its
+    weight, elsviz.analysis.claims.)"""
     if trajectory.frames[-1].source_index is None:
         return " This run's denoiser names no training patches."
     when = "In those steps" if window else "At the last step"
     images = _sources(trajectory, mask, window, b, top)
     if not images:
         return f" {when} {pixels} were shared only (windows that many training hands have alike)."
-    text = f" {when} {pixels} were copied from training hand{'s' if len(images) > 1 else ''} {_hands(images)}"
+    text = f" {when} the heaviest patches of {pixels} came from training hand{'s' if len(images) > 1 else ''} {_hands(images)}"
     if train is not None and len(train) > max(images):
         counts = [count_fingers(train.images[i].mean(0)).count for i in images]
         if len(counts) == 1:
