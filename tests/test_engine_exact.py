@@ -160,7 +160,7 @@ def test_tables_too_large_for_the_cache_give_the_same_answer(make_pair, monkeypa
     """A key table that does not fit the cache (the photos on a machine with little memory) is built
     again at every call, in pieces (with the compiled kernel) or chunk by chunk (torch): same answer,
     ties included (duplicated images: the earlier key stays across pieces)."""
-    import elsviz.engine.core as engine_mod
+    import elsviz.engine.reads as engine_mod
     base = random_images(30, 1, 6, 7, seed=11)
     images = np.concatenate([base, base[:6]])
     engine, ref = make_pair(machine, images, cache_bytes=3000)

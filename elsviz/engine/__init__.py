@@ -7,7 +7,8 @@ ties (identical windows), keyset (distinct keys in blocks with bounds), explain,
 (the rival theories nearest, wiener, pca, pspc, cfdm; docs/THEORIES.md).
 """
 from ..machines import MACHINES
-from .core import Engine, Posterior, resolve_device
+from .core import Engine, resolve_device
+from .posterior import Posterior
 from .geometry import windows
 from .plan import Plan, Step
 

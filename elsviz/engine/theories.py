@@ -17,7 +17,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .geometry import train_class
+from .posterior import Posterior, make
 from .softmax import Softmax, combine
+from .ties import same_count
 
 # |W[n, n]| below this: entry n has (nearly) no variance, its row of the Wiener filter is left as
 # is (the authors' code's eps)
@@ -292,3 +295,58 @@ def cfdm(x: torch.Tensor, a: float, b: float, flat: torch.Tensor, sq: torch.Tens
             best_w[rows] = torch.where(better, v, best_w[rows])
             best_i[rows] = torch.where(better, i + n0, best_i[rows])
     return mean, best_i, best_w, entropy.clamp(min=0.0)
+
+
+# -- a call's posterior, with provenance ---------------------------------------------------------
+def posterior(step, x, a, b, t, k, imgs, subset, label, reads, options: dict, chunk_elems: int) -> Posterior:
+    """A rival theory's posterior: the step's path computes the mean, then provenance per pixel.
+
+    nearest, cfdm: one training image per batch item, for every pixel (as IS); pca: per pixel the
+    heaviest image of its entries' softmaxes (the channel with the heaviest one); pspc: per pixel
+    the heaviest crop holding it, source_pos the crop's centre; wiener: no source (index and
+    position -1, weight and entropy NaN, count 0). source_count: training images identical to the
+    source (whole images; pspc: identical crops at the same place)."""
+    bsz, c, h, w = x.shape
+    flat = imgs.flatten(1)  # [N, D]
+    rows = torch.arange(h, device=x.device).view(1, h, 1).expand(bsz, h, w)
+    cols = torch.arange(w, device=x.device).view(1, 1, w).expand(bsz, h, w)
+    here = torch.stack([rows, cols], dim=-1)  # [B, H, W, 2]: each pixel's own place
+    per_pixel = lambda v: v.view(bsz, 1, 1).expand(bsz, h, w).contiguous()  # noqa: E731  [B] -> [B, H, W]
+    if step.path == "wiener":
+        mu, vals, _, vecs = reads.gaussian(label, imgs)
+        mean = wiener(x, a, b, mu, vals, vecs)
+        nan = torch.full((bsz, h, w), math.nan, device=x.device)
+        none = torch.full((bsz, h, w), -1, dtype=torch.int64, device=x.device)
+        return make(x, mean, a, b, t, k, none, torch.full_like(here, -1), nan, none + 1, nan, None)
+    mult = reads.multiplicity(None, label)  # [N] identical whole images
+    if step.path in ("nearest", "cfdm"):
+        sq = reads.squares(label, flat)  # [N]
+        if step.path == "nearest":
+            best = nearest(x, a, flat, sq, chunk_elems)  # [B]
+            mean, weight, entropy = imgs[best], torch.ones(bsz, device=x.device), torch.zeros(bsz, device=x.device)
+        else:
+            o = options
+            eps = reads.cache.get(("cfdm-eps", o["seed"], o["samples"], c, h, w),
+                                  lambda: perturbations(o["samples"], (c, h, w), o["seed"], x.device))
+            mean, best, weight, entropy = cfdm(x, a, b, flat, sq, eps, o["sigma"], chunk_elems)
+            mean = mean.view(bsz, c, h, w)
+        return make(x, mean, a, b, t, k, per_pixel(best), here, per_pixel(weight),
+                                      per_pixel(mult[best]), per_pixel(entropy), subset)
+    if step.path == "pca":
+        mask = reads.cache.get(("pca-mask", label, t, options["threshold"]),
+                               lambda: pca_mask(*reads.gaussian(label, imgs)[1:3], a, b, options["threshold"]))
+        sm = pca(x, a, b, flat, mask, chunk_elems)  # rows (b, entry)
+        mean = (sm.acc[:, 0] / sm.s).view(bsz, c, h, w)
+        weight = (1.0 / sm.s).view(bsz, c, h, w)
+        chan = weight.argmax(1, keepdim=True)  # [B, 1, H, W] the channel with the heaviest image (first on ties)
+        pick = lambda v: torch.gather(v.reshape(bsz, c, h, w), 1, chan).squeeze(1)  # noqa: E731
+        best = pick(sm.best)
+        entropy = pick((torch.log(sm.s) - sm.ent / sm.s).clamp(min=0.0))
+        return make(x, mean, a, b, t, k, best, here, pick(weight), mult[best], entropy, subset)
+    # pspc
+    sq = reads.cache.get(("pspc-sq", k, label), lambda: crop_sq(imgs, k))  # [N, Hc, Wc]
+    mean, best, weight, entropy, centre = pspc(x, a, b, imgs, k, sq, chunk_elems)
+    crops = reads.cache.get(("mult", "ls", k, label), lambda: same_count(
+        reads.hashes(k, label), train_class("ls", k, h, w).to(imgs.device)))  # [N, H, W] identical crops, same place
+    count = crops[best, centre[..., 0], centre[..., 1]]
+    return make(x, mean, a, b, t, k, best, centre, weight, count, entropy, subset)
