@@ -12,6 +12,7 @@ from elsviz.app.runs import RunSpec
 from elsviz.analysis.provenance import mosaic, source_shares
 from elsviz.ui import Settings, derived, settings, show, spec_run
 from elsviz.ui import data
+from elsviz.ui.links import write_link
 
 BIG = 256  # pixels per picture: readable from the back of a room on a projector
 
@@ -25,6 +26,7 @@ st.markdown(
 )
 
 s = settings()
+write_link(page="lesson")  # the lesson is served at "/": its links say so (elsviz/ui/nav.py)
 if s.dataset_key[0] == "builtin" and s.dataset_key[1] in LESSON_SETS and s.dataset_key[1] in BUILTINS:
     lesson = s  # the sidebar's digits (and its subset, if one is chosen)
 else:

@@ -82,9 +82,9 @@ def lesson(page: str | None = PAGE, **state) -> AppTest:
 
 
 def test_a_first_visit_opens_on_the_lesson_and_its_first_step():
-    from elsviz.ui.nav import FIRST, PAGES
+    from elsviz.ui.nav import DEFAULT, PAGES
 
-    assert PAGES[0][0] == PAGE == FIRST  # first in the navigation, and where a first visit goes
+    assert PAGES[0][0] == PAGE == DEFAULT  # first in the navigation, and where the app opens
     at = lesson(page=None)  # no page and no link: what a newcomer sees
     assert [t.value for t in at.title] == ["Lesson: how a diffusion model makes something new"]
     assert [h.value for h in at.header][0] == SECTIONS[0]
@@ -211,8 +211,8 @@ def test_the_lesson_runs_on_handwritten_digits_whatever_the_sidebar_set():
 
 
 def test_a_link_without_a_page_opens_reverse_diffusion_not_the_lesson():
-    """A link shared from "/" (Reverse diffusion, before the lesson came first) carries only settings:
-    it opens that page with them; only a first visit without a link goes on to the lesson."""
+    """A link shared from "/" when Reverse diffusion was there carries only settings: it opens that page
+    with them. A link copied on the lesson says page=lesson and opens the lesson."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
@@ -223,3 +223,9 @@ def test_a_link_without_a_page_opens_reverse_diffusion_not_the_lesson():
     assert [t.value for t in at.title] != ["Lesson: how a diffusion model makes something new"]
     shown = [c.value for c in at.caption] + [m.value for m in at.markdown] + [h.value for h in at.subheader]
     assert any("ELS, k=7, 6 steps, seed 3" in v for v in shown), shown
+
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    again.query_params.update({"set": "digits", "limit": "150", "page": "lesson"})
+    again.run()
+    assert [t.value for t in again.title] == ["Lesson: how a diffusion model makes something new"]
+    assert not again.warning  # `page` is not an unknown setting

@@ -143,6 +143,8 @@ def read_link() -> None:
     params = st.query_params.to_dict()
     ignored, size = [], {}
     for name, text in params.items():
+        if name == "page":  # which page a link opens "/" on (elsviz/ui/nav.py)
+            continue
         if name not in PARAMS:
             ignored.append(f"`{name}` (unknown)")
             continue

@@ -12,19 +12,18 @@ PAGES = (
 )
 
 
-# Reverse diffusion is served at "/", so that a link shared from it before the lesson came first (only
-# settings, no page) still opens it; a first visit to "/" without a link begins with the lesson.
-DEFAULT = "app_pages/reverse_diffusion.py"
-FIRST = "app_pages/lesson.py"
+DEFAULT = "app_pages/lesson.py"  # served at "/": a newcomer starts with the lesson's first step
+LINKED = "app_pages/reverse_diffusion.py"  # was at "/" before the lesson: links from then carry only settings
 
 
 def navigation(position: str = "sidebar"):
-    """st.navigation over the pages; a session's first visit to "/" without settings in its URL
-    goes on to the lesson (a newcomer starts with the lesson's first step)."""
+    """st.navigation over the pages. A session that opens "/" with settings in its URL but no
+    `page=lesson` holds a link from before the lesson came first: it goes on to Reverse diffusion."""
     page = st.navigation([st.Page(path, title=title, icon=icon, default=path == DEFAULT)
                           for path, title, icon in PAGES], position=position)
     if not st.session_state.get("_landed"):
         st.session_state["_landed"] = True
-        if page.url_path == "" and not st.query_params:
-            st.switch_page(FIRST)
+        params = st.query_params.to_dict()
+        if page.url_path == "" and params and params.get("page") != "lesson":
+            st.switch_page(LINKED, query_params=params)  # the settings go along
     return page
