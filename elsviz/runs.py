@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -149,95 +149,149 @@ def app_threads(cores: int | None, environ) -> int | None:
     return max(1, (cores or 1) - 1)
 
 
-LONG_S = 20.0  # a run estimated above this asks first (when its work is also above GATE_WORK)
-GATE_WORK = 3e8  # ... and only when one step's work count (step_work) is above this: 32x32 sets, never the
-# 16x16 digits at their own size (1,797 x 256 keys x 256 pixels = 1.2e8 per step; hands: 1.0e9; photos: 6.3e9)
-SUBSET_TARGET_S = 10.0  # a subset offered instead of a long run aims at about this ...
+ASK_S = 8.0  # a run estimated above this asks first ("about N s: run it?"); the digits' first run takes 1-2 s
+SUBSET_TARGET_S = 5.0  # a subset offered instead of a long run aims at about this (so it runs without asking) ...
 MIN_SUBSET = 100  # ... but is never smaller than this (fewer images make a poor training set)
 
-# Work per second (step_work units) before anything was measured. Measured, warm, one thread (the app's
-# engines on a 2-core CPU), k = 5, 20 steps, the fused CPU kernel (docs/BENCHMARKS.md): digits bbELS 3.0e9,
-# ELS 2.6e9; hands 6.6e9 and 5.4e9; photos 6.3e9 and 5.2e9 where their key tables fit the engine's cache
-# (a sixteenth of the memory; with 384 MB the photos ran at 3.4e8, now about 2e9: tables rebuilt in
-# pieces at every step). The CPU priors are the digits' figures, a little lower for a machine that is
-# not quiet: a first guess then asks before the photos (about 40 s), not before the hands (about 7 s).
-# For CUDA, the H100 figures of docs/BENCHMARKS.md for the torch path (bbELS: 2.5e10 on the digits, 9e10
-# on 60,000 28x28 images; the Triton kernel, now the default there, was 1.5x that on an H200), kept
-# low for a first guess, with IS and LS scaled by the same factor as the CPU's.
-PRIOR_RATES = {
-    ("cpu", "is"): 5e4, ("cpu", "ls"): 1e7, ("cpu", "els"): 2.3e9, ("cpu", "bbels"): 2.8e9,
-    ("cuda", "is"): 5e6, ("cuda", "ls"): 1e9, ("cuda", "els"): 2e10, ("cuda", "bbels"): 2e10,
+# What one unit of each kind of work costs, in seconds, on the CPU with the compiled kernel and one thread:
+# fitted by `python -m elsviz.bench --estimates --fit` to the steps timed in tests/estimate_timings.json
+# (CPU time, the 2-core AMD EPYC with AVX-512 this project runs on; docs/BENCHMARKS.md, "Estimates"). On a GPU: a first guess from the H200's
+# figures there (12 T multiply-adds in 2.1 s of the fused kernel), corrected by the pace of the runs.
+COSTS = {  # step: Python and the step's own tensors; logit, madd, centre: a logit through the compiled kernel (its
+    # softmax, the product's multiply-adds, the weighted centres per channel); klass: a class of a table's group;
+    # gemm: a multiply-add of torch's products; rows: a written logit through the kernel's statistics; torch_logit:
+    # through torch's passes; bound: a block's bound for one query; byte: a byte of key table built; key: a key made
+    # distinct; gram: a multiply-add of a KeySet's principal directions; window: a window hashed and counted
+    "cpu": {"step": 3e-3, "logit": 4e-10, "madd": 1.5e-11, "centre": 5e-11, "klass": 5e-6, "gemm": 3e-11,
+            "rows": 1e-9, "torch_logit": 6e-9, "bound": 2e-9, "read": 1e-10, "byte": 2e-9, "key": 3e-7, "gram": 1e-10,
+            "window": 1e-7},
+    "cuda": {"step": 5e-3, "logit": 2e-12, "madd": 1.8e-13, "centre": 0.0, "klass": 0.0, "gemm": 1e-13, "rows": 2e-11,
+             "torch_logit": 2e-11, "bound": 0.0, "read": 0.0, "byte": 5e-11, "key": 2e-8, "gram": 1e-13, "window": 1e-10},
 }
-RATE_EXPONENT = 0.35  # a rate carried to a workload with x times the work is x ** 0.35 times higher: overheads
-# weigh less in larger runs. Measured at k = 5 on the 2-core CPU, exponents 0.1-0.5: digits 100 -> 1,797 images
-# (18x the work) 2x the rate (0.24); hands 100 -> 300 1.1x (0.1); in the app, digits 150 -> hands 1,000 (100x the
-# work) 9x (0.48).
-PRIOR_BUILD_STEPS = 3.0  # the first step at a new k builds its key tables: about 3 warm steps (measured: 0.2-10)
-
-
-def step_work(n: int, shape: tuple[int, int, int], machine: str, size: tuple[int, int] | None = None) -> float:
-    """A work count for one denoising step: keys x query pixels x channels.
-
-    n: the training images that serve as keys (those of the class, for a conditional run);
-    shape: (C, H, W) of the training images; size: (H, W) of the output, None for the training
-    size. Used only to compare runs of one machine (see Estimator), so the engine's constant
-    factors cancel; the window size k is left out (its effect is learned per k by the Estimator).
-    """
-    c, h, w = shape
-    hq, wq = size or (h, w)
-    keys = n if machine in ("is", "ls") else n * h * w
-    pixels = 1 if machine == "is" else hq * wq
-    return float(keys * pixels * c)
-
-
-def run_cost(n: int, shape: tuple[int, int, int], spec: RunSpec) -> float:
-    """step_work of the spec times its steps (steps - 1 denoising calls)."""
-    return (spec.steps - 1) * step_work(n, shape, spec.machine, spec.size)
-
-
-def needs_confirmation(work: float, estimate_s: float, guess: bool = False) -> bool:
-    """Whether a run asks before it starts: only a truly long one, i.e. both its step's work count is
-    above GATE_WORK (a 32x32 set, not the digits at their size, whatever the machine's load) and it
-    is estimated above LONG_S; above 2 x LONG_S when the estimate is a guess (nothing of this set
-    has run yet: such guesses came out 1.7-2.5x too long on the 2-core CPU)."""
-    return work > GATE_WORK and estimate_s > LONG_S * (2 if guess else 1)
-
-
-def subset_size(n: int, estimate_s: float, target_s: float) -> int:
-    """How many of n training images give a run of about target_s, if n of them take estimate_s."""
-    if estimate_s <= target_s:
-        return n
-    return max(1, min(n, int(n * target_s / estimate_s)))
-
-
-def subset_offer(n: int, estimate_s: float, target_s: float = SUBSET_TARGET_S, minimum: int = MIN_SUBSET) -> int | None:
-    """The subset to offer instead of a run of n images estimated at estimate_s, or None.
-
-    About target_s worth of images (a run's time grows as its work ** (1 - RATE_EXPONENT): a tenth
-    of the images takes about a fifth of the time, not a tenth), rounded down to a round number,
-    never fewer than `minimum`; None when the set is small (under 2 x minimum) or when the subset
-    would keep more than half the set (it would not save much).
-    """
-    if n < 2 * minimum:
-        return None
-    share = min(1.0, target_s / max(estimate_s, 1e-9)) ** (1 / (1 - RATE_EXPONENT))
-    sub = max(minimum, int(n * share))
-    step = 10 ** max(0, len(str(sub)) - 2)  # two significant digits: 137 -> 130, 2,480 -> 2,400
-    sub = max(minimum, sub // step * step)
-    return sub if sub <= n // 2 else None
+PRUNE_T = 0.55  # the pruned path computes every block down to t = 0.55 and a share t / 0.55 below (hands,
+PRUNE_FLOOR = 0.08  # k = 7: 52% of the blocks at t = 0.3, 14% at 0.1, 10% at 0.05; docs/ENGINE.md), at least this
+THREAD_GAIN = 0.8  # T threads compute about T ** 0.8 times as fast as one (a prior: the pace corrects it)
 
 
 @dataclass(frozen=True)
 class Workload:
-    """What a run's speed depends on besides k: the training set (its cache key), the machine, the
-    device type ('cpu', 'cuda'), the output size and the class (a conditional run has fewer keys)."""
+    """What a run's cost depends on besides its k and t: the training set (its cache key; family: its
+    name, shared by its subsets), the machine, the device type, the output size, the class, the keys
+    in play (n images of shape (C, H, W)), the batch, the engine's cache and whether the compiled
+    kernel runs (images: the training images in play, for the share of distinct windows)."""
 
     dataset: Hashable
     machine: str
     device: str = "cpu"
     size: tuple[int, int] | None = None
     label: int | None = None
-    family: str = ""  # the set's name: its subsets share it, so they learn from each other first
+    family: str = ""
+    n: int = 1
+    shape: tuple[int, int, int] = (1, 16, 16)
+    batch: int = 1
+    cache_bytes: int = 1_500_000_000
+    kernel: bool = True
+    threads: int = 1
+    images: object = field(default=None, compare=False, hash=False, repr=False)
+
+
+def workload(engine, dataset, machine: str | None = None, size=None, label=None, family: str = "", batch: int = 1,
+             n: int | None = None) -> Workload:
+    """The Workload of a run on an engine (read duck-typed: device, training set, cache, kernel);
+    n: a subset of n images of the set instead (the images of the label, for a conditional run)."""
+    imgs = engine.train.images if label is None or engine.train.labels is None else \
+        engine.train.images[engine.train.labels == label]
+    imgs = imgs if n is None else imgs[torch.randperm(len(imgs), generator=torch.Generator().manual_seed(0))[:n]]
+    device = getattr(getattr(engine, "device", None), "type", "cpu")
+    cache = getattr(getattr(engine, "_cache", None), "max_bytes", None) or 1_500_000_000
+    kernel = bool(getattr(engine, "_cpu_kernel", True) if device == "cpu" else getattr(engine, "_kernel", True))
+    return Workload(dataset, machine or engine.machine, device, None if size is None else tuple(size), label, family,
+                    len(imgs), tuple(imgs.shape[1:]), batch, int(cache), kernel, torch.get_num_threads(), imgs)
+
+
+def class_groups(machine: str, k: int, shape, size=None) -> list[tuple[int, int, int]]:
+    """(G, P, S) for each group of equal classes a step at k computes: G classes of P query pixels
+    and S key positions each (as the engine groups them; docs/ENGINE.md, "Classes")."""
+    _, h, w = shape
+    hq, wq = size or (h, w)
+    d = k // 2
+    if machine == "ls":
+        return [(h * w, 1, 1)]
+    if machine == "els":
+        return [(1, hq * wq, max(h - 2 * d, 0) * max(w - 2 * d, 0))]
+
+    def bands(nq, nt):  # bbELS: (query positions, training positions) of each overhang along one axis
+        count: dict = {}
+        for i in range(max(nq, nt)):
+            for j, size_ in enumerate((nq, nt)):
+                if i < size_:
+                    count.setdefault((max(0, d - i), max(0, i + d - size_ + 1)), [0, 0])[j] += 1
+        return [v for v in count.values() if v[0]]
+
+    groups: dict = {}
+    for pr, sr in bands(hq, h):
+        for pc, sc in bands(wq, w):
+            groups[(pr * pc, sr * sc)] = groups.get((pr * pc, sr * sc), 0) + 1
+    return [(g, p, s) for (p, s), g in sorted(groups.items()) if s]
+
+
+def distinct_share(images: torch.Tensor | None, k: int, engine=None, label: int | None = None) -> float:
+    """Share of the distinct windows among the k x k windows that lie inside the training images
+    [N, C, H, W] (the keys of ELS's class and bbELS's interior): the engine computes each distinct
+    window once (hands: 12% at k = 3, 84% at k = 9; photos: 47-65%, digits 73% at k = 3, all from
+    k = 9). From the engine's counts of equal windows where it has them (it keeps them for the run
+    that follows), else from its window hashes; 1.0 when neither can be had."""
+    d = k // 2
+    count = getattr(engine, "_multiplicity", None)
+    try:
+        if count is not None:
+            inner = count(k, label)  # [N, H, W]: equal windows of each key's class
+            h, w = inner.shape[-2:]
+            return float((1.0 / inner[:, d:h - d, d:w - d].double()).mean())
+        from .engine import _window_hash
+
+        h, w = images.shape[-2:]
+        inner = _window_hash(images, k)[:, d:h - d, d:w - d]
+        return torch.unique(inner).numel() / max(inner.numel(), 1)
+    except Exception:  # an engine without them: every key counted (a longer estimate, never a failure)
+        return 1.0
+
+
+def step_parts(w: Workload, k: int, distinct, costs: dict | None = None) -> list[tuple]:
+    """The parts of a step at k: (cache entry or None, its bytes, seconds to build it, seconds of
+    computing at every t, seconds of computing that the bounds prune at small t), following the
+    engine's choice of path per group (docs/ENGINE.md). distinct(): the share of distinct keys;
+    costs: COSTS of the device, or others."""
+    cost, (c, h, wd) = costs or COSTS[w.device], w.shape
+    cpu, n, b, image = w.device == "cpu", w.n, w.batch, c * h * wd
+    if w.machine == "is":  # one product with the whole images, torch's softmax passes
+        return [(None, 0, 0.0, b * n * (image * cost["gemm"] + cost["torch_logit"]), 0.0)]
+    hq, wq = w.size or (h, wd)
+    dim, kernel = c * k * k, w.kernel and c in (1, 3)
+    parts = [(("hash", k), n * h * wd * 12, n * h * wd * cost["window"], cost["step"], 0.0)]  # window hashes, tie counts
+    per_slice = min(b, max(1, 2**20 // (hq * wq * dim)))
+    fused = cost["logit"] + (dim + 1) * cost["madd"] + c * cost["centre"] if kernel else \
+        cost["torch_logit"] + (dim + 1) * cost["gemm"]  # a logit through the kernel (or torch's passes)
+    for gi, (g, p, s) in enumerate(class_groups(w.machine, k, w.shape, w.size)):
+        logits, table = g * b * p * s * n, g * s * n * (dim + 3 + c) * 4
+        cheap = kernel and cpu and min(b, 32) * p >= 32 and table <= w.cache_bytes // 4
+        if p * s * image <= p * s * dim + (2 if cheap else 16) * s * dim:  # embedded: torch's products
+            rows = cost["rows"] if kernel and cpu else cost["torch_logit"]
+            parts.append((None, 0, 0.0, logits * (image * cost["gemm"] + rows), 0.0))
+            continue
+        if g == 1 and p * s * n >= 2**21 and per_slice * p * dim >= 2**14 and cpu:  # one big class: distinct keys
+            keys = distinct() * s * n
+            size = int((keys + 256) * (dim + 2 * c + 5) * 4)
+            if size <= w.cache_bytes // 2:  # (its cache counts a KeySet as 64 bytes, whatever it holds)
+                build = s * n * cost["key"] + keys * dim * (dim * cost["gram"] + 8 * cost["byte"])
+                reads = -(-b * p // 240) * size  # the kernel reads the keys once per tile of 240 queries
+                parts.append((("keys", k, gi), 64, build, b * p * keys / 256 * cost["bound"],
+                              b * p * keys * fused + reads * cost["read"]))
+                continue
+        reads = -(-b * p // 240) * table
+        parts.append((("table", k, gi), table, table * cost["byte"],
+                      logits * fused + g * b * cost["klass"] + reads * cost["read"], 0.0))
+    return parts
 
 
 class StepClock:
@@ -253,7 +307,7 @@ class StepClock:
 
     def __call__(self, frame):
         now = time.perf_counter()
-        self.steps.append((int(frame.k), float(frame.t), now - self._last))
+        self.steps.append((frame.k, float(frame.t), now - self._last))
         self._last = now
         if self.then is not None:
             self.then(frame)
@@ -264,188 +318,124 @@ class StepClock:
 
 
 class Estimator:
-    """How long a run will take, learned from the steps the app has timed, per workload and k.
+    """How long a run will take: the cost of the work it implies (step_parts: logits, multiply-adds,
+    key tables to build, per path) times the pace of this machine now.
 
-    Each timed step is kept as a rate (step_work per second) under (workload, k); k matters (on the
-    digits, bbELS runs 10x faster per step at k = 15 than at k = 3). The first step at a k on an
-    engine builds that k's key tables: it is cold, kept apart as a build time, never as a rate. A
-    rate of a run is its warm steps' work over their time; the estimate takes the median of the
-    last KEEP runs' rates, so one run slowed by a busy moment (or sped by a quiet one) does not move
-    it, while a lasting change of load does, within a few runs. Every run (foreground, background,
-    branch) corrects it.
-
-    Steps at different noise levels t cost differently on some sets (the hands: a step at t = 0.9
-    takes 6-10x one at t = 0.2, when most windows have settled on one flat patch; the digits: about
-    the same; and where the slow steps end depends on k): a profile per set, machine, device and k
-    (PROFILE_BINS bins of t, each the median of the recent full runs' step time there over their
-    mean; the nearest k's where this k has none) weighs each step, so a branch from a late step and
-    the time left during a run are estimated from the steps still to come. Flat until a full run
-    (one k, from the top) of that set has been timed.
-
-    Never measured: the workload's rate at the nearest k measured; else the rate of another workload
-    of the same machine and device (rates in step_work units carry over between sets, roughly):
-    of the same set if one was measured (another subset), else the one closest in work; else
-    PRIOR_RATES. A carried rate is scaled by (work ratio) ** RATE_EXPONENT. A build of a k not yet
-    seen on the engine costs the workload's median build (in warm steps), else PRIOR_BUILD_STEPS
-    (builds of small runs, dominated by overheads, say little about large ones).
-    Thread-safe: background runs record too.
+    The cost is in seconds of one thread of the CPU the costs were measured on (COSTS). Key tables
+    are built on a step's first use of them and kept in the engine's cache while they fit (a table
+    larger than the cache is built again at every step): a simulated LRU of the engines' caches says
+    which a run will find. The pace is what runs really took over what the cost said: the median of
+    the last KEEP runs of the same set and machine, else of any run on the device, else 1 / the
+    threads' gain. So the first run of a set is estimated from its work at the machine's pace of the
+    moment, and one run slowed by a busy moment does not move it. Thread-safe: background runs record too.
     """
 
     KEEP = 7
-    PROFILE_BINS = 10
 
-    def __init__(self, priors: dict | None = None, build_steps: float = PRIOR_BUILD_STEPS):
-        self.priors = dict(PRIOR_RATES if priors is None else priors)
-        self.build_steps = build_steps
-        self._rates: dict[tuple, list[float]] = {}  # (workload, k) -> recent warm rates
-        self._builds: dict[Workload, list[float]] = {}  # workload -> recent builds, in warm steps
-        self._seen: set = set()  # (engine token, workload, k): key tables built
-        self._work: dict[Workload, float] = {}  # workload -> its step_work (to find the closest one)
-        self._profiles: dict[tuple, list[list[float]]] = {}  # (device, machine, family, k) -> per bin, recent weights
-        self._lock = threading.Lock()
+    def __init__(self, costs: dict | None = None):
+        self.costs = costs  # COSTS of the device by default
+        self._held: dict = {}  # budget -> OrderedDict((engine, entry) -> bytes): the simulated caches
+        self._paces: dict = {}  # (device, family, machine) -> recent actual / cost
+        self._distinct: dict = {}  # (dataset, label, k) -> share of distinct windows
+        self._parts: dict = {}  # (workload, k) -> step_parts
+        self._lock = threading.RLock()
 
-    @staticmethod
-    def _k(workload: Workload, k) -> int | None:
-        return None if workload.machine == "is" else int(k)
+    def _step_parts(self, w: Workload, k: int, engine=None):
+        if (w, k) not in self._parts:
+            def distinct():  # without images or engine: the share known for the set (a subset's search)
+                key = (w.family, w.label, k, w.dataset, w.n)
+                if key not in self._distinct:
+                    known = [v for kk, v in sorted(self._distinct.items(), key=lambda kv: -kv[0][4]) if kk[:3] == key[:3]]
+                    self._distinct[key] = distinct_share(w.images, k, engine, w.label) \
+                        if w.images is not None or engine is not None or not known else known[0]
+                return self._distinct[key]
 
-    @staticmethod
-    def _steps(steps):
-        """[(k, t or None, seconds)] from [(k, t, seconds)] or [(k, seconds)]."""
-        return [(st[0], st[1] if len(st) == 3 else None, st[-1]) for st in steps]
+            self._parts[(w, k)] = step_parts(w, k, distinct, self.costs)
+        return self._parts[(w, k)]
 
-    def cold(self, workload: Workload, k, engine=None) -> bool:
-        """Whether a step at k would build key tables first (k never run on this engine)."""
-        return (id(engine), workload, self._k(workload, k)) not in self._seen
-
-    def _bin(self, t) -> int | None:
-        return None if t is None else min(max(int(t * self.PROFILE_BINS), 0), self.PROFILE_BINS - 1)
-
-    def weight(self, workload: Workload, t, k=None) -> float:
-        """How much a step at t costs against the mean step of a full run at k (the nearest k measured on
-        the set; 1.0 when none was)."""
-        b = self._bin(t)
-        k = None if k is None else self._k(workload, k)
-        ks = [key[3] for key in self._profiles if key[:3] == (workload.device, workload.machine, workload.family)]
-        if b is None or not ks:
-            return 1.0
-        near = min(ks, key=lambda kk: (0 if kk is None or k is None else abs(kk - k), kk or 0))
-        bins = self._profiles[(workload.device, workload.machine, workload.family, near)]
-        return self._median(bins[b]) if bins[b] else 1.0
-
-    def _learn_profile(self, workload: Workload, k, warm) -> None:
-        """warm: [(t, seconds)] of one k; a run covering most bins of t teaches the set's profile."""
-        by_bin: dict[int, list[float]] = {}
-        for t, seconds in warm:
-            if t is not None and seconds > 0:
-                by_bin.setdefault(self._bin(t), []).append(seconds)
-        if len(by_bin) < self.PROFILE_BINS - 2:
-            return
-        means = {b: sum(v) / len(v) for b, v in by_bin.items()}
-        mean = sum(means.values()) / len(means)
-        bins = self._profiles.setdefault((workload.device, workload.machine, workload.family, k),
-                                         [[] for _ in range(self.PROFILE_BINS)])
-        for b, m in means.items():
-            bins[b].append(m / mean)
-            del bins[b][:-self.KEEP]
-
-    def record(self, workload: Workload, work: float, steps, engine=None) -> None:
-        """Learn from a run's timed steps [(k, t, seconds), ...] (StepClock.steps; t may be left out),
-        work = step_work."""
-        by_k: dict = {}
+    def cost(self, w: Workload, ks, ts, engine=None, keep: bool = False) -> list[float]:
+        """Seconds of each step at its k and t, from the work alone (the pace not applied); keep: the
+        simulated caches keep what the run builds."""
         with self._lock:
-            self._work[workload] = work
-            for k, t, seconds in self._steps(steps):
-                k = self._k(workload, k)
-                seen = (id(engine), workload, k)
-                entry = by_k.setdefault(k, {"warm": [], "cold": None})
-                if seen not in self._seen:
-                    self._seen.add(seen)
-                    entry["cold"] = (t, seconds)
-                else:
-                    entry["warm"].append((t, seconds))
-            for k, entry in by_k.items():
-                self._learn_profile(workload, k, entry["warm"])
-            for k, entry in by_k.items():
-                warm = [(t, s) for t, s in entry["warm"] if s > 0]
-                if warm and work > 0:  # seconds of an average step: each weighed by its t
-                    rates = self._rates.setdefault((workload, k), [])
-                    rates.append(work * len(warm) / sum(s / self.weight(workload, t, k) for t, s in warm))
-                    del rates[:-self.KEEP]
-                if entry["cold"] is not None:
-                    t, seconds = entry["cold"]
-                    step = self._step_seconds(workload, work, k, t)
-                    builds = self._builds.setdefault(workload, [])
-                    builds.append(max(seconds - step, 0.0) / step)
-                    del builds[:-self.KEEP]
-
-    @staticmethod
-    def _median(values: list[float]) -> float:
-        ordered = sorted(values)
-        return ordered[len(ordered) // 2]
-
-    def basis(self, workload: Workload) -> str:
-        """What an estimate for the workload rests on: 'measured' (runs of it), 'carried' (runs of another
-        set or subset, scaled) or 'prior' (nothing comparable has run yet)."""
-        with self._lock:
-            if any(w == workload for (w, _) in self._rates):
-                return "measured"
-            if any(w.machine == workload.machine and w.device == workload.device for (w, _) in self._rates):
-                return "carried"
-            return "prior"
-
-    def rate(self, workload: Workload, k) -> float:
-        """Work per second expected of an average warm step at k (see the class's note for what stands in)."""
-        with self._lock:
-            return self._rate(workload, self._k(workload, k))
-
-    def _rate(self, workload: Workload, k) -> float:
-        def nearest(w):
-            ks = [kk for (ww, kk) in self._rates if ww == w]
-            if not ks:
-                return None
-            best = min(ks, key=lambda kk: (0 if kk is None or k is None else abs(kk - k), kk or 0))
-            return self._median(self._rates[(w, best)])
-
-        own = nearest(workload)
-        if own is not None:
-            return own
-        # another workload of this machine and device: the same set first (a subset of it), then
-        # the one whose work is closest (small runs spend more of their time on overheads)
-        others = [w for w in {w for (w, _) in self._rates}
-                  if w.machine == workload.machine and w.device == workload.device]
-        if others:
-            mine = self._work.get(workload, 1.0)
-
-            def closeness(w):
-                return w.family != workload.family, abs(math.log(self._work[w] / mine))
-
-            other = min(others, key=closeness)
-            return nearest(other) * (mine / self._work[other]) ** RATE_EXPONENT
-        return self.priors.get((workload.device, workload.machine), min(self.priors.values()))
-
-    def _step_seconds(self, workload, work, k, t=None) -> float:
-        return work / self._rate(workload, k) * self.weight(workload, t, k)
-
-    def step_plan(self, workload: Workload, work: float, ks, engine=None, ts=None) -> list[float]:
-        """Seconds expected of each step, for the k (and, if given, the t) of each step in the order
-        they run (a build added to the first step at a k not yet run on the engine)."""
-        with self._lock:
-            self._work.setdefault(workload, work)
-            plan, fresh = [], set()
-            builds = self._builds.get(workload)
-            build = self._median(builds) if builds else self.build_steps
-            for i, k in enumerate(ks):
-                k = self._k(workload, k)
-                seconds = self._step_seconds(workload, work, k, None if ts is None else ts[i])
-                if (id(engine), workload, k) not in self._seen and k not in fresh:
-                    fresh.add(k)
-                    seconds += build * self._step_seconds(workload, work, k)
+            budget = "cpu" if w.device == "cpu" else id(engine)
+            held = self._held.setdefault(budget, OrderedDict())
+            held = held if keep else OrderedDict(held)
+            owner = id(engine) if engine is not None else object()
+            plan = []
+            for k, t in zip(ks, ts):
+                seconds = 0.0
+                for entry, size, build, flat, pruned in ([] if k is None else self._step_parts(w, int(k), engine)):
+                    key = (owner, w.dataset, w.label, w.size, w.cache_bytes, entry)
+                    if entry is not None and key in held:
+                        held.move_to_end(key)
+                    elif entry is not None:
+                        seconds += build
+                        if size <= w.cache_bytes:
+                            held[key] = size
+                            while sum(held.values()) > w.cache_bytes:
+                                held.popitem(last=False)
+                    seconds += flat + pruned * min(1.0, max(PRUNE_FLOOR, t / PRUNE_T))
                 plan.append(seconds)
             return plan
 
-    def seconds(self, workload: Workload, work: float, ks, engine=None, ts=None) -> float:
-        """Seconds expected of a run with these k (and t) per step (see step_plan)."""
-        return sum(self.step_plan(workload, work, ks, engine, ts))
+    def pace(self, w: Workload) -> float:
+        """Seconds taken per second of cost, lately (see the class)."""
+        with self._lock:
+            recent = self._paces.get((w.device, w.family, w.machine)) or self._paces.get((w.device,))
+            return sorted(recent)[len(recent) // 2] if recent else w.threads ** -THREAD_GAIN
+
+    def basis(self, w: Workload) -> str:
+        """What the pace rests on: 'measured' (runs of this set and machine), 'carried' (runs of others on
+        the device) or 'model' (no run yet: the work at this CPU's measured speed)."""
+        with self._lock:
+            if self._paces.get((w.device, w.family, w.machine)):
+                return "measured"
+            return "carried" if self._paces.get((w.device,)) else "model"
+
+    def step_plan(self, w: Workload, ks, ts, engine=None) -> list[float]:
+        """Seconds expected of each step (k and t of each step in the order they run)."""
+        pace = self.pace(w)
+        return [s * pace for s in self.cost(w, ks, ts, engine)]
+
+    def seconds(self, w: Workload, ks, ts, engine=None) -> float:
+        """Seconds expected of a run with these k and t per step."""
+        return sum(self.step_plan(w, ks, ts, engine))
+
+    def record(self, w: Workload, steps, engine=None) -> None:
+        """Learn the pace from a run's timed steps [(k, t, seconds), ...] (StepClock.steps; a run
+        stopped early gives the steps it did)."""
+        self.record_total(w, [st[0] for st in steps], [st[1] for st in steps], sum(st[-1] for st in steps), engine)
+
+    def record_total(self, w: Workload, ks, ts, seconds: float, engine=None, cost: float | None = None) -> None:
+        """Learn the pace from a run of these k and t that took `seconds` in all (cost: its cost, if known)."""
+        cost = sum(self.cost(w, ks, ts, engine, keep=True)) if cost is None else cost
+        if ks and cost > 0 and seconds > 0:
+            with self._lock:
+                for key in ((w.device, w.family, w.machine), (w.device,)):
+                    paces = self._paces.setdefault(key, [])
+                    paces.append(seconds / cost)
+                    del paces[:-self.KEEP]
+
+
+def needs_confirmation(estimate_s: float) -> bool:
+    """Whether a run asks before it starts ("about N s: run it?"): whenever it is estimated above ASK_S."""
+    return estimate_s > ASK_S
+
+
+def subset_offer(n: int, seconds_of: Callable[[int], float], target_s: float = SUBSET_TARGET_S,
+                 minimum: int = MIN_SUBSET) -> int | None:
+    """The subset of a set of n images to offer instead of a long run: the largest round number of
+    images (two significant digits) that seconds_of(images) estimates within target_s, never fewer
+    than `minimum`; None when the set is small (under 2 x minimum) or the subset would keep more
+    than half of it (it would not save much)."""
+    if n < 2 * minimum or seconds_of(n // 2) <= target_s:
+        return None
+    lo, hi = minimum, n // 2
+    while hi - lo > 1:  # the time grows with the images: bisect
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if seconds_of(mid) <= target_s else (lo, mid)
+    step = 10 ** max(0, len(str(lo)) - 2)  # 137 -> 130, 2,480 -> 2,400
+    return max(minimum, lo // step * step)
 
 
 def run_ks(spec: RunSpec, from_step: int | None = None) -> list[int]:
