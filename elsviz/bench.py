@@ -233,7 +233,7 @@ def main(argv=None) -> int:
     p.add_argument("--fit", default=None, metavar="FILE", help="fit the CPU's COSTS of elsviz.runs to the steps of a "
                                                                  "recorded FILE and print them")
     p.add_argument("--cases", default=None, help="with --estimates: only the cases whose name contains one of these "
-                                                 "(comma-separated), e.g. photos,hands/bbels")
+                                                 "(comma-separated), e.g. photos,hands/bbels or held-out")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     p.add_argument("--against", default=None, help=argparse.SUPPRESS)
@@ -329,13 +329,22 @@ ESTIMATE_CASES = [  # the sets' sizes: digits 1,797 x 16x16, hands 1,000 x 32x32
     *({"set": "photos", "machine": m, "k": k} for m, k in [("bbels", 3), ("bbels", 5), ("bbels", 9), ("els", 5),
                                                            ("bbels", "mnist-resnet")]),
     {"set": "photos", "machine": "bbels", "k": 5, "limit": 300},
+    # held out: timed, never fitted to (how the estimates do on runs the costs were not fitted to)
+    *({"set": "digits", "machine": m, "k": k, "held_out": True} for m, k in [("bbels", 5), ("els", 15)]),
+    {"set": "digits", "machine": "bbels", "k": "mnist-resnet", "label": 3, "held_out": True},
+    *({"set": "hands", "machine": m, "k": k, "held_out": True} for m, k in [("bbels", 7), ("bbels", 13), ("els", 11)]),
+    *({"set": "hands", "machine": "bbels", "k": k, "limit": 200, "batch": 16, "steps": 10, "held_out": True}
+      for k in (13, 17)),
+    *({"set": "photos", "machine": "bbels", "k": k, "held_out": True} for k in (7, "cifar10-resnet")),
+    {"set": "photos", "machine": "bbels", "k": 5, "label": 1, "held_out": True},
 ]
 
 
 def case_name(case: dict) -> str:
-    """'photos/bbels/k=5', 'hands 200/bbels/k=9/batch 16/10 steps', 'digits/bbels/mnist-resnet/torch'."""
+    """'photos/bbels/k=5', 'hands 200/bbels/k=9/batch 16/10 steps', 'digits/bbels/mnist-resnet/class 3', '.../torch'."""
     k = case["k"] if isinstance(case["k"], str) else f"k={case['k']}"
     parts = [case["set"] + (f" {case['limit']}" if case.get("limit") else ""), case["machine"], k]
+    parts += [f"class {case['label']}"] if case.get("label") is not None else []
     parts += [f"batch {case['batch']}"] if case.get("batch", 1) > 1 else []
     parts += [f"{case['steps']} steps"] if case.get("steps", 20) != 20 else []
     return "/".join(parts + ([case["kernel"]] if case.get("kernel") else []))
@@ -374,7 +383,8 @@ def _estimate_child(ns) -> None:
 
         load = os.getloadavg()[0]
         t0, c0 = time.perf_counter(), time.process_time()
-        elsviz.sample(engine, seed=r, steps=case.get("steps", 20), k=case["k"], shape=shape, callback=clock)
+        elsviz.sample(engine, seed=r, steps=case.get("steps", 20), k=case["k"], shape=shape, callback=clock,
+                      label=case.get("label"))
         runs.append({"cold": r == 0, "wall": round(time.perf_counter() - t0, 3), "cpu": round(time.process_time() - c0, 3),
                      "load": [round(load, 2), round(os.getloadavg()[0], 2)], "steps": steps})
     print(json.dumps({"runs": runs, "device": str(engine.device), "cache_bytes": engine._cache.max_bytes}))
@@ -389,8 +399,8 @@ def case_costs(entry: dict, estimator=None) -> list[list[float]]:
 
     est, case = estimator or Estimator(), entry["case"]
     engine = elsviz.Engine(_case_set(case), case["machine"], "cpu")
-    work = replace(workload(engine, (case["set"], case.get("limit")), case["machine"], family=case["set"],
-                            batch=case.get("batch", 1)),
+    work = replace(workload(engine, (case["set"], case.get("limit")), case["machine"], label=case.get("label"),
+                            family=case["set"], batch=case.get("batch", 1)),
                    kernel=case.get("kernel") != "torch", threads=case.get("threads", 1), cache_bytes=entry["cache_bytes"])
     return [est.cost(work, [s[0] for s in run["steps"]], [s[1] for s in run["steps"]], engine, keep=True)
             for run in entry["runs"]]
@@ -399,16 +409,19 @@ def case_costs(entry: dict, estimator=None) -> list[list[float]]:
 def estimates(ns) -> int:
     """--estimates: each case in a fresh process, the estimate against the run; prints a table, and
     with --record writes the timings."""
-    from elsviz.runs import Estimator
+    from elsviz.runs import Estimator, Workload
 
-    cases = [c for c in ESTIMATE_CASES if not ns.cases or any(part in case_name(c) for part in ns.cases.split(","))]
+    def named(c):
+        return case_name(c) + (" held-out" if c.get("held_out") else "")
+
+    cases = [c for c in ESTIMATE_CASES if not ns.cases or any(part in named(c) for part in ns.cases.split(","))]
     print(f"machine: {machine_info()}; one thread per run (the app's engines on a 2-core CPU)")
     print(f"a cold run (a fresh engine), then {ns.runs} warm; 'cost': the estimate at a pace of 1 (one quiet "
           "thread), against the run's CPU time; 'app': the estimate at the pace of the cases before, as the "
           "app learns it, against the wall-clock time\n")
     head = f"{'case':<40}{'run':<6}{'cost':>8}{'cpu':>8}{'ratio':>7}{'app':>8}{'wall':>8}{'ratio':>7}{'load':>6}"
     print(head + "\n" + "-" * len(head))
-    paces, recorded = [], []  # wall / cost of the latest runs: the app's pace (Estimator.pace)
+    app, recorded = Estimator(), []  # the app's estimator: it learns its pace from every run
     for case in cases:
         env = {**os.environ, "ELSVIZ_KERNEL": case.get("kernel", "auto")}
         out = subprocess.run([sys.executable, "-m", "elsviz.bench", "--child", "--case", json.dumps(case),
@@ -417,15 +430,14 @@ def estimates(ns) -> int:
             raise RuntimeError(f"estimate case {case_name(case)} failed:\n{out.stderr[-4000:]}")
         res = json.loads(out.stdout.strip().splitlines()[-1])
         entry = {"case": case, "cache_bytes": res["cache_bytes"], "runs": res["runs"]}
-        costs, own = [sum(c) for c in case_costs(entry)], []
-        for run, cost in zip(res["runs"], costs):  # the app's pace: this set's runs, else the latest of any
-            recent = own or paces[-Estimator.KEEP:]
-            guess = cost * (sorted(recent)[len(recent) // 2] if recent else 1.0)
-            own.append(run["wall"] / cost)
+        costs = [sum(c) for c in case_costs(entry)]
+        work = Workload(case_name(case), case["machine"], family=case["set"])
+        for run, cost in zip(res["runs"], costs):
+            guess = cost * app.pace(work)
+            app.record_total(work, [], [], run["wall"], cost=cost)
             print(f"{case_name(case):<40}{'cold' if run['cold'] else 'warm':<6}{cost:>7.2f}s{run['cpu']:>7.2f}s"
                   f"{cost / run['cpu']:>7.2f}{guess:>7.2f}s{run['wall']:>7.2f}s{guess / run['wall']:>7.2f}"
                   f"{run['load'][0]:>6.1f}", flush=True)
-        paces += own
         recorded.append(entry)
     if ns.record:
         with open(ns.record, "w") as f:
@@ -448,7 +460,7 @@ def fit_costs(recorded: dict) -> dict:
     names = list(COSTS["cpu"])
     rows, times = [], []
     shares: dict = {}
-    for entry in recorded["cases"]:
+    for entry in (e for e in recorded["cases"] if not e["case"].get("held_out")):
         per_name = []
         for name in names:
             est = Estimator({n: float(n == name) for n in names})

@@ -153,23 +153,27 @@ ASK_S = 8.0  # a run estimated above this asks first ("about N s: run it?"); the
 SUBSET_TARGET_S = 5.0  # a subset offered instead of a long run aims at about this (so it runs without asking) ...
 MIN_SUBSET = 100  # ... but is never smaller than this (fewer images make a poor training set)
 
-# What one unit of each kind of work costs, in seconds, on the CPU with the compiled kernel and one thread:
-# fitted by `python -m elsviz.bench --estimates --fit` to the steps timed in tests/estimate_timings.json
-# (CPU time, the 2-core AMD EPYC with AVX-512 this project runs on; docs/BENCHMARKS.md, "Estimates"). On a GPU: a first guess from the H200's
-# figures there (12 T multiply-adds in 2.1 s of the fused kernel), corrected by the pace of the runs.
-COSTS = {  # step: Python and the step's own tensors; logit, madd, centre: a logit through the compiled kernel (its
-    # softmax, the product's multiply-adds, the weighted centres per channel); klass: a class of a table's group;
-    # gemm: a multiply-add of torch's products; rows: a written logit through the kernel's statistics; torch_logit:
-    # through torch's passes; bound: a block's bound for one query; byte: a byte of key table built; key: a key made
-    # distinct; gram: a multiply-add of a KeySet's principal directions; window: a window hashed and counted
-    "cpu": {"step": 3e-3, "logit": 4e-10, "madd": 1.5e-11, "centre": 5e-11, "klass": 5e-6, "gemm": 3e-11,
-            "rows": 1e-9, "torch_logit": 6e-9, "bound": 2e-9, "read": 1e-10, "byte": 2e-9, "key": 3e-7, "gram": 1e-10,
-            "window": 1e-7},
-    "cuda": {"step": 5e-3, "logit": 2e-12, "madd": 1.8e-13, "centre": 0.0, "klass": 0.0, "gemm": 1e-13, "rows": 2e-11,
-             "torch_logit": 2e-11, "bound": 0.0, "read": 0.0, "byte": 5e-11, "key": 2e-8, "gram": 1e-13, "window": 1e-10},
+# What one unit of each kind of work costs, in seconds of one thread: on the CPU with the compiled kernel,
+# fitted by `python -m elsviz.bench --fit` to the 1,300 steps timed in tests/estimate_timings.json (CPU time,
+# the 2-core AMD EPYC, AVX-512, this project runs on; docs/BENCHMARKS.md, "Estimates"). step: a slice of the
+# batch (Python, its tensors); query: an entry of a query window; logit, madd, centre: a logit through the
+# kernel (its softmax, the product's multiply-adds, the weighted centres per channel); read: a byte of keys
+# read per tile of 240 queries; gemm: a multiply-add of torch's products; torch_logit, torch_block: a logit
+# through torch's passes, and more in its pruned path; byte: a byte of key table built; key: a key made
+# distinct; gram: a multiply-add of a KeySet's principal directions; window: a window hashed and counted.
+# On a GPU: a first guess (the H200 of docs/BENCHMARKS.md: 12 T multiply-adds in 2.1 s of the fused kernel).
+COSTS = {
+    "cpu": {"step": 3.17e-3, "query": 1.16e-8, "logit": 1.56e-10, "madd": 1.21e-11, "centre": 2.76e-10,
+            "read": 3.87e-11, "gemm": 3.07e-11, "torch_logit": 2.64e-9, "torch_block": 3.02e-9, "byte": 1.9e-9,
+            "key": 4.08e-7, "gram": 5.07e-11, "window": 9.58e-8},
+    "cuda": {"step": 5e-3, "query": 1e-11, "logit": 2e-12, "madd": 1.8e-13, "centre": 0.0, "read": 0.0, "gemm": 1e-13,
+             "torch_logit": 2e-11, "torch_block": 0.0, "byte": 5e-11, "key": 2e-8, "gram": 1e-13, "window": 1e-10},
 }
-PRUNE_T = 0.55  # the pruned path computes every block down to t = 0.55 and a share t / 0.55 below (hands,
-PRUNE_FLOOR = 0.08  # k = 7: 52% of the blocks at t = 0.3, 14% at 0.1, 10% at 0.05; docs/ENGINE.md), at least this
+# The share of a big class's blocks the pruned path computes at t: all down to t_all, then t / t_all, at least
+# `floor` (hands, k = 7, docs/ENGINE.md: 52% of the blocks at t = 0.3, 14% at 0.1, 10% at 0.05). Without the
+# kernel, tiles of 32 queries take the union of their blocks (measured here: hands, k = 5, a step at t = 0.05
+# took 33% of one at t = 0.5, at 0.15 66%).
+PRUNED = {True: (0.5, 0.08), False: (0.25, 0.33)}  # kernel -> (t_all, floor)
 THREAD_GAIN = 0.8  # T threads compute about T ** 0.8 times as fast as one (a prior: the pace corrects it)
 
 
@@ -259,38 +263,42 @@ def distinct_share(images: torch.Tensor | None, k: int, engine=None, label: int 
 
 def step_parts(w: Workload, k: int, distinct, costs: dict | None = None) -> list[tuple]:
     """The parts of a step at k: (cache entry or None, its bytes, seconds to build it, seconds of
-    computing at every t, seconds of computing that the bounds prune at small t), following the
-    engine's choice of path per group (docs/ENGINE.md). distinct(): the share of distinct keys;
-    costs: COSTS of the device, or others."""
+    computing at every t, seconds of computing that the bounds prune at small t: a function of t, or
+    None), following the engine's choice of path per group (docs/ENGINE.md). distinct(): the share
+    of distinct keys; costs: COSTS of the device, or others."""
     cost, (c, h, wd) = costs or COSTS[w.device], w.shape
     cpu, n, b, image = w.device == "cpu", w.n, w.batch, c * h * wd
     if w.machine == "is":  # one product with the whole images, torch's softmax passes
-        return [(None, 0, 0.0, b * n * (image * cost["gemm"] + cost["torch_logit"]), 0.0)]
+        return [(None, 0, 0.0, b * n * (image * cost["gemm"] + cost["torch_logit"]), None)]
     hq, wq = w.size or (h, wd)
     dim, kernel = c * k * k, w.kernel and c in (1, 3)
-    parts = [(("hash", k), n * h * wd * 12, n * h * wd * cost["window"], cost["step"], 0.0)]  # window hashes, tie counts
-    per_slice = min(b, max(1, 2**20 // (hq * wq * dim)))
+    per_slice = min(b, max(1, 2**20 // (hq * wq * dim)))  # the batch goes in slices (bounded memory)
+    slices = -(-b // per_slice)
+    parts = [(("hash", k), n * h * wd * 12, n * h * wd * cost["window"],  # window hashes and tie counts, built once
+              slices * cost["step"] + b * hq * wq * dim * cost["query"], None)]  # per slice, its query windows
     fused = cost["logit"] + (dim + 1) * cost["madd"] + c * cost["centre"] if kernel else \
         cost["torch_logit"] + (dim + 1) * cost["gemm"]  # a logit through the kernel (or torch's passes)
     for gi, (g, p, s) in enumerate(class_groups(w.machine, k, w.shape, w.size)):
         logits, table = g * b * p * s * n, g * s * n * (dim + 3 + c) * 4
         cheap = kernel and cpu and min(b, 32) * p >= 32 and table <= w.cache_bytes // 4
         if p * s * image <= p * s * dim + (2 if cheap else 16) * s * dim:  # embedded: torch's products
-            rows = cost["rows"] if kernel and cpu else cost["torch_logit"]
-            parts.append((None, 0, 0.0, logits * (image * cost["gemm"] + rows), 0.0))
+            rows = 0.0 if kernel and cpu else cost["torch_logit"]  # (the kernel's pass over them: within the product's)
+            parts.append((None, 0, 0.0, logits * (image * cost["gemm"] + rows), None))
             continue
         if g == 1 and p * s * n >= 2**21 and per_slice * p * dim >= 2**14 and cpu:  # one big class: distinct keys
             keys = distinct() * s * n
             size = int((keys + 256) * (dim + 2 * c + 5) * 4)
             if size <= w.cache_bytes // 2:  # (its cache counts a KeySet as 64 bytes, whatever it holds)
                 build = s * n * cost["key"] + keys * dim * (dim * cost["gram"] + 8 * cost["byte"])
-                reads = -(-b * p // 240) * size  # the kernel reads the keys once per tile of 240 queries
-                parts.append((("keys", k, gi), 64, build, b * p * keys / 256 * cost["bound"],
-                              b * p * keys * fused + reads * cost["read"]))
+                reads = slices * -(-per_slice * p // 240) * size  # the keys, read once per tile of 240 queries
+                every = b * p * keys * (fused if kernel else fused + cost["torch_block"]) + reads * cost["read"]
+                t_all, floor = PRUNED[kernel]
+                parts.append((("keys", k, gi), 64, build, 0.0,
+                              lambda t, e=every, a=t_all, f=floor: e * min(1.0, max(f, t / a))))
                 continue
-        reads = -(-b * p // 240) * table
+        reads = slices * -(-per_slice * p // 240) * table
         parts.append((("table", k, gi), table, table * cost["byte"],
-                      logits * fused + g * b * cost["klass"] + reads * cost["read"], 0.0))
+                      logits * fused + reads * cost["read"], None))
     return parts
 
 
@@ -330,7 +338,8 @@ class Estimator:
     moment, and one run slowed by a busy moment does not move it. Thread-safe: background runs record too.
     """
 
-    KEEP = 7
+    KEEP = 3  # runs the pace is the median of (measured on the recorded runs, in the order they ran on a machine
+    # whose load came and went: 83% of the estimates within 1.5x of the wall-clock time with 3, 80% with 5 or 7)
 
     def __init__(self, costs: dict | None = None):
         self.costs = costs  # COSTS of the device by default
@@ -374,7 +383,7 @@ class Estimator:
                             held[key] = size
                             while sum(held.values()) > w.cache_bytes:
                                 held.popitem(last=False)
-                    seconds += flat + pruned * min(1.0, max(PRUNE_FLOOR, t / PRUNE_T))
+                    seconds += flat + (pruned(t) if pruned else 0.0)
                 plan.append(seconds)
             return plan
 
@@ -409,7 +418,7 @@ class Estimator:
     def record_total(self, w: Workload, ks, ts, seconds: float, engine=None, cost: float | None = None) -> None:
         """Learn the pace from a run of these k and t that took `seconds` in all (cost: its cost, if known)."""
         cost = sum(self.cost(w, ks, ts, engine, keep=True)) if cost is None else cost
-        if ks and cost > 0 and seconds > 0:
+        if cost > 0 and seconds > 0:
             with self._lock:
                 for key in ((w.device, w.family, w.machine), (w.device,)):
                     paces = self._paces.setdefault(key, [])
