@@ -174,6 +174,8 @@ COSTS = {
 # kernel, tiles of 32 queries take the union of their blocks (measured here: hands, k = 5, a step at t = 0.05
 # took 33% of one at t = 0.5, at 0.15 66%).
 PRUNED = {True: (0.5, 0.08), False: (0.25, 0.33)}  # kernel -> (t_all, floor)
+PACE_MIN_S = 0.3  # a run of less work teaches the pace nothing: its time is mostly overheads the cost leaves out
+# (recorded: LS on the digits, 0.13-0.17 s of work, took 0.4-0.9 s beside ELS's 1.1 s of work in 1.7-1.8 s)
 THREAD_GAIN = 0.8  # T threads compute about T ** 0.8 times as fast as one (a prior: the pace corrects it)
 
 
@@ -418,7 +420,7 @@ class Estimator:
     def record_total(self, w: Workload, ks, ts, seconds: float, engine=None, cost: float | None = None) -> None:
         """Learn the pace from a run of these k and t that took `seconds` in all (cost: its cost, if known)."""
         cost = sum(self.cost(w, ks, ts, engine, keep=True)) if cost is None else cost
-        if cost > 0 and seconds > 0:
+        if cost >= PACE_MIN_S and seconds > 0:
             with self._lock:
                 for key in ((w.device, w.family, w.machine), (w.device,)):
                     paces = self._paces.setdefault(key, [])

@@ -119,9 +119,9 @@ def _run_with_progress(engine, work, ks, ts, what, go, slot):
     """go(callback) in the foreground with a progress bar in slot that says how long is left;
     (out, seconds). ks, ts: the k and t of each step it runs."""
     bar, show = _progress(what, _estimator().step_plan(work, ks, ts, engine), slot)
-    clock = StepClock(lambda frame: show(frame, clock.elapsed))
     try:
-        with engine_use(engine):
+        with engine_use(engine):  # (the clock starts once the engine is free: a background step may end first)
+            clock = StepClock(lambda frame: show(frame, clock.elapsed))
             return _timed_run(engine, work, go, clock)
     finally:
         bar.empty()

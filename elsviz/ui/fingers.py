@@ -21,7 +21,6 @@ from .cache import _runs, engine_use, spec_run
 from .sidebar import Settings, choose_dataset
 
 
-
 @st.cache_resource(max_entries=4, show_spinner="Thresholding the images into silhouettes ...")
 def _silhouettes(dataset_key, threshold, _train):
     return silhouettes(_train, threshold)
