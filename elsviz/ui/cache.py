@@ -20,7 +20,7 @@ import streamlit as st
 
 from ..errors import ElsvizError
 from ..live import Job, Worker
-from ..runs import (MIN_SUBSET, SUBSET_TARGET_S, Estimator, Result, RunCache, RunSpec, StepClock, k_limit, left_text,
+from ..runs import (SUBSET_TARGET_S, Estimator, Result, RunCache, RunSpec, StepClock, k_limit, left_text,
                     needs_confirmation, neighbour_ks, run, run_ks, run_ts, subset_offer, time_left, workload)
 from ..sampling import branch
 from . import data
@@ -175,11 +175,9 @@ def _subset(settings, spec: RunSpec, engine, target_s: float) -> tuple[int, floa
     sub = subset_offer(n, seconds, target_s)
     if sub is None:
         return None
-    exact = seconds(sub, exact=True)  # with its own share of distinct keys (a subset repeats fewer windows)
-    if exact > target_s:
-        sub = max(MIN_SUBSET, int(sub * target_s / exact))
-        exact = seconds(sub, exact=True)
-    return sub, exact
+    scale = seconds(sub, exact=True) / seconds(sub)  # its own share of distinct keys (a subset repeats fewer windows)
+    sub = subset_offer(n, lambda m: seconds(m) * scale, target_s) or sub
+    return sub, seconds(sub, exact=True)
 
 
 def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, confirm: bool = True) -> Result | None:
