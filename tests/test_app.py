@@ -256,7 +256,7 @@ def test_one_sessions_new_settings_leave_another_sessions_neighbours_alone():
 
 def test_live_k_works_ahead_on_the_32x32_hands_too():
     """Hands runs take seconds now: after one with one k, its neighbours are computed ahead as well."""
-    at = ok(app(limit=0, steps=4, dataset="hands", seed=616161))  # all 1,000: a 32x32 workload (runs.GATE_WORK)
+    at = ok(app(limit=0, steps=4, dataset="hands", seed=616161))  # all 1,000: a 32x32 workload
     assert "hands" in "\n".join(c.value for c in at.sidebar.caption)
     shown_from_the_neighbours(at)
 
