@@ -11,6 +11,11 @@ trajectory that builds the cached key tables; every figure from a fresh process)
 loaded beside this one in the same process, trajectories alternated) and prints the ratio:
 absolute times on shared machines drift, alternation puts both under the same load.
 --naive adds the naive dense formulation on digits. Prints a table; --json FILE writes the numbers.
+
+--estimates: what elsviz.runs.Estimator says a run will take, against what it takes (ESTIMATE_CASES: the
+digits, hands and photos, every machine, cold and warm, one thread), the ratio per run; --record FILE
+writes the timings (tests/estimate_timings.json, which tests/test_estimates.py checks the estimates
+against); --fit FILE fits elsviz.runs.COSTS to such a file. docs/BENCHMARKS.md, "Estimates".
 """
 from __future__ import annotations
 
