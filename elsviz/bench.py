@@ -11,6 +11,11 @@ trajectory that builds the cached key tables; every figure from a fresh process)
 loaded beside this one in the same process, trajectories alternated) and prints the ratio:
 absolute times on shared machines drift, alternation puts both under the same load.
 --naive adds the naive dense formulation on digits. Prints a table; --json FILE writes the numbers.
+
+--estimates: what elsviz.runs.Estimator says a run will take, against what it takes (ESTIMATE_CASES: the
+digits, hands and photos, every machine, cold and warm, one thread), the ratio per run; --record FILE
+writes the timings (tests/estimate_timings.json, which tests/test_estimates.py checks the estimates
+against); --fit FILE fits elsviz.runs.COSTS to such a file. docs/BENCHMARKS.md, "Estimates".
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 WORKLOADS = {  # name: (dataset, schedule)
@@ -223,15 +229,31 @@ def main(argv=None) -> int:
     p.add_argument("--kernel", choices=["auto", "torch", "triton"], default="auto",
                    help="ELSVIZ_KERNEL for this engine: auto (the compiled CPU kernel where it builds; "
                         "the Triton kernel on CUDA), torch, triton")
+    p.add_argument("--estimates", action="store_true",
+                   help="time runs of ESTIMATE_CASES (a cold run, then --runs warm ones, one thread) and print the "
+                        "estimate of elsviz.runs.Estimator against each: the ratio estimate / CPU time, and the app's "
+                        "estimate (at the pace of the cases before) against the wall-clock time")
+    p.add_argument("--record", default=None, metavar="FILE", help="with --estimates: write the timings (the table "
+                                                                    "tests/test_estimates.py checks the estimates against)")
+    p.add_argument("--fit", default=None, metavar="FILE", help="fit the CPU's COSTS of elsviz.runs to the steps of a "
+                                                                 "recorded FILE and print them")
+    p.add_argument("--cases", default=None, help="with --estimates: only the cases whose name contains one of these "
+                                                 "(comma-separated), e.g. photos,hands/bbels or held-out")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     p.add_argument("--against", default=None, help=argparse.SUPPRESS)
     p.add_argument("--set", default="digits", help=argparse.SUPPRESS)
     p.add_argument("--machine", default="bbels", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.child:
-        _child(ns)
+        _estimate_child(ns) if ns.case else _child(ns)
         return 0
+    if ns.fit:
+        print(json.dumps(fit_costs(json.load(open(ns.fit))), indent=1))
+        return 0
+    if ns.estimates:
+        return estimates(ns)
     os.environ["ELSVIZ_KERNEL"] = ns.kernel  # the children inherit it
     threads = [] if ns.threads is None else ["--threads", str(ns.threads)]
 
@@ -295,6 +317,167 @@ def _study(ns) -> dict:
           f"batching gives {per_seed_single / per_seed_batched:.2f}x the throughput")
     return {"workload": "study hands bbels k=7", "batched_64_s": batched["times"][0], "single_median_s": per_seed_single,
             "batched_peak_rss": batched["peak_rss"], "single_peak_rss": single["peak_rss"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Estimates: what elsviz.runs.Estimator says a run takes, against what it takes
+# ----------------------------------------------------------------------------------------------
+ESTIMATE_CASES = [  # the sets' sizes: digits 1,797 x 16x16, hands 1,000 x 32x32, photos 2,000 x 3 x 32x32
+    *({"set": "digits", "machine": m, "k": k} for m, k in [("bbels", "mnist-resnet"), ("bbels", 3), ("bbels", 9),
+                                                           ("els", 5), ("els", 11), ("ls", 5), ("is", 5)]),
+    {"set": "digits", "machine": "bbels", "k": "mnist-resnet", "kernel": "torch"},
+    *({"set": "hands", "machine": m, "k": k} for m, k in [("bbels", 3), ("bbels", 5), ("bbels", 9), ("bbels", 17),
+                                                          ("bbels", "mnist-resnet"), ("els", 7), ("ls", 5), ("is", 5)]),
+    {"set": "hands", "machine": "bbels", "k": 5, "kernel": "torch"},
+    {"set": "hands", "machine": "bbels", "k": 5, "limit": 200},
+    *({"set": "hands", "machine": "bbels", "k": k, "limit": 200, "batch": 16, "steps": 10} for k in (9, 25)),
+    *({"set": "photos", "machine": m, "k": k} for m, k in [("bbels", 3), ("bbels", 5), ("bbels", 9), ("els", 5),
+                                                           ("bbels", "mnist-resnet")]),
+    {"set": "photos", "machine": "bbels", "k": 5, "limit": 300},
+    # held out: timed, never fitted to (how the estimates do on runs the costs were not fitted to)
+    *({"set": "digits", "machine": m, "k": k, "held_out": True} for m, k in [("bbels", 5), ("els", 15)]),
+    {"set": "digits", "machine": "bbels", "k": "mnist-resnet", "label": 3, "held_out": True},
+    *({"set": "hands", "machine": m, "k": k, "held_out": True} for m, k in [("bbels", 7), ("bbels", 13), ("els", 11)]),
+    *({"set": "hands", "machine": "bbels", "k": k, "limit": 200, "batch": 16, "steps": 10, "held_out": True}
+      for k in (13, 17)),
+    *({"set": "photos", "machine": "bbels", "k": k, "held_out": True} for k in (7, "cifar10-resnet")),
+    {"set": "photos", "machine": "bbels", "k": 5, "label": 1, "held_out": True},
+]
+
+
+def case_name(case: dict) -> str:
+    """'photos/bbels/k=5', 'hands 200/bbels/k=9/batch 16/10 steps', 'digits/bbels/mnist-resnet/class 3', '.../torch'."""
+    k = case["k"] if isinstance(case["k"], str) else f"k={case['k']}"
+    parts = [case["set"] + (f" {case['limit']}" if case.get("limit") else ""), case["machine"], k]
+    parts += [f"class {case['label']}"] if case.get("label") is not None else []
+    parts += [f"batch {case['batch']}"] if case.get("batch", 1) > 1 else []
+    parts += [f"{case['steps']} steps"] if case.get("steps", 20) != 20 else []
+    return "/".join(parts + ([case["kernel"]] if case.get("kernel") else []))
+
+
+def _case_set(case: dict):
+    """The training set of a case: a built-in set, or a random subset of it (as the app's sidebar makes one)."""
+    from elsviz import load_dataset
+
+    return load_dataset(case["set"], **({"limit": case["limit"], "seed": 0} if case.get("limit") else {}))
+
+
+def _estimate_child(ns) -> None:
+    """One case in this fresh process: a fresh engine, one cold run (it builds every key table) and
+    --runs warm ones, each step timed in wall-clock and CPU seconds (time.process_time: what this
+    process computed, whatever else the machine ran). Prints one JSON line."""
+    import torch
+
+    import elsviz
+
+    case = json.loads(ns.case)
+    torch.set_num_threads(case.get("threads", 1))
+    tiny = elsviz.ImageSet(torch.rand(4, 1, 8, 8) * 2 - 1)  # the process's first calls (libraries, the kernel), as in
+    elsviz.sample(elsviz.Engine(tiny, case["machine"], ns.device), steps=3, k=3)  # an app that has run before
+    train = _case_set(case)
+    engine = elsviz.Engine(train, case["machine"], ns.device)
+    shape = (case.get("batch", 1), *train.shape)
+    runs = []
+    for r in range(ns.runs + 1):
+        steps, last = [], [time.perf_counter(), time.process_time()]
+
+        def clock(frame):
+            now = [time.perf_counter(), time.process_time()]
+            steps.append([frame.k, round(frame.t, 4), round(now[0] - last[0], 4), round(now[1] - last[1], 4)])
+            last[:] = now
+
+        load = os.getloadavg()[0]
+        t0, c0 = time.perf_counter(), time.process_time()
+        elsviz.sample(engine, seed=r, steps=case.get("steps", 20), k=case["k"], shape=shape, callback=clock,
+                      label=case.get("label"))
+        runs.append({"cold": r == 0, "wall": round(time.perf_counter() - t0, 3), "cpu": round(time.process_time() - c0, 3),
+                     "load": [round(load, 2), round(os.getloadavg()[0], 2)], "steps": steps})
+    print(json.dumps({"runs": runs, "device": str(engine.device), "cache_bytes": engine.cache_bytes}))
+
+
+def case_costs(entry: dict, estimator=None) -> list[list[float]]:
+    """The cost of each step (seconds at a pace of 1: one thread of the CPU the COSTS were measured on)
+    of each run of a recorded case ({"case", "cache_bytes", "runs"}), the runs in order, the first on a
+    fresh engine: what elsviz.runs.Estimator says of them before they run."""
+    import elsviz
+    from elsviz.runs import Estimator, workload
+
+    est, case = estimator or Estimator(), entry["case"]
+    engine = elsviz.Engine(_case_set(case), case["machine"], "cpu")
+    work = replace(workload(engine, (case["set"], case.get("limit")), case["machine"], label=case.get("label"),
+                            family=case["set"], batch=case.get("batch", 1)),
+                   kernel=case.get("kernel") != "torch", threads=case.get("threads", 1), cache_bytes=entry["cache_bytes"])
+    return [est.cost(work, [s[0] for s in run["steps"]], [s[1] for s in run["steps"]], engine, keep=True)
+            for run in entry["runs"]]
+
+
+def estimates(ns) -> int:
+    """--estimates: each case in a fresh process, the estimate against the run; prints a table, and
+    with --record writes the timings."""
+    from elsviz.runs import Estimator, Workload
+
+    def named(c):
+        return case_name(c) + (" held-out" if c.get("held_out") else "")
+
+    cases = [c for c in ESTIMATE_CASES if not ns.cases or any(part in named(c) for part in ns.cases.split(","))]
+    print(f"machine: {machine_info()}; one thread per run (the app's engines on a 2-core CPU)")
+    print(f"a cold run (a fresh engine), then {ns.runs} warm; 'cost': the estimate at a pace of 1 (one quiet "
+          "thread), against the run's CPU time; 'app': the estimate at the pace of the cases before, as the "
+          "app learns it, against the wall-clock time\n")
+    head = f"{'case':<40}{'run':<6}{'cost':>8}{'cpu':>8}{'ratio':>7}{'app':>8}{'wall':>8}{'ratio':>7}{'load':>6}"
+    print(head + "\n" + "-" * len(head))
+    app, recorded = Estimator(), []  # the app's estimator: it learns its pace from every run
+    for case in cases:
+        env = {**os.environ, "ELSVIZ_KERNEL": case.get("kernel", "auto")}
+        out = subprocess.run([sys.executable, "-m", "elsviz.bench", "--child", "--case", json.dumps(case),
+                              "--runs", str(ns.runs)], capture_output=True, text=True, env=env)
+        if out.returncode:
+            raise RuntimeError(f"estimate case {case_name(case)} failed:\n{out.stderr[-4000:]}")
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        entry = {"case": case, "cache_bytes": res["cache_bytes"], "runs": res["runs"]}
+        costs = [sum(c) for c in case_costs(entry)]
+        work = Workload(case_name(case), case["machine"], family=case["set"])
+        for run, cost in zip(res["runs"], costs):
+            guess = cost * app.pace(work)
+            app.record_total(work, [], [], run["wall"], cost=cost)
+            print(f"{case_name(case):<40}{'cold' if run['cold'] else 'warm':<6}{cost:>7.2f}s{run['cpu']:>7.2f}s"
+                  f"{cost / run['cpu']:>7.2f}{guess:>7.2f}s{run['wall']:>7.2f}s{guess / run['wall']:>7.2f}"
+                  f"{run['load'][0]:>6.1f}", flush=True)
+        recorded.append(entry)
+    if ns.record:
+        with open(ns.record, "w") as f:
+            json.dump({"machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M"),
+                       "conditions": "one thread per run, each case in a fresh process; CPU time is "
+                                     "time.process_time; load: the 1-minute load average before and after",
+                       "cases": recorded}, f, indent=None, separators=(",", ":"))
+    return 0
+
+
+def fit_costs(recorded: dict) -> dict:
+    """COSTS for the CPU that fit a recorded file's steps best: non-negative least squares on the steps'
+    CPU times, each weighed by 1 / its time (relative errors count, not seconds), the cost being
+    linear in the COSTS (the path a step takes does not depend on them)."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    from elsviz.runs import COSTS, Estimator
+
+    names = list(COSTS["cpu"])
+    rows, times = [], []
+    shares: dict = {}
+    for entry in (e for e in recorded["cases"] if not e["case"].get("held_out")):
+        per_name = []
+        for name in names:
+            est = Estimator({n: float(n == name) for n in names})
+            est._distinct = shares  # (the shares of distinct keys: computed once)
+            per_name.append([])
+            per_name[-1] = [c for run in case_costs(entry, est) for c in run]
+        rows += list(zip(*per_name))
+        times += [s[3] for run in entry["runs"] for s in run["steps"]]
+    x, y = np.array(rows), np.array(times)
+    weight = 1 / np.maximum(y, 1e-3)
+    coef, _ = nnls(x * weight[:, None], y * weight)
+    return {n: float(f"{c:.3g}") for n, c in zip(names, coef)}
 
 
 if __name__ == "__main__":

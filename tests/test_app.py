@@ -243,7 +243,7 @@ def test_one_sessions_new_settings_leave_another_sessions_neighbours_alone():
 
 def test_live_k_works_ahead_on_the_32x32_hands_too():
     """Hands runs take seconds now: after one with one k, its neighbours are computed ahead as well."""
-    at = ok(app(limit=0, steps=4, dataset="hands", seed=616161))  # all 1,000: a 32x32 workload (runs.GATE_WORK)
+    at = ok(app(limit=0, steps=4, dataset="hands", seed=616161))  # all 1,000: a 32x32 workload
     assert "hands" in "\n".join(c.value for c in at.sidebar.caption)
     shown_from_the_neighbours(at)
 
@@ -304,21 +304,25 @@ def test_a_missing_path_shows_a_message_and_keeps_the_set():
 
 
 def test_a_long_run_says_how_long_and_offers_a_subset():
-    """Only a truly long run asks first: the 1,000 hands (32x32) on a CPU, never the digits, however slow
-    the machine looks; the subset offered is a sensible size."""
+    """A run estimated above a few seconds asks first, whatever the set, and offers a subset of a sensible
+    size that runs without asking; a short run (the digits) does not ask; a confirmed run runs."""
+    from elsviz.runs import Estimator
     from elsviz.ui.cache import _estimator, _worker
 
     est = _estimator()
     saved = dict(est.__dict__)
-    est.priors = {key: 1e3 for key in est.priors}  # pretend the machine is very slow: every run is "long"
-    est._rates, est._builds = {}, {}
+
+    def slow():  # pretend the machine is busy: every run takes 20x its cost, until runs say otherwise
+        est._paces = {("cpu",): [20.0] * Estimator.KEEP}
+
+    slow()
     try:
-        digits = ok(app(limit=0, steps=3, seed=424242, dataset="digits"))  # all 1,797 digits: never gated
+        digits = ok(app(limit=0, steps=3, seed=424242, dataset="digits"))  # all 1,797 digits: a second or two even so
         assert not digits.warning and digits.main.get("plotly_chart")
         assert _worker().idle(timeout=120)  # its neighbouring k, computed in the background, are timed too
-        est._rates, est._builds = {}, {}  # forget them all: the machine is still "slow"
+        slow()
 
-        at = ok(app(limit=0, steps=3, seed=424242, dataset="hands"))
+        at = ok(app(limit=0, steps=3, seed=424242, dataset="hands", k=11))  # (a k no other test builds tables for)
         warning = " ".join(w.value for w in at.warning)
         assert "will take about" in warning and "1,000 training images" in warning
         offer = [b for b in at.button if "subset" in b.label]
@@ -328,8 +332,7 @@ def test_a_long_run_says_how_long_and_offers_a_subset():
         assert 100 <= at.session_state["limit"] <= 500  # not "4 images"
         assert at.main.get("plotly_chart") and not at.warning  # the subset runs without asking
 
-        assert any(w.dataset[1] == "hands" for w, _ in est._rates)  # the subset's run was timed ...
-        est._rates, est._builds = {}, {}  # ... and would correct the estimate: forget it, still "slow"
+        assert est._paces == {("cpu",): [20.0] * Estimator.KEEP}  # its few steps are too little work to move the pace
         at.session_state["limit"] = 0  # back to all the hands: it asks again
         ok(at.run())
         anyway = [b for b in at.button if "anyway" in b.label]

@@ -33,3 +33,22 @@ def test_synthetic_set_is_mnist_like_and_repeatable():
     # had 61% of their 7 x 7 windows distinct at this size, 7% at 60,000 images
     assert distinct_share(imgs, 7) > 0.8
     assert 0.3 < distinct_share(imgs, 3) < 0.8  # and the background does repeat
+
+
+def test_the_recorded_estimate_timings_are_the_benchs_cases():
+    """tests/estimate_timings.json is what `python -m elsviz.bench --estimates --record` writes for its
+    cases (tests/test_estimates.py checks the estimates against it): every case, named as the bench
+    names it, a cold run and warm ones, each step with its k, t, wall-clock and CPU seconds."""
+    import json
+    from pathlib import Path
+
+    from elsviz.bench import ESTIMATE_CASES, case_name
+
+    recorded = json.loads((Path(__file__).parent / "estimate_timings.json").read_text())
+    assert sorted(case_name(e["case"]) for e in recorded["cases"]) == sorted(case_name(c) for c in ESTIMATE_CASES)
+    assert len({case_name(c) for c in ESTIMATE_CASES}) == len(ESTIMATE_CASES)  # each case its own name
+    for entry in recorded["cases"]:
+        steps = entry["case"].get("steps", 20) - 1
+        for run in entry["runs"]:
+            assert len(run["steps"]) == steps and all(len(s) == 4 for s in run["steps"])
+            assert abs(sum(s[3] for s in run["steps"]) - run["cpu"]) < 0.05 * run["cpu"] + 0.05

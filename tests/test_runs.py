@@ -4,8 +4,8 @@ import torch
 
 from elsviz import Engine, ImageSet
 from elsviz.errors import ElsvizError
-from elsviz.app.runs import Estimator, pixel_from_click, Result, run, run_cost, RunCache, RunSpec, subset_size, Workload
 from elsviz.analysis.provenance import changed_fraction, distinct_sources, mosaic, patch, seams, shared_mask, source_shares
+from elsviz.app.runs import Estimator, pixel_from_click, Result, run, run_ks, run_ts, RunCache, RunSpec, Workload
 from elsviz.machines import k_limit, k_sweep
 
 
@@ -107,22 +107,19 @@ def test_run_cache_is_bounded_and_least_recently_used():
 
 
 def test_time_estimates_scale_with_the_work():
-    spec = RunSpec(machine="bbels", k=5, steps=20)
-    small = run_cost(100, (1, 16, 16), spec)
-    assert run_cost(1000, (1, 16, 16), spec) == pytest.approx(10 * small)
-    assert run_cost(100, (3, 16, 16), spec) == pytest.approx(3 * small)
-    assert run_cost(100, (1, 16, 16), RunSpec(machine="bbels", k=5, steps=20, size=(32, 32))) == pytest.approx(4 * small)
-    assert run_cost(100, (1, 16, 16), RunSpec(machine="ls", k=5, steps=20)) < small
-    est = Estimator(priors={("cpu", "bbels"): 1e9}, build_steps=0.0)
-    w = Workload("digits", "bbels")
-    assert est.seconds(w, 2e9, [5]) == pytest.approx(2.0)  # the prior, before anything is measured
-    est.record(w, 4e9, [(5, 9.0), (5, 1.0)])  # the first step at k = 5 is cold: only the second counts
-    assert est.seconds(w, 2e9, [5]) == pytest.approx(0.5)
-    est.record(w, 4e9, [(5, 1.0), (5, 1.0)])
-    est.record(w, 4e9, [(5, 8.0)])  # one slow (busy) run does not make every estimate pessimistic
-    assert est.seconds(w, 2e9, [5]) == pytest.approx(0.5)
-    assert subset_size(10_000, 40.0, 4.0) == 1000
-    assert subset_size(500, 1.0, 4.0) == 500
+    """The cost of a run grows with what it computes: the images, the channels, the output's pixels, the
+    steps; IS and LS cost little beside ELS and bbELS."""
+    def cost(n=2000, c=1, spec=RunSpec(machine="bbels", k=5, steps=20), size=16):
+        w = Workload("set", spec.machine, size=spec.size, n=n, shape=(c, size, size))
+        return sum(Estimator().cost(w, run_ks(spec), run_ts(spec)))
+
+    small = cost()  # (large enough that the fixed cost of a step is small beside its work)
+    assert cost(4000) == pytest.approx(2 * small, rel=0.1)
+    assert 2 * small < cost(c=3) < 6 * small
+    assert cost(spec=RunSpec(machine="bbels", k=5, steps=20, size=(32, 32))) == pytest.approx(4 * small, rel=0.25)
+    assert cost(spec=RunSpec(machine="bbels", k=5, steps=39)) == pytest.approx(2 * small, rel=0.1)
+    assert cost(spec=RunSpec(machine="ls", k=5, steps=20)) < small / 3
+    assert cost(spec=RunSpec(machine="is", k=5, steps=20)) < small / 30
 
 
 def test_spec_describes_itself_and_checks_k():

@@ -7,9 +7,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 
 
+from ..engine import plan as engine_plan
 from ..machines import MACHINE_NAMES
 from ..sampling import sample
 from ..schedule import locality_schedule
@@ -127,95 +130,160 @@ def app_threads(cores: int | None, environ) -> int | None:
     return max(1, (cores or 1) - 1)
 
 
-LONG_S = 20.0  # a run estimated above this asks first (when its work is also above GATE_WORK)
-GATE_WORK = 3e8  # ... and only when one step's work count (step_work) is above this: 32x32 sets, never the
-# 16x16 digits at their own size (1,797 x 256 keys x 256 pixels = 1.2e8 per step; hands: 1.0e9; photos: 6.3e9)
-SUBSET_TARGET_S = 10.0  # a subset offered instead of a long run aims at about this ...
+ASK_S = 8.0  # a run estimated above this asks first ("about N s: run it?"); the digits' first run takes 1-2 s
+SUBSET_TARGET_S = 5.0  # a subset offered instead of a long run aims at about this (so it runs without asking) ...
 MIN_SUBSET = 100  # ... but is never smaller than this (fewer images make a poor training set)
 
-# Work per second (step_work units) before anything was measured. Measured, warm, one thread (the app's
-# engines on a 2-core CPU), k = 5, 20 steps, the fused CPU kernel (docs/BENCHMARKS.md): digits bbELS 3.0e9,
-# ELS 2.6e9; hands 6.6e9 and 5.4e9; photos 6.3e9 and 5.2e9 where their key tables fit the engine's cache
-# (a sixteenth of the memory; with 384 MB the photos ran at 3.4e8, now about 2e9: tables rebuilt in
-# pieces at every step). The CPU priors are the digits' figures, a little lower for a machine that is
-# not quiet: a first guess then asks before the photos (about 40 s), not before the hands (about 7 s).
-# For CUDA, the H100 figures of docs/BENCHMARKS.md for the torch path (bbELS: 2.5e10 on the digits, 9e10
-# on 60,000 28x28 images; the Triton kernel, now the default there, was 1.5x that on an H200), kept
-# low for a first guess, with IS and LS scaled by the same factor as the CPU's.
-PRIOR_RATES = {
-    ("cpu", "is"): 5e4, ("cpu", "ls"): 1e7, ("cpu", "els"): 2.3e9, ("cpu", "bbels"): 2.8e9,
-    ("cuda", "is"): 5e6, ("cuda", "ls"): 1e9, ("cuda", "els"): 2e10, ("cuda", "bbels"): 2e10,
+# What one unit of each kind of work costs, in seconds of one thread: on the CPU with the compiled kernel,
+# fitted by `python -m elsviz.bench --fit` to the 1,300 steps timed in tests/estimate_timings.json (CPU time,
+# the 2-core AMD EPYC, AVX-512, this project runs on; docs/BENCHMARKS.md, "Estimates"). step: a slice of the
+# batch (Python, its tensors); query: an entry of a query window; logit, madd, centre: a logit through the
+# kernel (its softmax, the product's multiply-adds, the weighted centres per channel); read: a byte of keys
+# read per tile of 240 queries; gemm: a multiply-add of torch's products; torch_logit, torch_block: a logit
+# through torch's passes, and more in its pruned path; byte: a byte of key table built; key: a key made
+# distinct; gram: a multiply-add of a KeySet's principal directions; window: a window hashed and counted.
+# On a GPU: a first guess (the H200 of docs/BENCHMARKS.md: 12 T multiply-adds in 2.1 s of the fused kernel).
+COSTS = {
+    "cpu": {"step": 3.17e-3, "query": 1.16e-8, "logit": 1.56e-10, "madd": 1.21e-11, "centre": 2.76e-10,
+            "read": 3.87e-11, "gemm": 3.07e-11, "torch_logit": 2.64e-9, "torch_block": 3.02e-9, "byte": 1.9e-9,
+            "key": 4.08e-7, "gram": 5.07e-11, "window": 9.58e-8},
+    "cuda": {"step": 5e-3, "query": 1e-11, "logit": 2e-12, "madd": 1.8e-13, "centre": 0.0, "read": 0.0, "gemm": 1e-13,
+             "torch_logit": 2e-11, "torch_block": 0.0, "byte": 5e-11, "key": 2e-8, "gram": 1e-13, "window": 1e-10},
 }
-RATE_EXPONENT = 0.35  # a rate carried to a workload with x times the work is x ** 0.35 times higher: overheads
-# weigh less in larger runs. Measured at k = 5 on the 2-core CPU, exponents 0.1-0.5: digits 100 -> 1,797 images
-# (18x the work) 2x the rate (0.24); hands 100 -> 300 1.1x (0.1); in the app, digits 150 -> hands 1,000 (100x the
-# work) 9x (0.48).
-PRIOR_BUILD_STEPS = 3.0  # the first step at a new k builds its key tables: about 3 warm steps (measured: 0.2-10)
-
-
-def step_work(n: int, shape: tuple[int, int, int], machine: str, size: tuple[int, int] | None = None) -> float:
-    """A work count for one denoising step: keys x query pixels x channels.
-
-    n: the training images that serve as keys (those of the class, for a conditional run);
-    shape: (C, H, W) of the training images; size: (H, W) of the output, None for the training
-    size. Used only to compare runs of one machine (see Estimator), so the engine's constant
-    factors cancel; the window size k is left out (its effect is learned per k by the Estimator).
-    """
-    c, h, w = shape
-    hq, wq = size or (h, w)
-    keys = n if machine in ("is", "ls") else n * h * w
-    pixels = 1 if machine == "is" else hq * wq
-    return float(keys * pixels * c)
-
-
-def run_cost(n: int, shape: tuple[int, int, int], spec: RunSpec) -> float:
-    """step_work of the spec times its steps (steps - 1 denoising calls)."""
-    return (spec.steps - 1) * step_work(n, shape, spec.machine, spec.size)
-
-
-def needs_confirmation(work: float, estimate_s: float, guess: bool = False) -> bool:
-    """Whether a run asks before it starts: only a truly long one, i.e. both its step's work count is
-    above GATE_WORK (a 32x32 set, not the digits at their size, whatever the machine's load) and it
-    is estimated above LONG_S; above 2 x LONG_S when the estimate is a guess (nothing of this set
-    has run yet: such guesses came out 1.7-2.5x too long on the 2-core CPU)."""
-    return work > GATE_WORK and estimate_s > LONG_S * (2 if guess else 1)
-
-
-def subset_size(n: int, estimate_s: float, target_s: float) -> int:
-    """How many of n training images give a run of about target_s, if n of them take estimate_s."""
-    if estimate_s <= target_s:
-        return n
-    return max(1, min(n, int(n * target_s / estimate_s)))
-
-
-def subset_offer(n: int, estimate_s: float, target_s: float = SUBSET_TARGET_S, minimum: int = MIN_SUBSET) -> int | None:
-    """The subset to offer instead of a run of n images estimated at estimate_s, or None.
-
-    About target_s worth of images (a run's time grows as its work ** (1 - RATE_EXPONENT): a tenth
-    of the images takes about a fifth of the time, not a tenth), rounded down to a round number,
-    never fewer than `minimum`; None when the set is small (under 2 x minimum) or when the subset
-    would keep more than half the set (it would not save much).
-    """
-    if n < 2 * minimum:
-        return None
-    share = min(1.0, target_s / max(estimate_s, 1e-9)) ** (1 / (1 - RATE_EXPONENT))
-    sub = max(minimum, int(n * share))
-    step = 10 ** max(0, len(str(sub)) - 2)  # two significant digits: 137 -> 130, 2,480 -> 2,400
-    sub = max(minimum, sub // step * step)
-    return sub if sub <= n // 2 else None
+# The share of a big class's blocks the pruned path computes at t: all down to t_all, then t / t_all, at least
+# `floor` (hands, k = 7, docs/ENGINE.md: 52% of the blocks at t = 0.3, 14% at 0.1, 10% at 0.05). Without the
+# kernel, tiles of 32 queries take the union of their blocks (measured here: hands, k = 5, a step at t = 0.05
+# took 33% of one at t = 0.5, at 0.15 66%).
+PRUNED = {True: (0.5, 0.08), False: (0.25, 0.33)}  # kernel -> (t_all, floor)
+PACE_MIN_S = 0.3  # a run of less work teaches the pace nothing: its time is mostly overheads the cost leaves out
+# (recorded: LS on the digits, 0.13-0.17 s of work, took 0.4-0.9 s beside ELS's 1.1 s of work in 1.7-1.8 s)
+THREAD_GAIN = 0.8  # T threads compute about T ** 0.8 times as fast as one (a prior: the pace corrects it)
 
 
 @dataclass(frozen=True)
 class Workload:
-    """What a run's speed depends on besides k: the training set (its cache key), the machine, the
-    device type ('cpu', 'cuda'), the output size and the class (a conditional run has fewer keys)."""
+    """What a run's cost depends on besides its k and t: the training set (its cache key; family: its
+    name, shared by its subsets), the machine, the device type, the output size, the class, the keys
+    in play (n images of shape (C, H, W)), the batch, the engine's cache and whether the compiled
+    kernel runs (images: the training images in play, for the share of distinct windows)."""
 
     dataset: Hashable
     machine: str
     device: str = "cpu"
     size: tuple[int, int] | None = None
     label: int | None = None
-    family: str = ""  # the set's name: its subsets share it, so they learn from each other first
+    family: str = ""
+    n: int = 1
+    shape: tuple[int, int, int] = (1, 16, 16)
+    batch: int = 1
+    cache_bytes: int = 1_500_000_000
+    kernel: bool = True
+    threads: int = 1
+    images: object = field(default=None, compare=False, hash=False, repr=False)
+
+
+def workload(engine, dataset, machine: str | None = None, size=None, label=None, family: str = "", batch: int = 1,
+             n: int | None = None) -> Workload:
+    """The Workload of a run on an engine (read duck-typed: device, training set, cache, kernel);
+    n: a subset of n images of the set instead (the images of the label, for a conditional run)."""
+    imgs = engine.train.images if label is None or engine.train.labels is None else \
+        engine.train.images[engine.train.labels == label]
+    imgs = imgs if n is None else imgs[torch.randperm(len(imgs), generator=torch.Generator().manual_seed(0))[:n]]
+    device = getattr(getattr(engine, "device", None), "type", "cpu")
+    cache = getattr(engine, "cache_bytes", None) or 1_500_000_000
+    kernel = engine.kernel() != "torch" if callable(getattr(engine, "kernel", None)) else True
+    return Workload(dataset, machine or engine.machine, device, None if size is None else tuple(size), label, family,
+                    len(imgs), tuple(imgs.shape[1:]), batch, int(cache), kernel, torch.get_num_threads(), imgs)
+
+
+def class_groups(machine: str, k: int, shape, size=None) -> list[tuple[int, int, int]]:
+    """(G, P, S) for each group of equal classes a step at k computes: G classes of P query pixels
+    and S key positions each (as the engine groups them; docs/ENGINE.md, "Classes")."""
+    _, h, w = shape
+    hq, wq = size or (h, w)
+    d = k // 2
+    if machine == "ls":
+        return [(h * w, 1, 1)]
+    if machine == "els":
+        return [(1, hq * wq, max(h - 2 * d, 0) * max(w - 2 * d, 0))]
+
+    def bands(nq, nt):  # bbELS: (query positions, training positions) of each overhang along one axis
+        count: dict = {}
+        for i in range(max(nq, nt)):
+            for j, size_ in enumerate((nq, nt)):
+                if i < size_:
+                    count.setdefault((max(0, d - i), max(0, i + d - size_ + 1)), [0, 0])[j] += 1
+        return [v for v in count.values() if v[0]]
+
+    groups: dict = {}
+    for pr, sr in bands(hq, h):
+        for pc, sc in bands(wq, w):
+            groups[(pr * pc, sr * sc)] = groups.get((pr * pc, sr * sc), 0) + 1
+    return [(g, p, s) for (p, s), g in sorted(groups.items()) if s]
+
+
+def distinct_share(images: torch.Tensor | None, k: int, engine=None, label: int | None = None) -> float:
+    """Share of the distinct windows among the k x k windows that lie inside the training images
+    [N, C, H, W] (the keys of ELS's class and bbELS's interior): the engine computes each distinct
+    window once (hands: 12% at k = 3, 84% at k = 9; photos: 47-65%, digits 73% at k = 3, all from
+    k = 9). From the engine's counts of equal windows where it has them (it keeps them for the run
+    that follows), else from its window hashes; 1.0 when neither can be had."""
+    d = k // 2
+    count = getattr(engine, "tie_counts", None)
+    try:
+        if count is not None:
+            inner = count(k, label)  # [N, H, W]: equal windows of each key's class
+            h, w = inner.shape[-2:]
+            return float((1.0 / inner[:, d:h - d, d:w - d].double()).mean())
+        from ..engine.ties import window_hash
+
+        h, w = images.shape[-2:]
+        inner = window_hash(images, k)[:, d:h - d, d:w - d]
+        return torch.unique(inner).numel() / max(inner.numel(), 1)
+    except Exception:  # an engine without them: every key counted (a longer estimate, never a failure)
+        return 1.0
+
+
+def step_parts(w: Workload, k: int, distinct, costs: dict | None = None) -> list[tuple]:
+    """The parts of a step at k: (cache entry or None, its bytes, seconds to build it, seconds of
+    computing at every t, seconds of computing that the bounds prune at small t: a function of t, or
+    None), following the engine's choice of path per group (docs/ENGINE.md). distinct(): the share
+    of distinct keys; costs: COSTS of the device, or others."""
+    cost, (c, h, wd) = costs or COSTS[w.device], w.shape
+    cpu, n, b, image = w.device == "cpu", w.n, w.batch, c * h * wd
+    if w.machine == "is":  # one product with the whole images, torch's softmax passes
+        return [(None, 0, 0.0, b * n * (image * cost["gemm"] + cost["torch_logit"]), None)]
+    hq, wq = w.size or (h, wd)
+    dim, kernel = c * k * k, w.kernel and c in (1, 3)
+    per_slice = min(b, max(1, 2**20 // (hq * wq * dim)))  # the batch goes in slices (bounded memory)
+    slices = -(-b // per_slice)
+    parts = [(("hash", k), n * h * wd * 12, n * h * wd * cost["window"],  # window hashes and tie counts, built once
+              slices * cost["step"] + b * hq * wq * dim * cost["query"], None)]  # per slice, its query windows
+    fused = cost["logit"] + (dim + 1) * cost["madd"] + c * cost["centre"] if kernel else \
+        cost["torch_logit"] + (dim + 1) * cost["gemm"]  # a logit through the kernel (or torch's passes)
+    for gi, (g, p, s) in enumerate(class_groups(w.machine, k, w.shape, w.size)):
+        logits, table = g * b * p * s * n, g * s * n * (dim + 3 + c) * 4
+        cheap = kernel and cpu and min(b, engine_plan.KERNEL_MIN_ROWS) * p >= engine_plan.KERNEL_MIN_ROWS and table <= w.cache_bytes // engine_plan.KEPT_SHARE
+        read = engine_plan.TABLE_READ_COST_KERNEL if cheap else engine_plan.TABLE_READ_COST
+        if p * s * image <= p * s * dim + read * s * dim:  # embedded: torch's products (the plan's rule)
+            rows = 0.0 if kernel and cpu else cost["torch_logit"]  # (the kernel's pass over them: within the product's)
+            parts.append((None, 0, 0.0, logits * (image * cost["gemm"] + rows), None))
+            continue
+        if g == 1 and p * s * n >= engine_plan.PRUNE_MIN_LOGITS and per_slice * p * dim >= engine_plan.PRUNE_MIN_WORK and cpu:  # pruned
+            keys = distinct() * s * n
+            size = int((keys + 256) * (dim + 2 * c + 5) * 4)
+            if size <= w.cache_bytes // engine_plan.KEYSET_SHARE:
+                build = s * n * cost["key"] + keys * dim * (dim * cost["gram"] + 8 * cost["byte"])
+                reads = slices * -(-per_slice * p // 240) * size  # the keys, read once per tile of 240 queries
+                every = b * p * keys * (fused if kernel else fused + cost["torch_block"]) + reads * cost["read"]
+                t_all, floor = PRUNED[kernel]
+                parts.append((("keys", k, gi), 64, build, 0.0,
+                              lambda t, e=every, a=t_all, f=floor: e * min(1.0, max(f, t / a))))
+                continue
+        reads = slices * -(-per_slice * p // 240) * table
+        parts.append((("table", k, gi), table, table * cost["byte"],
+                      logits * fused + reads * cost["read"], None))
+    return parts
 
 
 class StepClock:
@@ -231,7 +299,7 @@ class StepClock:
 
     def __call__(self, frame):
         now = time.perf_counter()
-        self.steps.append((int(frame.k), float(frame.t), now - self._last))
+        self.steps.append((frame.k, float(frame.t), now - self._last))
         self._last = now
         if self.then is not None:
             self.then(frame)
@@ -242,188 +310,125 @@ class StepClock:
 
 
 class Estimator:
-    """How long a run will take, learned from the steps the app has timed, per workload and k.
+    """How long a run will take: the cost of the work it implies (step_parts: logits, multiply-adds,
+    key tables to build, per path) times the pace of this machine now.
 
-    Each timed step is kept as a rate (step_work per second) under (workload, k); k matters (on the
-    digits, bbELS runs 10x faster per step at k = 15 than at k = 3). The first step at a k on an
-    engine builds that k's key tables: it is cold, kept apart as a build time, never as a rate. A
-    rate of a run is its warm steps' work over their time; the estimate takes the median of the
-    last KEEP runs' rates, so one run slowed by a busy moment (or sped by a quiet one) does not move
-    it, while a lasting change of load does, within a few runs. Every run (foreground, background,
-    branch) corrects it.
-
-    Steps at different noise levels t cost differently on some sets (the hands: a step at t = 0.9
-    takes 6-10x one at t = 0.2, when most windows have settled on one flat patch; the digits: about
-    the same; and where the slow steps end depends on k): a profile per set, machine, device and k
-    (PROFILE_BINS bins of t, each the median of the recent full runs' step time there over their
-    mean; the nearest k's where this k has none) weighs each step, so a branch from a late step and
-    the time left during a run are estimated from the steps still to come. Flat until a full run
-    (one k, from the top) of that set has been timed.
-
-    Never measured: the workload's rate at the nearest k measured; else the rate of another workload
-    of the same machine and device (rates in step_work units carry over between sets, roughly):
-    of the same set if one was measured (another subset), else the one closest in work; else
-    PRIOR_RATES. A carried rate is scaled by (work ratio) ** RATE_EXPONENT. A build of a k not yet
-    seen on the engine costs the workload's median build (in warm steps), else PRIOR_BUILD_STEPS
-    (builds of small runs, dominated by overheads, say little about large ones).
-    Thread-safe: background runs record too.
+    The cost is in seconds of one thread of the CPU the costs were measured on (COSTS). Key tables
+    are built on a step's first use of them and kept in the engine's cache while they fit (a table
+    larger than the cache is built again at every step): a simulated LRU of the engines' caches says
+    which a run will find. The pace is what runs really took over what the cost said: the median of
+    the last KEEP runs of the same set and machine, else of any run on the device, else 1 / the
+    threads' gain. So the first run of a set is estimated from its work at the machine's pace of the
+    moment, and one run slowed by a busy moment does not move it. Thread-safe: background runs record too.
     """
 
-    KEEP = 7
-    PROFILE_BINS = 10
+    KEEP = 3  # runs the pace is the median of (measured on the recorded runs, in the order they ran on a machine
+    # whose load came and went: 83% of the estimates within 1.5x of the wall-clock time with 3, 80% with 5 or 7)
 
-    def __init__(self, priors: dict | None = None, build_steps: float = PRIOR_BUILD_STEPS):
-        self.priors = dict(PRIOR_RATES if priors is None else priors)
-        self.build_steps = build_steps
-        self._rates: dict[tuple, list[float]] = {}  # (workload, k) -> recent warm rates
-        self._builds: dict[Workload, list[float]] = {}  # workload -> recent builds, in warm steps
-        self._seen: set = set()  # (engine token, workload, k): key tables built
-        self._work: dict[Workload, float] = {}  # workload -> its step_work (to find the closest one)
-        self._profiles: dict[tuple, list[list[float]]] = {}  # (device, machine, family, k) -> per bin, recent weights
-        self._lock = threading.Lock()
+    def __init__(self, costs: dict | None = None):
+        self.costs = costs  # COSTS of the device by default
+        self._held: dict = {}  # budget -> OrderedDict((engine, entry) -> bytes): the simulated caches
+        self._paces: dict = {}  # (device, family, machine) -> recent actual / cost
+        self._distinct: dict = {}  # (dataset, label, k) -> share of distinct windows
+        self._parts: dict = {}  # (workload, k) -> step_parts
+        self._lock = threading.RLock()
 
-    @staticmethod
-    def _k(workload: Workload, k) -> int | None:
-        return None if workload.machine == "is" else int(k)
+    def _step_parts(self, w: Workload, k: int, engine=None):
+        if (w, k) not in self._parts:
+            def distinct():  # without images or engine: the share known for the set (a subset's search)
+                key = (w.family, w.label, k, w.dataset, w.n)
+                if key not in self._distinct:
+                    known = [v for kk, v in sorted(self._distinct.items(), key=lambda kv: -kv[0][4]) if kk[:3] == key[:3]]
+                    self._distinct[key] = distinct_share(w.images, k, engine, w.label) \
+                        if w.images is not None or engine is not None or not known else known[0]
+                return self._distinct[key]
 
-    @staticmethod
-    def _steps(steps):
-        """[(k, t or None, seconds)] from [(k, t, seconds)] or [(k, seconds)]."""
-        return [(st[0], st[1] if len(st) == 3 else None, st[-1]) for st in steps]
+            self._parts[(w, k)] = step_parts(w, k, distinct, self.costs)
+        return self._parts[(w, k)]
 
-    def cold(self, workload: Workload, k, engine=None) -> bool:
-        """Whether a step at k would build key tables first (k never run on this engine)."""
-        return (id(engine), workload, self._k(workload, k)) not in self._seen
-
-    def _bin(self, t) -> int | None:
-        return None if t is None else min(max(int(t * self.PROFILE_BINS), 0), self.PROFILE_BINS - 1)
-
-    def weight(self, workload: Workload, t, k=None) -> float:
-        """How much a step at t costs against the mean step of a full run at k (the nearest k measured on
-        the set; 1.0 when none was)."""
-        b = self._bin(t)
-        k = None if k is None else self._k(workload, k)
-        ks = [key[3] for key in self._profiles if key[:3] == (workload.device, workload.machine, workload.family)]
-        if b is None or not ks:
-            return 1.0
-        near = min(ks, key=lambda kk: (0 if kk is None or k is None else abs(kk - k), kk or 0))
-        bins = self._profiles[(workload.device, workload.machine, workload.family, near)]
-        return self._median(bins[b]) if bins[b] else 1.0
-
-    def _learn_profile(self, workload: Workload, k, warm) -> None:
-        """warm: [(t, seconds)] of one k; a run covering most bins of t teaches the set's profile."""
-        by_bin: dict[int, list[float]] = {}
-        for t, seconds in warm:
-            if t is not None and seconds > 0:
-                by_bin.setdefault(self._bin(t), []).append(seconds)
-        if len(by_bin) < self.PROFILE_BINS - 2:
-            return
-        means = {b: sum(v) / len(v) for b, v in by_bin.items()}
-        mean = sum(means.values()) / len(means)
-        bins = self._profiles.setdefault((workload.device, workload.machine, workload.family, k),
-                                         [[] for _ in range(self.PROFILE_BINS)])
-        for b, m in means.items():
-            bins[b].append(m / mean)
-            del bins[b][:-self.KEEP]
-
-    def record(self, workload: Workload, work: float, steps, engine=None) -> None:
-        """Learn from a run's timed steps [(k, t, seconds), ...] (StepClock.steps; t may be left out),
-        work = step_work."""
-        by_k: dict = {}
+    def cost(self, w: Workload, ks, ts, engine=None, keep: bool = False) -> list[float]:
+        """Seconds of each step at its k and t, from the work alone (the pace not applied); keep: the
+        simulated caches keep what the run builds."""
         with self._lock:
-            self._work[workload] = work
-            for k, t, seconds in self._steps(steps):
-                k = self._k(workload, k)
-                seen = (id(engine), workload, k)
-                entry = by_k.setdefault(k, {"warm": [], "cold": None})
-                if seen not in self._seen:
-                    self._seen.add(seen)
-                    entry["cold"] = (t, seconds)
-                else:
-                    entry["warm"].append((t, seconds))
-            for k, entry in by_k.items():
-                self._learn_profile(workload, k, entry["warm"])
-            for k, entry in by_k.items():
-                warm = [(t, s) for t, s in entry["warm"] if s > 0]
-                if warm and work > 0:  # seconds of an average step: each weighed by its t
-                    rates = self._rates.setdefault((workload, k), [])
-                    rates.append(work * len(warm) / sum(s / self.weight(workload, t, k) for t, s in warm))
-                    del rates[:-self.KEEP]
-                if entry["cold"] is not None:
-                    t, seconds = entry["cold"]
-                    step = self._step_seconds(workload, work, k, t)
-                    builds = self._builds.setdefault(workload, [])
-                    builds.append(max(seconds - step, 0.0) / step)
-                    del builds[:-self.KEEP]
-
-    @staticmethod
-    def _median(values: list[float]) -> float:
-        ordered = sorted(values)
-        return ordered[len(ordered) // 2]
-
-    def basis(self, workload: Workload) -> str:
-        """What an estimate for the workload rests on: 'measured' (runs of it), 'carried' (runs of another
-        set or subset, scaled) or 'prior' (nothing comparable has run yet)."""
-        with self._lock:
-            if any(w == workload for (w, _) in self._rates):
-                return "measured"
-            if any(w.machine == workload.machine and w.device == workload.device for (w, _) in self._rates):
-                return "carried"
-            return "prior"
-
-    def rate(self, workload: Workload, k) -> float:
-        """Work per second expected of an average warm step at k (see the class's note for what stands in)."""
-        with self._lock:
-            return self._rate(workload, self._k(workload, k))
-
-    def _rate(self, workload: Workload, k) -> float:
-        def nearest(w):
-            ks = [kk for (ww, kk) in self._rates if ww == w]
-            if not ks:
-                return None
-            best = min(ks, key=lambda kk: (0 if kk is None or k is None else abs(kk - k), kk or 0))
-            return self._median(self._rates[(w, best)])
-
-        own = nearest(workload)
-        if own is not None:
-            return own
-        # another workload of this machine and device: the same set first (a subset of it), then
-        # the one whose work is closest (small runs spend more of their time on overheads)
-        others = [w for w in {w for (w, _) in self._rates}
-                  if w.machine == workload.machine and w.device == workload.device]
-        if others:
-            mine = self._work.get(workload, 1.0)
-
-            def closeness(w):
-                return w.family != workload.family, abs(math.log(self._work[w] / mine))
-
-            other = min(others, key=closeness)
-            return nearest(other) * (mine / self._work[other]) ** RATE_EXPONENT
-        return self.priors.get((workload.device, workload.machine), min(self.priors.values()))
-
-    def _step_seconds(self, workload, work, k, t=None) -> float:
-        return work / self._rate(workload, k) * self.weight(workload, t, k)
-
-    def step_plan(self, workload: Workload, work: float, ks, engine=None, ts=None) -> list[float]:
-        """Seconds expected of each step, for the k (and, if given, the t) of each step in the order
-        they run (a build added to the first step at a k not yet run on the engine)."""
-        with self._lock:
-            self._work.setdefault(workload, work)
-            plan, fresh = [], set()
-            builds = self._builds.get(workload)
-            build = self._median(builds) if builds else self.build_steps
-            for i, k in enumerate(ks):
-                k = self._k(workload, k)
-                seconds = self._step_seconds(workload, work, k, None if ts is None else ts[i])
-                if (id(engine), workload, k) not in self._seen and k not in fresh:
-                    fresh.add(k)
-                    seconds += build * self._step_seconds(workload, work, k)
+            budget = "cpu" if w.device == "cpu" else id(engine)
+            held = self._held.setdefault(budget, OrderedDict())
+            held = held if keep else OrderedDict(held)
+            owner = id(engine) if engine is not None else object()
+            plan = []
+            for k, t in zip(ks, ts):
+                seconds = 0.0
+                for entry, size, build, flat, pruned in ([] if k is None else self._step_parts(w, int(k), engine)):
+                    key = (owner, w.dataset, w.label, w.size, w.cache_bytes, entry)
+                    if entry is not None and key in held:
+                        held.move_to_end(key)
+                    elif entry is not None:
+                        seconds += build
+                        if size <= w.cache_bytes:
+                            held[key] = size
+                            while sum(held.values()) > w.cache_bytes:
+                                held.popitem(last=False)
+                    seconds += flat + (pruned(t) if pruned else 0.0)
                 plan.append(seconds)
             return plan
 
-    def seconds(self, workload: Workload, work: float, ks, engine=None, ts=None) -> float:
-        """Seconds expected of a run with these k (and t) per step (see step_plan)."""
-        return sum(self.step_plan(workload, work, ks, engine, ts))
+    def pace(self, w: Workload) -> float:
+        """Seconds taken per second of cost, lately (see the class)."""
+        with self._lock:
+            recent = self._paces.get((w.device, w.family, w.machine)) or self._paces.get((w.device,))
+            return sorted(recent)[len(recent) // 2] if recent else w.threads ** -THREAD_GAIN
+
+    def basis(self, w: Workload) -> str:
+        """What the pace rests on: 'measured' (runs of this set and machine), 'carried' (runs of others on
+        the device) or 'model' (no run yet: the work at this CPU's measured speed)."""
+        with self._lock:
+            if self._paces.get((w.device, w.family, w.machine)):
+                return "measured"
+            return "carried" if self._paces.get((w.device,)) else "model"
+
+    def step_plan(self, w: Workload, ks, ts, engine=None) -> list[float]:
+        """Seconds expected of each step (k and t of each step in the order they run)."""
+        pace = self.pace(w)
+        return [s * pace for s in self.cost(w, ks, ts, engine)]
+
+    def seconds(self, w: Workload, ks, ts, engine=None) -> float:
+        """Seconds expected of a run with these k and t per step."""
+        return sum(self.step_plan(w, ks, ts, engine))
+
+    def record(self, w: Workload, steps, engine=None) -> None:
+        """Learn the pace from a run's timed steps [(k, t, seconds), ...] (StepClock.steps; a run
+        stopped early gives the steps it did)."""
+        self.record_total(w, [st[0] for st in steps], [st[1] for st in steps], sum(st[-1] for st in steps), engine)
+
+    def record_total(self, w: Workload, ks, ts, seconds: float, engine=None, cost: float | None = None) -> None:
+        """Learn the pace from a run of these k and t that took `seconds` in all (cost: its cost, if known)."""
+        cost = sum(self.cost(w, ks, ts, engine, keep=True)) if cost is None else cost
+        if cost >= PACE_MIN_S and seconds > 0:
+            with self._lock:
+                for key in ((w.device, w.family, w.machine), (w.device,)):
+                    paces = self._paces.setdefault(key, [])
+                    paces.append(seconds / cost)
+                    del paces[:-self.KEEP]
+
+
+def needs_confirmation(estimate_s: float) -> bool:
+    """Whether a run asks before it starts ("about N s: run it?"): whenever it is estimated above ASK_S."""
+    return estimate_s > ASK_S
+
+
+def subset_offer(n: int, seconds_of: Callable[[int], float], target_s: float = SUBSET_TARGET_S,
+                 minimum: int = MIN_SUBSET) -> int | None:
+    """The subset of a set of n images to offer instead of a long run: the largest round number of
+    images (two significant digits) that seconds_of(images) estimates within target_s, never fewer
+    than `minimum`; None when the set is small (under 2 x minimum) or the subset would keep more
+    than half of it (it would not save much)."""
+    if n < 2 * minimum or seconds_of(n // 2) <= target_s:
+        return None
+    lo, hi = minimum, n // 2
+    while hi - lo > 1:  # the time grows with the images: bisect
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if seconds_of(mid) <= target_s else (lo, mid)
+    step = 10 ** max(0, len(str(lo)) - 2)  # 137 -> 130, 2,480 -> 2,400
+    return max(minimum, lo // step * step)
 
 
 def run_ks(spec: RunSpec, from_step: int | None = None) -> list[int]:

@@ -116,6 +116,16 @@ class Engine:
         n, c, h, w = self.images.shape
         return f"Engine(machine={self.machine!r}, device={str(self.device)!r}, train={self.train.name!r} [{n}, {c}, {h}, {w}])"
 
+    @property
+    def cache_bytes(self) -> int:
+        """The bytes this engine's cache may hold (shared with other CPU engines that took the default)."""
+        return self._cache.max_bytes
+
+    def tie_counts(self, k=None, label: int | None = None) -> torch.Tensor:
+        """How many keys of the same class have exactly the window of each key: [N, H, W] int32 over
+        the training images in play (IS: [N], identical whole images). Cached, as denoise uses them."""
+        return self._reads.multiplicity(None if self.machine == "is" else check_k(k), label)
+
     def kernel(self, channels: int | None = None) -> str:
         """The kernel this engine's tables go through for images of `channels` channels (default:
         the training set's): 'triton' (the fused GPU kernel), 'cpu' (the compiled C++ kernel) or 'torch'."""

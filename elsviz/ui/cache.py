@@ -1,9 +1,11 @@
 """Runs for the pages: cached per parameter set, with a progress bar while they compute.
 
 A run that fails (a k the machine refuses, say) shows its message and the last good result stays
-on the page. A run that truly takes long (runs.needs_confirmation: a 32x32 set on a CPU, never the
-digits) says so first and offers a subset of the training set. Estimates come from the steps this
-server has timed (runs.Estimator, per workload and k), and a running run says how long is left.
+on the page. A run estimated above a few seconds (runs.needs_confirmation) says how long first and
+offers a subset of the training set. Estimates come from the work a run implies, counted per path
+of the engine, at the pace of the runs this server has timed (runs.Estimator); a running run says
+how long is left. Where k cannot be live (each k takes longer than the background may spend on
+it), the page says so and offers a subset that makes it live.
 
 Live k: after a run with one k, its neighbouring k are computed in the background (elsviz.app.worker)
 into the same run cache, so moving the slider to one of them shows it at once.
@@ -17,17 +19,20 @@ from dataclasses import replace
 import streamlit as st
 
 from ..errors import ElsvizError
+from ..app.runs import (SUBSET_TARGET_S, Estimator, Result, RunCache, RunSpec, StepClock, left_text,
+                        needs_confirmation, neighbour_ks, run, run_ks, run_ts, subset_offer, time_left, workload)
 from ..app.worker import Job, Worker
-from ..app.runs import Estimator, left_text, needs_confirmation, neighbour_ks, Result, run, run_ks, run_ts, RunCache, RunSpec, step_work, StepClock, subset_offer, time_left, Workload
 from ..machines import k_limit
 from ..sampling import branch
 from . import data
 from .sidebar import settings
 
-BASIS = {"measured": "from the runs timed on this set", "carried": "a first guess, from runs on other sets",
-         "prior": "a first guess: nothing comparable has run yet"}
+BASIS = {"measured": "from the work it implies, at the pace of this set's runs here",
+         "carried": "from the work it implies, at the pace of the runs on this machine so far",
+         "model": "from the work it implies, at the speed measured for this CPU; nothing has run here yet"}
 LIVE_K = 4  # neighbouring k computed in the background after a run with one k (k + 2, k - 2, k + 4, k - 4)
-LIVE_MAX_S = 15.0  # ... only those estimated under this (the 1,000 hands on one core: about 5 s each)
+LIVE_MAX_S = 15.0  # ... only those estimated under this (the 1,000 hands on one core: 3-8 s each)
+LIVE_TARGET_S = 5.0  # a subset offered to make k live aims at about this per k
 
 
 @st.cache_resource(show_spinner=False)
@@ -63,11 +68,10 @@ def _n_keys(train, label) -> int:
     return int((train.labels == label).sum())
 
 
-def _workload(settings, spec: RunSpec, engine):
-    """(Workload, step_work) of a spec on the settings' training set."""
-    device = getattr(getattr(engine, "device", None), "type", "cpu")
-    workload = Workload(settings.dataset_key, spec.machine, device, spec.size, spec.label, settings.train.name)
-    return workload, step_work(_n_keys(settings.train, spec.label), settings.train.shape, spec.machine, spec.size)
+def _workload(settings, spec: RunSpec, engine, batch: int = 1, n: int | None = None):
+    """The runs.Workload of a spec on the settings' training set (or a random subset of n of its images)."""
+    return workload(engine, settings.dataset_key if n is None else (settings.dataset_key, "subset", n), spec.machine,
+                    spec.size, spec.label, settings.train.name, batch, n)
 
 
 def _engine_of(settings, machine: str):
@@ -76,12 +80,12 @@ def _engine_of(settings, machine: str):
     return data.engine(settings.dataset_key, machine, settings.train)
 
 
-def _timed_run(engine, workload, work, go, clock: StepClock):
+def _timed_run(engine, work, go, clock: StepClock):
     """go(clock) (clock: the step callback); every step it completed is recorded, even if it was stopped."""
     try:
         out = go(clock)
     finally:
-        _estimator().record(workload, work, clock.steps, engine)
+        _estimator().record(work, clock.steps, engine)
     return out, clock.elapsed
 
 
@@ -112,14 +116,14 @@ def _progress(what: str, plan: list[float], slot):
     return bar, callback
 
 
-def _run_with_progress(engine, workload, work, ks, ts, what, go, slot):
+def _run_with_progress(engine, work, ks, ts, what, go, slot):
     """go(callback) in the foreground with a progress bar in slot that says how long is left;
     (out, seconds). ks, ts: the k and t of each step it runs."""
-    bar, show = _progress(what, _estimator().step_plan(workload, work, ks, engine, ts), slot)
-    clock = StepClock(lambda frame: show(frame, clock.elapsed))
+    bar, show = _progress(what, _estimator().step_plan(work, ks, ts, engine), slot)
     try:
-        with engine_use(engine):
-            return _timed_run(engine, workload, work, go, clock)
+        with engine_use(engine):  # (the clock starts once the engine is free: a background step may end first)
+            clock = StepClock(lambda frame: show(frame, clock.elapsed))
+            return _timed_run(engine, work, go, clock)
     finally:
         bar.empty()
 
@@ -144,13 +148,37 @@ def _use_subset(n: int) -> None:
     st.session_state["limit"] = n
 
 
+def _seconds(settings, specs, engine, batch: int = 1) -> float:
+    """Seconds the runs of specs (one machine: its engine) take one after the other."""
+    if not specs:
+        return 0.0
+    ks = [k for spec in specs for k in run_ks(spec)]
+    ts = [t for spec in specs for t in run_ts(spec)]
+    return _estimator().seconds(_workload(settings, specs[0], engine, batch), ks, ts, engine)
+
+
 def estimate(settings, spec: RunSpec) -> float:
     """About how many seconds spec takes on the settings' set (0 when it is cached)."""
-    if runs_cache().get((settings.dataset_key, spec)) is not None:
-        return 0.0
-    engine = _engine_of(settings, spec.machine)
-    workload, work = _workload(settings, spec, engine)
-    return _estimator().seconds(workload, work, run_ks(spec), engine, run_ts(spec))
+    return estimate_seconds(settings, [spec])
+
+
+def _subset(settings, spec: RunSpec, engine, target_s: float) -> tuple[int, float] | None:
+    """(images, seconds): the random subset of the settings' set to offer instead of spec's run
+    (runs.subset_offer, sized for about target_s), with the estimate of spec on it; or None."""
+    n, est = len(settings.train), _estimator()
+    ks, ts = run_ks(spec), run_ts(spec)
+    keys = _n_keys(settings.train, spec.label)
+
+    def seconds(m: int, exact: bool = False) -> float:
+        w = _workload(settings, spec, engine, n=max(1, keys * m // n))
+        return est.seconds(w if exact else replace(w, images=None), ks, ts)  # (a search: the set's shares of distinct keys)
+
+    sub = subset_offer(n, seconds, target_s)
+    if sub is None:
+        return None
+    scale = seconds(sub, exact=True) / seconds(sub)  # its own share of distinct keys (a subset repeats fewer windows)
+    sub = subset_offer(n, lambda m: seconds(m) * scale, target_s) or sub
+    return sub, seconds(sub, exact=True)
 
 
 def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, confirm: bool = True) -> Result | None:
@@ -173,29 +201,23 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
     engine = _engine_of(settings, spec.machine)
     ks = run_ks(spec)  # a bad k fails here, before any work
     what = what or spec.describe()
-    workload, work = _workload(settings, spec, engine)
-    seconds = _estimator().seconds(workload, work, ks, engine, run_ts(spec))
+    work = _workload(settings, spec, engine)
+    seconds = _seconds(settings, [spec], engine)
     confirmed = st.session_state.setdefault("_confirmed_runs", set())
-    basis = _estimator().basis(workload)
-    if confirm and needs_confirmation(work, seconds, guess=basis != "measured") and key not in confirmed:
+    if confirm and needs_confirmation(seconds) and key not in confirmed:
         n = len(settings.train)
         box = slot.container()
-        box.warning(f"{what} on {n:,} training images will take about {seconds:.0f} s on this machine "
-                    f"({BASIS[basis]}).")
+        box.warning(f"{what} on {n:,} training images will take about {duration(seconds)} on this machine "
+                    f"({BASIS[_estimator().basis(work)]}).")
         cols = box.columns(2)
-        cols[0].button(f"Run it anyway (about {seconds:.0f} s)", key=f"go_{hash(key)}",
+        cols[0].button(f"Run it anyway (about {duration(seconds)})", key=f"go_{hash(key)}",
                        on_click=confirmed.add, args=(key,))
-        sub = subset_offer(n, seconds)
+        sub = _subset(settings, spec, engine, SUBSET_TARGET_S)
         if sub is not None:
-            part = replace(workload, dataset=(settings.dataset_key, "subset", sub))
-            part_work = step_work(_n_keys(settings.train, spec.label) * sub // n, settings.train.shape, spec.machine,
-                                  spec.size)
-            part_s = _estimator().seconds(part, part_work, ks, None, run_ts(spec))
-            cols[1].button(f"Use a random subset of {sub:,} images (about {part_s:.0f} s)",
-                           key=f"sub_{hash(key)}", on_click=_use_subset, args=(sub,))
+            cols[1].button(f"Use a random subset of {sub[0]:,} images (about {duration(sub[1])})",
+                           key=f"sub_{hash(key)}", on_click=_use_subset, args=(sub[0],))
         return None
-    traj, took = _run_with_progress(engine, workload, work, ks, run_ts(spec), what, lambda cb: run(engine, spec, cb),
-                                    slot)
+    traj, took = _run_with_progress(engine, work, ks, run_ts(spec), what, lambda cb: run(engine, spec, cb), slot)
     result = Result(settings.dataset_key, settings.train, engine, spec, traj, took)
     cache.put(key, result)
     return result
@@ -213,7 +235,7 @@ def live_plan(settings, spec: RunSpec) -> list[Job]:
     if spec.machine == "is" or not isinstance(spec.k, int):
         return []
     engine = _engine_of(settings, spec.machine)
-    workload, work = _workload(settings, spec, engine)
+    work = _workload(settings, spec, engine)
     kmax = k_limit(spec.machine, tuple(settings.train.shape[1:]), spec.size)
     jobs = []
     for k in neighbour_ks(spec.k, kmax, LIVE_K):
@@ -221,13 +243,48 @@ def live_plan(settings, spec: RunSpec) -> list[Job]:
         key = (settings.dataset_key, other)
         if runs_cache().get(key) is not None:
             continue
-        if _estimator().seconds(workload, work, run_ks(other), engine, run_ts(other)) > LIVE_MAX_S:
+        if _seconds(settings, [other], engine) > LIVE_MAX_S:
             continue
-        jobs.append(Job(key, engine, _background_run(settings, other, engine, workload, work)))
+        jobs.append(Job(key, engine, _background_run(settings, other, engine, work)))
     return jobs
 
 
-def _background_run(settings, spec, engine, workload, work):
+def live_note(settings, spec: RunSpec, slot) -> None:
+    """Where k cannot be live (a run at the next k is estimated above LIVE_MAX_S, so nothing is
+    computed ahead and every move of the slider waits for a run), say so on the page and offer what
+    can be: a random subset sized for about LIVE_TARGET_S per k; a GPU where there is none."""
+    if spec.machine == "is" or not isinstance(spec.k, int):
+        return
+    engine = _engine_of(settings, spec.machine)
+    kmax = k_limit(spec.machine, tuple(settings.train.shape[1:]), spec.size)
+    near = neighbour_ks(spec.k, kmax, 1)
+    if not near:
+        return
+    other = replace(spec, k=near[0])
+    seconds = _seconds(settings, [other], engine)
+    if seconds <= LIVE_MAX_S:
+        return
+    n, (c, h, w) = len(settings.train), settings.train.shape
+    device = getattr(getattr(engine, "device", None), "type", "cpu")
+    text = (f"**k is not live here.** A run at another k takes about {duration(seconds)} on this machine "
+            f"({n:,} images of {h}x{w}{', colour' if c == 3 else ''}, on the {device.upper()}), too long to "
+            f"compute the neighbouring k ahead: each move of the k slider waits for its run.")
+    if device == "cpu":
+        text += " On a machine with a CUDA GPU the engine uses it by itself, and such runs take seconds."
+    sub = _subset(settings, other, engine, LIVE_TARGET_S)
+    box = slot.container()
+    box.info(text)
+    if sub is not None:
+        box.button(f"Make k live: use a random subset of {sub[0]:,} images (about {duration(sub[1])} per k)",
+                   key="live_subset", on_click=_use_subset, args=(sub[0],))
+
+
+def duration(seconds: float) -> str:
+    """'40 s', '3 min' (rounded as an estimate is)."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _background_run(settings, spec, engine, work):
     def go(check):
         key = (settings.dataset_key, spec)
         if runs_cache().get(key) is not None:  # run in the foreground meanwhile
@@ -238,7 +295,7 @@ def _background_run(settings, spec, engine, workload, work):
             done.append(frame.i)
             check(len(done), total)
 
-        traj, took = _timed_run(engine, workload, work, lambda cb: run(engine, spec, cb), StepClock(callback))
+        traj, took = _timed_run(engine, work, lambda cb: run(engine, spec, cb), StepClock(callback))
         runs_cache().put(key, Result(settings.dataset_key, settings.train, engine, spec, traj, took, background=True))
 
     return go
@@ -259,8 +316,10 @@ def start_live_k() -> None:
     pending = st.session_state.pop("_live_next", None)
     if pending is None:
         return
+    settings, spec, slot = pending
     try:
-        jobs = live_plan(*pending)
+        jobs = live_plan(settings, spec)
+        live_note(settings, spec, slot)
     except ElsvizError:
         jobs = []
     _worker().submit(jobs, _session())
@@ -282,7 +341,7 @@ def main_result() -> Result:
             st.info(f"Showing the previous result ({result.spec.describe()}).")
     else:
         if result is not None:  # its neighbours, after the page (start_live_k)
-            st.session_state["_live_next"] = (s, s.spec)
+            st.session_state["_live_next"] = (s, s.spec, st.empty())  # (the place of live_note)
     if result is None:
         st.stop()
     ss = st.session_state
@@ -303,8 +362,8 @@ def branch_run(result: Result, at_step: int, k) -> Result:
     def make():
         spec = replace(result.spec, k=k)
         ks = run_ks(spec, from_step=at_step)  # a bad k fails here
-        workload, work = _workload(result, spec, result.engine)
-        traj, took = _run_with_progress(result.engine, workload, work, ks, run_ts(spec, from_step=at_step),
+        work = _workload(result, spec, result.engine)
+        traj, took = _run_with_progress(result.engine, work, ks, run_ts(spec, from_step=at_step),
                                         f"Branch at step {at_step} with k = {k}",
                                         lambda cb: branch(result.traj, at_step=at_step, k=k, callback=cb), slot)
         return Result(result.dataset_key, result.train, result.engine, result.spec, traj, took)
@@ -342,5 +401,16 @@ def derived_later(result: Result, name: str, make):
 
 
 def estimate_seconds(settings, specs) -> float:
-    """About how long the uncached runs among specs will take, from the runs timed so far."""
-    return sum(estimate(settings, s) for s in specs)
+    """About how long the uncached runs among specs will take, one after the other (runs.Estimator)."""
+    todo = []
+    for s in specs:
+        try:
+            run_ks(s)
+        except ElsvizError:  # a refused k: its run says why, and costs nothing
+            continue
+        if runs_cache().get((settings.dataset_key, s)) is None:
+            todo.append(s)
+    by_machine: dict = {}
+    for s in todo:
+        by_machine.setdefault((s.machine, s.size, s.label), []).append(s)
+    return sum(_seconds(settings, group, _engine_of(settings, group[0].machine)) for group in by_machine.values())

@@ -15,12 +15,11 @@ import streamlit as st
 
 from .. import export
 from ..analysis.fingers import DEFAULT_STUDY, finger_birth, finger_study
-from ..app.fingers import STUDY_STEPS, Studied, hand_check, hand_record, silhouette_problem, silhouettes, step_seconds  # noqa: F401 (STUDY_STEPS: the page reads it here)
+from ..app.fingers import STUDY_STEPS, Studied, hand_check, hand_record, silhouette_problem, silhouettes  # noqa: F401 (STUDY_STEPS: the page reads it here)
+from ..app.runs import run_ks, run_ts, workload
 from . import data
 from .cache import runs_cache, engine_use, spec_run
 from .sidebar import Settings, choose_dataset
-
-PROBE_BATCH = 8  # images in the step timed for the study's estimate (a batch costs less per image)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Thresholding the images into silhouettes ...")
@@ -78,23 +77,19 @@ def _speed_key(hs: Settings, alone: bool = False):
     return (hs.dataset_key, hs.engine.machine, "seconds-per-step", "alone" if alone else "per image in a batch")
 
 
-def _probe_k(ks):
-    numbers = [k for k in ks if isinstance(k, int)]
-    return numbers[len(numbers) // 2] if numbers else 5
-
-
 def estimate(hs: Settings, n_seeds: int, ks, steps: int) -> float:
-    """Seconds the study would take: per step and image on the warm engine, times seeds, steps and
-    settings, plus building each k's key tables. Measured once per training set and machine (one
-    batch step timed cold and warm), then taken from the studies that ran. IS costs next to nothing."""
-    def probe():
-        batch = min(n_seeds, PROBE_BATCH)
-        with engine_use(hs.engine):
-            cold, warm = step_seconds(hs.engine, batch, _probe_k(ks), label=hs.spec.label)
-        return {"per_image_step": warm / batch, "per_k": max(cold - warm, 0.0)}
+    """Seconds the study would take: each k's run of all the seeds as one batch (finger_study), from
+    the work it implies at the pace of the runs so far (runs.Estimator), then IS's reference row."""
+    from .cache import _estimator
 
-    speed = runs_cache().fetch(_speed_key(hs), probe)
-    return speed["per_image_step"] * n_seeds * (steps - 1) * len(ks) + speed["per_k"] * len(ks)
+    est, ideal = _estimator(), replace(hs.spec, machine="is")
+    specs = [replace(hs.spec, k=tuple(k) if isinstance(k, list) else k, steps=steps, size=None) for k in ks]
+    total = 0.0
+    for machine, runs in ((hs.engine.machine, specs), ("is", [replace(ideal, steps=steps)])):
+        work = workload(hs.engine, hs.dataset_key, machine, None, hs.spec.label, hs.train.name, batch=n_seeds)
+        total += est.seconds(work, [k for r in runs for k in run_ks(r)], [t for r in runs for t in run_ts(r)],
+                             hs.engine if machine == hs.engine.machine else None)
+    return total
 
 
 def _study_key(hs: Settings, seeds, ks, steps: int):
@@ -149,16 +144,16 @@ def _birth_key(result, k_fix, bisect: bool):
 
 
 def birth_seconds(hs: Settings, steps: int, k_fix: int, bisect: bool) -> float:
-    """About how long the branch test takes: a branch from step s runs s steps of one image; all steps,
-    or a binary search (about log2(steps) branches, from half the steps on average)."""
-    def probe():
-        with engine_use(hs.engine):
-            return step_seconds(hs.engine, 1, k_fix, label=hs.spec.label)[0]
+    """About how long the branch test takes: a branch from step s runs steps s .. 1 of one image at
+    k_fix; every step, or a binary search (from the first and the last step, then about log2(steps)
+    branches, from half the steps on average). From the work at the pace of the runs so far."""
+    from .cache import _estimator
 
-    per = runs_cache().fetch(_speed_key(hs, alone=True), probe)
     n = steps - 1
-    work = (n + 1 + math.ceil(math.log2(max(n, 2))) * n / 2) if bisect else n * (n + 1) / 2
-    return per * work
+    starts = [n, 1, *[max(1, n // 2)] * math.ceil(math.log2(max(n, 2)))] if bisect else list(range(n, 0, -1))
+    ts = [i / steps for s in starts for i in range(s, 0, -1)]
+    work = workload(hs.engine, hs.dataset_key, hs.engine.machine, None, hs.spec.label, hs.train.name)
+    return _estimator().seconds(work, [k_fix] * len(ts), ts, hs.engine)
 
 
 def cached_birth(result, k_fix, bisect: bool):
