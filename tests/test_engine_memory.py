@@ -146,3 +146,18 @@ def test_caches_of_one_budget_stay_consistent_under_threads():
     finally:
         sys.setswitchinterval(old)
     assert budget.bytes == sum(sum(size for _, size, _ in c._items.values()) for c in caches) <= 6_000
+
+
+def test_a_keyset_counts_what_it_holds_against_the_cache():
+    """A cached KeySet weighs its tensors (it once counted as 64 bytes, outside any budget)."""
+    from elsviz.engine.cache import Cache
+    from elsviz.engine.keyset import KeySet
+    from elsviz.engine.ties import distinct_keys, window_hash
+
+    imgs = torch.rand(20, 1, 8, 8).round()
+    rep, count = distinct_keys(window_hash(imgs, 3).flatten(1), torch.arange(64), 64)
+    ks = KeySet.build(imgs, rep, count, 3)
+    held = sum(v.numel() * v.element_size() for v in (ks.keys_t, ks.values, ks.rep, ks.logc, ks.centres, ks.basis,
+                                                       ks.bound_t))
+    assert held <= Cache._size(ks) <= held + 64 * 8  # (each field that is not a tensor: 64 bytes)
+    assert held > 10_000

@@ -1,6 +1,7 @@
 """A byte-bounded LRU cache whose budget several caches share (key tables, KeySets, hashes)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import weakref
@@ -58,6 +59,8 @@ class Cache:
             return sum(Cache._size(v) for v in value)
         if isinstance(value, dict):
             return sum(Cache._size(v) for v in value.values())
+        if dataclasses.is_dataclass(value):  # a KeySet, a Plan: what their fields hold
+            return sum(Cache._size(getattr(value, f.name)) for f in dataclasses.fields(value))
         return 64
 
     def _next_tick(self) -> int:
