@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from elsviz import ElsvizError, Engine, agreement, calibrate, load_dataset, load_network, r2, sample
-from elsviz.analysis import compare
+from elsviz import compare
 from elsviz.cli.commands import main
 from elsviz.analysis.compare import calibration, noise
 from elsviz.networks import read_config, save_schedule, train_network
