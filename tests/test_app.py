@@ -165,7 +165,7 @@ def test_a_page_keeps_its_places_whether_its_run_computes_or_comes_from_the_cach
 def shown_from_the_neighbours(at: AppTest) -> None:
     """After a run at k = 5: k = 3, 7, 9 and 1 were computed in the background, and the slider moved
     to 7 shows that run from the cache, not run again."""
-    from elsviz.ui.cache import runs_cache, _worker
+    from elsviz.ui.runs import runs_cache, _worker
 
     assert _worker().idle(timeout=300)
     s = at.session_state["_settings"]
@@ -183,7 +183,7 @@ def test_live_k_computes_the_neighbouring_k_in_the_background():
     import threading
 
     from elsviz.app.worker import Job
-    from elsviz.ui.cache import _worker
+    from elsviz.ui.runs import _worker
 
     at = ok(app(seed=515151))
     s = at.session_state["_settings"]
@@ -216,7 +216,7 @@ def test_one_sessions_new_settings_leave_another_sessions_neighbours_alone():
     import threading
 
     from elsviz.app.worker import Job
-    from elsviz.ui.cache import _worker
+    from elsviz.ui.runs import _worker
 
     first, second = ok(app(seed=525252)), ok(app(seed=535353))
     assert _worker().idle(timeout=120)
@@ -307,9 +307,9 @@ def test_a_long_run_says_how_long_and_offers_a_subset():
     """A run estimated above a few seconds asks first, whatever the set, and offers a subset of a sensible
     size that runs without asking; a short run (the digits) does not ask; a confirmed run runs."""
     from elsviz.runs import Estimator
-    from elsviz.ui.cache import _estimator, _worker
+    from elsviz.ui.runs import estimator, _worker
 
-    est = _estimator()
+    est = estimator()
     saved = dict(est.__dict__)
 
     def slow():  # pretend the machine is busy: every run takes 20x its cost, until runs say otherwise

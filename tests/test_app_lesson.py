@@ -106,7 +106,7 @@ def test_seven_sections_in_order_each_with_a_large_picture(media):
 def lesson_run(at: AppTest, machine: str, k):
     """The lesson's run of this machine and k, from the app's run cache (the one the page drew)."""
     from elsviz.app.runs import RunSpec
-    from elsviz.ui.cache import runs_cache
+    from elsviz.ui.runs import runs_cache
 
     s = at.session_state["_settings"]
     return runs_cache().get((s.dataset_key, RunSpec(machine=machine, k=k, steps=s.spec.steps, seed=s.spec.seed)))

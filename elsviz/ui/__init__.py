@@ -3,7 +3,7 @@
 Only this subpackage (and app.py, pages/) may import streamlit; the core of elsviz never does.
 Pages stay thin: read the settings, fetch a run, draw figures from elsviz.figures.
 """
-from .cache import (branch_run, derived, derived_later, engine_use, estimate_seconds, explain, main_result,
+from .runs import (branch_run, derived, derived_later, engine_use, estimate_seconds, explain, main_result,
                     previous_result, spec_run, start_live_k, status_slot)
 from .draw import show
 from .nav import navigation

@@ -2,7 +2,7 @@
 into silhouettes when it is not, checked to hold hands), the study with a time estimate and a
 progress bar, the chosen hand's run and its branch test, all cached.
 
-The single runs go through the app's run cache (ui.cache.spec_run), keyed by the hands' dataset
+The single runs go through the app's run cache (ui.runs.spec_run), keyed by the hands' dataset
 key, so a hand opened here is the run the other pages show for that seed and k.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..analysis.fingers import DEFAULT_STUDY, finger_birth, finger_study
 from ..app.fingers import STUDY_STEPS, Studied, hand_check, hand_record, silhouette_problem, silhouettes  # noqa: F401 (STUDY_STEPS: the page reads it here)
 from ..app.runs import run_ks, run_ts, workload
 from . import data
-from .cache import runs_cache, engine_use, spec_run
+from .runs import runs_cache, engine_use, spec_run
 from .sidebar import Settings, choose_dataset
 
 
@@ -80,9 +80,9 @@ def _speed_key(hs: Settings, alone: bool = False):
 def estimate(hs: Settings, n_seeds: int, ks, steps: int) -> float:
     """Seconds the study would take: each k's run of all the seeds as one batch (finger_study), from
     the work it implies at the pace of the runs so far (runs.Estimator), then IS's reference row."""
-    from .cache import _estimator
+    from .runs import estimator
 
-    est, ideal = _estimator(), replace(hs.spec, machine="is")
+    est, ideal = estimator(), replace(hs.spec, machine="is")
     specs = [replace(hs.spec, k=tuple(k) if isinstance(k, list) else k, steps=steps, size=None) for k in ks]
     total = 0.0
     for machine, runs in ((hs.engine.machine, specs), ("is", [replace(ideal, steps=steps)])):
@@ -147,13 +147,13 @@ def birth_seconds(hs: Settings, steps: int, k_fix: int, bisect: bool) -> float:
     """About how long the branch test takes: a branch from step s runs steps s .. 1 of one image at
     k_fix; every step, or a binary search (from the first and the last step, then about log2(steps)
     branches, from half the steps on average). From the work at the pace of the runs so far."""
-    from .cache import _estimator
+    from .runs import estimator
 
     n = steps - 1
     starts = [n, 1, *[max(1, n // 2)] * math.ceil(math.log2(max(n, 2)))] if bisect else list(range(n, 0, -1))
     ts = [i / steps for s in starts for i in range(s, 0, -1)]
     work = workload(hs.engine, hs.dataset_key, hs.engine.machine, None, hs.spec.label, hs.train.name)
-    return _estimator().seconds(work, [k_fix] * len(ts), ts, hs.engine)
+    return estimator().seconds(work, [k_fix] * len(ts), ts, hs.engine)
 
 
 def cached_birth(result, k_fix, bisect: bool):

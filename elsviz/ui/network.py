@@ -2,7 +2,7 @@
 training and calibrating them with a progress bar, and their runs (cached beside the machines').
 
 A network's runs are cached per (checkpoint, weights, seed, steps); the machines' runs go through
-ui.cache.spec_run, so the same bbELS run is shared with the other pages.
+ui.runs.spec_run, so the same bbELS run is shared with the other pages.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ..machines import k_limit
 from ..schedule import PRESET_NOTES, PRESETS
 from ..sampling import sample
 from . import data
-from .cache import runs_cache, engine_use, estimate_seconds, spec_run
+from .runs import runs_cache, engine_use, estimate_seconds, spec_run
 from .links import CALIBRATED, SCHEDULE_MODES, SIDEBAR  # noqa: F401 (the page reads them here)
 from .sidebar import PRESET, Settings
 

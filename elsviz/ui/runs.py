@@ -1,4 +1,4 @@
-"""Runs for the pages: cached per parameter set, with a progress bar while they compute.
+"""Runs for the pages (the Streamlit side of elsviz.app.runs): cached per parameter set, with a progress bar while they compute.
 
 A run that fails (a k the machine refuses, say) shows its message and the last good result stays
 on the page. A run estimated above a few seconds (runs.needs_confirmation) says how long first and
@@ -41,7 +41,7 @@ def runs_cache() -> RunCache:
 
 
 @st.cache_resource(show_spinner=False)
-def _estimator() -> Estimator:
+def estimator() -> Estimator:
     return Estimator()
 
 
@@ -85,7 +85,7 @@ def _timed_run(engine, work, go, clock: StepClock):
     try:
         out = go(clock)
     finally:
-        _estimator().record(work, clock.steps, engine)
+        estimator().record(work, clock.steps, engine)
     return out, clock.elapsed
 
 
@@ -119,7 +119,7 @@ def _progress(what: str, plan: list[float], slot):
 def _run_with_progress(engine, work, ks, ts, what, go, slot):
     """go(callback) in the foreground with a progress bar in slot that says how long is left;
     (out, seconds). ks, ts: the k and t of each step it runs."""
-    bar, show = _progress(what, _estimator().step_plan(work, ks, ts, engine), slot)
+    bar, show = _progress(what, estimator().step_plan(work, ks, ts, engine), slot)
     try:
         with engine_use(engine):  # (the clock starts once the engine is free: a background step may end first)
             clock = StepClock(lambda frame: show(frame, clock.elapsed))
@@ -154,7 +154,7 @@ def _seconds(settings, specs, engine, batch: int = 1) -> float:
         return 0.0
     ks = [k for spec in specs for k in run_ks(spec)]
     ts = [t for spec in specs for t in run_ts(spec)]
-    return _estimator().seconds(_workload(settings, specs[0], engine, batch), ks, ts, engine)
+    return estimator().seconds(_workload(settings, specs[0], engine, batch), ks, ts, engine)
 
 
 def estimate(settings, spec: RunSpec) -> float:
@@ -165,7 +165,7 @@ def estimate(settings, spec: RunSpec) -> float:
 def _subset(settings, spec: RunSpec, engine, target_s: float) -> tuple[int, float] | None:
     """(images, seconds): the random subset of the settings' set to offer instead of spec's run
     (runs.subset_offer, sized for about target_s), with the estimate of spec on it; or None."""
-    n, est = len(settings.train), _estimator()
+    n, est = len(settings.train), estimator()
     ks, ts = run_ks(spec), run_ts(spec)
     keys = _n_keys(settings.train, spec.label)
 
@@ -208,7 +208,7 @@ def spec_run(settings, spec: RunSpec | None = None, *, what: str | None = None, 
         n = len(settings.train)
         box = slot.container()
         box.warning(f"{what} on {n:,} training images will take about {duration(seconds)} on this machine "
-                    f"({BASIS[_estimator().basis(work)]}).")
+                    f"({BASIS[estimator().basis(work)]}).")
         cols = box.columns(2)
         cols[0].button(f"Run it anyway (about {duration(seconds)})", key=f"go_{hash(key)}",
                        on_click=confirmed.add, args=(key,))
