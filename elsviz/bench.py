@@ -12,10 +12,10 @@ loaded beside this one in the same process, trajectories alternated) and prints 
 absolute times on shared machines drift, alternation puts both under the same load.
 --naive adds the naive dense formulation on digits. Prints a table; --json FILE writes the numbers.
 
---estimates: what elsviz.runs.Estimator says a run will take, against what it takes (ESTIMATE_CASES: the
+--estimates: what elsviz.app.runs.Estimator says a run will take, against what it takes (ESTIMATE_CASES: the
 digits, hands and photos, every machine, cold and warm, one thread), the ratio per run; --record FILE
 writes the timings (tests/estimate_timings.json, which tests/test_estimates.py checks the estimates
-against); --fit FILE fits elsviz.runs.COSTS to such a file. docs/BENCHMARKS.md, "Estimates".
+against); --fit FILE fits elsviz.app.runs.COSTS to such a file. docs/BENCHMARKS.md, "Estimates".
 """
 from __future__ import annotations
 
@@ -231,11 +231,11 @@ def main(argv=None) -> int:
                         "the Triton kernel on CUDA), torch, triton")
     p.add_argument("--estimates", action="store_true",
                    help="time runs of ESTIMATE_CASES (a cold run, then --runs warm ones, one thread) and print the "
-                        "estimate of elsviz.runs.Estimator against each: the ratio estimate / CPU time, and the app's "
+                        "estimate of elsviz.app.runs.Estimator against each: the ratio estimate / CPU time, and the app's "
                         "estimate (at the pace of the cases before) against the wall-clock time")
     p.add_argument("--record", default=None, metavar="FILE", help="with --estimates: write the timings (the table "
                                                                     "tests/test_estimates.py checks the estimates against)")
-    p.add_argument("--fit", default=None, metavar="FILE", help="fit the CPU's COSTS of elsviz.runs to the steps of a "
+    p.add_argument("--fit", default=None, metavar="FILE", help="fit the CPU's COSTS of elsviz.app.runs to the steps of a "
                                                                  "recorded FILE and print them")
     p.add_argument("--cases", default=None, help="with --estimates: only the cases whose name contains one of these "
                                                  "(comma-separated), e.g. photos,hands/bbels or held-out")
@@ -320,7 +320,7 @@ def _study(ns) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Estimates: what elsviz.runs.Estimator says a run takes, against what it takes
+# Estimates: what elsviz.app.runs.Estimator says a run takes, against what it takes
 # ----------------------------------------------------------------------------------------------
 ESTIMATE_CASES = [  # the sets' sizes: digits 1,797 x 16x16, hands 1,000 x 32x32, photos 2,000 x 3 x 32x32
     *({"set": "digits", "machine": m, "k": k} for m, k in [("bbels", "mnist-resnet"), ("bbels", 3), ("bbels", 9),
@@ -398,9 +398,9 @@ def _estimate_child(ns) -> None:
 def case_costs(entry: dict, estimator=None) -> list[list[float]]:
     """The cost of each step (seconds at a pace of 1: one thread of the CPU the COSTS were measured on)
     of each run of a recorded case ({"case", "cache_bytes", "runs"}), the runs in order, the first on a
-    fresh engine: what elsviz.runs.Estimator says of them before they run."""
+    fresh engine: what elsviz.app.runs.Estimator says of them before they run."""
     import elsviz
-    from elsviz.runs import Estimator, workload
+    from elsviz.app.runs import Estimator, workload
 
     est, case = estimator or Estimator(), entry["case"]
     engine = elsviz.Engine(_case_set(case), case["machine"], "cpu")
@@ -414,7 +414,7 @@ def case_costs(entry: dict, estimator=None) -> list[list[float]]:
 def estimates(ns) -> int:
     """--estimates: each case in a fresh process, the estimate against the run; prints a table, and
     with --record writes the timings."""
-    from elsviz.runs import Estimator, Workload
+    from elsviz.app.runs import Estimator, Workload
 
     def named(c):
         return case_name(c) + (" held-out" if c.get("held_out") else "")
@@ -460,7 +460,7 @@ def fit_costs(recorded: dict) -> dict:
     import numpy as np
     from scipy.optimize import nnls
 
-    from elsviz.runs import COSTS, Estimator
+    from elsviz.app.runs import COSTS, Estimator
 
     names = list(COSTS["cpu"])
     rows, times = [], []

@@ -306,7 +306,7 @@ def test_a_missing_path_shows_a_message_and_keeps_the_set():
 def test_a_long_run_says_how_long_and_offers_a_subset():
     """A run estimated above a few seconds asks first, whatever the set, and offers a subset of a sensible
     size that runs without asking; a short run (the digits) does not ask; a confirmed run runs."""
-    from elsviz.runs import Estimator
+    from elsviz.app.runs import Estimator
     from elsviz.ui.runs import estimator, _worker
 
     est = estimator()

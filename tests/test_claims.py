@@ -219,6 +219,8 @@ def amount_is_true(words: str, x: float) -> bool:
         return 0 < x < 0.001
     if words == "over 0.99":
         return 0.99 < x < 1 - 1e-6
+    if words == "just over 1":
+        return 1 + 1e-6 < x < 1.005
     value = float(words)
     return value not in (0.0, 1.0) and abs(value - x) <= 0.5 * 10 ** -(len(words.split(".")[1])) + 1e-12
 

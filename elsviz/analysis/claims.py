@@ -98,6 +98,8 @@ def amount(x: float) -> str:
         return "1"
     if 0.995 <= x < 1:
         return "over 0.99"
+    if 1 < x < 1.005:  # (distances go past 1): '1.00' would read as exactly 1
+        return "just over 1"
     return f"{x:.3f}" if x < 0.1 else f"{x:.2f}"
 
 
