@@ -192,13 +192,13 @@ def test_the_subset_offered_is_sized_for_the_target_and_round():
 def test_where_k_cannot_be_live_the_page_says_so_and_offers_a_subset(monkeypatch):
     """The note under the picture, when a run at the next k is estimated above LIVE_MAX_S (here: set so low
     that the digits are such a set), and its button to a subset; none where k is live."""
-    from elsviz.ui import cache
+    import elsviz.ui.runs as cache
 
-    digits = ok(app(limit=0, steps=3, seed=515151))
+    digits = ok(app(limit=0, steps=3, seed=515151, dataset="digits"))
     assert not any("not live" in i.value for i in digits.info)
     monkeypatch.setattr(cache, "LIVE_MAX_S", 0.01)
     monkeypatch.setattr(cache, "LIVE_TARGET_S", 0.01)
-    at = ok(app(limit=0, steps=3, seed=515151))
+    at = ok(app(limit=0, steps=3, seed=515151, dataset="digits"))
     note = " ".join(i.value for i in at.info)
     assert "k is not live here" in note and "1,797 images of 16x16" in note and "CUDA GPU" in note
     live = [b for b in at.button if "Make k live" in b.label]
