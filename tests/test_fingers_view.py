@@ -143,13 +143,6 @@ def test_the_study_takes_odd_ks_and_schedule_names_and_says_what_is_wrong_with_o
         parse_ks("33", "els", (32, 32))
 
 
-def test_step_seconds_times_a_cold_and_a_warm_step(hands):
-    from elsviz import Engine
-    from elsviz.app.fingers import step_seconds
-
-    cold, warm = step_seconds(Engine(hands, machine="bbels", device="cpu"), 2, 5)
-    assert cold > 0 and warm > 0
-
 
 def test_the_hand_check_says_whether_it_counted_all_or_a_sample():
     hands = load_dataset("hands", n=600)  # more than CHECK_ALL: a sample

@@ -9,7 +9,6 @@ Vocabulary as in elsviz.analysis.provenance: a pixel is *attributed* when one ke
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -406,17 +405,3 @@ class Studied:
 def _and(items) -> str:
     items = [str(i) for i in items]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-# -- how long ------------------------------------------------------------------------------------
-def step_seconds(engine, batch: int, k, *, label: int | None = None) -> tuple[float, float]:
-    """(cold, warm): seconds of one reverse step for a batch of `batch` images, the first time (the
-    engine builds its key tables for k) and again on the warm engine. The study's estimate."""
-    c, h, w = engine.train.shape
-    x = torch.randn((batch, c, h, w), generator=torch.Generator().manual_seed(0)).to(engine.device)
-    times = []
-    for _ in range(2):
-        start = time.perf_counter()
-        engine.denoise(x, 0.5, k, label=label)
-        times.append(time.perf_counter() - start)
-    return times[0], times[1]

@@ -39,10 +39,6 @@ PRUNE_MIN_WORK = 2**14
 KEYSET_SHARE = 2
 PIECE_SHARE = 8
 
-PATHS = ("ideal", "embedded", "pruned", "table", *THEORIES)  # a rival theory's path is its name
-KERNELS = ("torch", "cpu", "triton")
-TABLES = ("none", "cached", "pieces", "distinct")
-
 
 @dataclass(frozen=True)
 class Step:

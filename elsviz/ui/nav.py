@@ -16,11 +16,11 @@ DEFAULT = "app_pages/lesson.py"  # served at "/": a newcomer starts with the les
 LINKED = "app_pages/reverse_diffusion.py"  # was at "/" before the lesson: links from then carry only settings
 
 
-def navigation(position: str = "sidebar"):
+def navigation():
     """st.navigation over the pages. A session that opens "/" with settings in its URL but no
     `page=lesson` holds a link from before the lesson came first: it goes on to Reverse diffusion."""
     page = st.navigation([st.Page(path, title=title, icon=icon, default=path == DEFAULT)
-                          for path, title, icon in PAGES], position=position)
+                          for path, title, icon in PAGES])
     if not st.session_state.get("_landed"):
         st.session_state["_landed"] = True
         params = st.query_params.to_dict()
