@@ -964,15 +964,17 @@ def _panel_layout(n: int, tile: tuple[int, int], columns: int, *, captions: int,
 
 
 def _fit_lines(text: str, font, width: int, draw: ImageDraw.ImageDraw, most: int) -> list[str]:
-    """text wrapped to width in at most `most` lines; what does not fit ends the last line in an ellipsis."""
+    """text wrapped to width in at most `most` lines; a line (or a single word) too long for it ends in an
+    ellipsis, and so does the last line when words are left over."""
+    def cut(line: str, more: bool) -> str:
+        if not more and draw.textlength(line, font=font) <= width:
+            return line
+        while len(line) > 1 and draw.textlength(line + "…", font=font) > width:
+            line = line[:-1]
+        return line.rstrip() + "…"
+
     lines = _wrap(text, font, width, draw)
-    if len(lines) <= most and all(draw.textlength(t, font=font) <= width for t in lines):
-        return lines
-    lines = lines[:most - 1] + [" ".join(lines[most - 1:])]
-    last = lines[-1]
-    while len(last) > 1 and draw.textlength(last + "…", font=font) > width:
-        last = last[:-1]
-    return lines[:-1] + [last.rstrip() + "…"]
+    return [cut(line, n == most - 1 and len(lines) > most) for n, line in enumerate(lines[:most])]
 
 
 def panels(tiles, titles: list[str], captions: list[str] | None = None, *, columns: int = 5, gap: int = 10,

@@ -99,19 +99,22 @@ class TheoryRun:
     """One seed through the network and the machines: the network's run, each machine's own run and its
     posterior means on the network's x_t, with the scores of both modes.
 
-    runs: machine -> Trajectory from the same noise as network; means_on_network: machine -> {step: mean};
-    ks: machine -> k[0..steps-1] it used (None where it has no window)."""
+    runs: machine -> Trajectory from the same noise as network; means_on_network: machine -> {step: mean}."""
 
     network: object  # Trajectory of the network
     runs: dict
     means_on_network: dict
-    ks: dict = field(default_factory=dict)
     network_name: str = "network"
     _curves: dict = field(default_factory=dict, repr=False)
 
     @property
     def machines(self) -> list[str]:
         return list(self.runs)
+
+    @property
+    def ks(self) -> dict:
+        """machine -> k[0..steps-1] it used, None for a machine without a window."""
+        return {m: list(t.ks) if BY_KEY[m].local else None for m, t in self.runs.items()}
 
     @property
     def seed(self):
@@ -143,12 +146,12 @@ class TheoryRun:
 
     def table(self) -> list[dict]:
         """One row per machine and step: agreement and r^2 in both modes (NaN where a picture is constant)."""
-        rows = []
+        rows, ks = [], self.ks
         for m in self.machines:
             cols = {(mode, metric): dict(self.curve(m, mode, metric)) for mode in MODES for metric in METRICS}
             for i, _ in self.curve(m):
                 row = {"machine": m, "name": MACHINE_NAMES[m], "step": i, "t": round(i / self.steps, 4),
-                       "k": None if self.ks.get(m) is None else self.ks[m][i]}
+                       "k": None if ks[m] is None else ks[m][i]}
                 for (mode, metric), vals in cols.items():
                     row[f"{metric}_{mode}"] = round(vals.get(i, math.nan), 6)
                 rows.append(row)
@@ -162,7 +165,7 @@ class TheoryRun:
             "final": {m: {metric: self.final(m, metric) for metric in METRICS} for m in self.machines},
             "curves": {m: {mode: {metric: [[i, v] for i, v in self.curve(m, mode, metric)] for metric in METRICS}
                            for mode in MODES} for m in self.machines},
-            "k": {m: None if ks is None else ks for m, ks in self.ks.items()},
+            "k": self.ks,
         }
 
 

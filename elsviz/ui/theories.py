@@ -209,7 +209,7 @@ def theory_run(v: View, machines: list[str], seed: int, *, ask: bool = True) -> 
         return None
     with box:
         net_run = nets.network_run(v.net, seed, s.spec.steps)
-        runs, means, ks = {}, {}, {}
+        runs, means = {}, {}
         for m, spec in specs.items():
             what = f"{MACHINE_NAMES[m]} ({list(specs).index(m) + 1} of {len(specs)})"
             if m in PAPER_MACHINES:
@@ -218,8 +218,7 @@ def theory_run(v: View, machines: list[str], seed: int, *, ask: bool = True) -> 
                 result = _theory_own(s, spec, status_slot())
             runs[m] = result.traj
             means[m] = _means_on_network(v, spec, result.engine, net_run, status_slot())
-            ks[m] = list(result.traj.ks) if m not in th.WHOLE and m != "wiener" else None
-    out = th.TheoryRun(net_run, runs, means, ks, network_name=v.label)
+    out = th.TheoryRun(net_run, runs, means, network_name=v.label)
     runs_cache().put(key, out)
     return out
 
