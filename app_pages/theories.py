@@ -12,7 +12,7 @@ from elsviz.ui import theories as ui
 from elsviz.ui.clickable import clickable_image
 from elsviz.ui.links import write_link
 
-GRID_TARGET = 112  # pixels a side of each output in the grid (ten of them in two rows of five)
+GRID_TARGET = 128  # pixels a side of each output in the grid: ten in two rows of five, 700 pixels wide
 COLUMNS = 5
 
 st.title("Theories side by side")
@@ -88,23 +88,24 @@ ss["th_col"] = min(int(ss.get("th_col", w // 2)), w - 1)
 pixel = (ss["th_row"], ss["th_col"])
 outputs = [result.network.final[0]] + [result.runs[m].final[0] for m in machines]
 
+st.subheader(f"Same noise, {len(outputs)} outputs")
+grid_pic = figures.theories_grid(outputs, titles, captions, columns=COLUMNS, target=GRID_TARGET, mark=pixel)
+clickable_image(grid_pic, key="th_click", cursor="crosshair", alt="the outputs of the network and the machines")
+st.caption(f"Each picture is one output from seed {seed}'s noise, all on one grey scale (-1 black, 1 white, beyond "
+           "clipped). Under each machine: its agreement with the network's output (1 = the same picture up to "
+           "brightness and contrast). **Click a pixel** of any picture: the red square marks it in all.")
+
+st.subheader("What each machine copied there")
 left, right = st.columns([3, 2], gap="large")
 with left:
-    st.subheader("Same noise, ten outputs")
-    grid_pic = figures.theories_grid(outputs, titles, captions, columns=COLUMNS, target=GRID_TARGET, mark=pixel)
-    clickable_image(grid_pic, key="th_click", cursor="crosshair", alt="the outputs of the network and the machines")
-    st.caption(f"Each picture is one output from seed {seed}'s noise, all on one grey scale (-1 black, 1 white, "
-               "beyond clipped). Under each machine: its agreement with the network's output (1 = the same picture "
-               "up to brightness and contrast). **Click a pixel** of any picture: the red square marks it in all.")
-with right:
-    st.subheader("What each machine copied there")
     cols = st.columns(2)
     cols[0].number_input("Pixel row", 0, h - 1, step=1, key="th_row")
     cols[1].number_input("Pixel column", 0, w - 1, step=1, key="th_col")
     sources = th.pixel_sources(result, pixel, machines)
     st.markdown(f"At pixel ({pixel[0]}, {pixel[1]}) of each output (its last step), each machine's heaviest "
                 "key:\n\n" + "\n".join(f"- {th.source_sentence(src, noun)}" for src in sources))
-    need_pc = any(not src.copies for src in sources)
+need_pc = any(not src.copies for src in sources)
+with right:
     show(figures.pixel_sources_strip(train.images, sources, component=ui.component(v) if need_pc else None,
                                      columns=3, target=96))
     st.caption(f"Each training {noun} with the key outlined in yellow (a k x k patch, or PSPC's crop) and its centre "

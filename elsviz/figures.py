@@ -1060,6 +1060,7 @@ def pixel_sources_strip(images, sources, *, component=None, columns: int = 4, ta
     image's index and the key's weight. A machine that copies nothing (wiener: image -1, weight NaN)
     gets `component` (its first principal component [C, H, W], elsviz.app.theories.principal_component)
     captioned so, or a blank tile."""
+    from .analysis.claims import amount
     from .machines import MACHINE_NAMES
 
     sources = list(sources)
@@ -1077,7 +1078,7 @@ def pixel_sources_strip(images, sources, *, component=None, columns: int = 4, ta
             continue
         tiles.append(key_in_image(images[src.image], src.pos[0], src.pos[1], src.window, target=target))
         tie = f" x{src.count}" if src.count > 1 else ""
-        caps.append(f"#{src.image}{tie}, weight {weight_text(src.weight)}")
+        caps.append(f"#{src.image}{tie}, weight {amount(src.weight)}")  # worded as the page's sentences
     return panels(tiles, titles, caps, columns=columns, caption_lines=2)
 
 

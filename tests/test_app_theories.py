@@ -63,10 +63,10 @@ def element(at: AppTest, key: str):
 
 
 def locate(pic: Image.Image, panel: int, pixel: tuple[int, int]) -> tuple[int, int]:
-    """A point of the grid picture (8x8 outputs, 14 pixels a side) where a click finds this panel and pixel."""
+    """A point of the grid picture (8x8 outputs, 16 pixels a side) where a click finds this panel and pixel."""
     return next((x, y) for y in range(0, pic.height, 3) for x in range(0, pic.width, 3)
                 if figures.theories_grid_cell({"x": x, "y": y, "width": pic.width, "height": pic.height}, 10, (8, 8),
-                                              target=112, captions=True) == (panel, pixel))
+                                              target=128, captions=True) == (panel, pixel))
 
 
 def grid_picture(at: AppTest) -> Image.Image:
