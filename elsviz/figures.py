@@ -948,6 +948,7 @@ MACHINE_RGB = {"is": "rgb(31,119,180)", "ls": "rgb(255,127,14)", "els": "rgb(44,
                "nearest": "rgb(148,103,189)", "wiener": "rgb(140,86,75)", "pca": "rgb(227,119,194)",
                "pspc": "rgb(127,127,127)", "cfdm": "rgb(188,189,34)"}
 PANEL_TITLE_LINES = 2  # a panel's title wraps to at most this many lines ("Smoothed CFDM" over a 96-pixel tile)
+PANEL_GAP = 10  # pixels between panels (and around them)
 
 
 def _panel_layout(n: int, tile: tuple[int, int], columns: int, *, captions: int, font_size: int, gap: int) -> dict:
@@ -977,7 +978,7 @@ def _fit_lines(text: str, font, width: int, draw: ImageDraw.ImageDraw, most: int
     return [cut(line, n == most - 1 and len(lines) > most) for n, line in enumerate(lines[:most])]
 
 
-def panels(tiles, titles: list[str], captions: list[str] | None = None, *, columns: int = 5, gap: int = 10,
+def panels(tiles, titles: list[str], captions: list[str] | None = None, *, columns: int = 5, gap: int = PANEL_GAP,
            font_size: int = 13, caption_lines: int = 1) -> Image.Image:
     """Pictures (PIL, from picture() or key_in_image()) in rows of `columns`, each with its title above
     (wrapped to PANEL_TITLE_LINES lines) and an optional caption under it (wrapped to caption_lines); a
@@ -1039,7 +1040,8 @@ def theories_grid_cell(click: dict | None, n: int, hw: tuple[int, int], *, colum
         return None
     h, w = hw
     s = fit_scale((h, w), target)
-    lay = _panel_layout(n, (w * s, h * s), columns, captions=int(bool(captions)), font_size=font_size, gap=10)
+    lay = _panel_layout(n, (w * s, h * s), columns, captions=int(bool(captions)), font_size=font_size,
+                        gap=PANEL_GAP)
     width, height = lay["size"]
     x = click["x"] * width / (click.get("width") or width)
     y = click["y"] * height / (click.get("height") or height)

@@ -16,7 +16,7 @@ import pytest
 
 from tests.servers import free_port, running
 from tests.test_browser import CHROMIUM, CLICKABLE, LONG, browser, no_exception, settle, shots  # noqa: F401
-from tests.test_browser_phone import OVERFLOW, PHONE, phone_page, whole
+from tests.test_browser_phone import OVERFLOW, phone_page, whole
 
 ROOT = Path(__file__).resolve().parents[1]
 # the digits (the bundled network's set) at 10 steps: the nine machines and the network in seconds on a quiet CPU

@@ -1,8 +1,8 @@
 """Theories side by side, without Streamlit: the same noise through every machine and a trained network.
 
-    view = TheoryRun(...)                       # built by elsviz/ui/theories.py from cached runs
-    view.curve("bbels", mode="network", metric="r2")   # [(step, value)] from the noisiest step to step 1
-    pixel_sources(view, (8, 8))                 # what each retrieving machine copied at one pixel
+    run = TheoryRun(network_run, runs, means)   # elsviz/ui/theories.py builds it from cached runs
+    run.curve("bbels", mode="network", metric="r2")    # [(step, value)] from the noisiest step to step 1
+    pixel_sources(run, (8, 8))                  # what each retrieving machine copied at one pixel
 
 Two ways to hold a machine against the network, step by step (the two *modes*):
 - "own": the machine's posterior mean along its own trajectory, against the network's along its
@@ -132,7 +132,7 @@ class TheoryRun:
         if key not in self._curves:
             if mode not in MODES or metric not in METRICS:
                 raise ValueError(f"mode must be one of {list(MODES)} and metric one of {list(METRICS)}")
-            score = agreement if metric == "agreement" else lambda u, v: r2(u, v)
+            score = agreement if metric == "agreement" else r2  # r2(target: the network, prediction)
             net = {f.i: f.mean.detach().cpu() for f in self.network.frames}
             mine = ({f.i: f.mean.detach().cpu() for f in self.runs[machine].frames} if mode == "own"
                     else self.means_on_network[machine])

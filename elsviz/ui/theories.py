@@ -120,18 +120,11 @@ def estimate(v: View, specs: dict[str, RunSpec]) -> float:
         else:
             one = th.theory_seconds(m, n, shape, ks, getattr(engine, "options", {}))
             total += (own + on) * one * est.pace(w)
-    if cache.get(("network", str(v.net.path), _sha(v), specs_seed(specs), specs_steps(specs), None)) is None:
+    first = next(iter(specs.values()))  # (all share the seed and the steps)
+    if cache.get(("network", str(v.net.path), _sha(v), first.seed, first.steps, None)) is None:  # nets.network_run's
         w = workload(s.engine, s.dataset_key, s.engine.machine, None, None, s.train.name)
-        total += th.network_seconds(v.net.n_parameters(), shape, specs_steps(specs)) * est.pace(w)
+        total += th.network_seconds(v.net.n_parameters(), shape, first.steps) * est.pace(w)
     return total
-
-
-def specs_seed(specs: dict) -> int:
-    return next(iter(specs.values())).seed
-
-
-def specs_steps(specs: dict) -> int:
-    return next(iter(specs.values())).steps
 
 
 def _bar(slot, what: str, total: int):
