@@ -557,7 +557,8 @@ class Comparison:
         base = self.baselines.get(self.main_network, {})
         scale = "" if not base else "; for scale, the network against " + ", ".join(
             f"{_baseline_name(b)} {median(v):.3f}" for b, v in base.items() if not math.isnan(median(v)))
-        return f"{len(self.seeds)} seeds, median agreement: " + "; ".join(parts) + beat + scale
+        n = len(self.seeds)
+        return f"{n} seed{'s' if n > 1 else ''}, median agreement: " + "; ".join(parts) + beat + scale
 
     def table(self) -> list[dict]:
         """One row per seed: seed; agreement_<net>_<machine> and r2_<net>_<machine> (the outputs); the
