@@ -38,8 +38,9 @@ MACHINE_ORDER = ("bbels", "els", "ls", "is")  # compare's default: Kamb & Gangul
 NAMES = MACHINE_NAMES  # machine key -> the name pages and tables print (elsviz.machines)
 LOCAL_MACHINES = tuple(m for m in MACHINES if BY_KEY[m].local)  # the machines with a window k (calibrate)
 MODES = {
-    "own": "each machine's own trajectory from the network's noise",
-    "network": "the machine's posterior mean at the network's own x_t, one step at a time",
+    "own": "each machine runs its own trajectory from the network's noise",
+    "network": "at every step the machine denoises the network's own x_t (one step at a time: its errors do not "
+               "compound)",
 }
 METRICS = ("agreement", "r2")
 
@@ -241,15 +242,20 @@ def _seeds(seeds) -> list[int]:
     return out
 
 
+def _words(value, what: str) -> list[str]:
+    """A string (comma-separated words) or a list of them -> the words, lower case, in order."""
+    items = [value] if isinstance(value, str) else value
+    try:
+        return [part.strip().lower() for item in items for part in str(item).split(",") if part.strip()]
+    except TypeError:
+        raise ElsvizError(f"{what}, got {value!r}.") from None
+
+
 def machine_keys(machines) -> list[str]:
     """The machines to compare, as keys in the order given, each once: "all" (or a list holding "all")
     means every machine in elsviz.machines order (is ls els bbels nearest wiener pca pspc cfdm); a string
     may list several, comma-separated ("bbels,pca"). Unknown names raise ElsvizError listing the machines."""
-    items = [machines] if isinstance(machines, str) else machines
-    try:
-        names = [part.strip().lower() for item in items for part in str(item).split(",") if part.strip()]
-    except TypeError:
-        raise ElsvizError(f"machines must be a machine key, 'all' or a list of keys, got {machines!r}.") from None
+    names = _words(machines, "machines must be a machine key, 'all' or a list of keys")
     if "all" in names:
         return list(MACHINES)
     unknown = [m for m in names if m not in BY_KEY]
@@ -261,12 +267,9 @@ def machine_keys(machines) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _modes(modes) -> list[str]:
-    items = [modes] if isinstance(modes, str) else modes
-    try:
-        names = [part.strip().lower() for item in items for part in str(item).split(",") if part.strip()]
-    except TypeError:
-        raise ElsvizError(f"modes must be 'own', 'network' or both, got {modes!r}.") from None
+def mode_keys(modes) -> list[str]:
+    """The modes to run (MODES), in MODES order: a string ("own,network") or a list; others raise ElsvizError."""
+    names = _words(modes, "modes must be 'own', 'network' or both")
     unknown = [m for m in names if m not in MODES]
     if unknown or not names:
         raise ElsvizError(f"Unknown mode {(unknown or [''])[0]!r}: give 'own' ({MODES['own']}), 'network' "
@@ -655,7 +658,7 @@ def compare(network, train=None, seeds=range(32), k=None, *, steps: int = 20, ne
 
     seeds = _seeds(seeds)
     machines = machine_keys(machines)
-    modes = _modes(modes)
+    modes = mode_keys(modes)
     options = _options(options, machines)
     engines = {m: e for m, e in (engines or {}).items() if e is not None}
     if train is None:

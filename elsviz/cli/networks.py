@@ -169,9 +169,8 @@ def _settings_help() -> str:
              help=f"the machines run against the network: keys ({', '.join(MACHINES)}), comma- or space-separated, "
                   f"or all for every one (default {' '.join(MACHINE_ORDER)})"),
          arg("--modes", default="own,network", metavar="MODES",
-             help="own: each machine runs its own trajectory from the network's noise; network: at every step the "
-                  "machine denoises the network's own x_t (one step at a time, errors do not compound); "
-                  "comma-separated (default own,network)"),
+             help="; ".join(f"{mode}: {what}" for mode, what in MODES.items())
+                  + "; comma-separated (default own,network)"),
          arg("-M", "--machine-option", action="append", metavar="MACHINE.NAME=VALUE",
              help="a machine's own setting, repeatable: " + _settings_help()),
          arg("--label", type=int, default=None, help="class label (conditional networks)"),
@@ -187,12 +186,12 @@ def _settings_help() -> str:
          *NETWORK_DATASET_ARGS)
 def _compare(args) -> int:
     from .. import export, figures
-    from ..analysis.compare import NAMES, compare, machine_keys
+    from ..analysis.compare import NAMES, compare, machine_keys, mode_keys
     from ..networks import atomic_write, load_network
 
-    machines = machine_keys(args.machines)  # refused before anything loads
+    machines, modes = machine_keys(args.machines), mode_keys(args.modes)  # refused before anything loads
     options = machine_option_pairs(args.machine_option)
-    if args.figure and "own" not in [m.strip().lower() for m in args.modes.split(",")]:
+    if args.figure and "own" not in modes:
         raise ElsvizError("--figure draws the machines' own outputs: add own to --modes, or leave --figure out.")
     net = load_network(args.network)
     train = _dataset_for(net, args)
@@ -211,7 +210,7 @@ def _compare(args) -> int:
             _say(f"{what} ...  ({time.perf_counter() - start:.0f} s)")
 
     result = compare(net, train, seeds, args.k, steps=args.steps, network_steps=args.network_steps,
-                     machines=machines, modes=args.modes, options=options, label=args.label, device=args.device,
+                     machines=machines, modes=modes, options=options, label=args.label, device=args.device,
                      progress=progress)
     for line in report_lines(result):
         _say(line)
