@@ -160,7 +160,7 @@ def test_a_machine_against_itself_agrees_at_one_both_ways(digits8):
             assert all(v == pytest.approx(1.0, abs=1e-6) for per in table[m].values() for v in per)
         assert res.r2["network"][m] == pytest.approx([1.0, 1.0], abs=1e-6)
     assert result.curve("is", "network", "r2")[-1][1] < 0.999  # another machine does not
-    with pytest.raises(ElsvizError, match="no calibrated schedule yet, and bbELS take a window k"):
+    with pytest.raises(ElsvizError, match="no calibrated schedule yet, and bbELS takes a window k"):
         compare(MachineAsNetwork(wiener), digits8, seeds=1, steps=STEPS, machines=["wiener", "bbels"])
 
 

@@ -327,7 +327,8 @@ def _schedule(network, k, steps: int, machines=("bbels",)) -> list[int]:
     if k is None or (isinstance(k, str) and k == "calibrated"):
         if getattr(network, "schedule", None) is None:
             local = [NAMES[m] for m in machines if BY_KEY[m].local]
-            raise ElsvizError(f"This network has no calibrated schedule yet, and {', '.join(local)} take a window k: "
+            raise ElsvizError(f"This network has no calibrated schedule yet, and {', '.join(local)} "
+                              f"take{'s' if len(local) == 1 else ''} a window k: "
                               "run elsviz calibrate on it, or give k (an odd int, a preset such as mnist-resnet, or a "
                               "list of k per step).")
         return resample(network.schedule, steps)
@@ -461,7 +462,7 @@ class Comparison:
 
     seeds: list[int]
     steps: int
-    schedule: list[int]  # k per step given to the machines with k (each clamped to its k_limit); [] if none ran
+    schedule: list[int]  # k per step of the machines with k (each clamped to its k_limit); [] when none needed one
     network_steps: list[int]
     outputs: dict[str, torch.Tensor]
     means: dict[str, dict[int, torch.Tensor]] = field(repr=False)
