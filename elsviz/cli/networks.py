@@ -160,8 +160,8 @@ def _settings_help() -> str:
          arg("--first-seed", type=int, default=0,
              help="the seeds are first-seed, first-seed + 1, ... (default 0; calibrate uses 1000 on)"),
          arg("--k", type=k_arg, default=None,
-             help="the schedule of the machines with a window (ls, els, bbels, pspc; each clamped to the k it "
-                  "takes): default the calibrated one; or an odd k, a preset, or k per step. Machines without "
+             help=f"the schedule of the machines with a window ({', '.join(LOCAL_MACHINES)}; each clamped to the k "
+                  "it takes): default the calibrated one; or an odd k, a preset, or k per step. Machines without "
                   "k ignore it"),
          arg("--steps", type=int, default=20, help="the machines' steps (default 20)"),
          arg("--network-steps", type=int, nargs="+", default=[20, 150], help="the network's steps (default 20 150)"),
