@@ -10,7 +10,7 @@ import torch
 
 from elsviz import Engine, figures, load_dataset, sample
 from elsviz.analysis import claims
-from elsviz.analysis.compare import agreement, noise, r2
+from elsviz.analysis.compare import agreement, noise, on_network_path, r2
 from elsviz.app import theories as th
 from elsviz.machines import MACHINE_NAMES, k_limit
 from elsviz.schedule import locality_schedule
@@ -44,7 +44,7 @@ def run(small):
     for m, spec in th.specs(th.MACHINES, "mnist-resnet", STEPS, 4, small.shape[1:]).items():
         engine = Engine(small, m, "cpu")
         runs[m] = sample(engine, seed=4, steps=STEPS, k=list(spec.schedule()))
-        means[m] = th.on_network(engine, net_run, spec.schedule())
+        means[m] = on_network_path(engine, net_run, spec.schedule())
     return th.TheoryRun(net_run, runs, means, network_name="stand-in")
 
 

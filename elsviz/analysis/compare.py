@@ -631,7 +631,7 @@ def on_network_path(engine, trajectory: Trajectory, ks=None, label: int | None =
     x_t). callback(frame) after each step."""
     out = {}
     for f in trajectory.frames:
-        out[f.i] = engine.denoise(f.x, f.t, None if ks is None else ks[f.i], label=label).mean.detach().cpu()
+        out[f.i] = engine.denoise(f.x.to(engine.device), f.t, None if ks is None else ks[f.i], label=label).mean.detach().cpu()
         if callback is not None:
             callback(f)
     return out

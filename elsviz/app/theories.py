@@ -17,7 +17,6 @@ pixel, and the lesson's three claims (linear blurs, ideal memorises, local creat
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -81,17 +80,6 @@ def network_for(configs: dict, name: str, shape) -> str | None:
              and tuple(cfg.get("dataset", {}).get("shape", ())) == tuple(shape)]
     found.sort(key=lambda label: configs[label].get("arch") != "resnet")
     return found[0] if found else None
-
-
-def on_network(engine, network_run, ks: list[int], label=None, callback: Callable | None = None) -> dict:
-    """{step: posterior mean [B, C, H, W]} of the engine's machine on the network's own x_t at every
-    step of network_run (mode "network"); ks: k[0..steps-1]. callback(frame of the network) after each."""
-    out = {}
-    for f in network_run.frames:
-        out[f.i] = engine.denoise(f.x.to(engine.device), f.t, ks[f.i], label=label).mean.detach().cpu()
-        if callback is not None:
-            callback(f)
-    return out
 
 
 @dataclass

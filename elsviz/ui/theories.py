@@ -15,6 +15,7 @@ import torch
 
 from .. import export, figures
 from ..analysis import claims
+from ..analysis.compare import on_network_path
 from ..analysis.lesson import LESSON_K
 from ..app import theories as th
 from ..app.runs import Result, RunSpec, StepClock, left_text, needs_confirmation, run, run_ks, run_ts, workload
@@ -171,7 +172,7 @@ def _means_on_network(v: View, spec: RunSpec, engine, net_run, slot) -> dict:
     try:
         with engine_use(engine):
             clock = StepClock(lambda frame: tick(frame, clock.elapsed))
-            means = th.on_network(engine, net_run, ks, callback=clock)
+            means = on_network_path(engine, net_run, ks, callback=clock)
     finally:
         bar.empty()
     if spec.machine in PAPER_MACHINES:  # the same work as a run of these steps: it teaches the pace too
