@@ -1,4 +1,5 @@
-"""The fused Triton kernel (elsviz/triton_kernel.py) on the CPU, under Triton's interpreter.
+"""The fused Triton kernel (elsviz/kernels/triton.py) reading key tables, on the CPU under Triton's
+interpreter (the same kernel gathering windows from the images: tests/test_triton_gather.py).
 
 TRITON_INTERPRET=1 runs a kernel's program instances one after another in numpy on CPU tensors, so
 the kernel's arithmetic (tiles, masks, the online max and rescaling, key splits, ties) is tested
@@ -252,8 +253,9 @@ from elsviz.kernels import triton as tk
 
 tk.tl = triton.language  # what tk._kernel() binds
 stats, table = JITFunction(tk._local_stats_kernel), JITFunction(tk._table_kernel)
-builds = [(stats, dict(C=c, HAS_LOGC=has_logc, PREC=tk.PRECISION, BR=tk.BLOCK_R, BK=tk.BLOCK_K, BD=tk.BLOCK_D, ONE_D=one_d),
-           tk.NUM_WARPS) for c, has_logc, one_d in json.loads(sys.argv[1])]
+builds = [(stats, dict(C=c, HAS_LOGC=has_logc, PREC=tk.PRECISION, BR=tk.BLOCK_R, BK=tk.BLOCK_K, BD=tk.BLOCK_D, ONE_D=one_d,
+                       GATHER=gather, LISTED=listed), tk.NUM_WARPS)
+          for c, has_logc, one_d, gather, listed in json.loads(sys.argv[1])]
 builds += [(table, dict(C=c, LISTED=listed, BK=64, BD=16), 4) for c, listed in json.loads(sys.argv[2])]
 out = []
 for fn, consts, warps in builds:
@@ -269,7 +271,10 @@ for fn, consts, warps in builds:
     out.append({"bytes": len(kernel.asm["cubin"]), "regs": int(fields["REG"]), "stack": int(fields["STACK"])})
 print(json.dumps(out))
 """
-VARIANTS = [(1, False, False), (1, False, True), (3, True, False)]  # C, HAS_LOGC, ONE_D
+VARIANTS = [  # C, HAS_LOGC, ONE_D, GATHER, LISTED: from tables, then windows gathered (every key, or listed ids)
+    (1, False, False, False, False), (1, False, True, False, False), (3, True, False, False, False),
+    (1, False, True, True, False), (1, False, False, True, False), (3, True, False, True, True),
+]
 TABLE_VARIANTS = [(1, False), (1, True), (3, True)]  # the table kernel: C, LISTED
 
 
@@ -297,7 +302,7 @@ def test_compiles_for_an_h100_without_spilling_registers():
     assert len(results) == len(VARIANTS) + len(TABLE_VARIANTS)
     for variant, res in zip(VARIANTS + TABLE_VARIANTS, results):
         assert res["bytes"] > 0 and res["regs"] <= 255
-        assert res["stack"] == 0, f"C, logc, one piece = {variant}: {res['regs']} registers, {res['stack']} bytes spilled"
+        assert res["stack"] == 0, f"{variant}: {res['regs']} registers, {res['stack']} bytes spilled"
 
 
 # -- the Engine with ELSVIZ_KERNEL=triton ----------------------------------------------------------
@@ -308,7 +313,11 @@ ONCE = pytest.mark.parametrize("make_pair", ["kernel"], indirect=True)
 
 @pytest.fixture
 def kernel_engine(interpret, monkeypatch, make_pair):
-    """make_pair for engines with the kernel on; counts the kernel's calls."""
+    """make_pair for engines with the kernel on, reading key tables (plan.GATHER off); counts the
+    kernel's calls."""
+    from elsviz.engine import plan
+
+    monkeypatch.setattr(plan, "GATHER", False)
     monkeypatch.setenv("ELSVIZ_KERNEL", "triton")
     calls = {"n": 0}
     real = interpret.local_stats
@@ -483,8 +492,10 @@ def test_cuda_kernel_ties_and_large_logits(compiled):
 def test_cuda_engine_with_the_kernel_matches_the_reference(compiled, monkeypatch, make_pair, case, t):
     from types import SimpleNamespace
 
+    from elsviz.engine import plan
     from tests.test_engine_exact import FIELDS
 
+    monkeypatch.setattr(plan, "GATHER", False)  # key tables (the gather: tests/test_triton_gather.py)
     monkeypatch.setenv("ELSVIZ_KERNEL", "triton")
     calls = {"n": 0}
     real = compiled.local_stats
