@@ -90,10 +90,13 @@ def test_the_layout_holds_the_padded_images_and_every_windows_squares(c, k):
     (3, 1, 7, 5, 5),  # a larger window (D = 25: two pieces of 16 entries)
     (6, 3, 5, 6, 1),  # k = 1: one entry per channel
     (2, 3, 7, 7, 5),  # colour, D = 75
+    (20, 1, 5, 6, 3),  # more images than keys in a tile: a tile spans at most two positions
+    (16, 3, 4, 5, 3),  # exactly a tile of images per position
 ])
 def test_dense_keys_match_the_contract(interpret, n, c, h, w, k):
     """Every image at each position of pos, groups of different positions (corners and borders,
-    where the window reaches into the zero padding: bbELS's and LS's keys), against torch's gathers."""
+    where the window reaches into the zero padding: bbELS's and LS's keys), against torch's gathers;
+    fewer images than keys in a tile (a tile spans several positions) and more."""
     imgs, q = grid_problem(n, c, h, w, k, rows=19, groups=2, seed=n + k)
     hw = h * w
     pos = torch.tensor([[0, w - 1, hw - 1, w + 1], [hw // 2, 1, hw - w, 2 * w + 2]])

@@ -254,12 +254,12 @@ from elsviz.kernels import triton as tk
 tk.tl = triton.language  # what tk._kernel() binds
 stats, table = JITFunction(tk._local_stats_kernel), JITFunction(tk._table_kernel)
 builds = [(stats, dict(C=c, HAS_LOGC=has_logc, PREC=tk.PRECISION, BR=tk.BLOCK_R, BK=tk.BLOCK_K, BD=tk.BLOCK_D, ONE_D=one_d,
-                       GATHER=gather, LISTED=listed), tk.NUM_WARPS)
+                       GATHER=gather, LISTED=listed, WRAPS=False), tk.NUM_WARPS)
           for c, has_logc, one_d, gather, listed in json.loads(sys.argv[1])]
 builds += [(table, dict(C=c, LISTED=listed, BK=64, BD=16), 4) for c, listed in json.loads(sys.argv[2])]
 out = []
 for fn, consts, warps in builds:
-    sig = {n: "constexpr" if n in consts else ("*i64" if n in ("arg_ptr", "pos_ptr", "ids_ptr") else "*fp32")
+    sig = {n: "constexpr" if n in consts else ("*i64" if n in ("arg_ptr", "pos_ptr", "ids_ptr", "top_ptr", "off_ptr") else "*fp32")
            if n.endswith("_ptr") else "i32" for n in fn.arg_names}
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": warps, "enable_fp_fusion": True})

@@ -66,19 +66,20 @@ def _local_stats_kernel(
     # One program: BR query rows of group g against the keys of one split, BK keys at a time.
     # Per tile: logits by tl.dot over D in pieces of BD, the tile's max and first argmax, the
     # running statistics rescaled by exp(m_old - m_new) (flash attention's online softmax).
-    # GATHER: the keys' windows are read from the images [H + 2d, W + 2d, C, N] (k_ptr) instead of
-    # a key table: key j is image j % N at position pos[g, j // N] (or, LISTED, the key id ids[j] =
-    # image * HW + position), its window's entry (channel, dy, dx) lies at
-    # ((y + dy) * WP + x + dx) * C * N + channel * N + n, |K|^2 comes from sq [HW, N] and the centre
-    # is the window's middle entry; D is then the window's entries and column D of q holds c2.
-    q_ptr, k_ptr, v_ptr, lc_ptr, pos_ptr, ids_ptr, sq_ptr,  # inputs
+    # GATHER: the keys' windows are read from the images (k_ptr, gather_stats' layout) instead of
+    # a key table: key j is image n = j % N at the class's position s = j // N, whose window starts
+    # at top[g, s] + n, its |K|^2 at sq[pos[g, s] * N + n]; LISTED: key j's window starts at
+    # top[j], its |K|^2 is sq[j]. Entry e of a window lies off[e] after its start, the centre
+    # off[CE] (channel c: c * N further). D is then the window's entries, and column D of q holds c2.
+    # Only scalars are divided (no integer division per key or entry).
+    q_ptr, k_ptr, v_ptr, lc_ptr, pos_ptr, top_ptr, sq_ptr, off_ptr,  # inputs
     m_ptr, s_ptr, acc_ptr, ent_ptr, arg_ptr,  # outputs [S, G, R] (acc [S, G, R, C])
     R, K, D, keys_per_split,
     sqg, sqr, sqd, skg, skj, skd, svg, svj, svc, slg, slj,
-    N, W, HW, KW, spg,  # GATHER: images, width, positions per image, window size, pos' group stride
+    N, CE, spg,  # GATHER: images, the centre's entry, the group stride of pos and top
     C: tl.constexpr, HAS_LOGC: tl.constexpr, PREC: tl.constexpr,
     BR: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, ONE_D: tl.constexpr,
-    GATHER: tl.constexpr, LISTED: tl.constexpr,
+    GATHER: tl.constexpr, LISTED: tl.constexpr, WRAPS: tl.constexpr,  # WRAPS: N < BK
 ):
     pid_r = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
@@ -94,9 +95,8 @@ def _local_stats_kernel(
     j_start = split * keys_per_split
     j_end = tl.minimum(j_start + keys_per_split, K)
     if GATHER:
-        wp = W + KW - 1  # the padded images' width
-        cn = C * N.to(tl.int64)  # floats per padded pixel
         q_c2 = tl.load(q_base + D * sqd, mask=row_ok[:, None], other=0.0)  # [BR, 1] c2, times |K|^2
+        centre = tl.load(off_ptr + CE)  # the centre's offset from a window's start
 
     m = tl.full([BR], -1.0e30, tl.float32)  # finite: 0 * (m_old - m_new) stays 0
     s = tl.zeros([BR], tl.float32)
@@ -108,20 +108,27 @@ def _local_stats_kernel(
     if ONE_D:
         q_one = tl.load(q_base + dd[None, :] * sqd, mask=row_ok[:, None] & (dd < D)[None, :], other=0.0)  # [BR, BD]
         if GATHER:  # the window entries' offsets, once
-            off_one = ((dd % (KW * KW)) // KW * wp + dd % KW) * cn + (dd // (KW * KW)) * N
+            off_one = tl.load(off_ptr + dd, mask=dd < D, other=0)
     for j0 in range(j_start, j_end, BK):
         jj = j0 + tl.arange(0, BK)  # [BK]
         key_ok = jj < j_end
         jj64 = jj.to(tl.int64)
         if GATHER:
             if LISTED:
-                kid = tl.load(ids_ptr + jj64, mask=key_ok, other=0)
-                n_j, p_j = kid // HW, kid % HW
-            else:
-                n_j = jj64 % N
-                p_j = tl.load(pos_ptr + g * spg + jj64 // N, mask=key_ok, other=0)
-            top = ((p_j // W) * wp + p_j % W) * cn + n_j  # [BK] the window's entry (0, 0, 0)
-            k_sq = tl.load(sq_ptr + p_j * N + n_j, mask=key_ok, other=0.0)  # [BK]
+                top = tl.load(top_ptr + jj64, mask=key_ok, other=0)  # [BK] where each window starts
+                k_sq = tl.load(sq_ptr + jj64, mask=key_ok, other=0.0)
+            else:  # image n and position s of each key, from the tile's first (one scalar division)
+                s0 = j0 // N
+                nn = j0 - s0 * N + tl.arange(0, BK)  # [BK]
+                if WRAPS:  # fewer images than keys in a tile
+                    s_j, n_j = s0 + nn // N, nn % N
+                else:
+                    past = nn >= N
+                    s_j, n_j = s0 + past.to(tl.int32), tl.where(past, nn - N, nn)
+                n64 = n_j.to(tl.int64)
+                top = tl.load(top_ptr + g * spg + s_j, mask=key_ok, other=0) + n64  # [BK]
+                p_j = tl.load(pos_ptr + g * spg + s_j, mask=key_ok, other=0)
+                k_sq = tl.load(sq_ptr + p_j * N + n64, mask=key_ok, other=0.0)  # [BK]
             if ONE_D:
                 kt = tl.load(k_ptr + off_one[:, None] + top[None, :], mask=(dd < D)[:, None] & key_ok[None, :],
                              other=0.0)  # [BD, BK]
@@ -131,12 +138,12 @@ def _local_stats_kernel(
                 for d0 in range(0, D, BD):
                     de = d0 + dd
                     d_ok = de < D
-                    off = ((de % (KW * KW)) // KW * wp + de % KW) * cn + (de // (KW * KW)) * N  # [BD]
+                    off = tl.load(off_ptr + de, mask=d_ok, other=0)  # [BD]
                     qt = tl.load(q_base + de[None, :] * sqd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
                     kt = tl.load(k_ptr + off[:, None] + top[None, :], mask=d_ok[:, None] & key_ok[None, :], other=0.0)
                     logits = tl.dot(qt, kt, logits, input_precision=PREC)
             logits = logits + q_c2 * k_sq[None, :]
-            v_at = k_ptr + top + (KW // 2) * (wp + 1) * cn  # [BK] the centre's channel 0
+            v_at = k_ptr + top + centre  # [BK] the centre's channel 0
             v_step = N
         else:
             if ONE_D:  # the rows stay in registers
@@ -239,7 +246,7 @@ def _kernel(which: str = "stats"):
         # variant for multiples of 16) would compile the kernel again and again in a trajectory
         if which == "stats":
             _KERNELS[which, interpret] = triton.jit(_local_stats_kernel, do_not_specialize=[
-                "R", "K", "D", "keys_per_split", "sqg", "skg", "svg", "slg", "N", "W", "HW", "KW", "spg"])
+                "R", "K", "D", "keys_per_split", "sqg", "skg", "svg", "slg", "N", "CE", "spg"])
         else:
             _KERNELS[which, interpret] = triton.jit(_table_kernel, do_not_specialize=[
                 "M", "j0", "N", "W", "HW", "spn", "spy", "spx", "spg", "skg", "skd", "skj", "svg", "svc", "svj",
@@ -321,8 +328,8 @@ def local_stats(q, keys, values, logc=None, *, splits: int | None = None,
         parts = [local_stats(cut(q, g0), cut(keys, g0), cut(values, g0), cut(logc, g0), splits=splits,
                              block_r=block_r, block_k=block_k, block_d=block_d) for g0 in range(0, ng, _MAX_GRID)]
         return tuple(torch.cat(p, 0) for p in zip(*parts))
-    return _launch(q, nk, c, dim, logc, (keys, values, q, q, q), (*keys.stride(), *values.stride()), (0, 0, 0, 0, 0),
-                   False, False, splits, (block_r, block_k, block_d))
+    return _launch(q, nk, c, dim, logc, (keys, values, q, q, q, q), (*keys.stride(), *values.stride()), (0, 0, 0),
+                   False, False, False, splits, (block_r, block_k, block_d))
 
 
 def gather_stats(q, images, sq, k: int, pos=None, ids=None, logc=None, *, splits: int | None = None,
@@ -348,6 +355,8 @@ def gather_stats(q, images, sq, k: int, pos=None, ids=None, logc=None, *, splits
                           f"sq [H*W, N] and at least one key; got q {tuple(q.shape)}, images {tuple(images.shape)}, "
                           f"k = {k}, sq {tuple(sq.shape)}, {'ids' if listed else 'pos'} "
                           f"{tuple((ids if listed else pos).shape)}.")
+    if nk >= 2**31:  # key indices are 32-bit in the kernel (as in key_table)
+        raise ElsvizError(f"gather_stats takes fewer than 2^31 keys per group, got {nk}: split the training set.")
     if logc is not None and logc.shape != (ng, nk):
         raise ElsvizError(f"gather_stats needs logc [G, K] = {[ng, nk]} (or None), got {list(logc.shape)}.")
     if ng > _MAX_GRID:  # CUDA grids allow 65,535 programs along the group axis: in pieces
@@ -355,16 +364,27 @@ def gather_stats(q, images, sq, k: int, pos=None, ids=None, logc=None, *, splits
                               block_r=block_r, block_k=block_k, block_d=block_d) for g0 in range(0, ng, _MAX_GRID)]
         return tuple(torch.cat(p, 0) for p in zip(*parts))
     images, sq = images.contiguous(), sq.contiguous()
-    keyed = ids.contiguous() if listed else pos.contiguous()
-    return _launch(q, nk, c, dim - 1, logc, (images, images, keyed, keyed, sq), (0,) * 6,
-                   (n, w, h * w, k, 0 if listed else keyed.stride(0)), True, listed, splits, (block_r, block_k, block_d))
+    # where each window starts (the float of its entry (0, 0, 0)), per position or per listed key,
+    # and each entry's offset from there: the kernel only adds
+    pos = None if listed else pos.contiguous()
+    at = ids % (h * w) if listed else pos
+    top = ((at // w) * wp + at % w) * (c * n)
+    if listed:
+        top, sq = top + ids // (h * w), sq.flatten()[at * n + ids // (h * w)]
+    e = torch.arange(dim - 1, device=q.device)
+    offsets = ((e % (k * k)) // k * wp + e % k) * (c * n) + (e // (k * k)) * n
+    bk = block_k or BLOCK_K
+    return _launch(q, nk, c, dim - 1, logc, (images, images, pos if not listed else top, top.contiguous(), sq, offsets),
+                   (0,) * 6, (n, (k // 2) * (k + 1), 0 if listed else top.stride(0)), True, listed, n < bk, splits,
+                   (block_r, bk, block_d))
 
 
-def _launch(q, nk, c, dim, logc, inputs, strides, gather_args, gather, listed, splits, blocks):
+def _launch(q, nk, c, dim, logc, inputs, strides, gather_args, gather, listed, wraps, splits, blocks):
     """One launch of the statistics kernel over row tiles x groups x key splits, the splits
-    combined after. inputs: (keys, values, pos, ids, sq) pointers (dummies where unused); strides:
-    those of keys and values; gather_args: N, W, HW, KW and pos' group stride (GATHER); dim: the
-    entries the product runs over (D + 1 from a table, the window's D when gathering)."""
+    combined after. inputs: (keys, values, pos, top, sq, off) pointers (dummies where unused);
+    strides: those of keys and values; gather_args: N, the centre's entry, the group stride of pos
+    and top (GATHER); dim: the entries the product runs over (D + 1 from a table, the window's D
+    when gathering)."""
     ng, nr, _ = q.shape
     block_r, block_k, block_d = blocks
     # tiles no larger than the problem (tl.dot needs 16 at least): few rows (bbELS's border
@@ -384,12 +404,12 @@ def _launch(q, nk, c, dim, logc, inputs, strides, gather_args, gather, listed, s
     ent = torch.empty(ns, ng, nr, device=dev)
     arg = torch.empty(ns, ng, nr, dtype=torch.int64, device=dev)
     lc = logc if logc is not None else q  # a dummy pointer when there are no counts
-    keys, values, pos, ids, sq = inputs
+    keys, values, pos, top, sq, off = inputs
     _kernel("stats")[(row_tiles, ng, ns)](
-        q, keys, values, lc, pos, ids, sq, m, s, acc, ent, arg, nr, nk, dim, per_split,
+        q, keys, values, lc, pos, top, sq, off, m, s, acc, ent, arg, nr, nk, dim, per_split,
         *q.stride(), *strides, *(logc.stride() if logc is not None else (0, 0)), *gather_args,
         C=c, HAS_LOGC=logc is not None, PREC=PRECISION, BR=br, BK=bk, BD=bd, ONE_D=dim <= bd,
-        GATHER=gather, LISTED=listed,
+        GATHER=gather, LISTED=listed, WRAPS=wraps,
         num_warps=NUM_WARPS, enable_fp_fusion=True,  # a*b+c in one rounding (and no warning of Triton 3.9's)
     )
     if ns == 1:
