@@ -7,17 +7,16 @@ layout), and the Engine through it against tests/reference.py and the torch path
 tiles 16 wide, so that every case crosses several row and key tiles in about a second.
 """
 import math
-import warnings
 
-import numpy as np
 import pytest
 import torch
 
 from elsviz import ElsvizError
-from tests.reference import noisy_query, random_images
-from tests.test_engine_exact import check_posterior
+from tests.reference import noisy_query
 from tests.test_engine_fast_paths import silhouettes
-from tests.test_triton_kernel import CASES, ONCE, TILES, check, contract
+from tests.test_triton_kernel import (CASES, ONCE, TILES, case_matches_the_reference, check, contract,
+                                      falls_back_with_one_warning, same_as_the_torch_path,
+                                      ties_name_the_dense_paths_key)
 from tests.test_triton_kernel import interpret  # noqa: F401 (the fixture: the kernel module, interpreted)
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install -r requirements-dev.txt)")
@@ -174,7 +173,8 @@ def test_bad_arguments_are_refused(interpret):
 # -- the plan -----------------------------------------------------------------------------------------
 def test_the_plan_gathers_on_cuda_and_keeps_tables_as_the_fallback():
     """On a CUDA device with the Triton kernel every table step gathers; a one-class group takes its
-    distinct windows where they are few; without the gather (its failure, or GATHER off) key tables."""
+    distinct windows where they are few; without the gather (its failure, or GATHER off) key tables,
+    as for images of 2 channels (which the table kernel refuses too: the torch path serves)."""
     from elsviz.engine.plan import GATHER_DISTINCT_SHARE, decide
 
     cuda = torch.device("cuda")
@@ -185,6 +185,8 @@ def test_the_plan_gathers_on_cuda_and_keeps_tables_as_the_fallback():
         assert table_steps and {(s.path, s.kernel, s.table) for s in table_steps} == {("gather", "triton", "none")}, plan
         tables = decide(machine, k, (28, 28), shape, 1, 1, cuda, "triton", 2**30, tensor_device="cpu", gather=False)
         assert {s.path for s in tables.steps} <= {"table", "embedded"}, tables
+    two = decide("els", 3, (28, 28), (500, 2, 28, 28), 1, 1, cuda, "triton", 2**30, tensor_device="cpu")
+    assert [s.path for s in two.steps] == ["table"], "the kernel sums centres of 1 or 3 channels only"
     keys = 22 * 22 * 500  # ELS at k = 7: the one class's keys
     for kd, table in ((keys // 2, "distinct"), (int(GATHER_DISTINCT_SHARE * keys) + 1, "none")):
         plan = decide("els", 7, (28, 28), shape, 1, 1, cuda, "triton", 2**30, tensor_device="cpu",
@@ -223,16 +225,11 @@ def test_engine_through_the_gather_matches_the_reference(gather_engine, case, t)
     colour and a label; silhouettes whose windows repeat; another output size), LS (30 groups of
     one position): every field within the reference's tolerances, no key table read."""
     make_pair, calls = gather_engine
-    machine, make_images, out, k, labelled, bsz = CASES[case]
-    images = make_images()
-    labels = (np.arange(len(images)) % 3) if labelled else None
-    label = 1 if labelled else None
-    engine, ref = make_pair(machine, images, labels)
-    x = noisy_query(bsz, images.shape[1], *out, t, seed=case + 20)
-    post = engine.denoise(torch.from_numpy(x), t, k, label=label)
+    engine = case_matches_the_reference(make_pair, case, t)
     assert calls["gather"] > 0 and calls["table"] == 0, calls
-    assert {s.path for s in engine.plan(torch.from_numpy(x), t, k, label=label).steps} <= {"gather", "embedded"}
-    check_posterior(post, ref.denoise(machine, x, t, k, label=label), ref, machine, x, t, k, label)
+    machine, _, out, k, labelled, bsz = CASES[case]
+    x = torch.zeros(bsz, engine.images.shape[1], *out)
+    assert {s.path for s in engine.plan(x, t, k, label=1 if labelled else None).steps} <= {"gather", "embedded"}
 
 
 @ONCE
@@ -250,16 +247,7 @@ def test_engine_through_the_gather_agrees_with_the_torch_path(gather_engine, mon
     assert calls["gather"] > 0 and calls["table"] == 0
     monkeypatch.setenv("ELSVIZ_KERNEL", "torch")
     dense, _ = make_pair(machine, images)
-    want = dense.denoise(x, 0.2, k)
-    torch.testing.assert_close(got.mean, want.mean, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(got.score, want.score, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got.entropy, want.entropy, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got.source_weight, want.source_weight, atol=1e-6, rtol=1e-4)
-    assert torch.equal(got.source_count, want.source_count)
-    unique = want.source_count == 1
-    assert unique.any()
-    assert torch.equal(got.source_index[unique], want.source_index[unique])
-    assert torch.equal(got.source_pos[unique], want.source_pos[unique])
+    same_as_the_torch_path(got, dense.denoise(x, 0.2, k))
 
 
 @ONCE
@@ -272,18 +260,9 @@ def test_exact_ties_between_windows_name_the_dense_paths_key(gather_engine, monk
 
     make_pair, calls = gather_engine
     monkeypatch.setattr(plan, "GATHER_DISTINCT_SHARE", 1.0 if distinct else 0.0)
-    images = random_images(16, 1, 9, 9, seed=7, levels=2)
-    x = torch.zeros(1, 1, 9, 9)
-    fused, _ = make_pair("els", images)
-    assert [s.table for s in fused.plan(x, 0.5, 3).steps] == ["distinct" if distinct else "none"]
-    got = fused.denoise(x, 0.5, 3)
-    assert calls["gather"] > 0
-    monkeypatch.setenv("ELSVIZ_KERNEL", "torch")
-    dense, _ = make_pair("els", images)
-    want = dense.denoise(x, 0.5, 3)
-    assert torch.equal(got.source_index, want.source_index) and torch.equal(got.source_pos, want.source_pos)
-    assert torch.equal(got.source_count, want.source_count)
-    torch.testing.assert_close(got.mean, want.mean, atol=1e-5, rtol=1e-5)
+    fused = ties_name_the_dense_paths_key(make_pair, monkeypatch)
+    assert calls["gather"] > 0 and calls["table"] == 0
+    assert [s.table for s in fused.plan(torch.zeros(1, 1, 9, 9), 0.5, 3).steps] == ["distinct" if distinct else "none"]
 
 
 @ONCE
@@ -294,17 +273,9 @@ def test_a_failing_gather_falls_back_to_key_tables_with_one_warning(gather_engin
         raise RuntimeError("no compiler")
 
     monkeypatch.setattr(interpret, "gather_stats", broken)
-    images = random_images(8, 1, 6, 6, seed=10)
-    engine, ref = make_pair("bbels", images)
-    x = noisy_query(1, 1, 6, 6, 0.5, seed=11)
-    with pytest.warns(UserWarning, match="using key tables"):
-        post = engine.denoise(torch.from_numpy(x), 0.5, 3)
+    engine = falls_back_with_one_warning(make_pair, "bbels", "using key tables")
     assert engine.kernel() == "triton" and calls["table"] > 0
-    assert {s.path for s in engine.plan(torch.from_numpy(x), 0.5, 3).steps} <= {"table", "embedded"}
-    check_posterior(post, ref.denoise("bbels", x, 0.5, 3), ref, "bbels", x, 0.5, 3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        engine.denoise(torch.from_numpy(x), 0.5, 3)  # no second warning
+    assert {s.path for s in engine.plan(torch.zeros(1, 1, 6, 6), 0.5, 3).steps} <= {"table", "embedded"}
 
 
 # -- on a GPU: compiled, production tiles (python -m elsviz.gpu_check runs these) ----------------------

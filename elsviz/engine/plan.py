@@ -126,6 +126,8 @@ def decide(machine: str, k: int | None, query_hw: tuple[int, int], train_shape: 
     as distinct). gather: whether the Triton kernel may gather windows (else it reads key tables).
     tensor_device: where the steps' index tensors go (default: device).
     options: the machine's own settings (machines.Option; cfdm's samples and sigma)."""
+    from ..kernels import triton as triton_kernel
+
     n, c, h, w = train_shape
     on = device if tensor_device is None else tensor_device
     if machine in THEORIES:
@@ -154,7 +156,7 @@ def decide(machine: str, k: int | None, query_hw: tuple[int, int], train_shape: 
             steps.append(Step(index, pix, pos, "embedded", "torch", "none",
                               f"cheaper without a table: {p * s * d_img:.3g} <= {table_cost:.3g} multiply-adds per image"))
             continue
-        if kernel == "triton" and gather:
+        if kernel == "triton" and gather and c in triton_kernel.CHANNELS:  # (others: key tables refuse them too)
             steps.append(_gather_step(index, pix, pos, n, distinct))
             continue
         steps.append(_table_step(index, pix, pos, k, n, c, slice_batch, device, kernel, cache_bytes, distinct))

@@ -46,6 +46,8 @@ PRECISION = "ieee"
 _MAX_GRID = 65535
 # Split the keys across programs (flash-decoding) until about this many programs per SM run.
 PROGRAMS_PER_SM = 4
+# Channels the kernel sums centres for (grey and colour: one running sum each, in registers)
+CHANNELS = (1, 3)
 
 _KERNELS: dict = {}  # the jitted kernel, made on first use; per interpreter mode
 
@@ -318,7 +320,7 @@ def local_stats(q, keys, values, logc=None, *, splits: int | None = None,
     ng, nr, dim = q.shape
     nk = keys.shape[1]
     c = values.shape[2]
-    if keys.shape != (ng, nk, dim) or values.shape[:2] != (ng, nk) or c not in (1, 3) or nk < 1:
+    if keys.shape != (ng, nk, dim) or values.shape[:2] != (ng, nk) or c not in CHANNELS or nk < 1:
         raise ElsvizError(f"local_stats needs q [G, R, D+1], keys [G, K, D+1] (K >= 1) and values [G, K, C] with "
                           f"C = 1 or 3; got q {tuple(q.shape)}, keys {tuple(keys.shape)}, values {tuple(values.shape)}.")
     if logc is not None and logc.shape != (ng, nk):
@@ -349,7 +351,7 @@ def gather_stats(q, images, sq, k: int, pos=None, ids=None, logc=None, *, splits
     if listed == (pos is not None) or (listed and ng != 1):
         raise ElsvizError("gather_stats takes either pos [G, S] or ids [K] (then q holds one group [1, R, D + 1]).")
     nk = ids.shape[0] if listed else pos.shape[1] * n
-    if (dim != c * k * k + 1 or c not in (1, 3) or nk < 1 or tuple(sq.shape) != (h * w, n)
+    if (dim != c * k * k + 1 or c not in CHANNELS or nk < 1 or tuple(sq.shape) != (h * w, n)
             or (not listed and pos.shape[0] != ng)):
         raise ElsvizError(f"gather_stats needs q [G, R, C*k*k + 1], images [H + k - 1, W + k - 1, C, N] with C = 1 or 3, "
                           f"sq [H*W, N] and at least one key; got q {tuple(q.shape)}, images {tuple(images.shape)}, "
