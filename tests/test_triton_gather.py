@@ -307,3 +307,26 @@ def test_cuda_gather_matches_the_contract(splits, n, c, h, w, k, listed):
                           ids=None if ids is None else ids.cuda(), logc=None if logc is None else logc.cuda(),
                           splits=splits)
     check([v.cpu() for v in got], statement(imgs, k, q, pos=pos, ids=ids, logc=logc))
+
+
+# -- elsviz.gpu_check, for the session that has a GPU -------------------------------------------------
+def test_gpu_check_sweep_times_the_gather_here(interpret, monkeypatch):
+    """--sweep times gather_stats beside local_stats, per tile configuration (two here, interpreted)."""
+    from elsviz import gpu_check
+
+    monkeypatch.setattr(gpu_check, "SWEEP_CONFIGS", gpu_check.SWEEP_CONFIGS[:2])
+    rows = gpu_check._sweep("cpu", {"tiny": (20, 150, 10)}, gather=True)
+    assert [r["problem"] for r in rows] == ["tiny", "tiny", "tiny gather", "tiny gather"]
+    assert all(r["same_arg"] == 1.0 and r["s_rel_diff"] < 1e-5 for r in rows)
+
+
+def test_gpu_check_prints_a_table_for_benchmarks_md():
+    from elsviz.gpu_check import markdown
+
+    rows = [{"workload": "60k-els", "kernel": "torch", "times": [6.8, 6.9], "cold": 9.1},
+            {"workload": "60k-els", "kernel": "triton", "times": [1.2, 1.4], "cold": 2.0, "agreement": "7e-05 / 99.7%"},
+            {"workload": "60k-bbels", "kernel": "torch", "error": "out of memory"}]
+    lines = markdown(rows, "H100").splitlines()
+    assert lines[0] == "| workload (20 steps, H100) | torch | triton | target |" and lines[1] == "|---|---|---|---|"
+    assert lines[2] == ("| 60k-els | 6.85 s (cold 9.1 s) | 1.30 s (cold 2.0 s, 7e-05 / 99.7%) | <= 1.5 s: met |")
+    assert lines[3] == "| 60k-bbels | failed | - | <= 1.5 s: not met |"
