@@ -79,8 +79,6 @@ def _child(ns) -> None:
     from elsviz.bench import synthetic_set
 
     dataset, machine, k, batch = WORKLOADS[ns.workload]
-    from elsviz.kernels import triton as triton_kernel
-
     _variant(ns.variant)
     train = synthetic_set(ns.n, 28) if dataset == "synthetic" else load_dataset(dataset)
     device = torch.device(ns.device)

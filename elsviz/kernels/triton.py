@@ -17,6 +17,12 @@ exactly what `_Softmax.merge_at` consumes. (The torch path clamps l - m at -80 f
 vectorised exp; here a key that far below weighs exp(-80) ~ 2e-35 less, which no float32 sum
 sees.)
 
+    gather_stats(q, images, sq, k, pos or ids, logc) -> the same statistics
+
+reads no key table: the same kernel (its GATHER variant) cuts each key's window from the training
+images laid out [H + 2d, W + 2d, C, N] and takes |K|^2 from a map [H*W, N] (the engine's default
+on CUDA; key tables, written by key_table, serve where it fails).
+
 The default for CUDA engines where triton is installed (measured on an H200: 1.5x the torch path
 on 60,000 images, 2.6x on 64 hands; docs/BENCHMARKS.md); `ELSVIZ_KERNEL=torch` (read when an
 Engine is made) turns it off, `ELSVIZ_KERNEL=triton` also turns it on for CPU engines under
