@@ -188,12 +188,13 @@ class Engine:
         bsz, c, hq, wq = x.shape
         kernel = self.kernel(c)
         slice_batch = bsz if k is None else min(bsz, self._per_slice(hq, wq, c, k))
+        gather = "gather" in self._kernels
         key = ("plan", self.machine, k, label, hq, wq, bsz if bsz < 32 else 32, slice_batch if slice_batch < 32 else 32,
-               kernel)
+               kernel, gather)
         return self._cache.get(key, lambda: decide(
             self.machine, k, (hq, wq), tuple(imgs.shape), bsz, slice_batch, x.device, kernel, self._cache.max_bytes,
             distinct=lambda index, pos: self._reads.distinct(k, label, hq, wq, index, pos)[0].shape[0],
-            options=self.options))
+            options=self.options, gather=gather))
 
     def _per_slice(self, hq, wq, c, k) -> int:
         """Images per slice of the batch: the query windows of a slice hold about chunk_elems numbers."""
@@ -209,10 +210,12 @@ class Engine:
         if self.machine in THEORIES:
             return theories.posterior(self._plan(x, k, label, imgs).steps[0], x, a, b, t, k, imgs, subset, label,
                                       self._reads, self.options, self.chunk_elems)
-        try:
-            sm = self._run(self._plan(x, k, label, imgs), x, a, b, k, imgs, label)
-        except _KernelFailed:  # stay exact: the whole call again, without the Triton kernel
-            sm = self._run(self._plan(x, k, label, imgs), x, a, b, k, imgs, label)
+        while True:  # a failing kernel is switched off and the whole call runs again: it stays exact
+            try:
+                sm = self._run(self._plan(x, k, label, imgs), x, a, b, k, imgs, label)
+                break
+            except _KernelFailed:
+                pass
         return finish(self.machine, x, sm, a, b, t, k, subset, tuple(self.images.shape[-2:]),
                       self._reads.multiplicity(k, label))
 
@@ -263,18 +266,24 @@ class Engine:
                               imgs.shape[0], imgs.shape[-2] * imgs.shape[-1], rt, self._rows)
 
     def _triton(self, step: Step, sm, qwin, c1, c2, imgs, k, label, hq, wq) -> None:
-        """A table step through the Triton kernel; if the kernel cannot run, one warning, the kernel
-        is switched off for this engine, and the call starts again (_KernelFailed)."""
+        """A table or gather step through the Triton kernel; if it cannot run, one warning, it is
+        switched off for this engine (the gather: then key tables serve) and the call starts again
+        (_KernelFailed)."""
         try:
-            chunks, distinct = self._reads.triton_chunks(step, imgs, k, label, hq, wq)
             queries, q_idx = paths.queries_of(qwin, step, c1, c2)
             rt = max(1, self.chunk_elems // (step.pix.shape[0] * qwin.shape[-1]))  # query rows per launch
+            if step.path == "gather":
+                layout, distinct = self._reads.gather_inputs(step, imgs, k, label, hq, wq)
+                paths.gather_triton(sm, queries, q_idx, step.pos, layout, k, rt, distinct)
+                return
+            chunks, distinct = self._reads.triton_chunks(step, imgs, k, label, hq, wq)
             paths.table_triton(sm, queries, q_idx, step.pos, chunks, imgs.shape[0], imgs.shape[-2] * imgs.shape[-1],
                                rt, distinct)
         except Exception as exc:  # no compiler, an unsupported GPU, a Triton bug: stay exact
-            warnings.warn(f"elsviz: the Triton kernel failed ({type(exc).__name__}: {exc}); using the torch path.",
+            off, then = ("gather", "key tables") if step.path == "gather" else ("triton", "the torch path")
+            warnings.warn(f"elsviz: the Triton kernel failed ({type(exc).__name__}: {exc}); using {then}.",
                           stacklevel=4)
-            self._kernels = tuple(kn for kn in self._kernels if kn != "triton")
+            self._kernels = tuple(kn for kn in self._kernels if kn != off)
             raise _KernelFailed from exc
 
     def _rows(self, logits, vals, eager_values, grouped=None):

@@ -10,7 +10,7 @@ from .cache import Cache
 from .geometry import train_class
 from .keyset import KeySet
 from .plan import Step, piece_keys, table_bytes
-from .tables import CHUNK, cpu_table, padded_images, torch_table
+from .tables import CHUNK, cpu_table, gather_layout, padded_images, torch_table
 from .ties import distinct_keys, same_count, window_hash
 
 
@@ -85,19 +85,37 @@ class Reads:
         return (lambda: (triton_kernel.key_table(padded, k, w, pos=step.pos, j0=j, j1=min(j + piece, s * n))
                          for j in range(0, s * n, piece))), None
 
+    def gather_inputs(self, step: Step, imgs, k, label, hq, wq):
+        """(layout, distinct) of a gather step: the images padded and position-major with |K|^2 of
+        every window (tables.gather_layout; one per k and label, shared by every class), and where
+        the plan says "distinct" (log counts [1, Kd] or None, rep [Kd]) of the class's distinct
+        windows in the order of their first occurrence."""
+        n, c, h, w = imgs.shape
+        size = ((h + k - 1) * (w + k - 1) * c + h * w) * n * 4
+        layout = self.cache.get(("gather", k, label), lambda: gather_layout(imgs, k), size)
+        if step.table != "distinct":
+            return layout, None
+        return layout, self.cache.get(("dids", self.machine, k, label, hq, wq, step.index),
+                                      lambda: self._distinct_ids(imgs, step.pos[0], k, label))
+
+    def _distinct_ids(self, imgs, pos, k, label):
+        """(log counts [1, Kd] or None where every window is distinct, rep [Kd]): the distinct
+        windows among the keys at positions pos [S], each named by its first key (id image * H*W +
+        position), in the order of first occurrence in the dense order, so that the first key
+        holding the max is the dense path's. c identical keys weigh c exp(l), so exp(l + log c) gives
+        the same softmax over Kd keys instead of S*N; the max and its key come from l alone."""
+        h, w = imgs.shape[-2:]
+        rep, count = distinct_keys(self.hashes(k, label).flatten(1), pos, h * w, in_order=True)
+        logc = count.float().log().unsqueeze(0) if bool((count > 1).any()) else None
+        return logc, rep
+
     def _distinct_table(self, imgs, pos, k, label):
-        """The keys of one class [1, D + 1, Kd], one per distinct window, in the order of their first
-        occurrence in the dense order (so the first key holding the max is the dense path's), their
-        centres [1, C, Kd], log counts [1, Kd] (None where every window is distinct) and rep [Kd], the
-        first key of each window (id image * H*W + position). c identical keys weigh c exp(l), so
-        exp(l + log c) gives the same softmax over Kd keys instead of S*N; the max and its key come
-        from l alone, as in the dense path."""
+        """The keys of one class [1, D + 1, Kd], one per distinct window (_distinct_ids), their
+        centres [1, C, Kd], log counts [1, Kd] or None, and rep [Kd]."""
         from ..kernels import triton as triton_kernel
 
-        n, c, h, w = imgs.shape
-        rep, count = distinct_keys(self.hashes(k, label).flatten(1), pos, h * w, in_order=True)
-        keys, vals = triton_kernel.key_table(padded_images(imgs, k), k, w, ids=rep)
-        logc = count.to(keys.dtype).log().unsqueeze(0) if bool((count > 1).any()) else None
+        logc, rep = self._distinct_ids(imgs, pos, k, label)
+        keys, vals = triton_kernel.key_table(padded_images(imgs, k), k, imgs.shape[-1], ids=rep)
         return keys, vals, logc, rep
 
     def sq_windows(self, imgs, k, label):
