@@ -17,8 +17,8 @@ digits, hands and photos, every machine, cold and warm, one thread), the ratio p
 writes the timings (tests/estimate_timings.json, which tests/test_estimates.py checks the estimates
 against); --fit FILE fits elsviz.app.runs.COSTS to such a file. docs/BENCHMARKS.md, "Estimates".
 
---first-picture [--runs N] [--baseline REV]: the app's first picture in headless Chromium, each time on a fresh
-`streamlit run app.py` (elsviz.app.first_picture; docs/BENCHMARKS.md, "The first picture").
+--first-picture [--runs N] [--baseline REV] [--open-after S]: the app's first picture in headless Chromium, each
+time on a fresh `streamlit run app.py` (elsviz.app.first_picture; docs/BENCHMARKS.md, "The first picture").
 """
 from __future__ import annotations
 
@@ -244,6 +244,8 @@ def main(argv=None) -> int:
                                                  "(comma-separated), e.g. photos,hands/bbels or held-out")
     p.add_argument("--first-picture", action="store_true", help="seconds from opening the app to its first picture, "
                    "each on a fresh server, in headless Chromium (with --baseline: that revision's app too, alternated)")
+    p.add_argument("--open-after", type=float, default=0.0, metavar="S", help="with --first-picture: open the page S "
+                   "seconds after the server answers (0: at once)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     p.add_argument("--against", default=None, help=argparse.SUPPRESS)
@@ -303,7 +305,7 @@ def first_picture(ns) -> int:
         trees = {"this tree": Path(__file__).resolve().parents[1]}
         if ns.baseline:
             trees = {ns.baseline: _checkout(ns.baseline, Path(tmp)), **trees}
-        fp.run(trees, ns.runs)
+        fp.run(trees, ns.runs, open_after=ns.open_after)
     return 0
 
 

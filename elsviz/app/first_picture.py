@@ -48,7 +48,9 @@ def _serve(root: Path, port: int, log) -> subprocess.Popen:
                             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
+def wait_until_answering(proc: subprocess.Popen, url: str, timeout_s: float = 60) -> None:
+    """Wait until the Streamlit server proc answers at url (its /_stcore/health says "ok"); ElsvizError if it
+    exits or does not answer within timeout_s (tests/servers.py starts the tests' servers with it too)."""
     deadline = time.perf_counter() + timeout_s
     while True:
         try:
@@ -57,13 +59,24 @@ def _wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
         except OSError:
             pass
         if proc.poll() is not None or time.perf_counter() > deadline:
-            raise ElsvizError(f"the app's server did not start on {url} (exit code {proc.poll()}).")
+            raise ElsvizError(f"the server did not start on {url} (exit code {proc.poll()})")
         time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server still running: terminate, then kill after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _open(context, url: str, timeout_s: float) -> tuple:
     """(page, seconds from opening url to its first picture)."""
-    page = context.new_page(viewport={"width": 1440, "height": 1200})
+    page = context.new_page()
     page.set_default_timeout(timeout_s * 1000)
     start = time.perf_counter()
     page.goto(url)
@@ -71,11 +84,12 @@ def _open(context, url: str, timeout_s: float) -> tuple:
     return page, time.perf_counter() - start
 
 
-def time_first_picture(root: Path, browser, path: str = "/", timeout_s: float = 600) -> dict:
+def time_first_picture(root: Path, browser, path: str = "/", open_after: float = 0.0, timeout_s: float = 600) -> dict:
     """One fresh server of the tree at root: {server_s (start to answering), first_s (its first visit,
     from opening the page to the first picture), first_from_start_s (from starting the server), done_s
     (the first visit's page finished), second_s (a second tab, after that), load (1-minute average at
-    the start)}."""
+    the start)}. open_after: seconds between the server answering and the page being opened (0: at once;
+    a person reads the address first)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     row = {"load": round(os.getloadavg()[0], 1)}
@@ -83,9 +97,10 @@ def time_first_picture(root: Path, browser, path: str = "/", timeout_s: float = 
         start = time.perf_counter()
         proc = _serve(root, port, log)
         try:
-            _wait_healthy(proc, url, 60)
+            wait_until_answering(proc, url)
             row["server_s"] = time.perf_counter() - start
-            context = browser.new_context()
+            time.sleep(open_after)
+            context = browser.new_context(viewport={"width": 1440, "height": 1200})
             page, row["first_s"] = _open(context, url + path, timeout_s)
             row["first_from_start_s"] = time.perf_counter() - start
             page.wait_for_timeout(300)
@@ -94,12 +109,7 @@ def time_first_picture(root: Path, browser, path: str = "/", timeout_s: float = 
             second, row["second_s"] = _open(context, url + path, timeout_s)
             context.close()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
 
 
@@ -111,9 +121,9 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
 
 
-def run(trees: dict[str, Path], runs: int = 3, path: str = "/") -> dict[str, list[dict]]:
+def run(trees: dict[str, Path], runs: int = 3, path: str = "/", open_after: float = 0.0) -> dict[str, list[dict]]:
     """`runs` fresh servers of each tree ({label: source tree}), the trees alternated (so that both
-    meet the same load); prints a row per server and the medians."""
+    meet the same load); prints a row per server and the medians. open_after: see time_first_picture."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
@@ -122,6 +132,8 @@ def run(trees: dict[str, Path], runs: int = 3, path: str = "/") -> dict[str, lis
         if not (root / "app.py").exists():
             raise ElsvizError(f"{root} has no app.py: --first-picture times the app of a source tree.")
     rows: dict[str, list[dict]] = {label: [] for label in trees}
+    if open_after:
+        print(f"each page opened {open_after:g} s after its server answered")
     print(f"{'tree':<12} {'load':>5} {'server up':>10} {'first picture':>14} {'from start':>11} "
           f"{'page done':>10} {'second tab':>11}")
     with sync_playwright() as pw:
@@ -129,7 +141,7 @@ def run(trees: dict[str, Path], runs: int = 3, path: str = "/") -> dict[str, lis
         try:
             for _ in range(runs):
                 for label, root in trees.items():
-                    r = time_first_picture(root, browser, path)
+                    r = time_first_picture(root, browser, path, open_after)
                     rows[label].append(r)
                     print(f"{label:<12} {r['load']:>5.1f} {r['server_s']:>9.2f}s {r['first_s']:>13.2f}s "
                           f"{r['first_from_start_s']:>10.2f}s {r['done_s']:>9.2f}s {r['second_s']:>10.2f}s", flush=True)
