@@ -11,15 +11,22 @@ import streamlit as st
 
 if __name__ != "__main__":  # imported by `streamlit run` to serve the app: no visit yet
     import importlib
+    import signal
     import threading
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def head_start(_app):
-        """Begin the first visit's work in a thread (the server answers at once; importing elsviz imports torch)."""
+        """The server's lifespan: the first visit's work begins in a thread (the server answers at once; importing
+        elsviz imports torch, 2 s of a core). uvicorn, which serves it, raises the signal it stopped on (Ctrl-C)
+        once more after stopping, so `streamlit run` would end with "Aborted!" and exit code 1: forgotten, it ends
+        with 0, as for a plain script."""
         threading.Thread(target=lambda: importlib.import_module("elsviz.ui.warm").warm_up(), name="elsviz-warm-up",
                          daemon=True).start()
+        server = getattr(signal.getsignal(signal.SIGINT), "__self__", None)  # uvicorn's Server: its handler
         yield
+        if isinstance(getattr(server, "_captured_signals", None), list):
+            server._captured_signals.clear()
 
     app = st.App(__file__, lifespan=head_start)
 
