@@ -14,6 +14,12 @@ from __future__ import annotations
 
 import logging
 
+from ..app.runs import RunSpec
+from ..kernels import cpu as cpu_kernel
+from . import data
+from .runs import compute_ahead
+from .sidebar import DEFAULTS, Settings
+
 
 def _not_missing_context(record: logging.LogRecord) -> bool:
     """Streamlit's caches warn that this thread is no visit's ("missing ScriptRunContext"): it is meant not to be."""
@@ -21,14 +27,9 @@ def _not_missing_context(record: logging.LogRecord) -> bool:
 
 
 def warm_up() -> None:
+    """Load the kernel, the default set and its engine, and compute the default run ahead (the module says why)."""
     logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").addFilter(_not_missing_context)
     try:
-        from ..app.runs import RunSpec
-        from ..kernels import cpu as cpu_kernel
-        from . import data
-        from .runs import compute_ahead
-        from .sidebar import DEFAULTS, Settings
-
         cpu_kernel.build_in_background()
         name = DEFAULTS["dataset"]
         key, train = data.builtin(name, *(v or None for v in data.app_subset(name)))  # as the sidebar asks for it
