@@ -4,9 +4,10 @@
 answers, the page is opened in headless Chromium: the seconds from opening it to the first picture
 drawn on the page (the first <img> of the main area, loaded: on a first visit the Lesson's first
 picture, the output of its first run). Then, once that page has finished, a second tab on the same
-server and browser (its runs cached, the browser's cache warm). Each server is new, so each first
-visit imports torch, loads the set, builds the engine and runs. The 1-minute load average is noted
-with every row: on a shared machine other work slows all of it.
+server and browser (its runs cached, the browser's cache warm). Each server is new: nothing of the
+app is imported, loaded or computed before it starts (what the app begins when it starts, its head
+start, races the visit, as for a user). The 1-minute load average is noted with every row: on a
+shared machine other work slows all of it.
 
 Needs the source tree (app.py), Playwright and Debian's chromium (requirements-dev.txt); no network.
 """
