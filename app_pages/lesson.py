@@ -13,6 +13,7 @@ from elsviz.analysis.provenance import mosaic, source_shares
 from elsviz.ui import Settings, derived, settings, show, spec_run
 from elsviz.ui import data
 from elsviz.ui.links import write_link
+from elsviz.ui.sidebar import draw_later
 
 BIG = 256  # pixels per picture: readable from the back of a room on a projector
 
@@ -82,6 +83,7 @@ picture(main, "reverse", lambda: figures.grid(
     [f"step {i}" for i in picks[:-1]] + ["step 1: the output"], ["noisy image", "the guess"],
     target=BIG * 2 // 3, font_size=18),
     "From left to right: steps spread over the run, from pure noise to the output (bottom right).")
+draw_later()  # the sidebar's "Copy link", now that the first picture is on the page
 
 # 2 ----------------------------------------------------------------------------------------------
 st.header("2. The ideal model memorises")

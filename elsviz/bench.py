@@ -16,6 +16,9 @@ absolute times on shared machines drift, alternation puts both under the same lo
 digits, hands and photos, every machine, cold and warm, one thread), the ratio per run; --record FILE
 writes the timings (tests/estimate_timings.json, which tests/test_estimates.py checks the estimates
 against); --fit FILE fits elsviz.app.runs.COSTS to such a file. docs/BENCHMARKS.md, "Estimates".
+
+--first-picture [--runs N] [--baseline REV] [--open-after S]: the app's first picture in headless Chromium, each
+time on a fresh `streamlit run app.py` (elsviz.app.first_picture; docs/BENCHMARKS.md, "The first picture").
 """
 from __future__ import annotations
 
@@ -239,6 +242,10 @@ def main(argv=None) -> int:
                                                                  "recorded FILE and print them")
     p.add_argument("--cases", default=None, help="with --estimates: only the cases whose name contains one of these "
                                                  "(comma-separated), e.g. photos,hands/bbels or held-out")
+    p.add_argument("--first-picture", action="store_true", help="seconds from opening the app to its first picture, "
+                   "each on a fresh server, in headless Chromium (with --baseline: that revision's app too, alternated)")
+    p.add_argument("--open-after", type=float, default=0.0, metavar="S", help="with --first-picture: open the page S "
+                   "seconds after the server answers (0: at once)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     p.add_argument("--against", default=None, help=argparse.SUPPRESS)
@@ -254,6 +261,8 @@ def main(argv=None) -> int:
         return 0
     if ns.estimates:
         return estimates(ns)
+    if ns.first_picture:
+        return first_picture(ns)
     os.environ["ELSVIZ_KERNEL"] = ns.kernel  # the children inherit it
     threads = [] if ns.threads is None else ["--threads", str(ns.threads)]
 
@@ -285,6 +294,18 @@ def main(argv=None) -> int:
     if ns.json:
         with open(ns.json, "w") as f:
             json.dump({"machine": machine_info(), "baseline": ns.baseline, "rows": rows}, f, indent=1)
+    return 0
+
+
+def first_picture(ns) -> int:
+    from .app import first_picture as fp
+
+    print(f"machine: {machine_info()}; a fresh server per row; seconds (see elsviz/app/first_picture.py)\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"this tree": Path(__file__).resolve().parents[1]}
+        if ns.baseline:
+            trees = {ns.baseline: _checkout(ns.baseline, Path(tmp)), **trees}
+        fp.run(trees, ns.runs, open_after=ns.open_after)
     return 0
 
 

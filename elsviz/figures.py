@@ -468,16 +468,39 @@ def _hstack(tiles: list[Image.Image], gap: int) -> Image.Image:
 
 
 # -- locality schedules ---------------------------------------------------------------------------
-def schedule_figure(ks: list[int], *, height: int = 170, title: str | None = None) -> go.Figure:
-    """k against step for a locality schedule k[0..S-1] (step S-1, most noise, on the left; k[0] unused)."""
+def schedule_svg(ks: list[int], *, width: int = 220, height: int = 120) -> str:
+    """k against step for a locality schedule k[0..S-1] (step S-1, most noise, on the left; k[0] unused), as a
+    small SVG drawing that scales to its column (the sidebar's; a browser shows a point's step and k on hover).
+    An SVG, not a Plotly figure: a page without other Plotly figures (the lesson) loads no Plotly (4.7 MB of
+    script, which held the browser's main thread for seconds while the lesson's first picture waited)."""
     steps = list(range(len(ks) - 1, 0, -1))
-    fig = go.Figure(go.Scatter(x=steps, y=[ks[i] for i in steps], mode="lines+markers", line_shape="hv",
-                               hovertemplate="step %{x}: k = %{y}<extra></extra>"))
-    fig.update_xaxes(title_text="step (noisy → clean)", autorange="reversed")
-    fig.update_yaxes(title_text="k", rangemode="tozero")
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title,
-                      showlegend=False)
-    return fig
+    if not steps:
+        raise ElsvizError("A schedule needs at least two steps (k[1] is the last step's window).")
+    top = max(ks[i] for i in steps)
+    left, right, up, down = 24, 6, 6, 30  # (the sidebar is about 220 pixels wide: drawn at about its own size)
+    x = lambda n: left + (width - left - right) * (n / max(len(steps) - 1, 1))  # noqa: E731 (n: position in steps)
+    y = lambda k: up + (height - up - down) * (1 - k / top)  # noqa: E731 (k from 0 at the bottom)
+    colour, grid = "#1f77b4", "rgba(128,128,128,0.25)"
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img" '
+             f'font-size="11" fill="currentColor"><title>k against step, from step {steps[0]} (noisy) to step 1 '
+             f'(clean)</title>']
+    ticks = sorted({0, top // 2, top}) if top > 1 else [0, top]
+    for k in ticks:
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(k):.1f}" y2="{y(k):.1f}" stroke="{grid}"/>'
+                     f'<text x="{left - 4}" y="{y(k) + 4:.1f}" text-anchor="end">{k}</text>')
+    for n in sorted({0, len(steps) // 2, len(steps) - 1}):
+        parts.append(f'<text x="{x(n):.1f}" y="{height - down + 14}" text-anchor="middle">{steps[n]}</text>')
+    parts.append(f'<text x="{(left + width - right) / 2:.1f}" y="{height - 4}" text-anchor="middle">'
+                 f'step (noisy \u2192 clean)</text><text x="10" y="{(up + height - down) / 2:.1f}" '
+                 f'text-anchor="middle" transform="rotate(-90 10 {(up + height - down) / 2:.1f})">k</text>')
+    path = [f"M{x(0):.1f},{y(ks[steps[0]]):.1f}"]  # a step line: k holds until the next step's
+    for n in range(1, len(steps)):
+        path.append(f"H{x(n):.1f}V{y(ks[steps[n]]):.1f}")
+    parts.append(f'<path d="{"".join(path)}" fill="none" stroke="{colour}" stroke-width="2"/>')
+    for n, i in enumerate(steps):
+        parts.append(f'<circle cx="{x(n):.1f}" cy="{y(ks[i]):.1f}" r="3" fill="{colour}">'
+                     f'<title>step {i}: k = {ks[i]}</title></circle>')
+    return "".join(parts) + "</svg>"
 
 
 # legends in rows above the plot, wrapping: beside it (Plotly's default) they took half of a phone's width

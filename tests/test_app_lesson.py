@@ -89,6 +89,8 @@ def test_a_first_visit_opens_on_the_lesson_and_its_first_step():
     assert [t.value for t in at.title] == ["Lesson: how a diffusion model makes something new"]
     assert [h.value for h in at.header][0] == SECTIONS[0]
     assert at.get("image")  # the first step's picture
+    # the sidebar's "Copy link", drawn after that picture (elsviz/ui/sidebar.py), is there, with the lesson's page
+    assert "page=lesson" in at.sidebar.get("code")[0].value
 
 
 def test_seven_sections_in_order_each_with_a_large_picture(media):
