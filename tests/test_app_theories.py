@@ -39,12 +39,8 @@ def networks(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def registered(networks, monkeypatch):
-    """The tiny network found by the app, and the page in the navigation."""
-    import elsviz.ui.nav as nav
-
+    """The tiny network found by the app."""
     monkeypatch.setenv("ELSVIZ_NETWORKS", str(networks))
-    if PAGE not in [p for p, *_ in nav.PAGES]:
-        monkeypatch.setattr(nav, "PAGES", (*nav.PAGES, (PAGE, "Theories side by side", ":material/view_comfy:")))
 
 
 def page(**state) -> AppTest:

@@ -31,11 +31,11 @@ pytestmark = [
 
 @contextlib.contextmanager
 def serve():
-    """The app with the page in its navigation (tests/theories_app.py) on a free port; its URL."""
+    """The app (README's `streamlit run app.py`) on a free port; its URL."""
     port = free_port()
     tmp_dir = Path(tempfile.mkdtemp(prefix="elsviz-server-"))
     env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    with running([sys.executable, "-m", "streamlit", "run", "tests/theories_app.py", "--server.headless", "true",
+    with running([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                   "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
                  cwd=ROOT, port=port, log=tmp_dir / f"server-{port}.log", env=env):
         yield f"http://127.0.0.1:{port}"

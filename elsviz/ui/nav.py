@@ -9,6 +9,7 @@ PAGES = (
     ("app_pages/locality.py", "Locality explorer", ":material/tune:"),
     ("app_pages/network.py", "Network vs machine", ":material/compare:"),
     ("app_pages/extra_fingers.py", "Extra fingers", ":material/back_hand:"),
+    ("app_pages/theories.py", "Theories side by side", ":material/view_comfy:"),
 )
 
 
