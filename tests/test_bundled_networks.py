@@ -35,8 +35,9 @@ def test_a_bundled_network_is_whole_and_matches_its_set(name):
     folder = BUNDLED / name
     config = read_config(folder)
     weights = folder / config["weights"]
-    assert sorted(p.name for p in folder.iterdir()) <= sorted(["config.json", "schedule.json", "compare.json",
-                                                               config["weights"]])  # no training state shipped
+    shipped = {p.name for p in folder.iterdir()}
+    assert {"config.json", "schedule.json", config["weights"]} <= shipped  # and no training state:
+    assert shipped <= {"config.json", "schedule.json", "compare.json", config["weights"]}
     assert weights.stat().st_size < MAX_WEIGHTS
     assert file_sha256(weights) == config["weights_sha256"]
     assert config["arch"] == arch and config.get("num_classes") is None
