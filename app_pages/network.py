@@ -38,14 +38,12 @@ if finished is not None:
         ss["net_choice"] = label
 options = [*networks, PATH]
 linked = ss.pop("_link_net_choice", None)  # a shared link's network, by its name in the list
-if linked is not None:
-    if linked in networks:
-        ss["net_choice"] = linked
-    else:
-        st.warning(f"The link names the network `{linked}`, which this server does not have: showing "
-                   f"{options[0]} instead.", icon=":material/link_off:")
-if ss.get("net_choice") not in options:
-    ss["net_choice"] = options[0]
+if linked in networks:
+    ss["net_choice"] = linked
+nets.choose(networks, options, s.train.name)  # the network trained on the sidebar's set, unless one was chosen
+if linked is not None and linked not in networks:
+    st.warning(f"The link names the network `{linked}`, which this server does not have: showing "
+               f"{ss['net_choice']} instead.", icon=":material/link_off:")
 st.selectbox("Network", options, key="net_choice",
              help="Bundled with elsviz, trained here (the form below), or any folder `elsviz train --out` wrote.")
 folder = networks.get(ss["net_choice"])
@@ -101,7 +99,8 @@ except ElsvizError as err:
     st.stop()
 rf = receptive_field(net.config)
 st.caption(f"**{net.describe()}**. " + (f"Each output pixel sees a {rf}x{rf} square of the input." if rf else
-                                        "Its attention lets every pixel see the whole image."))
+                                        "Its attention lets every pixel see the whole image.")
+           + (f" {own}" if (own := nets.set_sentence(net, s.train)) else ""))
 
 # -- the machines' locality schedule -------------------------------------------------------------------
 st.subheader("The locality schedule")

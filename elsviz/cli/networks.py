@@ -4,6 +4,7 @@
     elsviz calibrate nets/digits-resnet                             # the schedule, saved beside it
     elsviz compare nets/digits-resnet --seeds 32                    # agreement per seed and the medians
     elsviz compare nets/digits-resnet --seeds 4 --machines all      # every machine, both modes
+    elsviz networks                                                 # the bundled ones and those trained here
 
 Progress and the tables go to stderr, the one-line summary to stdout.
 """
@@ -97,6 +98,30 @@ def _train(args) -> int:
     return 0
 
 
+@command("networks", "list the networks the app and load_network find: the bundled ones, then those trained here")
+def _networks(args) -> int:
+    from ..networks import catalogue, default_network_dir, read_config, read_schedule
+
+    found = catalogue()
+    if not found:
+        print(f"no networks: none bundled, none in {default_network_dir()} (elsviz train --out puts one anywhere)")
+    for label, folder in found.items():
+        try:
+            c = read_config(folder)
+            cal = read_schedule(folder, c)
+        except ElsvizError as err:
+            print(f"{label}  {folder}\n    unreadable: {err}")
+            continue
+        d, tr = c["dataset"], c["training"]
+        loss = "" if tr.get("loss") is None else f", loss {tr['loss']:.4f}"
+        sched = ("not calibrated" if cal is None else
+                 f"calibrated, k from step {len(cal['schedule']) - 1} to 0: {' '.join(map(str, cal['schedule'][::-1]))}")
+        print(f"{label}  {folder}\n    {c['arch']}, width {c['width']}, on {d['name']} "
+              f"{'x'.join(map(str, d['shape'][1:]))} ({d['n']:,} images); {tr['steps_done']:,} of {tr['steps']:,} "
+              f"steps{loss}; {sched}")
+    return 0
+
+
 @command("calibrate", "fit a machine's locality schedule to a trained network (saved beside it as schedule.json)",
          arg("network", metavar="DIR", help="a network folder written by elsviz train"),
          arg("--seeds", type=int, default=10, help="samples whose median gives the schedule (default 10)"),
@@ -125,7 +150,12 @@ def _calibrate(args) -> int:
         _say(f"step {done}/{total}  {time.perf_counter() - start:.0f} s")
 
     cal = calibration(net, engine, seeds, args.steps, label=args.label, progress=progress)
-    file = save_schedule(net, cal.to_json())
+    # which images the machine searched: the network's own set, or the --dataset given (a subset, when the
+    # full set would take hours on a CPU), so that a schedule says what it was fitted with
+    used = {"name": train.name, "n": len(train), "shape": list(train.shape),
+            "source": args.dataset or net.train.source,
+            "options": dataset_options(args.option) if args.dataset else dict(net.train.options)}
+    file = save_schedule(net, {**cal.to_json(), "train": used, "seconds": round(time.perf_counter() - start, 1)})
     print(f"{args.machine} schedule k[0..{args.steps - 1}] = {' '.join(map(str, cal.schedule))} "
           f"({len(seeds)} seeds, {time.perf_counter() - start:.0f} s) -> {file}")
     return 0

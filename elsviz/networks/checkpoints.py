@@ -368,6 +368,21 @@ def catalogue() -> dict[str, Path]:
     return found
 
 
+def network_for(name: str, networks: dict[str, Path] | None = None) -> str | None:
+    """The label in `networks` (default: the catalogue) of the network trained on the set called `name`:
+    a bundled one before one trained here, a ResNet (what the machines model) before a UNet; None when
+    none was. A folder whose config.json cannot be read is passed over (choosing it says why)."""
+    found = []
+    for n, (label, folder) in enumerate((catalogue() if networks is None else networks).items()):
+        try:
+            config = read_config(folder)
+        except ElsvizError:
+            continue
+        if config["dataset"]["name"] == name:
+            found.append((not label.endswith("(bundled)"), config["arch"] != "resnet", n, label))
+    return min(found)[-1] if found else None
+
+
 def calibrated_schedules() -> dict[str, tuple[list[int], str]]:
     """'calibrated: NAME' -> (k per step, a note) for every network of the catalogue with a schedule.json."""
     out = {}

@@ -15,7 +15,7 @@ import streamlit as st
 from ..analysis.compare import Comparison, calibration, resample, score
 from ..datasets import load_dataset
 from ..errors import ElsvizError
-from ..networks import CONFIG, SCHEDULE, load_network, save_schedule, train_network
+from ..networks import CONFIG, SCHEDULE, load_network, network_for, save_schedule, train_network
 from ..app.runs import RunSpec
 from ..machines import k_limit
 from ..schedule import PRESET_NOTES, PRESETS
@@ -45,6 +45,29 @@ def network(folder) -> object:
     if not folder.exists():
         raise ElsvizError(f"{folder} does not exist on this machine (it is read by the app's server).")
     return _load(str(folder.resolve()), _stamp(folder))
+
+
+def choose(networks: dict, options: list[str], set_name: str) -> None:
+    """Set the page's choice (st.session_state["net_choice"]) to the network trained on the sidebar's set
+    (networks.network_for), on the first visit and whenever the set changes while the choice is still the
+    page's own; a network the user or a link chose stays. Without one for the set: the first option."""
+    ss = st.session_state
+    auto = network_for(set_name, networks)
+    mine = ss.get("net_choice") not in options or ss.get("net_choice") == ss.get("_net_auto")
+    if mine:
+        ss["net_choice"] = auto or options[0]
+        ss["_net_auto"] = ss["net_choice"]
+
+
+def set_sentence(net, sidebar) -> str | None:
+    """One sentence when the network was trained on another set than the sidebar's (another name, size or
+    number of images): the machines here use the network's own. None when the two are the same."""
+    c, h, w = net.train.shape
+    if (sidebar.name, tuple(sidebar.shape), len(sidebar)) == (net.train.name, (c, h, w), net.train.n):
+        return None
+    _, sh, sw = sidebar.shape
+    return (f"The machines here run on the network's own training set, {net.train.name} at {h}x{w} "
+            f"({net.train.n:,} images), not on the sidebar's {sidebar.name} at {sh}x{sw} ({len(sidebar):,} images).")
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the network's training set ...")
