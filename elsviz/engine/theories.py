@@ -57,18 +57,29 @@ def gaussian_model(flat: torch.Tensor, chunk_elems: int):
     """The Gaussian model of the images flat [N, D]: (mean [D], eigenvalues [D] >= 0 ascending,
     eigenvectors [D, D] as columns), all float64, of the population covariance
     S = (1/N) sum_i (X_i - mu)(X_i - mu)^T. Accumulated in float64 over chunks of images."""
+    return gaussian(*moments(flat, chunk_elems), flat.shape[0])
+
+
+def moments(flat: torch.Tensor, chunk_elems: int):
+    """(mu [D], M2 [D, D]) of the images flat [N, D] in float64: their mean and the sum of
+    (X_i - mu)(X_i - mu)^T, accumulated over chunks of images (the Ray engine merges them across
+    shards exactly: merge.moments)."""
     n, dim = flat.shape
     step = _per_chunk(chunk_elems, dim)
     mu = torch.zeros(dim, dtype=torch.float64, device=flat.device)
     for n0 in range(0, n, step):
         mu += flat[n0:n0 + step].double().sum(0)
     mu /= n
-    cov = torch.zeros(dim, dim, dtype=torch.float64, device=flat.device)
+    m2 = torch.zeros(dim, dim, dtype=torch.float64, device=flat.device)
     for n0 in range(0, n, step):
         c = flat[n0:n0 + step].double() - mu  # [n, D]
-        cov.addmm_(c.T, c)
-    cov /= n
-    vals, vecs = torch.linalg.eigh(cov)  # S = V diag(vals) V^T
+        m2.addmm_(c.T, c)
+    return mu, m2
+
+
+def gaussian(mu: torch.Tensor, m2: torch.Tensor, n: int):
+    """gaussian_model from moments of n images: (mu, eigenvalues >= 0, eigenvectors) of S = M2 / n."""
+    vals, vecs = torch.linalg.eigh(m2 / n)  # S = V diag(vals) V^T
     return mu, vals.clamp(min=0.0), vecs  # (rounding leaves eigenvalues of ~-1e-16 where S is singular)
 
 
@@ -203,9 +214,15 @@ def pspc(x: torch.Tensor, a: float, b: float, imgs: torch.Tensor, k: int, sq: to
         for into, v in zip(crops, stats):
             into[rows] = v
         mean[rows] = _pspc_pass2(xs, a, b, imgs, k, sq, step, stats[0], stats[1], e)
-    mean /= _spread(torch.ones(1, hc, wc, device=x.device), k)[0]  # [H, W] crops holding each pixel
+    mean /= crop_cover(k, (h, w), x.device)
     _, s, ent, best = crops
     return (mean, *pspc_sources(s, (torch.log(s) - ent / s).clamp(min=0.0), best, k, (h, w), chunk_elems))
+
+
+def crop_cover(k: int, hw: tuple[int, int], device=None) -> torch.Tensor:
+    """How many k x k crops inside an image of size hw hold each pixel: [H, W]."""
+    h, w = hw
+    return _spread(torch.ones(1, h - k + 1, w - k + 1, device=device), k)[0]
 
 
 def pspc_crops(x, a, b, imgs, k, sq, chunk_elems):
@@ -315,7 +332,7 @@ def cfdm(x: torch.Tensor, a: float, b: float, flat: torch.Tensor, sq: torch.Tens
     x [B, C, H, W], flat [N, D], sq [N], eps [M, C, H, W] (sigma = 0: one copy, IS).
     Returns mean [B, D], the heaviest image [B] (first on ties), its weight wbar [B] and the
     entropy of wbar [B]. lse [B * M]: pass 1's log-sum-exps over a larger set (the Ray engine's
-    shards: cfdm_lse of each, merged), and then the sums run over the images given."""
+    shards: cfdm_norms of each, merged), and then the sums run over the images given."""
     bsz = x.shape[0]
     n, dim = flat.shape
     mean = torch.zeros(bsz, dim, device=x.device)
@@ -325,7 +342,8 @@ def cfdm(x: torch.Tensor, a: float, b: float, flat: torch.Tensor, sq: torch.Tens
     for rows, copies, q, logits_of, step in _cfdm_slices(x, a, b, flat, sq, eps, sigma, chunk_elems):
         nb, lg = rows.stop - rows.start, None
         if lse is None:
-            part, lg = _cfdm_pass1(logits_of, n, step, q.shape[0], x.device)
+            m, total, lg = _cfdm_pass1(logits_of, n, step, q.shape[0], x.device)
+            part = m + torch.log(total)
         else:
             part = lse[rows.start * copies:rows.stop * copies]
         for n0 in range(0, n, step):  # pass 2
@@ -341,10 +359,12 @@ def cfdm(x: torch.Tensor, a: float, b: float, flat: torch.Tensor, sq: torch.Tens
     return mean, best_i, best_w, entropy.clamp(min=0.0)
 
 
-def cfdm_lse(x, a, b, flat, sq, eps, sigma: float, chunk_elems: int) -> torch.Tensor:
-    """cfdm's pass 1 alone: each copy's log-sum-exp of its logits over the images flat: [B * M]."""
-    return torch.cat([_cfdm_pass1(logits_of, flat.shape[0], step, q.shape[0], x.device)[0]
-                      for _, _, q, logits_of, step in _cfdm_slices(x, a, b, flat, sq, eps, sigma, chunk_elems)])
+def cfdm_norms(x, a, b, flat, sq, eps, sigma: float, chunk_elems: int):
+    """cfdm's pass 1 alone: each copy's largest logit m and sum of exp(l - m) over the images flat
+    ([B * M] each). Shards' merge as softmax statistics do; m + log(s) is the log-sum-exp (lse)."""
+    parts = [_cfdm_pass1(logits_of, flat.shape[0], step, q.shape[0], x.device)[:2]
+             for _, _, q, logits_of, step in _cfdm_slices(x, a, b, flat, sq, eps, sigma, chunk_elems)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def _cfdm_slices(x, a, b, flat, sq, eps, sigma, chunk_elems):
@@ -364,14 +384,18 @@ def _cfdm_slices(x, a, b, flat, sq, eps, sigma, chunk_elems):
 
 
 def _cfdm_pass1(logits_of, n: int, step: int, rows: int, device):
-    """Each copy's log-sum-exp over the chunks of images [rows], and the last chunk's logits."""
-    lse, lg = torch.full((rows,), -math.inf, device=device), None
+    """Each copy's largest logit m and sum of exp(l - m) over the chunks of images [rows], and the
+    last chunk's logits."""
+    m, total, lg = torch.full((rows,), -math.inf, device=device), torch.zeros(rows, device=device), None
     for n0 in range(0, n, step):
         lg = logits_of(n0)
-        m = lg.amax(-1, keepdim=True)
-        # (l - m clamped: torch.logsumexp's exp of far keys leaves the fast path, 8x slower here)
-        lse = torch.logaddexp(lse, m.squeeze(1) + torch.exp((lg - m).clamp_(min=FLOOR)).sum(-1).log())
-    return lse, lg
+        top = lg.amax(-1)
+        # (l - m clamped: exp of far keys leaves the fast path, 8x slower here)
+        part = torch.exp((lg - top.unsqueeze(1)).clamp_(min=FLOOR)).sum(-1)
+        new = torch.maximum(m, top)
+        total = total * torch.exp(m - new) + part * torch.exp(top - new)
+        m = new
+    return m, total, lg
 
 
 # -- a call's posterior, with provenance ---------------------------------------------------------
