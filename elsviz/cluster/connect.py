@@ -60,21 +60,25 @@ def connect(address: str | None = None):
     returns the ray module. A process holds one cluster: another address while connected is refused."""
     ray = ray_module()
     address = address_setting(address)
+    remote = address not in (None, LOCAL, "auto")
+    if remote:
+        probe(address)
     if ray.is_initialized():
         here = current_address()
-        if address in (None, LOCAL, "auto") or _same(address, here):
+        if not remote or _same(address, here):
             return ray
         raise ElsvizError(f"This process is already connected to the Ray cluster at {here}; one process reaches "
                           f"one cluster: use that address, or call ray.shutdown() before connecting to {address}.")
-    if address not in (None, LOCAL, "auto"):
-        probe(address)
     try:
-        ray.init(address=address, include_dashboard=False if address in (None, LOCAL) else None,
-                 logging_level=logging.WARNING)
+        ray.init(address=address, include_dashboard=None if remote else False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = "on this machine" if address in (None, LOCAL, "auto") else f"at {address}"
+        where = f"at {address}" if remote else "on this machine"
+        hint = ("" if os.environ.get("RAY_AUTH_MODE") == "token" else
+                " If the cluster uses token authentication (Ray's default for `ray start --head`), set "
+                "RAY_AUTH_MODE=token (and its token, ~/.ray/auth_token or RAY_AUTH_TOKEN) before starting Python.")
         raise ElsvizError(f"Could not reach or start a Ray cluster {where}: {str(exc).splitlines()[0]}. "
-                          f"Start one with `ray start --head` and set {ENV}, or leave it unset for a local one.") from None
+                          f"Start one with `ray start --head` and set {ENV}, or leave it unset for a local one."
+                          + hint) from None
     return ray
 
 

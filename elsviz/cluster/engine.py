@@ -223,7 +223,7 @@ class RayEngine:
     """One score machine over a training set split into shards on a Ray cluster; the surface of
     Engine that samplers use (denoise, train, machine, device, options), with the same results.
 
-        engine = Engine(train, "bbels", device="ray", shards=2)       # or RayEngine(train, ...)
+        engine = Engine(train, "bbels", device="ray", shards=2)
         post = engine.denoise(x, t, k)
         print(engine.describe())                                       # where it runs
 
@@ -246,8 +246,8 @@ class RayEngine:
         if not isinstance(train, (ImageSet, str, Path)):
             raise ElsvizError(f"The Ray engine needs an ImageSet, or a dataset name or path its shards load; got "
                               f"{type(train).__name__}.")
-        if engine_class is None:
-            from ..engine import Engine as engine_class  # noqa: N813  (the single-device engine the shards run)
+        if engine_class is None:  # the single-device engine the shards run: Engine passes itself
+            raise ElsvizError("Make the Ray engine with elsviz.Engine(train, machine, device='ray', shards=...).")
         self.machine = as_choice("machine", machine, tuple(MACHINES))
         self.options = machine_options(self.machine, {"threshold": threshold, "samples": samples, "sigma": sigma,
                                                       "seed": seed})
@@ -287,6 +287,12 @@ class RayEngine:
         """Per shard: index, node (Ray node id), ip, pid, device, threads, images, kernel."""
         keys = ("index", "node", "ip", "pid", "device", "threads", "images", "kernel")
         return [{k: info.get(k) for k in keys} for info in self._pool.infos]
+
+    @property
+    def actors(self) -> list:
+        """The shards' Ray actor handles, in shard order (for tools and tests: ray.kill one to see it
+        restarted)."""
+        return list(self._pool.actors)
 
     def describe(self) -> str:
         """Where the engine runs, in one line: the cluster, shards, nodes, devices."""
