@@ -9,6 +9,7 @@ Ray fails here rather than skipping.
 """
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -246,6 +247,7 @@ def test_two_ray_nodes_on_this_machine():
         out = json.loads(run.stdout.strip().splitlines()[-1])
     finally:
         end_processes_of(temp)
+        shutil.rmtree(temp, ignore_errors=True)
     for machine, r in out.items():
         assert r["nodes"] == 2, r["where"]
         assert r["rel"] <= 1e-5 and r["same_sources"], (machine, r)
@@ -274,3 +276,32 @@ def end_processes_of(temp: str) -> None:
         deadline = time.monotonic() + 10
         while ours() and time.monotonic() < deadline:
             time.sleep(0.2)
+
+
+def test_import_elsviz_needs_no_ray_and_device_ray_says_how_to_install_it():
+    code = textwrap.dedent("""
+        import sys
+        import elsviz
+        assert "ray" not in sys.modules, "import elsviz imported ray"
+        sys.modules["ray"] = None  # as if Ray were not installed
+        try:
+            elsviz.Engine(elsviz.load_dataset("digits", limit=10), "is", device="ray")
+        except elsviz.ElsvizError as exc:
+            print(exc)
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "pip install elsviz[cluster]" in run.stdout
+
+
+def test_the_command_line_samples_on_the_cluster(cluster, tmp_path, capsys):
+    from elsviz.cli import main
+
+    out = tmp_path / "run"
+    assert main(["sample", "digits", "-O", "limit=120", "--ray", "--shards", "2", "--steps", "3", "--k", "5",
+                 "-o", str(out)]) == 0
+    assert (out / "final.png").is_file() and (out / "provenance.png").is_file()
+    assert "runs on: Ray cluster at" in capsys.readouterr().err
+    assert main(["sample", "digits", "--shards", "2", "-o", str(tmp_path / "other")]) == 1
+    assert "--shards splits the training set over a Ray cluster" in capsys.readouterr().err

@@ -10,8 +10,10 @@ needs no Ray.
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import time
 
 import torch
 
@@ -21,6 +23,19 @@ from ..errors import ElsvizError
 from ..imageset import ImageSet
 from ..schedule import alpha_sigma
 from . import merge
+
+
+def timed(method):
+    """Count the seconds a shard's method computes (Shard.busy: the bench's per-shard time)."""
+    @functools.wraps(method)
+    def run(self, *args):
+        start = time.perf_counter()
+        try:
+            return method(self, *args)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    return run
 
 
 def strided(n: int, index: int, shards: int) -> list[int]:
@@ -55,6 +70,7 @@ class Shard:
         self.engine_class = engine_class
         self.engines: dict = {}
         self.threads = torch.get_num_threads()
+        self.seconds = 0.0  # spent in the rounds' methods (timed)
 
     # -- where it runs, and its engines -----------------------------------------------------------
     def prepare(self, spec) -> dict:
@@ -86,6 +102,10 @@ class Shard:
     def ping(self) -> int:
         return os.getpid()
 
+    def busy(self) -> float:
+        """Seconds this shard has computed in the rounds' methods since it started."""
+        return self.seconds
+
     # -- indices ------------------------------------------------------------------------------------
     def _has(self, label) -> bool:
         """Whether this shard holds images of the label (None: any)."""
@@ -108,6 +128,7 @@ class Shard:
         return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
 
     # -- IS, LS, ELS, bbELS ---------------------------------------------------------------------------
+    @timed
     def stats(self, spec, x, t, k, label):
         """The softmax statistics over this shard's keys, with the window and the place of each
         row's heaviest key. None: no image of the label here."""
@@ -120,6 +141,7 @@ class Shard:
         return self._out(m=sm.m, s=sm.s, acc=sm.acc, ent=sm.ent, key=keys.flatten()[sm.best],
                          order=self._order(label, sm.best, per))
 
+    @timed
     def ties(self, spec, k, label, kind, values):
         """For windows values [Q] (ties.window_keys of the machine `kind`; k None: whole images): the
         place of their first key here and how many keys here hold them (merge.ABSENT, 0: none)."""
@@ -149,6 +171,7 @@ class Shard:
         """Raise the single engine's ElsvizError for a call it refuses."""
         self._engine(spec).plan(x, t, k, label)
 
+    @timed
     def nearest(self, spec, x, t, label):
         if not self._has(label):
             return None
@@ -157,6 +180,7 @@ class Shard:
         return self._out(value=value, order=self._global(label, best), key=eng.reads.window_keys(None, label)[best],
                          image=imgs[best])
 
+    @timed
     def cfdm_norms(self, spec, x, t, label):
         if not self._has(label):
             return None
@@ -165,6 +189,7 @@ class Shard:
         m, s = theories.cfdm_norms(x, a, b, flat, sq, eps, eng.options["sigma"], eng.chunk_elems)
         return self._out(m=m, s=s)
 
+    @timed
     def cfdm_sums(self, spec, x, t, label, lse):
         if not self._has(label):
             return None
@@ -175,6 +200,7 @@ class Shard:
         return self._out(mean=mean, weight=weight, entropy=entropy, order=self._global(label, best),
                          key=eng.reads.window_keys(None, label)[best])
 
+    @timed
     def moments(self, spec, label):
         """(n, mu, M2) of the images in play, float64 (wiener's and pca's Gaussian model)."""
         if not self._has(label):
@@ -184,6 +210,7 @@ class Shard:
         mu, m2 = theories.moments(flat, eng.chunk_elems)
         return flat.shape[0], mu.cpu(), m2.cpu()
 
+    @timed
     def pca(self, spec, x, t, label, mask):
         if not self._has(label):
             return None
@@ -192,6 +219,7 @@ class Shard:
         return self._out(m=sm.m, s=sm.s, acc=sm.acc, ent=sm.ent, order=self._global(label, sm.best),
                          key=eng.reads.window_keys(None, label)[sm.best])
 
+    @timed
     def pspc_crops(self, spec, x, t, k, label):
         """pspc's pass 1 here: per crop m, s, ent, and the window (an "ls" key at the crop's centre)
         and place of its heaviest image."""
@@ -208,6 +236,7 @@ class Shard:
         key = eng.reads.window_keys(k, label, "ls").flatten()[best * (h * w) + centre]
         return self._out(m=m, s=s, ent=ent, key=key, order=self._global(label, best.flatten()).view(best.shape))
 
+    @timed
     def pspc_sums(self, spec, x, t, k, label, m, s):
         if not self._has(label):
             return None

@@ -88,21 +88,14 @@ def current_address() -> str:
 
 
 def _same(a: str, b: str) -> bool:
+    """Whether two host:port addresses name the same cluster (this machine's names for itself alike:
+    Ray reports 127.0.0.1 as the machine's own address)."""
     def norm(v):
         host, _, port = v.split("://", 1)[-1].rpartition(":")
         try:
-            return socket.gethostbyname(host.strip("[]")), port
+            host = socket.gethostbyname(host.strip("[]"))
         except OSError:
-            return host, port
-    if a == b:
-        return True
-    na, nb = norm(a), norm(b)
-    local = {"127.0.0.1", _own_ip()}
-    return na[1] == nb[1] and (na[0] == nb[0] or {na[0], nb[0]} <= local)
+            pass
+        return ("here" if host.startswith("127.") or host == ray_module().util.get_node_ip_address() else host), port
 
-
-def _own_ip() -> str:
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
+    return a == b or norm(a) == norm(b)

@@ -86,7 +86,7 @@ class Pool:
 
     def __init__(self, ray, train, shards, dataset_options, engine_class, cpus, gpus, restarts, start_timeout):
         self.ray = ray
-        res = ray.cluster_resources()
+        res, free = ray.cluster_resources(), ray.available_resources()
         cpu_total, gpu_total = float(res.get("CPU", 0)), float(res.get("GPU", 0))
         if shards is None:
             shards = int(gpu_total) if gpu_total >= 1 else max(1, int(cpu_total))
@@ -94,8 +94,9 @@ class Pool:
             shards = min(shards, len(train))
         if gpus is None:
             gpus = 0.0 if gpu_total < 1 else (1.0 if shards <= gpu_total else _share(gpu_total, shards))
-        if cpus is None:  # one thread per CPU the shard is given; fractions where shards outnumber CPUs
-            cpus = _share(cpu_total if gpus == 0 else min(cpu_total, shards), shards) if cpu_total else 0.0
+        if cpus is None:  # the CPUs free now, shared out (other engines' shards may hold some): one
+            # thread per whole CPU, fractions where shards outnumber them
+            cpus = _share(min(cpu_total, float(free.get("CPU", 0))) if gpus == 0 else min(cpu_total, shards), shards)
         self.shards, self.cpus, self.gpus, self.restarts = shards, cpus, gpus, restarts
         self.actor = ray.remote(Shard).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0,
                                                scheduling_strategy="SPREAD")
@@ -214,9 +215,10 @@ def _error(exc, what: str) -> ElsvizError:
 
 
 def _share(total: float, shards: int) -> float:
-    """Resources per shard that Ray accepts (a whole number, or a fraction below 1 to 4 decimals)."""
+    """Resources per shard that Ray accepts (a whole number, or a fraction below 1 to 4 decimals; at
+    least Ray's smallest unit, so that shards start even where nothing is free, sharing the CPUs)."""
     per = total / shards
-    return float(int(per)) if per >= 1 else int(per * 10_000) / 10_000
+    return float(int(per)) if per >= 1 else max(0.0001, int(per * 10_000) / 10_000)
 
 
 class RayEngine:
@@ -315,6 +317,10 @@ class RayEngine:
     def cache_bytes(self) -> int:
         """The bytes each shard's engine may cache."""
         return int(self._pool.infos[0].get("cache_bytes", 0))
+
+    def shard_seconds(self) -> list[float]:
+        """Seconds each shard has spent computing its parts of calls (since its worker started)."""
+        return self._pool.calls([("busy", lambda i: (), None)], self.timeout)[0]
 
     def clear_cache(self) -> None:
         self._pool.calls([("clear", lambda i: (), None)], self.timeout)
