@@ -11,7 +11,7 @@ from .geometry import train_class
 from .keyset import KeySet
 from .plan import Step, piece_keys, table_bytes
 from .tables import CHUNK, cpu_table, gather_layout, padded_images, torch_table
-from .ties import distinct_keys, same_count, window_hash
+from .ties import distinct_keys, find_first, first_table, same_count, window_hash, window_keys
 
 
 class Reads:
@@ -136,17 +136,44 @@ class Reads:
         """|X_n|^2 of the whole images in play [N] (IS and the theories that compare whole images)."""
         return self.cache.get(("is-sq", label), lambda: (flat * flat).sum(-1))
 
-    def multiplicity(self, k, label) -> torch.Tensor:
+    def multiplicity(self, k, label, kind: str | None = None) -> torch.Tensor:
         """How many keys of the same class have exactly the window of each key: [N, H, W] int32
-        (IS: [N], identical whole images). Computed once per (k, label) from window hashes."""
-        def make():
-            imgs = self.images_of(label)
-            if k is None:
-                return same_count(window_hash(imgs, None), torch.zeros(1, dtype=torch.int64, device=imgs.device))
-            n, _, h, w = imgs.shape
-            return same_count(self.hashes(k, label), train_class(self.machine, k, h, w).to(imgs.device))
+        (IS: [N], identical whole images). Computed once per (k, label) from window hashes.
+        kind: the machine whose classes count (default this engine's; pspc counts "ls" crops)."""
+        kind = kind or self.machine
+        return self.cache.get(("mult", kind, k, label), lambda: same_count(*self._hashes_and_classes(k, label, kind)))
 
-        return self.cache.get(("mult", self.machine, k, label), make)
+    def window_keys(self, k, label, kind: str | None = None) -> torch.Tensor:
+        """ties.window_keys of every key in play: [N, H, W] (k None: [N], whole images)."""
+        return window_keys(*self._hashes_and_classes(k, label, kind or self.machine))
+
+    def _hashes_and_classes(self, k, label, kind):
+        imgs = self.images_of(label)
+        if k is None:
+            return self.cache.get(("is-hash", label), lambda: window_hash(imgs, None)), \
+                torch.zeros(1, dtype=torch.int64, device=imgs.device)
+        n, _, h, w = imgs.shape
+        return self.hashes(k, label), train_class(kind, k, h, w).to(imgs.device)
+
+    def canonical(self, ids: torch.Tensor, k, label, kind: str | None = None) -> torch.Tensor:
+        """Key ids (image * H*W + position; k None: image) -> the first key with the same window
+        in the same class, in the dense order (position, then image). Which of several identical
+        keys holds a float32 maximum depends on how the sums were rounded (chunks, kernels, shards);
+        their first one does not. The table of the repeated windows is built once per (k, label)."""
+        mult = self.multiplicity(k, label, kind).flatten()
+        repeated = mult[ids] > 1
+        if not bool(repeated.any()):
+            return ids
+        kind = kind or self.machine
+        keys = self.window_keys(k, label, kind)
+        n = keys.shape[0]
+        table = self.cache.get(("firsts", kind, k, label),
+                               lambda: first_table(keys, (mult > 1).view(keys.shape)))
+        first, _ = find_first(table, keys.flatten()[ids[repeated]])
+        per = mult.numel() // n  # positions per image
+        out = ids.clone()
+        out[repeated] = (first % n) * per + first // n
+        return out
 
     def gaussian(self, label, imgs):
         """The Gaussian model of the images in play (cached per label): mean [D], eigenvalues [D]

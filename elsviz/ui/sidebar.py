@@ -247,7 +247,8 @@ def sidebar(later: bool = False) -> Settings:
         except ElsvizError as err:
             st.error(str(err))
             st.stop()
-        st.caption(f"Device: **{eng.device}**")
+        where = getattr(eng, "describe", None)  # the Ray engine says where its shards run
+        st.caption(f"Runs on: {where()}" if callable(where) else f"Device: **{eng.device}**")
         link_slot = st.empty()  # "Copy link" (write_link fills it, again when a page adds its own state)
     link_message()
     ss["_link_slot"] = None if later else link_slot
