@@ -342,8 +342,8 @@ def cluster(ns) -> int:
     print(f"machine: {machine_info()}; load average {os.getloadavg()[0]:.1f} at the start; torch threads "
           f"{torch.get_num_threads()} (one engine); {ns.runs} timed runs of {ns.steps} steps each after a one-step warm-up, "
           "alternated\n")
-    head = (f"{'set':<18}{'machine':<9}{'one engine':>11}{'Ray':>9}{'ratio':>7}{'merge/step':>12}"
-            f"{'shards/step':>13}{'rest/step':>11}")
+    head = (f"{'set':<20}{'machine':<9}{'one engine':>11}{'Ray':>9}{'ratio':>7}{'merge/step':>12}"
+            f"{'shards/step':>13}{'rest/step':>11}")  # rest: round trips, transfers, one shard waiting on another
     print(head + "\n" + "-" * len(head))
     rows = []
     for machine in ns.machines.split(","):
@@ -376,7 +376,7 @@ def cluster(ns) -> int:
                "shard_s_per_step": statistics.median(busy), "rest_s_per_step": statistics.median(rest),
                "placement": sharded.describe(), "load_end": os.getloadavg()[0]}
         rows.append(row)
-        print(f"{row['set']:<18}{machine:<9}{row['one_s']:>10.2f}s{row['ray_s']:>8.2f}s{row['ray_s'] / row['one_s']:>6.2f}x"
+        print(f"{row['set']:<20}{machine:<9}{row['one_s']:>10.2f}s{row['ray_s']:>8.2f}s{row['ray_s'] / row['one_s']:>6.2f}x"
               f"{row['merge_s_per_step'] * 1e3:>10.1f}ms{row['shard_s_per_step']:>12.2f}s"
               f"{row['rest_s_per_step'] * 1e3:>9.1f}ms", flush=True)
         sharded.close()

@@ -305,3 +305,28 @@ def test_the_command_line_samples_on_the_cluster(cluster, tmp_path, capsys):
     assert "runs on: Ray cluster at" in capsys.readouterr().err
     assert main(["sample", "digits", "--shards", "2", "-o", str(tmp_path / "other")]) == 1
     assert "--shards splits the training set over a Ray cluster" in capsys.readouterr().err
+
+
+def test_the_app_runs_on_the_cluster_and_says_where(cluster, monkeypatch):
+    """With ELSVIZ_RAY_ADDRESS set the app's engines are Ray engines, and the sidebar says where they run."""
+    from streamlit.testing.v1 import AppTest
+
+    from elsviz.ui import data
+    from elsviz.ui.runs import _worker
+
+    monkeypatch.setenv("ELSVIZ_RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    data.engine.clear()  # engines of other tests in this process were made without it
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+        for key, value in {"limit": 120, "steps": 3, "loc_mode": "one k"}.items():
+            at.session_state[key] = value
+        at.switch_page("app_pages/reverse_diffusion.py")
+        at.run()
+        assert not at.exception, at.exception
+        captions = "\n".join(c.value for c in at.sidebar.caption)
+        assert "Runs on: Ray cluster at" in captions and "shards on 1 node" in captions, captions
+        result = at.session_state["_last_result"]
+        assert result.engine.describe() in captions and result.traj.final.shape[-2:] == (16, 16)
+    finally:
+        assert _worker().idle(timeout=300)  # the live-k worker's neighbouring runs, done before the cluster goes
+        data.engine.clear()

@@ -234,8 +234,10 @@ class RayEngine:
     images. address: the cluster (default $ELSVIZ_RAY_ADDRESS, else $RAY_ADDRESS, else a new local
     one; 'local' forces a new one, 'auto' the one started on this machine). shards: default one per
     GPU of the cluster, else one per CPU. cpus_per_shard, gpus_per_shard: Ray resources of each
-    shard (default: the cluster's, shared out). timeout: seconds any remote call may take;
-    restarts: how often Ray restarts a shard's worker that dies (its call is then recomputed).
+    shard (default: the free ones, shared out). timeout: seconds any remote call may take (then
+    ElsvizError); restarts: how often a shard whose worker died is started again within one call
+    (its part of the call is then recomputed; past that, ElsvizError naming it). start_timeout:
+    seconds for the shards to start.
     cache_bytes, chunk_elems, compile and the machines' own settings go to each shard's engine.
     """
 
