@@ -40,7 +40,8 @@ options = [*networks, PATH]
 linked = ss.pop("_link_net_choice", None)  # a shared link's network, by its name in the list
 if linked in networks:
     ss["net_choice"] = linked
-nets.choose(networks, options, s.train.name)  # the network trained on the sidebar's set, unless one was chosen
+nets.choose(networks, options, s.train.name, s.train.shape)  # the network trained on the sidebar's set and size,
+# unless one was chosen
 if linked is not None and linked not in networks:
     st.warning(f"The link names the network `{linked}`, which this server does not have: showing "
                f"{ss['net_choice']} instead.", icon=":material/link_off:")
