@@ -1,4 +1,4 @@
-"""The lesson: the theory in seven short steps, each one live run of the engine on the digits and a few sentences.
+"""The lesson: the theory in eight short steps, each one live run of the engine on the digits and a few sentences.
 
 Every sentence about a run comes from elsviz.analysis.claims, computed from that run's numbers.
 """
@@ -11,8 +11,10 @@ from elsviz.analysis.lesson import K_STEPS, LESSON_K, LESSON_SETS, border_kept_f
 from elsviz.app.runs import RunSpec
 from elsviz.analysis.provenance import mosaic, source_shares
 from elsviz.ui import Settings, derived, settings, show, spec_run
+from elsviz.ui.theories import LESSON_TITLE as THEORIES_TITLE, lesson_theories
 from elsviz.ui import data
 from elsviz.ui.links import write_link
+from elsviz.ui.sidebar import draw_later
 
 BIG = 256  # pixels per picture: readable from the back of a room on a projector
 
@@ -82,6 +84,7 @@ picture(main, "reverse", lambda: figures.grid(
     [f"step {i}" for i in picks[:-1]] + ["step 1: the output"], ["noisy image", "the guess"],
     target=BIG * 2 // 3, font_size=18),
     "From left to right: steps spread over the run, from pure noise to the output (bottom right).")
+draw_later()  # the sidebar's "Copy link", now that the first picture is on the page
 
 # 2 ----------------------------------------------------------------------------------------------
 st.header("2. The ideal model memorises")
@@ -207,5 +210,9 @@ picture(sweep[-1], "k", lambda: figures.strip(
     [f"k = {k}: {claims.short_novelty(c, detail=False, noun=NOUN)}" for k, c in zip(K_STEPS, sweep_claims)],
     target=BIG * 3 // 4, font_size=18),
     "bbELS with one k for every step; the same noise in each.")
+
+# 8 ----------------------------------------------------------------------------------------------
+lesson_theories(lesson, steps, seed, title=f"8. {THEORIES_TITLE}")
 st.caption("Next: the Reverse diffusion page plays any run step by step; Patch provenance explains any pixel; "
-           "Locality explorer compares machines and k on your own settings.")
+           "Locality explorer compares machines and k on your own settings; Theories side by side puts all nine "
+           "machines beside a trained network.")

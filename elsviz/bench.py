@@ -12,10 +12,18 @@ loaded beside this one in the same process, trajectories alternated) and prints 
 absolute times on shared machines drift, alternation puts both under the same load.
 --naive adds the naive dense formulation on digits. Prints a table; --json FILE writes the numbers.
 
+--cluster: one engine against the Ray engine (Engine(..., device="ray", shards=--shards), a local
+cluster of --shards CPUs, or $ELSVIZ_RAY_ADDRESS) on a synthetic set (--n, default 20,000 x 28x28),
+--steps-step runs of the mnist-resnet schedule per machine (--machines), alternated: the ratio, and per
+step the merge's time, the shards' compute and the rest (Ray's round trips). docs/SCALING.md.
+
 --estimates: what elsviz.app.runs.Estimator says a run will take, against what it takes (ESTIMATE_CASES: the
 digits, hands and photos, every machine, cold and warm, one thread), the ratio per run; --record FILE
 writes the timings (tests/estimate_timings.json, which tests/test_estimates.py checks the estimates
 against); --fit FILE fits elsviz.app.runs.COSTS to such a file. docs/BENCHMARKS.md, "Estimates".
+
+--first-picture [--runs N] [--baseline REV] [--open-after S]: the app's first picture in headless Chromium, each
+time on a fresh `streamlit run app.py` (elsviz.app.first_picture; docs/BENCHMARKS.md, "The first picture").
 """
 from __future__ import annotations
 
@@ -239,6 +247,14 @@ def main(argv=None) -> int:
                                                                  "recorded FILE and print them")
     p.add_argument("--cases", default=None, help="with --estimates: only the cases whose name contains one of these "
                                                  "(comma-separated), e.g. photos,hands/bbels or held-out")
+    p.add_argument("--first-picture", action="store_true", help="seconds from opening the app to its first picture, "
+                   "each on a fresh server, in headless Chromium (with --baseline: that revision's app too, alternated)")
+    p.add_argument("--open-after", type=float, default=0.0, metavar="S", help="with --first-picture: open the page S "
+                   "seconds after the server answers (0: at once)")
+    p.add_argument("--cluster", action="store_true",
+                   help="one engine against the Ray engine with --shards shards (docs/SCALING.md); --n defaults to 20,000")
+    p.add_argument("--shards", type=int, default=2, help="with --cluster: shards (and the local cluster's CPUs)")
+    p.add_argument("--steps", type=int, default=5, help="with --cluster: steps of each timed run")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     p.add_argument("--against", default=None, help=argparse.SUPPRESS)
@@ -254,6 +270,10 @@ def main(argv=None) -> int:
         return 0
     if ns.estimates:
         return estimates(ns)
+    if ns.first_picture:
+        return first_picture(ns)
+    if ns.cluster:
+        return cluster(ns)
     os.environ["ELSVIZ_KERNEL"] = ns.kernel  # the children inherit it
     threads = [] if ns.threads is None else ["--threads", str(ns.threads)]
 
@@ -285,6 +305,85 @@ def main(argv=None) -> int:
     if ns.json:
         with open(ns.json, "w") as f:
             json.dump({"machine": machine_info(), "baseline": ns.baseline, "rows": rows}, f, indent=1)
+    return 0
+
+
+def first_picture(ns) -> int:
+    from .app import first_picture as fp
+
+    print(f"machine: {machine_info()}; a fresh server per row; seconds (see elsviz/app/first_picture.py)\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"this tree": Path(__file__).resolve().parents[1]}
+        if ns.baseline:
+            trees = {ns.baseline: _checkout(ns.baseline, Path(tmp)), **trees}
+        fp.run(trees, ns.runs, open_after=ns.open_after)
+    return 0
+
+
+def cluster(ns) -> int:
+    """--cluster: runs of `--steps` steps (mnist-resnet, seed 0) by one engine (torch's threads) and
+    by the Ray engine with ns.shards shards (one thread each), alternated, --runs times after a
+    one-step warm-up each; per step the Ray engine's merge on the driver, its shards' compute (the
+    slowest shard's) and the rest (waiting on Ray: round trips, transfers)."""
+    import torch
+
+    import elsviz
+    from elsviz.cluster import ENV
+    from elsviz.sampling import sample
+
+    n = ns.n or 20_000
+    train = synthetic_set(n, ns.size)
+    if not os.environ.get(ENV):
+        import logging
+
+        import ray
+
+        ray.init(num_cpus=ns.shards, include_dashboard=False, logging_level=logging.WARNING)
+    print(f"machine: {machine_info()}; load average {os.getloadavg()[0]:.1f} at the start; torch threads "
+          f"{torch.get_num_threads()} (one engine); {ns.runs} timed runs of {ns.steps} steps each after a one-step warm-up, "
+          "alternated\n")
+    head = (f"{'set':<18}{'machine':<9}{'one engine':>11}{'Ray':>9}{'ratio':>7}{'merge/step':>12}"
+            f"{'shards/step':>13}{'rest/step':>11}")
+    print(head + "\n" + "-" * len(head))
+    rows = []
+    for machine in ns.machines.split(","):
+        one = elsviz.Engine(train, machine, "cpu")
+        sharded = elsviz.Engine(train, machine, device="ray", shards=ns.shards)
+        times = {"one": [], "ray": []}
+        merge, rest, busy = [], [], []
+
+        def run(eng):
+            calls = []
+            start = time.perf_counter()
+            sample(eng, steps=ns.steps, k="mnist-resnet", seed=0,
+                   callback=lambda f: calls.append(dict(getattr(eng, "last_call", {}))))
+            return time.perf_counter() - start, calls
+
+        for eng in (one, sharded):  # warm-up: the shards' workers started, one step's tables built
+            sample(eng, steps=2, k="mnist-resnet", seed=0)
+        for _ in range(ns.runs):
+            times["one"].append(run(one)[0])
+            before = sharded.shard_seconds()
+            took, calls = run(sharded)
+            times["ray"].append(took)
+            spent = [b - a for a, b in zip(before, sharded.shard_seconds())]
+            steps = len(calls)
+            merge.append(sum(c["merge"] for c in calls) / steps)
+            busy.append(max(spent) / steps)
+            rest.append(sum(c["waiting"] for c in calls) / steps - max(spent) / steps)
+        row = {"set": train.name, "machine": machine, "shards": ns.shards, "one_s": statistics.median(times["one"]),
+               "ray_s": statistics.median(times["ray"]), "merge_s_per_step": statistics.median(merge),
+               "shard_s_per_step": statistics.median(busy), "rest_s_per_step": statistics.median(rest),
+               "placement": sharded.describe(), "load_end": os.getloadavg()[0]}
+        rows.append(row)
+        print(f"{row['set']:<18}{machine:<9}{row['one_s']:>10.2f}s{row['ray_s']:>8.2f}s{row['ray_s'] / row['one_s']:>6.2f}x"
+              f"{row['merge_s_per_step'] * 1e3:>10.1f}ms{row['shard_s_per_step']:>12.2f}s"
+              f"{row['rest_s_per_step'] * 1e3:>9.1f}ms", flush=True)
+        sharded.close()
+    print(f"\n{rows[-1]['placement'] if rows else ''}; load average {os.getloadavg()[0]:.1f} at the end")
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump({"machine": machine_info(), "rows": rows}, f, indent=1)
     return 0
 
 

@@ -468,16 +468,39 @@ def _hstack(tiles: list[Image.Image], gap: int) -> Image.Image:
 
 
 # -- locality schedules ---------------------------------------------------------------------------
-def schedule_figure(ks: list[int], *, height: int = 170, title: str | None = None) -> go.Figure:
-    """k against step for a locality schedule k[0..S-1] (step S-1, most noise, on the left; k[0] unused)."""
+def schedule_svg(ks: list[int], *, width: int = 220, height: int = 120) -> str:
+    """k against step for a locality schedule k[0..S-1] (step S-1, most noise, on the left; k[0] unused), as a
+    small SVG drawing that scales to its column (the sidebar's; a browser shows a point's step and k on hover).
+    An SVG, not a Plotly figure: a page without other Plotly figures (the lesson) loads no Plotly (4.7 MB of
+    script, which held the browser's main thread for seconds while the lesson's first picture waited)."""
     steps = list(range(len(ks) - 1, 0, -1))
-    fig = go.Figure(go.Scatter(x=steps, y=[ks[i] for i in steps], mode="lines+markers", line_shape="hv",
-                               hovertemplate="step %{x}: k = %{y}<extra></extra>"))
-    fig.update_xaxes(title_text="step (noisy → clean)", autorange="reversed")
-    fig.update_yaxes(title_text="k", rangemode="tozero")
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title,
-                      showlegend=False)
-    return fig
+    if not steps:
+        raise ElsvizError("A schedule needs at least two steps (k[1] is the last step's window).")
+    top = max(ks[i] for i in steps)
+    left, right, up, down = 24, 6, 6, 30  # (the sidebar is about 220 pixels wide: drawn at about its own size)
+    x = lambda n: left + (width - left - right) * (n / max(len(steps) - 1, 1))  # noqa: E731 (n: position in steps)
+    y = lambda k: up + (height - up - down) * (1 - k / top)  # noqa: E731 (k from 0 at the bottom)
+    colour, grid = "#1f77b4", "rgba(128,128,128,0.25)"
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img" '
+             f'font-size="11" fill="currentColor"><title>k against step, from step {steps[0]} (noisy) to step 1 '
+             f'(clean)</title>']
+    ticks = sorted({0, top // 2, top}) if top > 1 else [0, top]
+    for k in ticks:
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(k):.1f}" y2="{y(k):.1f}" stroke="{grid}"/>'
+                     f'<text x="{left - 4}" y="{y(k) + 4:.1f}" text-anchor="end">{k}</text>')
+    for n in sorted({0, len(steps) // 2, len(steps) - 1}):
+        parts.append(f'<text x="{x(n):.1f}" y="{height - down + 14}" text-anchor="middle">{steps[n]}</text>')
+    parts.append(f'<text x="{(left + width - right) / 2:.1f}" y="{height - 4}" text-anchor="middle">'
+                 f'step (noisy \u2192 clean)</text><text x="10" y="{(up + height - down) / 2:.1f}" '
+                 f'text-anchor="middle" transform="rotate(-90 10 {(up + height - down) / 2:.1f})">k</text>')
+    path = [f"M{x(0):.1f},{y(ks[steps[0]]):.1f}"]  # a step line: k holds until the next step's
+    for n in range(1, len(steps)):
+        path.append(f"H{x(n):.1f}V{y(ks[steps[n]]):.1f}")
+    parts.append(f'<path d="{"".join(path)}" fill="none" stroke="{colour}" stroke-width="2"/>')
+    for n, i in enumerate(steps):
+        parts.append(f'<circle cx="{x(n):.1f}" cy="{y(ks[i]):.1f}" r="3" fill="{colour}">'
+                     f'<title>step {i}: k = {ks[i]}</title></circle>')
+    return "".join(parts) + "</svg>"
 
 
 # legends in rows above the plot, wrapping: beside it (Plotly's default) they took half of a phone's width
@@ -938,4 +961,177 @@ def birth_steps_figure(points: list, steps: int, *, born: tuple[int, int] | None
         for note in fig.layout.annotations:
             if note.text and note.text.startswith("born at"):
                 note.text = f"{note.text} ({when} in the run)"
+    return fig
+
+
+# -- theories side by side (elsviz.app.theories; the "Theories side by side" page and the lesson) ------------
+# One colour per machine, the same in every figure (rgb() strings: Streamlit leaves them alone); Kamb &
+# Ganguli's four drawn solid, the rival theories dashed.
+MACHINE_RGB = {"is": "rgb(31,119,180)", "ls": "rgb(255,127,14)", "els": "rgb(44,160,44)", "bbels": "rgb(214,39,40)",
+               "nearest": "rgb(148,103,189)", "wiener": "rgb(140,86,75)", "pca": "rgb(227,119,194)",
+               "pspc": "rgb(127,127,127)", "cfdm": "rgb(188,189,34)"}
+PANEL_TITLE_LINES = 2  # a panel's title wraps to at most this many lines ("Smoothed CFDM" over a 96-pixel tile)
+PANEL_GAP = 10  # pixels between panels (and around them)
+
+
+def _panel_layout(n: int, tile: tuple[int, int], columns: int, *, captions: int, font_size: int, gap: int) -> dict:
+    """Where the panels of panels() lie: n tiles of tile = (width, height) in rows of `columns`, each with a
+    title of PANEL_TITLE_LINES lines above it and `captions` lines under it."""
+    columns = max(1, min(columns, n))
+    line = font_size + 4
+    head, cap = PANEL_TITLE_LINES * line + 2, captions * line + (2 if captions else 0)
+    tw, th = tile
+    pitch_x, pitch_y = tw + gap, head + th + cap + gap
+    rows = -(-n // columns)
+    return {"columns": columns, "rows": rows, "tile": (tw, th), "gap": gap, "head": head, "line": line,
+            "pitch": (pitch_x, pitch_y), "size": (gap + columns * pitch_x, gap + rows * pitch_y)}
+
+
+def _fit_lines(text: str, font, width: int, draw: ImageDraw.ImageDraw, most: int) -> list[str]:
+    """text wrapped to width in at most `most` lines; a line (or a single word) too long for it ends in an
+    ellipsis, and so does the last line when words are left over."""
+    def cut(line: str, more: bool) -> str:
+        if not more and draw.textlength(line, font=font) <= width:
+            return line
+        while len(line) > 1 and draw.textlength(line + "…", font=font) > width:
+            line = line[:-1]
+        return line.rstrip() + "…"
+
+    lines = _wrap(text, font, width, draw)
+    return [cut(line, n == most - 1 and len(lines) > most) for n, line in enumerate(lines[:most])]
+
+
+def panels(tiles, titles: list[str], captions: list[str] | None = None, *, columns: int = 5, gap: int = PANEL_GAP,
+           font_size: int = 13, caption_lines: int = 1) -> Image.Image:
+    """Pictures (PIL, from picture() or key_in_image()) in rows of `columns`, each with its title above
+    (wrapped to PANEL_TITLE_LINES lines) and an optional caption under it (wrapped to caption_lines); a
+    text too long for its picture's width ends in an ellipsis, never runs over its neighbour."""
+    tiles = list(tiles)
+    if not tiles or len(titles) != len(tiles) or (captions is not None and len(captions) != len(tiles)):
+        raise ElsvizError(f"panels needs one title (and caption) per picture: {len(tiles)} pictures, "
+                          f"{len(titles)} titles, {0 if captions is None else len(captions)} captions.")
+    tw, th = max(t.width for t in tiles), max(t.height for t in tiles)
+    lay = _panel_layout(len(tiles), (tw, th), columns, captions=caption_lines if captions is not None else 0,
+                        font_size=font_size, gap=gap)
+    font = _font(font_size)
+    out = Image.new("RGB", lay["size"], BACKGROUND_RGB)
+    draw = ImageDraw.Draw(out)
+    px, py = lay["pitch"]
+    for n, tile in enumerate(tiles):
+        x = gap + (n % lay["columns"]) * px
+        y = gap + (n // lay["columns"]) * py
+        lines = _fit_lines(titles[n], font, tw, draw, PANEL_TITLE_LINES)
+        top = y + (PANEL_TITLE_LINES - len(lines)) * lay["line"]  # titles sit on the picture
+        for j, text in enumerate(lines):
+            draw.text((x + (tw - draw.textlength(text, font=font)) / 2, top + j * lay["line"]), text, fill=TEXT_RGB,
+                      font=font)
+        out.paste(tile, (x + (tw - tile.width) // 2, y + lay["head"]))
+        for j, text in enumerate(_fit_lines(captions[n], font, tw, draw, caption_lines) if captions else []):
+            draw.text((x + (tw - draw.textlength(text, font=font)) / 2, y + lay["head"] + th + 2 + j * lay["line"]),
+                      text, fill=TEXT_RGB, font=font)
+    return out
+
+
+def theories_grid(images, titles: list[str], captions: list[str] | None = None, *, columns: int = 5,
+                  target: int = 96, mark: tuple[int, int] | None = None, font_size: int = 13) -> Image.Image:
+    """The outputs of the network and the machines from the same noise, one panel each, titled (the
+    machines by elsviz.machines.MACHINE_NAMES). One colour scale for all: -1 black, 1 white, values
+    beyond clipped (no picture is stretched to its own range, so a paler output looks paler). mark:
+    the same pixel (row, col) outlined in every panel."""
+    images = list(images)
+    if not images:
+        raise ElsvizError("theories_grid needs at least one image.")
+    for n, img in enumerate(images):
+        check_image(img, f"images[{n}]")
+    h, w = images[0].shape[-2:]
+    if any(tuple(img.shape[-2:]) != (h, w) for img in images):
+        raise ElsvizError("theories_grid draws outputs of one size; got images of different sizes.")
+    mark = None if mark is None else as_pixel(mark, h, w, "mark")
+    tiles = [picture(img, target) for img in images]
+    if mark is not None:
+        s = tiles[0].width // w
+        for tile in tiles:
+            _outline(ImageDraw.Draw(tile), mark[0] * s, mark[1] * s, s, s, (255, 60, 60), max(2, s // 6))
+    return panels(tiles, titles, captions, columns=columns, font_size=font_size)
+
+
+def theories_grid_cell(click: dict | None, n: int, hw: tuple[int, int], *, columns: int = 5, target: int = 96,
+                       captions: bool = False, font_size: int = 13) -> tuple[int, tuple[int, int]] | None:
+    """(panel, (row, col)) under a click {x, y, width, height} on a drawing of theories_grid(n images of
+    size hw, with these columns, target, captions or not); None for a click beside every picture."""
+    if not click or "x" not in click:
+        return None
+    h, w = hw
+    s = fit_scale((h, w), target)
+    lay = _panel_layout(n, (w * s, h * s), columns, captions=int(bool(captions)), font_size=font_size,
+                        gap=PANEL_GAP)
+    width, height = lay["size"]
+    x = click["x"] * width / (click.get("width") or width)
+    y = click["y"] * height / (click.get("height") or height)
+    px, py = lay["pitch"]
+    col, dx = divmod(x - lay["gap"], px)
+    row, dy = divmod(y - lay["gap"], py)
+    dy -= lay["head"]
+    panel = int(row) * lay["columns"] + int(col)
+    if not (0 <= col < lay["columns"] and 0 <= panel < n and 0 <= dx < w * s and 0 <= dy < h * s):
+        return None
+    return panel, (int(dy // s), int(dx // s))
+
+
+def pixel_sources_strip(images, sources, *, component=None, columns: int = 4, target: int = 96) -> Image.Image:
+    """What each machine weighs most at one pixel (elsviz.app.theories.PixelSource, one per machine): the
+    training image of its heaviest key with the k x k patch (or crop) outlined and its centre marked, or,
+    for a whole training image, the pixel marked; titled with the machine's name, captioned with the
+    image's index and the key's weight. A machine that copies nothing (wiener: image -1, weight NaN)
+    gets `component` (its first principal component [C, H, W], elsviz.app.theories.principal_component)
+    captioned so, or a blank tile."""
+    from .analysis.claims import amount
+    from .machines import MACHINE_NAMES
+
+    sources = list(sources)
+    if not sources:
+        raise ElsvizError("pixel_sources_strip needs at least one source.")
+    h, w = images.shape[-2:]
+    tiles, titles, caps = [], [], []
+    for src in sources:
+        titles.append(MACHINE_NAMES.get(src.machine, src.machine))
+        named = src.image >= 0 and src.count > 0 and src.weight == src.weight  # NaN: no weight, no source
+        if not named:
+            tiles.append(picture(component, target) if component is not None else
+                         Image.new("RGB", (w * fit_scale((h, w), target), h * fit_scale((h, w), target)), SHARED_RGB))
+            caps.append("copies nothing" + ("; 1st PC shown" if component is not None else ""))
+            continue
+        tiles.append(key_in_image(images[src.image], src.pos[0], src.pos[1], src.window, target=target))
+        tie = f" x{src.count}" if src.count > 1 else ""
+        caps.append(f"#{src.image}{tie}, weight {amount(src.weight)}")  # worded as the page's sentences
+    return panels(tiles, titles, caps, columns=columns, caption_lines=2)
+
+
+def theory_curves_figure(agreement: dict, r2: dict, *, title: str | None = None, height: int = 560) -> go.Figure:
+    """Per-step scores of each machine's posterior mean against the network's: agreement above, r^2 below,
+    each {machine: [(step, value), ...]} (elsviz.app.theories.TheoryRun.curve). One colour per machine
+    (MACHINE_RGB) in both; the rival theories dashed. NaN (a constant picture) leaves a gap; r^2 below -1
+    (worse than a constant guess by far) is drawn at the axis' floor, -1, and says its value on hover."""
+    from .machines import MACHINE_NAMES, PAPER_MACHINES
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    for row, (metric, lines) in enumerate((("agreement", agreement), ("r²", r2)), start=1):
+        for m, pts in lines.items():
+            name = MACHINE_NAMES.get(m, m)
+            ys = [None if v != v else float(v) for _, v in pts]
+            shown = ys if row == 1 else [None if v is None else max(v, -1.0) for v in ys]
+            fig.add_trace(go.Scatter(
+                x=[s for s, _ in pts], y=shown, customdata=[v if v is not None else float("nan") for v in ys],
+                mode="lines+markers", name=name, legendgroup=m, showlegend=row == 1,
+                line=dict(color=MACHINE_RGB.get(m, "rgb(0,0,0)"), width=2,
+                          dash="solid" if m in PAPER_MACHINES else "dash"),
+                marker=dict(size=5), hovertemplate=f"{name}<br>step %{{x}}: {metric} %{{customdata:.3f}}<extra></extra>"),
+                row=row, col=1)
+    low = min([v for pts in agreement.values() for _, v in pts if v == v] + [0.0])
+    fig.update_yaxes(title_text="agreement", range=[min(low, 0.0) - 0.05, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text="r²", range=[-1.05, 1.05], row=2, col=1)
+    fig.update_xaxes(autorange="reversed")
+    fig.update_xaxes(title_text="step (noisy → clean)", row=2, col=1)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 8, b=10), title=title,
+                      legend=LEGEND_ABOVE)
     return fig

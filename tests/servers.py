@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
+
+from elsviz.app.first_picture import stop, wait_until_answering
+from elsviz.errors import ElsvizError
 
 
 def free_port() -> int:
@@ -35,22 +36,10 @@ def running(args: list[str], *, cwd, port: int, log: Path, timeout_s: float = 60
     with open(log, "w") as out:
         proc = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, **popen)
         try:
-            deadline = time.time() + timeout_s
-            while True:
-                try:
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"the server did not start on {url} (exit code {proc.poll()}):\n{log_tail(log)}")
-                time.sleep(0.3)
+            try:
+                wait_until_answering(proc, url, timeout_s)
+            except ElsvizError as err:
+                raise AssertionError(f"{err}:\n{log_tail(log)}") from None
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)

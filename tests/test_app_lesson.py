@@ -1,4 +1,4 @@
-"""The lesson page through AppTest: seven sections in order, each a live picture, and the claims its text makes.
+"""The lesson page through AppTest: eight sections in order, each a live picture, and the claims its text makes.
 
 On a subset of the digits with few steps (as tests/test_app.py), so it stays quick.
 """
@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = "app_pages/lesson.py"
 SECTIONS = ["1. Noise, then the reverse process", "2. The ideal model memorises",
             "3. Locality alone copies from the same place", "4. Locality plus equivariance creates",
-            "5. The border: bbELS", "6. The patch mosaic", "7. What k does"]
+            "5. The border: bbELS", "6. The patch mosaic", "7. What k does",
+            "8. Three theories, one noise: linear blurs, ideal memorises, local creates"]
 
 
 @pytest.fixture
@@ -89,9 +90,11 @@ def test_a_first_visit_opens_on_the_lesson_and_its_first_step():
     assert [t.value for t in at.title] == ["Lesson: how a diffusion model makes something new"]
     assert [h.value for h in at.header][0] == SECTIONS[0]
     assert at.get("image")  # the first step's picture
+    # the sidebar's "Copy link", drawn after that picture (elsviz/ui/sidebar.py), is there, with the lesson's page
+    assert "page=lesson" in at.sidebar.get("code")[0].value
 
 
-def test_seven_sections_in_order_each_with_a_large_picture(media):
+def test_eight_sections_in_order_each_with_a_large_picture(media):
     at = lesson()
     headers = [h.value for h in at.header]
     assert headers == SECTIONS

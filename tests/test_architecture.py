@@ -138,7 +138,7 @@ def test_engine_md_says_what_the_plans_do(hands, monkeypatch):
     from elsviz.kernels import cpu as cpu_kernel
 
     table = engine_table()
-    assert len(table) == 4, table
+    assert len(table) == 5, table
     x = torch.randn(1, 1, 32, 32)
     seen = {}
     for row, (big, small) in table.items():
@@ -153,7 +153,7 @@ def test_engine_md_says_what_the_plans_do(hands, monkeypatch):
         else:
             kernel = "torch" if "torch" in row else "triton"
             plan = decide("bbels", 7, (32, 32), tuple(hands.images.shape), 1, 1, torch.device("cuda"), kernel,
-                          2**30, tensor_device="cpu")
+                          2**30, tensor_device="cpu", gather="key tables" not in row)
         seen[row] = cells(plan)
         assert seen[row] == (big, small), f"docs/ENGINE.md says {(big, small)} for {row!r}; the plan says:\n{plan}"
 

@@ -1,8 +1,9 @@
 """The app in a real browser: `streamlit run app.py` driven by headless Chromium through Playwright.
 
 open -> see the animation -> press play -> provenance page -> click a pixel, see its patches ->
-change k, see the image change; never an exception box. Screenshots go to out/screenshots/
-(or $ELSVIZ_SCREENSHOTS); with ELSVIZ_UPDATE_ASSETS=1 the three best also replace assets/screenshot_*.png.
+change k, see the image change; the lesson's first picture; one hand on the Extra fingers page; never an
+exception box. Screenshots go to out/screenshots/ (or $ELSVIZ_SCREENSHOTS); with ELSVIZ_UPDATE_ASSETS=1
+those README shows (ASSETS) also replace assets/screenshot_*.png.
 """
 import contextlib
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from elsviz.app.first_picture import FIRST_PICTURE
 from tests.servers import free_port, running
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +26,8 @@ ASSETS = {  # screenshot -> its name in assets/ (shown in the README)
     "provenance.png": "screenshot_provenance.png",
     "locality.png": "screenshot_locality.png",
     "network.png": "screenshot_network.png",
+    "lesson.png": "screenshot_lesson.png",
+    "one_hand.png": "screenshot_fingers.png",
 }
 
 pytestmark = [
@@ -222,9 +226,14 @@ def watch_click_and_change_k(pg, shots):
     pg.get_by_text("Same noise, network and machines").evaluate("e => e.scrollIntoView()")
     pg.mouse.move(5, 5)  # no hover toolbar over the pictures
     pg.screenshot(path=shots / "network.png", full_page=False)
+    keep(shots, "reverse_diffusion_playing.png", "provenance.png", "locality.png", "network.png")
+
+
+def keep(shots, *names):
+    """With ELSVIZ_UPDATE_ASSETS=1: these screenshots replace their assets (README shows them)."""
     if os.environ.get("ELSVIZ_UPDATE_ASSETS") == "1":
-        for shot, asset in ASSETS.items():
-            shutil.copyfile(shots / shot, ROOT / "assets" / asset)
+        for shot in names:
+            shutil.copyfile(shots / shot, ROOT / "assets" / ASSETS[shot])
 
 
 def test_a_shared_link_on_a_fresh_server_shows_the_same_picture(browser):
@@ -273,4 +282,54 @@ def test_extra_fingers_runs_a_tiny_study_and_opens_a_hand(browser, shots):
             pg.screenshot(path=shots / "extra_fingers.png", full_page=False)
         except BaseException:
             pg.screenshot(path=shots / "failure_fingers.png")
+            raise
+
+
+def test_the_lesson_opens_on_its_first_picture(browser, shots):
+    """A first visit on a fresh server: the lesson's first picture (the output of its first run, section 1)
+    is drawn; the sidebar's "Copy link", drawn after it, comes too, and every section's picture; the sidebar's
+    schedule is drawn without Plotly; no exception box."""
+    with serve() as url:
+        pg = new_page(browser, url)
+        pg.wait_for_function(FIRST_PICTURE, polling=100)
+        first = pg.locator('[data-testid="stMain"] [data-testid="stImage"] img').first
+        assert first.evaluate("i => i.naturalWidth") >= 256  # drawn large, for a projector
+        assert pg.get_by_role("heading", name="1. Noise, then the reverse process").count() == 1
+        settle(pg)
+        no_exception(pg)
+        assert pg.locator('[data-testid="stMain"] [data-testid="stImage"] img').count() >= 7  # a picture a section
+        assert pg.locator('[data-testid="stSidebar"] svg[role="img"] circle').count() == 19  # the schedule: steps 19 .. 1
+        assert pg.locator(".js-plotly-plot").count() == 0
+        assert "page=lesson" in pg.locator('[data-testid="stSidebar"] [data-testid="stCode"]').text_content()
+        pg.get_by_role("heading", name="Lesson: how a diffusion model makes something new").evaluate(
+            "e => e.scrollIntoView()")
+        pg.mouse.move(5, 5)
+        pg.screenshot(path=shots / "lesson.png", full_page=False)
+        keep(shots, "lesson.png")
+        pg.close()
+
+
+def test_extra_fingers_explains_one_hand(browser, shots):
+    """README's hand: 200 hands, seed 11 at k = 17 (10 steps), opened from a link without the study; the
+    branch test names the extra finger in the page's sentence."""
+    with serve() as url:
+        pg = new_page(browser, f"{url}/extra_fingers?set=hands&limit=200&study_steps=10&hand=17:11&fix=25")
+        try:
+            heading = pg.get_by_role("heading", name="One hand: seed 11, k = 17", exact=False)
+            heading.wait_for()
+            settle(pg)
+            no_exception(pg)
+            pg.get_by_role("button", name="Run the branch test", exact=False).click()
+            pg.wait_for_function("""() => [...document.querySelectorAll('[data-testid="stAlertContentInfo"]')]
+                                          .some(e => e.innerText.includes('k = 25'))""", timeout=LONG)
+            settle(pg)
+            no_exception(pg)
+            sentence = pg.locator('[data-testid="stAlertContentInfo"]').first.inner_text()
+            assert "of 6" in sentence and "k = 25" in sentence, sentence  # six fingers, and which one the branch drops
+            heading.evaluate("e => e.scrollIntoView()")
+            pg.mouse.move(5, 5)
+            pg.screenshot(path=shots / "one_hand.png", full_page=False)
+            keep(shots, "one_hand.png")
+        except BaseException:
+            pg.screenshot(path=shots / "failure_one_hand.png")
             raise

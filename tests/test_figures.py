@@ -8,6 +8,7 @@ import torch
 from PIL import Image, ImageFont
 
 from elsviz import Engine, ImageSet, figures, sample
+from elsviz.errors import ElsvizError
 from elsviz.analysis.provenance import seams
 
 
@@ -102,10 +103,18 @@ def test_animation_gif_loops_over_the_steps(traj):
     assert gif.info.get("loop") == 0
 
 
-def test_schedule_figure_plots_k_against_step():
-    fig = figures.schedule_figure([3, 3, 5, 7])
-    assert list(fig.data[0].x) == [3, 2, 1] and list(fig.data[0].y) == [7, 5, 3]
-    assert fig.layout.xaxis.autorange == "reversed"
+def test_schedule_svg_draws_k_against_step():
+    """Step 3 (noisy) on the left, step 1 on the right, larger k higher; a point per step names its step and k."""
+    import xml.etree.ElementTree as ET
+
+    svg = ET.fromstring(figures.schedule_svg([3, 3, 5, 7]))
+    ns = "{http://www.w3.org/2000/svg}"
+    points = [(float(c.get("cx")), float(c.get("cy")), c.find(f"{ns}title").text) for c in svg.iter(f"{ns}circle")]
+    assert [p[2] for p in points] == ["step 3: k = 7", "step 2: k = 5", "step 1: k = 3"]
+    assert points[0][0] < points[1][0] < points[2][0]  # noisy -> clean, left to right
+    assert points[0][1] < points[1][1] < points[2][1]  # k = 7 above 5 above 3 (SVG's y grows downwards)
+    with pytest.raises(ElsvizError):
+        figures.schedule_svg([5])
 
 
 def test_strip_and_difference():
@@ -150,7 +159,6 @@ def test_no_figure_carries_a_colour_streamlit_would_swap_for_a_theme_colour(traj
             {"step": 1, "image": None, "share": 0.5, "weight": 0.9, "entropy": 0.1, "switched": True}]
     made = {
         "animation": figures.animation_figure(traj, entropy_max=5.0),
-        "schedule": figures.schedule_figure([3, 3, 5, 7]),
         "schedules": figures.schedules_figure({"a": [3, 3, 5], "b": [3, 5, 7]}, highlight=["a"]),
         "scatter": figures.agreement_scatter([0.1, 0.5], [0.3, 0.7], [0, 1]),
         "step agreement": figures.step_agreement_figure({"bbELS": [(2, 0.5), (1, 0.9)]}),

@@ -1,4 +1,5 @@
-"""The fused Triton kernel (elsviz/triton_kernel.py) on the CPU, under Triton's interpreter.
+"""The fused Triton kernel (elsviz/kernels/triton.py) reading key tables, on the CPU under Triton's
+interpreter (the same kernel gathering windows from the images: tests/test_triton_gather.py).
 
 TRITON_INTERPRET=1 runs a kernel's program instances one after another in numpy on CPU tensors, so
 the kernel's arithmetic (tiles, masks, the online max and rescaling, key splits, ties) is tested
@@ -252,12 +253,13 @@ from elsviz.kernels import triton as tk
 
 tk.tl = triton.language  # what tk._kernel() binds
 stats, table = JITFunction(tk._local_stats_kernel), JITFunction(tk._table_kernel)
-builds = [(stats, dict(C=c, HAS_LOGC=has_logc, PREC=tk.PRECISION, BR=tk.BLOCK_R, BK=tk.BLOCK_K, BD=tk.BLOCK_D, ONE_D=one_d),
-           tk.NUM_WARPS) for c, has_logc, one_d in json.loads(sys.argv[1])]
+builds = [(stats, dict(C=c, HAS_LOGC=has_logc, PREC=tk.PRECISION, BR=tk.BLOCK_R, BK=tk.BLOCK_K, BD=tk.BLOCK_D, ONE_D=one_d,
+                       GATHER=gather, LISTED=listed, WRAPS=False), tk.NUM_WARPS)
+          for c, has_logc, one_d, gather, listed in json.loads(sys.argv[1])]
 builds += [(table, dict(C=c, LISTED=listed, BK=64, BD=16), 4) for c, listed in json.loads(sys.argv[2])]
 out = []
 for fn, consts, warps in builds:
-    sig = {n: "constexpr" if n in consts else ("*i64" if n in ("arg_ptr", "pos_ptr", "ids_ptr") else "*fp32")
+    sig = {n: "constexpr" if n in consts else ("*i64" if n in ("arg_ptr", "pos_ptr", "ids_ptr", "top_ptr", "off_ptr") else "*fp32")
            if n.endswith("_ptr") else "i32" for n in fn.arg_names}
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": warps, "enable_fp_fusion": True})
@@ -269,7 +271,10 @@ for fn, consts, warps in builds:
     out.append({"bytes": len(kernel.asm["cubin"]), "regs": int(fields["REG"]), "stack": int(fields["STACK"])})
 print(json.dumps(out))
 """
-VARIANTS = [(1, False, False), (1, False, True), (3, True, False)]  # C, HAS_LOGC, ONE_D
+VARIANTS = [  # C, HAS_LOGC, ONE_D, GATHER, LISTED: from tables, then windows gathered (every key, or listed ids)
+    (1, False, False, False, False), (1, False, True, False, False), (3, True, False, False, False),
+    (1, False, True, True, False), (1, False, False, True, False), (3, True, False, True, True),
+]
 TABLE_VARIANTS = [(1, False), (1, True), (3, True)]  # the table kernel: C, LISTED
 
 
@@ -297,7 +302,7 @@ def test_compiles_for_an_h100_without_spilling_registers():
     assert len(results) == len(VARIANTS) + len(TABLE_VARIANTS)
     for variant, res in zip(VARIANTS + TABLE_VARIANTS, results):
         assert res["bytes"] > 0 and res["regs"] <= 255
-        assert res["stack"] == 0, f"C, logc, one piece = {variant}: {res['regs']} registers, {res['stack']} bytes spilled"
+        assert res["stack"] == 0, f"{variant}: {res['regs']} registers, {res['stack']} bytes spilled"
 
 
 # -- the Engine with ELSVIZ_KERNEL=triton ----------------------------------------------------------
@@ -308,7 +313,11 @@ ONCE = pytest.mark.parametrize("make_pair", ["kernel"], indirect=True)
 
 @pytest.fixture
 def kernel_engine(interpret, monkeypatch, make_pair):
-    """make_pair for engines with the kernel on; counts the kernel's calls."""
+    """make_pair for engines with the kernel on, reading key tables (plan.GATHER off); counts the
+    kernel's calls."""
+    from elsviz.engine import plan
+
+    monkeypatch.setattr(plan, "GATHER", False)
     monkeypatch.setenv("ELSVIZ_KERNEL", "triton")
     calls = {"n": 0}
     real = interpret.local_stats
@@ -335,16 +344,23 @@ CASES = [  # machine, images, output size, k, labelled, B
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_engine_with_the_kernel_matches_the_reference(kernel_engine, case, t):
     make_pair, calls = kernel_engine
+    engine = case_matches_the_reference(make_pair, case, t)
+    assert engine.kernel() == "triton"
+    assert calls["n"] > 0, "the kernel did not run"
+
+
+def case_matches_the_reference(make_pair, case, t):
+    """CASES[case] at t through an engine of make_pair, checked against the reference; returns the
+    engine."""
     machine, make_images, out, k, labelled, bsz = CASES[case]
     images = make_images()
     labels = (np.arange(len(images)) % 3) if labelled else None
     label = 1 if labelled else None
     engine, ref = make_pair(machine, images, labels)
-    assert engine.kernel() == "triton"
     x = noisy_query(bsz, images.shape[1], *out, t, seed=case + 20)
     post = engine.denoise(torch.from_numpy(x), t, k, label=label)
-    assert calls["n"] > 0, "the kernel did not run"
     check_posterior(post, ref.denoise(machine, x, t, k, label=label), ref, machine, x, t, k, label)
+    return engine
 
 
 @ONCE
@@ -361,8 +377,14 @@ def test_engine_with_the_kernel_agrees_with_the_dense_path(kernel_engine, monkey
     monkeypatch.setenv("ELSVIZ_KERNEL", "torch")
     dense, _ = make_pair("els", images)
     assert dense.kernel() != "triton"
-    want = dense.denoise(x, 0.2, 3)
+    same_as_the_torch_path(got, dense.denoise(x, 0.2, 3))
+
+
+def same_as_the_torch_path(got, want):
+    """Posteriors of the kernel and of the torch path: the same numbers within float32 rounding, the
+    same tie counts, and the same heaviest key wherever no other window ties with it."""
     torch.testing.assert_close(got.mean, want.mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.score, want.score, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got.entropy, want.entropy, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got.source_weight, want.source_weight, atol=1e-6, rtol=1e-4)
     assert torch.equal(got.source_count, want.source_count)
@@ -378,17 +400,24 @@ def test_exact_ties_between_distinct_windows_name_the_dense_paths_key(kernel_eng
     k^2 exactly): the dense path names the first key. The distinct keys must keep the order of
     first occurrence for the kernel to name the same one (ordered by hash, it names another)."""
     make_pair, calls = kernel_engine
-    images = random_images(16, 1, 9, 9, seed=7, levels=2)  # pixels -1 or 1: 2^9 windows, some repeated
+    ties_name_the_dense_paths_key(make_pair, monkeypatch)
+    assert calls["n"] > 0
+
+
+def ties_name_the_dense_paths_key(make_pair, monkeypatch):
+    """ELS, k = 3, on 16 images of +-1 pixels (2^9 windows, some repeated) and a query of zeros:
+    through the kernel (the environment's choice), then the torch path; the same keys named."""
+    images = random_images(16, 1, 9, 9, seed=7, levels=2)
     x = torch.zeros(1, 1, 9, 9)
     fused, _ = make_pair("els", images)
     got = fused.denoise(x, 0.5, 3)
-    assert calls["n"] > 0
     monkeypatch.setenv("ELSVIZ_KERNEL", "torch")
     dense, _ = make_pair("els", images)
     want = dense.denoise(x, 0.5, 3)
     assert torch.equal(got.source_index, want.source_index) and torch.equal(got.source_pos, want.source_pos)
     assert torch.equal(got.source_count, want.source_count)
     torch.testing.assert_close(got.mean, want.mean, atol=1e-5, rtol=1e-5)
+    return fused
 
 
 @ONCE
@@ -412,16 +441,23 @@ def test_a_failing_kernel_falls_back_to_torch_with_one_warning(kernel_engine, mo
         raise RuntimeError("no compiler")
 
     monkeypatch.setattr(triton_kernel, "local_stats", broken)
-    images = random_images(8, 1, 6, 6, seed=10)
-    engine, ref = make_pair("els", images)
-    x = noisy_query(1, 1, 6, 6, 0.5, seed=11)
-    with pytest.warns(UserWarning, match="Triton kernel failed"):
-        post = engine.denoise(torch.from_numpy(x), 0.5, 3)
+    engine = falls_back_with_one_warning(make_pair, "els", "Triton kernel failed")
     assert engine.kernel() != "triton"
-    check_posterior(post, ref.denoise("els", x, 0.5, 3), ref, "els", x, 0.5, 3)
+
+
+def falls_back_with_one_warning(make_pair, machine, match):
+    """A call on 8 random images whose kernel fails: one warning that matches, an answer as the
+    reference's, and no second warning on the next call. Returns the engine."""
+    images = random_images(8, 1, 6, 6, seed=10)
+    engine, ref = make_pair(machine, images)
+    x = noisy_query(1, 1, 6, 6, 0.5, seed=11)
+    with pytest.warns(UserWarning, match=match):
+        post = engine.denoise(torch.from_numpy(x), 0.5, 3)
+    check_posterior(post, ref.denoise(machine, x, 0.5, 3), ref, machine, x, 0.5, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         engine.denoise(torch.from_numpy(x), 0.5, 3)  # no second warning
+    return engine
 
 
 def test_kernel_switch(monkeypatch):
@@ -483,8 +519,10 @@ def test_cuda_kernel_ties_and_large_logits(compiled):
 def test_cuda_engine_with_the_kernel_matches_the_reference(compiled, monkeypatch, make_pair, case, t):
     from types import SimpleNamespace
 
+    from elsviz.engine import plan
     from tests.test_engine_exact import FIELDS
 
+    monkeypatch.setattr(plan, "GATHER", False)  # key tables (the gather: tests/test_triton_gather.py)
     monkeypatch.setenv("ELSVIZ_KERNEL", "triton")
     calls = {"n": 0}
     real = compiled.local_stats

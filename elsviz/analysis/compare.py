@@ -6,6 +6,14 @@
     ks = calibrate(net, Engine(train, "bbels"), seeds=range(10))      # k per step, fitted to the network
     result = compare(net, train, seeds=range(32), k=ks)               # network vs bbELS, ELS, LS, IS
     print(result.summary())
+    every = compare(net, train, seeds=4, k=ks, machines="all")        # all nine machines
+    every.curve("pca", mode="network", metric="r2")                   # [(step, median r^2)], noisiest first
+
+Two ways to hold a machine against the network (docs/AGREEMENT.md, "Two ways to compare"):
+"own": the machine runs its own reverse process from the network's noise, and the two trajectories
+are compared step by step and at the end; "network": at every step of the network's trajectory the
+machine denoises the network's own x_t, so a machine is judged on the inputs the network saw, one
+step at a time, and its errors do not compound.
 
 Agreement (docs/THEORY.md, "Agreement with a network"): centre each output, normalise it to
 unit length, take the dot product: a Pearson correlation in [-1, 1] (the paper's text calls it
@@ -22,12 +30,19 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ElsvizError
-from ..machines import k_limit
+from ..machines import BY_KEY, MACHINE_NAMES, MACHINES, k_limit, machine_options
 from ..sampling import Trajectory, sample, start_noise
-from ..schedule import alpha_sigma, locality_schedule
+from ..schedule import alpha_sigma, check_k, locality_schedule
 
-MACHINE_ORDER = ("bbels", "els", "ls", "is")
-NAMES = {"bbels": "bbELS", "els": "ELS", "ls": "LS", "is": "IS"}
+MACHINE_ORDER = ("bbels", "els", "ls", "is")  # compare's default: Kamb & Ganguli's four, bbELS first
+NAMES = MACHINE_NAMES  # machine key -> the name pages and tables print (elsviz.machines)
+LOCAL_MACHINES = tuple(m for m in MACHINES if BY_KEY[m].local)  # the machines with a window k (calibrate)
+MODES = {
+    "own": "each machine runs its own trajectory from the network's noise",
+    "network": "at every step the machine denoises the network's own x_t (one step at a time: its errors do not "
+               "compound)",
+}
+METRICS = ("agreement", "r2")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +201,7 @@ def scale_sentence(result: "Comparison", network: str | None = None, machines=No
         text += " (Another seed's output needs two seeds.)"
     ranked = sorted(base.items(), key=lambda kv: kv[1])  # lowest first
     where = []
-    for m in machines or [m for m in MACHINE_ORDER if m in result.agreement[net]]:
+    for m in machines or [m for m in result.machines if m in result.agreement.get(net, {})]:
         v = median(result.agreement[net][m])
         if math.isnan(v):
             continue
@@ -227,6 +242,64 @@ def _seeds(seeds) -> list[int]:
     return out
 
 
+def _words(value, what: str) -> list[str]:
+    """A string (comma-separated words) or a list of them -> the words, lower case, in order."""
+    items = [value] if isinstance(value, str) else value
+    try:
+        return [part.strip().lower() for item in items for part in str(item).split(",") if part.strip()]
+    except TypeError:
+        raise ElsvizError(f"{what}, got {value!r}.") from None
+
+
+def machine_keys(machines) -> list[str]:
+    """The machines to compare, as keys in the order given, each once: "all" (or a list holding "all")
+    means every machine in elsviz.machines order (is ls els bbels nearest wiener pca pspc cfdm); a string
+    may list several, comma-separated ("bbels,pca"). Unknown names raise ElsvizError listing the machines."""
+    names = _words(machines, "machines must be a machine key, 'all' or a list of keys")
+    if "all" in names:
+        return list(MACHINES)
+    unknown = [m for m in names if m not in BY_KEY]
+    if unknown:
+        raise ElsvizError(f"Unknown machine {unknown[0]!r}; the machines are {', '.join(MACHINES)} "
+                          "(or 'all' for every one).")
+    if not names:
+        raise ElsvizError(f"Give at least one machine to compare with: {', '.join(MACHINES)} or 'all'.")
+    return list(dict.fromkeys(names))
+
+
+def mode_keys(modes) -> list[str]:
+    """The modes to run (MODES), in MODES order: a string ("own,network") or a list; others raise ElsvizError."""
+    names = _words(modes, "modes must be 'own', 'network' or both")
+    unknown = [m for m in names if m not in MODES]
+    if unknown or not names:
+        raise ElsvizError(f"Unknown mode {(unknown or [''])[0]!r}: give 'own' ({MODES['own']}), 'network' "
+                          f"({MODES['network']}) or both.")
+    return [m for m in MODES if m in names]
+
+
+def _options(options, machines: list[str]) -> dict[str, dict]:
+    """{machine: its checked settings, defaults filled in} for the compared machines that were given some."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ElsvizError(f"options must be {{machine: {{setting: value}}}}, e.g. {{'pca': {{'threshold': 0.05}}}}; "
+                          f"got {type(options).__name__}.")
+    out = {}
+    for m, given in options.items():
+        if m not in BY_KEY:
+            raise ElsvizError(f"options name an unknown machine {m!r}; the machines are {', '.join(MACHINES)}.")
+        if not isinstance(given, dict):
+            raise ElsvizError(f"options[{m!r}] must be a dict {{setting: value}}, got {type(given).__name__}.")
+        own = [o.name for o in BY_KEY[m].options]
+        for name in given:
+            if name not in own:
+                takes = f"its settings are {', '.join(own)}" if own else "it has none"
+                raise ElsvizError(f"{NAMES[m]} has no setting {name!r}: {takes}.")
+        if m in machines:
+            out[m] = machine_options(m, given)
+    return out
+
+
 def noise(denoiser, seeds, shape=None) -> torch.Tensor:
     """The starting noise of `sample(denoiser, seed=s)` for every seed, stacked: [S, C, H, W]."""
     shape = tuple(shape or denoiser.train.shape)
@@ -250,11 +323,14 @@ def _check_pair(network, train) -> None:
                           f"trained on ({network.train.name}).")
 
 
-def _schedule(network, k, steps: int) -> list[int]:
+def _schedule(network, k, steps: int, machines=("bbels",)) -> list[int]:
     if k is None or (isinstance(k, str) and k == "calibrated"):
         if getattr(network, "schedule", None) is None:
-            raise ElsvizError("This network has no calibrated schedule yet: run elsviz calibrate on it, or give k "
-                              "(an odd int, a preset such as mnist-resnet, or a list of k per step).")
+            local = [NAMES[m] for m in machines if BY_KEY[m].local]
+            raise ElsvizError(f"This network has no calibrated schedule yet, and {', '.join(local)} "
+                              f"take{'s' if len(local) == 1 else ''} a window k: "
+                              "run elsviz calibrate on it, or give k (an odd int, a preset such as mnist-resnet, or a "
+                              "list of k per step).")
         return resample(network.schedule, steps)
     if isinstance(k, (list, tuple)) and len(k) != steps:
         return resample(locality_schedule(list(k), len(k)), steps)
@@ -308,13 +384,14 @@ def calibration(network, engine, seeds=range(1000, 1010), steps: int = 20, ks=No
     if hasattr(network, "train") and hasattr(network.train, "shape"):
         _check_pair(network, engine.train)
     c, h, w = engine.train.shape
+    if not BY_KEY[engine.machine].local:
+        raise ElsvizError(f"{NAMES[engine.machine]} has no window k to calibrate; calibrate one of the machines with a "
+                          f"k: {', '.join(LOCAL_MACHINES)}.")
+    lim = k_limit(engine.machine, (h, w))
     if ks is None:
-        top = max(h, w)
-        lim = k_limit(engine.machine, (h, w))
-        if engine.machine == "is":
-            raise ElsvizError("IS has no window to calibrate; calibrate LS, ELS or bbELS.")
-        ks = [k for k in range(1, top + 1, 2) if lim is None or k <= lim]
-    ks = [int(k) for k in ks]
+        ks = range(1, max(h, w) + 1, 2)
+    # a candidate beyond what the machine takes here becomes its largest k (ELS's and PSPC's fit in the image)
+    ks = list(dict.fromkeys(min(check_k(k), lim) for k in ks))
     x0 = noise(network, seeds, (c, h, w))  # as sample(network, seed=s) draws it
     cosine: list = [None] * steps
     best: list = [None] * steps
@@ -344,9 +421,11 @@ def calibration(network, engine, seeds=range(1000, 1010), steps: int = 20, ks=No
 def calibrate(network, engine, seeds=range(1000, 1010), steps: int = 20, ks=None, label: int | None = None,
               progress: Callable[[int, int], None] | None = None) -> list[int]:
     """The locality schedule of `engine`'s machine that best matches `network`: a list of `steps` odd ints.
+    The machine must take a window k (LOCAL_MACHINES: ls, els, bbels, pspc); others raise ElsvizError.
 
     Along the network's own trajectory from the noise of each seed, at every step, each candidate
-    window k (odd, 1 up to the image size; `ks` to choose others) gives the machine's score; the
+    window k (odd, 1 up to the image size; `ks` to choose others; both within the machine's k_limit,
+    so ELS's and PSPC's stop at the image's smaller side) gives the machine's score; the
     k whose score has the highest cosine similarity with the network's wins. The schedule is the
     median winner over the seeds, rounded to an odd k. The default seeds 1000 .. 1009 leave the
     seeds a comparison uses (0, 1, ...) out of the fit. `network` is any denoiser whose
@@ -361,22 +440,29 @@ def calibrate(network, engine, seeds=range(1000, 1010), steps: int = 20, ks=None
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Comparison:
-    """The network and the machines from the same noise, seed by seed.
+    """The network and the machines from the same noise, seed by seed, in two modes (MODES).
 
     outputs: name -> [S, C, H, W] final images; names "network" (sampled with `steps`), "network-N"
-    for each other number of network steps, and the machines ("bbels", "els", "ls", "is").
-    means: name -> {step i: [S, C, H, W] posterior mean} for the runs with `steps` steps.
-    agreement[net][machine] / r2[net][machine]: per-seed scores of each machine against each
-    network run. step_agreement[m][i]: per-seed agreement of the posterior means of the network
-    and machine m at step i (both with `steps` steps). baselines[net][name]: per-seed agreement of
-    unrelated pictures with that network run (BASELINES: another seed's output, a random training
-    image, the nearest training image), baseline_index[net][name] the other seed or the image's
-    index; empty when the comparison was scored without the training images.
+    for each other number of network steps, and the machines that ran their own trajectories (mode
+    "own"). means: name -> {step i: [S, C, H, W] posterior mean} for the runs with `steps` steps.
+    agreement[net][machine] / r2[net][machine]: per-seed scores of each machine's output against each
+    network run (mode "own"). step_agreement[m][i] / step_r2[m][i]: per-seed agreement / r^2 of machine
+    m's posterior mean at step i of its own trajectory with the network's at step i of the network's
+    (both with `steps` steps; r^2 takes the network's mean as the target).
+    network_path_agreement[m][i] / network_path_r2[m][i] (mode "network"): per seed, machine m's
+    posterior mean at the network's own x_t of step i (the network's `steps`-step trajectory; same t,
+    same k[i]) against the network's posterior mean there; network_path_means[m][i] those machine
+    means [S, C, H, W]. Each of these is an empty dict when its mode was not run.
+    baselines[net][name]: per-seed agreement of unrelated pictures with that network run (BASELINES:
+    another seed's output, a random training image, the nearest training image),
+    baseline_index[net][name] the other seed or the image's index; empty when the comparison was
+    scored without the training images. options: {machine: its settings} for the machines that
+    have some (pca, cfdm), as the engines used them.
     """
 
     seeds: list[int]
     steps: int
-    schedule: list[int]
+    schedule: list[int]  # k per step of the machines with k (each clamped to its k_limit); [] when none needed one
     network_steps: list[int]
     outputs: dict[str, torch.Tensor]
     means: dict[str, dict[int, torch.Tensor]] = field(repr=False)
@@ -386,10 +472,28 @@ class Comparison:
     label: int | None = None
     baselines: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     baseline_index: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    step_r2: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    network_path_agreement: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    network_path_r2: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    network_path_means: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict, repr=False)
+    options: dict[str, dict] = field(default_factory=dict)
 
     @staticmethod
     def network_key(n: int, steps: int) -> str:
         return "network" if n == steps else f"network-{n}"
+
+    @property
+    def machines(self) -> list[str]:
+        """The machine keys compared, in order (those of either mode)."""
+        own = [m for m in self.outputs if not m.startswith("network")]
+        return own + [m for m in self.network_path_agreement if m not in own]
+
+    @property
+    def modes(self) -> list[str]:
+        """The modes run (MODES): "own", "network" or both."""
+        ran = {"own": any(not m.startswith("network") for m in self.outputs),
+               "network": bool(self.network_path_agreement)}
+        return [mode for mode in MODES if ran[mode]]
 
     def medians(self, metric: str = "agreement") -> dict[str, dict[str, float]]:
         table = self.agreement if metric == "agreement" else self.r2
@@ -413,30 +517,59 @@ class Comparison:
         """The network run the headline uses: the most steps (the paper's 150 when run)."""
         return self.network_key(max(self.network_steps), self.steps)
 
+    def per_step(self, mode: str = "own", metric: str = "agreement") -> dict[str, dict[int, list[float]]]:
+        """{machine: {step: [value per seed]}} of one mode (MODES) and metric (METRICS): step_agreement,
+        step_r2, network_path_agreement or network_path_r2."""
+        if mode not in MODES:
+            raise ElsvizError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
+        if metric not in METRICS:
+            raise ElsvizError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}.")
+        return {("own", "agreement"): self.step_agreement, ("own", "r2"): self.step_r2,
+                ("network", "agreement"): self.network_path_agreement,
+                ("network", "r2"): self.network_path_r2}[mode, metric]
+
+    def curve(self, machine: str, mode: str = "own", metric: str = "agreement") -> list[tuple[int, float]]:
+        """[(step, median over the seeds)] from the noisiest step to step 1: machine's agreement (or r^2) with the
+        network along its own trajectory (mode "own") or at the network's own x_t (mode "network"); [] when that
+        mode was not run. A machine that was not compared raises ElsvizError."""
+        table = self.per_step(mode, metric)
+        if machine not in self.machines:
+            raise ElsvizError(f"{machine!r} was not compared; this comparison holds {', '.join(self.machines)}.")
+        return [(i, median(v)) for i, v in sorted(table.get(machine, {}).items(), reverse=True)]
+
     def step_medians(self, machine: str = "bbels") -> list[tuple[int, float]]:
-        """[(step, median agreement of the posterior means)] from the noisiest step to step 1."""
+        """[(step, median agreement of the posterior means)] from the noisiest step to step 1 (mode "own")."""
         return [(i, median(v)) for i, v in sorted(self.step_agreement.get(machine, {}).items(), reverse=True)]
 
     def summary(self) -> str:
         """One line: the headline figures."""
         med = self.medians()
         parts = []
-        for n in sorted(self.network_steps, reverse=True):
-            net = self.network_key(n, self.steps)
-            row = med[net]
-            scores = ", ".join(f"{NAMES[m]} {row[m]:.3f}" for m in MACHINE_ORDER if m in row)
-            parts.append(f"network {n} steps: {scores}")
-        both = {"bbels", "is"} <= set(self.agreement[self.main_network])
+        own = [m for m in self.machines if m in self.agreement.get(self.main_network, {})]
+        for n in sorted(self.network_steps, reverse=True) if own else ():
+            row = med[self.network_key(n, self.steps)]
+            parts.append(f"network {n} steps: " + ", ".join(f"{NAMES[m]} {row[m]:.3f}" for m in own))
+        path = [m for m in self.machines if self.network_path_agreement.get(m)]
+        if path:
+            last = {m: median(self.network_path_agreement[m][min(self.network_path_agreement[m])]) for m in path}
+            parts.append(f"on the {self.steps}-step network's own x_t, step 1: "
+                         + ", ".join(f"{NAMES[m]} {v:.3f}" for m, v in last.items()))
+        both = {"bbels", "is"} <= set(own)
         share = self.beats() if both else math.nan
         beat = "" if math.isnan(share) else \
             f"; bbELS beats IS on {share:.0%} of seeds ({max(self.network_steps)}-step network)"
         base = self.baselines.get(self.main_network, {})
         scale = "" if not base else "; for scale, the network against " + ", ".join(
             f"{_baseline_name(b)} {median(v):.3f}" for b, v in base.items() if not math.isnan(median(v)))
-        return f"{len(self.seeds)} seeds, median agreement: " + "; ".join(parts) + beat + scale
+        n = len(self.seeds)
+        return f"{n} seed{'s' if n > 1 else ''}, median agreement: " + "; ".join(parts) + beat + scale
 
     def table(self) -> list[dict]:
-        """One row per seed: seed, then agreement_<net>_<machine> and r2_<net>_<machine>."""
+        """One row per seed: seed; agreement_<net>_<machine> and r2_<net>_<machine> (the outputs); the
+        baselines; then per machine and step i, step_agreement_<m>_<i> and step_r2_<m>_<i> (mode "own") and
+        network_path_agreement_<m>_<i> and network_path_r2_<m>_<i> (mode "network")."""
+        steps = (("step_agreement", self.step_agreement), ("step_r2", self.step_r2),
+                 ("network_path_agreement", self.network_path_agreement), ("network_path_r2", self.network_path_r2))
         rows = []
         for s, seed in enumerate(self.seeds):
             row = {"seed": seed}
@@ -449,17 +582,34 @@ class Comparison:
                     row[f"agreement_{net}_{name}"] = _none(round(vals[s], 4))
                     row[f"{'seed' if name == 'other-seed' else 'image'}_{net}_{name}"] = \
                         self.baseline_index[net][name][s]
+            for name, tab in steps:
+                for m, per in tab.items():
+                    for i, vals in sorted(per.items(), reverse=True):
+                        row[f"{name}_{m}_{i}"] = _none(round(vals[s], 4))
             rows.append(row)
         return rows
 
     def to_json(self) -> dict:
         med, med_r2 = self.medians(), self.medians("r2")
+
+        def curves(mode, metric):
+            return {m: {i: _none(v) for i, v in self.curve(m, mode, metric)} for m in self.per_step(mode, metric)}
+
+        def final(table):  # step 1: the end of the network's trajectory
+            return {m: _none(median(per[min(per)])) for m, per in table.items() if per}
+
         return {"seeds": self.seeds, "steps": self.steps, "schedule": self.schedule,
-                "network_steps": self.network_steps,
+                "network_steps": self.network_steps, "machines": self.machines,
+                "machine_names": {m: NAMES[m] for m in self.machines}, "modes": self.modes, "options": self.options,
                 "label": self.label, "median_agreement": med, "median_r2": med_r2,
                 "bbels_beats_is": {net: self.beats(network=net) for net in self.agreement
                                    if {"bbels", "is"} <= set(self.agreement[net])},
                 "step_agreement_median": {m: dict(self.step_medians(m)) for m in self.step_agreement},
+                "step_r2_median": curves("own", "r2"),
+                "network_path_agreement_median": curves("network", "agreement"),
+                "network_path_r2_median": curves("network", "r2"),
+                "network_path_final_median": {"agreement": final(self.network_path_agreement),
+                                              "r2": final(self.network_path_r2)},
                 "baselines": dict(BASELINES),
                 "median_baselines": {net: {b: _none(median(v)) for b, v in per.items()}
                                      for net, per in self.baselines.items()},
@@ -473,27 +623,52 @@ def _none(v: float):
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
+def on_network_path(engine, trajectory: Trajectory, ks=None, label: int | None = None,
+                    callback: Callable | None = None) -> dict[int, torch.Tensor]:
+    """Mode "network": the machine's posterior mean at the network's own x_t of every step of a network
+    trajectory (same t; ks[i] at step i, None for a machine without k): {step i: [B, C, H, W] on the
+    CPU}. One engine.denoise per step on the whole batch; the network is not run again (its frames hold
+    x_t). callback(frame) after each step."""
+    out = {}
+    for f in trajectory.frames:
+        out[f.i] = engine.denoise(f.x.to(engine.device), f.t, None if ks is None else ks[f.i], label=label).mean.detach().cpu()
+        if callback is not None:
+            callback(f)
+    return out
+
+
 def compare(network, train=None, seeds=range(32), k=None, *, steps: int = 20, network_steps=(20, 150),
-            machines=MACHINE_ORDER, engines: dict | None = None, label: int | None = None, device="cpu",
+            machines=MACHINE_ORDER, modes=("own", "network"), options: dict | None = None,
+            engines: dict | None = None, label: int | None = None, device="cpu",
             progress: Callable[[str, int, int], None] | None = None) -> Comparison:
     """Run the network and the machines from the same noise for every seed and score them.
 
-    train: the ImageSet the network was trained on (default: network.train.load()). k: the
-    machines' locality schedule (default: the network's calibrated one; or an int, a preset, a
-    list). The machines take `steps` steps; the network is sampled with each of `network_steps`
-    (the paper: 150 for the network, 20 for the machine). engines: machine -> Engine to reuse.
+    train: the ImageSet the network was trained on (default: network.train.load()). machines: keys,
+    "all" (every machine, elsviz.machines order) or a comma list (machine_keys). k: the schedule of the
+    machines that take a window (default: the network's calibrated one; or an int, a preset, a list),
+    clamped per machine to its k_limit (ELS's and PSPC's windows fit inside the images); machines
+    without k ignore it, and a comparison of such machines alone needs none. The machines take `steps`
+    steps; the network is sampled with each of `network_steps` (the paper: 150 for the network, 20
+    for the machine). modes (MODES): "own" runs each machine's own trajectory from the same noise;
+    "network" gives each machine the network's own x_t at every step of its `steps`-step trajectory
+    (one denoise per step per machine, on all seeds at once). options: {machine: {setting: value}}
+    given to its Engine (Engine(train, "pca", threshold=0.05)). engines: machine -> Engine to reuse.
     progress(what, done, total) after each step of each run.
     """
     from ..engine import Engine
 
     seeds = _seeds(seeds)
-    machines = [m for m in MACHINE_ORDER if m in set(machines)] + [m for m in machines if m not in MACHINE_ORDER]
-    if not machines:
-        raise ElsvizError("Give at least one machine to compare with.")
+    machines = machine_keys(machines)
+    modes = mode_keys(modes)
+    options = _options(options, machines)
+    engines = {m: e for m, e in (engines or {}).items() if e is not None}
     if train is None:
-        train = engines[machines[0]].train if engines else network.train.load()
+        given = [engines[m] for m in machines if m in engines]
+        train = given[0].train if given else network.train.load()
     _check_pair(network, train)
-    ks = _schedule(network, k, steps)
+    hw = tuple(train.shape[1:])
+    local = [m for m in machines if BY_KEY[m].local]
+    ks = _schedule(network, k, steps, machines) if local or k is not None else None
     network_steps = sorted({int(n) for n in network_steps} | {steps})
     x0 = noise(network, seeds, train.shape)  # the same noise for every run: sample(..., seed=s) draws it too
 
@@ -502,27 +677,48 @@ def compare(network, train=None, seeds=range(32), k=None, *, steps: int = 20, ne
             return None
         return lambda frame: progress(what, total - frame.i, total - 1)
 
+    def engine_for(m):
+        if m not in engines:
+            return Engine(train, m, device, **options.get(m, {}))
+        engine = engines[m]
+        if engine.machine != m:
+            raise ElsvizError(f"engines[{m!r}] is a {NAMES[engine.machine]} engine; give an Engine(train, {m!r}).")
+        if m in options and engine.options != options[m]:
+            raise ElsvizError(f"engines[{m!r}] has the settings {engine.options}, options ask for {options[m]}: "
+                              "give one or the other.")
+        return engine
+
     trajs: dict[str, Trajectory] = {}
     for n in network_steps:
         key = Comparison.network_key(n, steps)
         trajs[key] = sample(network, x=x0.clone(), steps=n, label=label, callback=watch(f"network, {n} steps", n))
+    used, path = {}, {}
     for m in machines:
-        engine = (engines or {}).get(m) or Engine(train, m, device)
-        mk = ks if m != "els" else [min(v, k_limit("els", tuple(train.shape[1:]))) for v in ks]
-        trajs[m] = sample(engine, x=x0.clone().to(engine.device), steps=steps, k=mk, label=label,
-                          callback=watch(NAMES.get(m, m), steps))
+        engine = used[m] = engine_for(m)
+        mk = [min(v, k_limit(m, hw)) for v in ks] if BY_KEY[m].local else None
+        if "own" in modes:  # sample needs some k; a machine without k ignores it
+            trajs[m] = sample(engine, x=x0.clone().to(engine.device), steps=steps, k=1 if mk is None else mk,
+                              label=label, callback=watch(NAMES[m], steps))
+        if "network" in modes:
+            path[m] = on_network_path(engine, trajs["network"], mk, label,
+                                      watch(f"{NAMES[m]} on the network's x_t", steps))
 
     outputs = {name: t.final.detach().cpu() for name, t in trajs.items()}
     means = {name: {f.i: f.mean.detach().cpu() for f in t.frames} for name, t in trajs.items() if t.steps == steps}
-    return score(seeds, steps, ks, network_steps, outputs, means, label, train=train)
+    settings = {m: dict(e.options) for m, e in used.items() if e.options}
+    return score(seeds, steps, ks or [], network_steps, outputs, means, label, train=train, network_path=path,
+                 options=settings)
 
 
 def score(seeds, steps: int, schedule, network_steps, outputs: dict, means: dict,
-          label: int | None = None, *, train=None) -> Comparison:
+          label: int | None = None, *, train=None, network_path: dict | None = None,
+          options: dict | None = None) -> Comparison:
     """A Comparison from finished runs: outputs {name: [S, C, H, W]} (names as in Comparison) and the
     posterior means {name: {step: [S, C, H, W]}} of the `steps`-step runs. Machines are the names
-    that do not start with "network". train: the training set (an ImageSet, or its images
-    [N, C, H, W]) for the baselines; without it there are none."""
+    that do not start with "network". network_path: {machine: {step: [S, C, H, W]}}, the machines'
+    means at the network's own x_t (on_network_path), scored against means["network"]. train: the
+    training set (an ImageSet, or its images [N, C, H, W]) for the baselines; without it there are none.
+    options: the machines' settings, recorded."""
     seeds = list(seeds)
     network_steps = sorted(int(n) for n in network_steps)
     machines = [m for m in outputs if not m.startswith("network")]
@@ -534,8 +730,20 @@ def score(seeds, steps: int, schedule, network_steps, outputs: dict, means: dict
         agree[net] = {m: [agreement(outputs[net][s], outputs[m][s]) for s in range(n)] for m in machines}
         fit[net] = {m: [r2(outputs[net][s], outputs[m][s]) for s in range(n)] for m in machines}
     net_means = means.get(Comparison.network_key(steps, steps), {})
-    step_agree = {m: {i: [agreement(net_means[i][s], means[m][i][s]) for s in range(n)]
-                      for i in sorted(net_means, reverse=True) if i in means.get(m, {})} for m in machines}
+
+    def per_step(fn, theirs: dict) -> dict:
+        """{step: [fn(network's mean, the machine's) per seed]}, noisiest step first."""
+        return {i: [fn(net_means[i][s], theirs[i][s]) for s in range(n)]
+                for i in sorted(net_means, reverse=True) if i in theirs}
+
+    step_agree = {m: per_step(agreement, means.get(m, {})) for m in machines}
+    step_fit = {m: per_step(r2, means.get(m, {})) for m in machines}
+    network_path = dict(network_path or {})
+    if network_path and not net_means:
+        raise ElsvizError(f"Scoring the machines on the network's path needs the network's posterior means "
+                          f"(means['network'] of its {steps}-step run).")
+    path_agree = {m: per_step(agreement, per) for m, per in network_path.items()}
+    path_fit = {m: per_step(r2, per) for m, per in network_path.items()}
     base, index = {}, {}
     if train is not None:
         images = getattr(train, "images", train)
@@ -543,4 +751,5 @@ def score(seeds, steps: int, schedule, network_steps, outputs: dict, means: dict
             net = Comparison.network_key(ns, steps)
             base[net], index[net] = baselines(outputs[net], images, seeds)
     return Comparison(seeds, steps, list(schedule), network_steps, outputs, means, agree, fit, step_agree, label,
-                      base, index)
+                      base, index, step_r2=step_fit, network_path_agreement=path_agree, network_path_r2=path_fit,
+                      network_path_means=network_path, options=dict(options or {}))

@@ -4,6 +4,7 @@
     elsviz info   NAME_OR_PATH [-O key=value ...]
     elsviz sheet  NAME_OR_PATH [-o sheet.png] [--force] [-O key=value ...]
     elsviz sample NAME_OR_PATH [--machine M] [--k K] [--steps S] [--seed N] [-o FOLDER] [--mp4] [--npz] [--force] ...
+                  [--ray [ADDRESS]] [--shards N]  (on a Ray cluster, docs/SCALING.md)
     elsviz app    [streamlit options, e.g. --server.port 8502]
 
 Exit codes: 0 done; 2 bad usage (the command line does not parse; argparse prints the usage);
@@ -291,6 +292,12 @@ def k_arg(value: str):
          arg("--label", type=int, default=None, help="class label (conditional generation)"),
          arg("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="output size (ELS, bbELS)"),
          DEVICE,
+         arg("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+             help="run on a Ray cluster, the training set split into shards (pip install elsviz[cluster]): at ADDRESS "
+                  "(host:port), or without one at $ELSVIZ_RAY_ADDRESS, else on a new local cluster; "
+                  "$ELSVIZ_RAY_ADDRESS alone also turns it on (docs/SCALING.md)"),
+         arg("--shards", type=int, default=None,
+             help="with --ray: shards of the training set (default one per GPU of the cluster, else per CPU)"),
          arg("-o", "--out", default="elsviz-run",
              help="folder for final.png, run.gif, provenance.png (and run.mp4, run.npz)"),
          arg("--mp4", action="store_true", help="also write run.mp4: the run as a video for slides (H.264, the "
@@ -306,7 +313,7 @@ def _sample(args) -> int:
     from ..sampling import sample
 
     train = load_dataset(args.dataset, **dataset_options(args.option))
-    engine = Engine(train, args.machine, args.device)
+    engine = run_engine(Engine, train, args)
     shape = None if args.size is None else (train.channels, *args.size)
 
     def progress(frame):
@@ -334,6 +341,21 @@ def _sample(args) -> int:
             tmp[out / "run.npz"].write_bytes(export.npz_bytes(traj, spec=spec, dataset=train.name))
     print(out)
     return 0
+
+
+def run_engine(engine_class, train, args):
+    """The engine of a run: on a Ray cluster where --ray or $ELSVIZ_RAY_ADDRESS asks for it (where it
+    runs goes to stderr), else on --device."""
+    from ..cluster import ENV
+
+    address = args.ray if args.ray is not None else os.environ.get(ENV)
+    if address is None:
+        if args.shards is not None:
+            raise ElsvizError(f"--shards splits the training set over a Ray cluster: add --ray (or set {ENV}).")
+        return engine_class(train, args.machine, args.device)
+    engine = engine_class(train, args.machine, device="ray", shards=args.shards, address=address or None)
+    print(f"runs on: {engine.describe()}", file=sys.stderr)
+    return engine
 
 
 # -- the app ---------------------------------------------------------------------------------------

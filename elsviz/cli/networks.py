@@ -3,19 +3,23 @@
     elsviz train --dataset digits --out nets/digits-resnet          # about 6 CPU-minutes
     elsviz calibrate nets/digits-resnet                             # the schedule, saved beside it
     elsviz compare nets/digits-resnet --seeds 32                    # agreement per seed and the medians
+    elsviz compare nets/digits-resnet --seeds 4 --machines all      # every machine, both modes
     elsviz networks                                                 # the bundled ones and those trained here
 
-Progress goes to stderr, the one-line summary to stdout.
+Progress and the tables go to stderr, the one-line summary to stdout.
 """
 from __future__ import annotations
 
+import ast
 import json
 import sys
 import time
 from pathlib import Path
 
 from .commands import DEVICE, FORCE, dataset_options, k_arg, arg, command, output_files
+from ..analysis.compare import LOCAL_MACHINES, MACHINE_ORDER, MODES
 from ..errors import ElsvizError
+from ..machines import BY_KEY, MACHINES
 
 TRAIN_STEPS = 2000  # the digits ResNet: about 6 CPU-minutes (docs/AGREEMENT.md)
 
@@ -124,8 +128,9 @@ def _networks(args) -> int:
          arg("--first-seed", type=int, default=1000,
              help="default 1000, so that compare's seeds 0, 1, ... are not the ones calibrated on"),
          arg("--steps", type=int, default=20, help="reverse-diffusion steps (default 20, as the paper)"),
-         arg("--machine", default="bbels", choices=["ls", "els", "bbels"],
-             help="the machine whose window sizes are fitted: ls, els or bbels (default bbels; IS has no window)"),
+         arg("--machine", default="bbels", choices=list(LOCAL_MACHINES),
+             help=f"the machine whose window sizes are fitted, one with a k: {', '.join(LOCAL_MACHINES)} (default "
+                  "bbels; the others have no window). Its schedule becomes the network's schedule.json"),
          arg("--label", type=int, default=None, help="class label (conditional networks)"),
          DEVICE,
          *NETWORK_DATASET_ARGS)
@@ -156,38 +161,76 @@ def _calibrate(args) -> int:
     return 0
 
 
-@command("compare", "run a network and the machines from the same noise: agreement per seed, medians, bbELS vs IS",
+def machine_option_pairs(pairs: list[str] | None) -> dict[str, dict]:
+    """--machine-option MACHINE.NAME=VALUE pairs -> compare's options {machine: {name: value}} (values are
+    Python literals, else strings; compare checks the names and values)."""
+    out: dict[str, dict] = {}
+    for pair in pairs or []:
+        head, sep, value = pair.partition("=")
+        machine, dot, name = head.partition(".")
+        if not sep or not dot or not machine.strip() or not name.strip():
+            raise ElsvizError(f"--machine-option expects MACHINE.NAME=VALUE (e.g. pca.threshold=0.05, cfdm.samples=20), "
+                              f"got {pair!r}.")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        out.setdefault(machine.strip().lower(), {})[name.strip()] = value
+    return out
+
+
+def _settings_help() -> str:
+    return "; ".join(f"{m}.{o.name} ({o.help})" for m in MACHINES for o in BY_KEY[m].options)
+
+
+@command("compare", "run a network and the machines from the same noise: agreement and r^2 per seed, per step and "
+                    "at the end, on each machine's own trajectory and on the network's",
          arg("network", metavar="DIR", help="a network folder written by elsviz train"),
          arg("--seeds", type=int, default=32, help="number of seeds (default 32)"),
          arg("--first-seed", type=int, default=0,
              help="the seeds are first-seed, first-seed + 1, ... (default 0; calibrate uses 1000 on)"),
          arg("--k", type=k_arg, default=None,
-             help="the machines' schedule: default the calibrated one; or an odd k, a preset, or k per step"),
+             help=f"the schedule of the machines with a window ({', '.join(LOCAL_MACHINES)}; each clamped to the k "
+                  "it takes): default the calibrated one; or an odd k, a preset, or k per step. Machines without "
+                  "k ignore it"),
          arg("--steps", type=int, default=20, help="the machines' steps (default 20)"),
          arg("--network-steps", type=int, nargs="+", default=[20, 150], help="the network's steps (default 20 150)"),
-         arg("--machines", nargs="+", default=["bbels", "els", "ls", "is"], choices=["bbels", "els", "ls", "is"],
-             help="the machines run against the network (default bbels els ls is)"),
+         arg("--machines", nargs="+", default=list(MACHINE_ORDER), metavar="M",
+             help=f"the machines run against the network: keys ({', '.join(MACHINES)}), comma- or space-separated, "
+                  f"or all for every one (default {' '.join(MACHINE_ORDER)})"),
+         arg("--modes", default="own,network", metavar="MODES",
+             help="; ".join(f"{mode}: {what}" for mode, what in MODES.items())
+                  + "; comma-separated (default own,network)"),
+         arg("-M", "--machine-option", action="append", metavar="MACHINE.NAME=VALUE",
+             help="a machine's own setting, repeatable: " + _settings_help()),
          arg("--label", type=int, default=None, help="class label (conditional networks)"),
          arg("--json", default=None,
              help="write every figure to this JSON file (with the calibrated schedule, DIR/compare.json is "
                   "written too)"),
-         arg("--figure", default=None, help="save the seeds x [network | machines] grid as a PNG"),
+         arg("--csv", default=None,
+             help="write one row per seed to this CSV file: final agreement and r^2 per machine and network run, "
+                  "the baselines, and every step of both modes"),
+         arg("--figure", default=None, help="save the seeds x [network | machines] grid as a PNG (needs mode own)"),
          DEVICE,
          FORCE,
          *NETWORK_DATASET_ARGS)
 def _compare(args) -> int:
-    from .. import figures
-    from ..analysis.compare import NAMES, compare
+    from .. import export, figures
+    from ..analysis.compare import NAMES, compare, machine_keys, mode_keys
     from ..networks import atomic_write, load_network
 
+    machines, modes = machine_keys(args.machines), mode_keys(args.modes)  # refused before anything loads
+    options = machine_option_pairs(args.machine_option)
+    if args.figure and "own" not in modes:
+        raise ElsvizError("--figure draws the machines' own outputs: add own to --modes, or leave --figure out.")
     net = load_network(args.network)
     train = _dataset_for(net, args)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    extra = [p for p in (args.json, args.figure) if p]
+    extra = [p for p in (args.json, args.csv, args.figure) if p]
     existing = [p for p in extra if Path(p).exists()]
     if existing and not args.force:  # refused before the long run, not after it
         raise ElsvizError(f"{existing[0]} exists already; pass --force to overwrite, or write elsewhere.")
-    _say(f"comparing {net.describe()} with {', '.join(NAMES[m] for m in args.machines)} on {len(seeds)} seeds")
+    _say(f"comparing {net.describe()} with {', '.join(NAMES[m] for m in machines)} on {len(seeds)} seeds")
     start = time.perf_counter()
     last = [None]
 
@@ -197,24 +240,63 @@ def _compare(args) -> int:
             _say(f"{what} ...  ({time.perf_counter() - start:.0f} s)")
 
     result = compare(net, train, seeds, args.k, steps=args.steps, network_steps=args.network_steps,
-                     machines=args.machines, label=args.label, device=args.device, progress=progress)
-    main = result.main_network
-    head = "seed  " + "  ".join(f"{NAMES[m]:>6}" for m in args.machines) + f"   (agreement with the {main})"
-    _say(head)
-    for s, seed in enumerate(seeds):
-        _say(f"{seed:>4}  " + "  ".join(f"{result.agreement[main][m][s]:6.3f}" for m in args.machines))
+                     machines=machines, modes=modes, options=options, label=args.label, device=args.device,
+                     progress=progress)
+    for line in report_lines(result):
+        _say(line)
     data = result.to_json()
     data.update(network=net.describe(), weights_sha256=net.config["weights_sha256"],
                 seconds=round(time.perf_counter() - start, 1))
     text = json.dumps(data, indent=1).encode()
     out = Path(args.json) if args.json else None
-    if args.k is None:  # the calibrated schedule: the network's own record, shown by the app
+    if args.k is None and result.schedule:  # the calibrated schedule: the network's own record, shown by the app
         out = Path(net.path) / "compare.json"
         atomic_write(out, lambda f: f.write(text))
     with output_files(extra, force=args.force) as tmp:
         if args.json:
             tmp[args.json].write_bytes(text)
+        if args.csv:
+            tmp[args.csv].write_bytes(export.csv_bytes(result.table()))
         if args.figure:
-            figures.network_grid(result, columns=["network", *args.machines]).save(tmp[args.figure])
+            figures.network_grid(result, columns=["network", *machines]).save(tmp[args.figure])
     print(result.summary() + f" ({time.perf_counter() - start:.0f} s)" + (f" -> {out}" if out else ""))
     return 0
+
+
+def report_lines(result) -> list[str]:
+    """What `elsviz compare` prints: the agreement per seed (mode own), then a table per machine: the final
+    medians and, step by step, the medians of agreement and r^2 in each mode run."""
+    from ..analysis.compare import NAMES, median
+
+    main = result.main_network
+    own = [m for m in result.machines if m in result.agreement.get(main, {})]
+    lines = []
+    if own:
+        width = {m: max(6, len(NAMES[m])) for m in own}
+        lines.append("seed  " + "  ".join(f"{NAMES[m]:>{width[m]}}" for m in own) + f"   (agreement with the {main})")
+        for s, seed in enumerate(result.seeds):
+            lines.append(f"{seed:>4}  " + "  ".join(f"{result.agreement[main][m][s]:{width[m]}.3f}" for m in own))
+    nets = {result.network_key(n, result.steps): f"network {n} steps" for n in result.network_steps}
+    cols = [(mode, metric) for mode in result.modes for metric in ("agreement", "r2")]
+    heads = {("own", "agreement"): "own agr", ("own", "r2"): "own r^2",
+             ("network", "agreement"): "net x_t agr", ("network", "r2"): "net x_t r^2"}
+    for m in result.machines:
+        lines.append("")
+        lines.append(f"{NAMES[m]} (medians over {len(result.seeds)} seed{'s' if len(result.seeds) > 1 else ''})")
+        if m in own:
+            lines.append("  final, own trajectory: " + "; ".join(
+                f"{said}: agreement {median(result.agreement[net][m]):.3f}, r^2 {median(result.r2[net][m]):.3f}"
+                for net, said in nets.items()))
+        path = result.network_path_agreement.get(m)
+        if path:
+            last = min(path)
+            lines.append(f"  final, on the network's x_t (step {last}): agreement {median(path[last]):.3f}, "
+                         f"r^2 {median(result.network_path_r2[m][last]):.3f}")
+        curves = {c: dict(result.curve(m, *c)) for c in cols}
+        steps = sorted({i for c in curves.values() for i in c}, reverse=True)
+        if steps:
+            lines.append("  step  " + "  ".join(f"{heads[c]:>11}" for c in cols))
+            for i in steps:
+                lines.append(f"  {i:>4}  " + "  ".join(
+                    f"{curves[c][i]:11.3f}" if i in curves[c] else " " * 11 for c in cols))
+    return lines

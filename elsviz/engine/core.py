@@ -63,7 +63,23 @@ class Engine:
     The rival theories take settings of their own (docs/THEORIES.md; None: the default):
     threshold (pca, 0.02), samples (cfdm, 10), sigma (cfdm, 0.1) and seed (cfdm, 0). A setting of
     another machine raises ElsvizError.
+
+    device="ray" runs the machine on a Ray cluster, the training set split into shards
+    (elsviz.cluster.RayEngine: shards=, address= and its other options; docs/SCALING.md).
     """
+
+    def __new__(cls, *args, **kwargs):
+        device = args[2] if len(args) > 2 else kwargs.get("device", "auto")
+        if isinstance(device, str) and device == "ray":
+            from ..cluster.engine import RayEngine  # only here: `import elsviz` never imports ray
+
+            kwargs.pop("device", None)
+            return RayEngine(*args[:2], *args[3:], engine_class=cls, **kwargs)
+        for name in ("shards", "address"):
+            if name in kwargs:
+                raise ElsvizError(f"{name}= is a setting of the Ray engine: add device='ray' (pip install "
+                                  f"elsviz[cluster]), or leave {name}= out.")
+        return super().__new__(cls)
 
     def __init__(self, train: ImageSet, machine: str = "bbels", device="auto", *,
                  cache_bytes: int | None = None, chunk_elems: int | None = None, compile: bool = False,
@@ -188,12 +204,13 @@ class Engine:
         bsz, c, hq, wq = x.shape
         kernel = self.kernel(c)
         slice_batch = bsz if k is None else min(bsz, self._per_slice(hq, wq, c, k))
+        gather = "gather" in self._kernels
         key = ("plan", self.machine, k, label, hq, wq, bsz if bsz < 32 else 32, slice_batch if slice_batch < 32 else 32,
-               kernel)
+               kernel, gather)
         return self._cache.get(key, lambda: decide(
             self.machine, k, (hq, wq), tuple(imgs.shape), bsz, slice_batch, x.device, kernel, self._cache.max_bytes,
             distinct=lambda index, pos: self._reads.distinct(k, label, hq, wq, index, pos)[0].shape[0],
-            options=self.options))
+            options=self.options, gather=gather))
 
     def _per_slice(self, hq, wq, c, k) -> int:
         """Images per slice of the batch: the query windows of a slice hold about chunk_elems numbers."""
@@ -202,19 +219,44 @@ class Engine:
     # -- the machine -----------------------------------------------------------------------------
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, t: float, k=None, label: int | None = None) -> Posterior:
-        """Posterior mean and provenance of every pixel of x [B, C, H', W'] at time t, window k."""
+        """Posterior mean and provenance of every pixel of x [B, C, H', W'] at time t, window k.
+        Of identical keys holding the max, the first (by position, then image) is named."""
         x, t, k, subset = self._check(x, t, k, label)
         a, b = alpha_sigma(t)
         imgs = self._images_of(label, subset)  # [N, C, H, W]
         if self.machine in THEORIES:
             return theories.posterior(self._plan(x, k, label, imgs).steps[0], x, a, b, t, k, imgs, subset, label,
                                       self._reads, self.options, self.chunk_elems)
-        try:
-            sm = self._run(self._plan(x, k, label, imgs), x, a, b, k, imgs, label)
-        except _KernelFailed:  # stay exact: the whole call again, without the Triton kernel
-            sm = self._run(self._plan(x, k, label, imgs), x, a, b, k, imgs, label)
+        sm = self._statistics(x, a, b, k, label, imgs)
+        sm.best = self._reads.canonical(sm.best, k, label)
         return finish(self.machine, x, sm, a, b, t, k, subset, tuple(self.images.shape[-2:]),
                       self._reads.multiplicity(k, label))
+
+    @torch.no_grad()
+    def softmax(self, x: torch.Tensor, t: float, k=None, label: int | None = None) -> Softmax:
+        """The streaming softmax statistics behind denoise (IS, LS, ELS, bbELS), one row per query
+        pixel (IS: per image): m, s, acc, ent and best, the id of a key holding the max (image *
+        H*W + position, IS: image, among the images of the label) as float32 rounded it. What a
+        shard of the Ray engine sends back for merging (softmax.combine)."""
+        if self.machine in THEORIES:
+            raise ElsvizError(f"softmax() gives the statistics of IS, LS, ELS and bbELS; {BY_KEY[self.machine].name} "
+                              "makes its posterior otherwise: call denoise.")
+        x, t, k, subset = self._check(x, t, k, label)
+        a, b = alpha_sigma(t)
+        return self._statistics(x, a, b, k, label, self._images_of(label, subset))
+
+    @property
+    def reads(self) -> Reads:
+        """What the engine's steps read, cached: window hashes, tie counts, the first of identical
+        keys, |X|^2, the Gaussian model (the Ray engine's shards read them too)."""
+        return self._reads
+
+    def _statistics(self, x, a, b, k, label, imgs) -> Softmax:
+        while True:  # a failing kernel is switched off and the whole call runs again: it stays exact
+            try:
+                return self._run(self._plan(x, k, label, imgs), x, a, b, k, imgs, label)
+            except _KernelFailed:
+                pass
 
     def _run(self, plan: Plan, x, a, b, k, imgs, label) -> Softmax:
         """The plan's steps over the batch, in slices whose query windows hold about chunk_elems
@@ -263,18 +305,24 @@ class Engine:
                               imgs.shape[0], imgs.shape[-2] * imgs.shape[-1], rt, self._rows)
 
     def _triton(self, step: Step, sm, qwin, c1, c2, imgs, k, label, hq, wq) -> None:
-        """A table step through the Triton kernel; if the kernel cannot run, one warning, the kernel
-        is switched off for this engine, and the call starts again (_KernelFailed)."""
+        """A table or gather step through the Triton kernel; if it cannot run, one warning, it is
+        switched off for this engine (the gather: then key tables serve) and the call starts again
+        (_KernelFailed)."""
         try:
-            chunks, distinct = self._reads.triton_chunks(step, imgs, k, label, hq, wq)
             queries, q_idx = paths.queries_of(qwin, step, c1, c2)
             rt = max(1, self.chunk_elems // (step.pix.shape[0] * qwin.shape[-1]))  # query rows per launch
+            if step.path == "gather":
+                layout, distinct = self._reads.gather_inputs(step, imgs, k, label, hq, wq)
+                paths.gather_triton(sm, queries, q_idx, step.pos, layout, k, rt, distinct)
+                return
+            chunks, distinct = self._reads.triton_chunks(step, imgs, k, label, hq, wq)
             paths.table_triton(sm, queries, q_idx, step.pos, chunks, imgs.shape[0], imgs.shape[-2] * imgs.shape[-1],
                                rt, distinct)
         except Exception as exc:  # no compiler, an unsupported GPU, a Triton bug: stay exact
-            warnings.warn(f"elsviz: the Triton kernel failed ({type(exc).__name__}: {exc}); using the torch path.",
+            off, then = ("gather", "key tables") if step.path == "gather" else ("triton", "the torch path")
+            warnings.warn(f"elsviz: the Triton kernel failed ({type(exc).__name__}: {exc}); using {then}.",
                           stacklevel=4)
-            self._kernels = tuple(kn for kn in self._kernels if kn != "triton")
+            self._kernels = tuple(kn for kn in self._kernels if kn != off)
             raise _KernelFailed from exc
 
     def _rows(self, logits, vals, eager_values, grouped=None):

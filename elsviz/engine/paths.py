@@ -1,6 +1,7 @@
-"""The ways a plan's step computes its softmax statistics: ideal, embedded, pruned, and key tables
-through torch, the compiled CPU kernel or the Triton kernel (docs/ENGINE.md). Each takes the
-tensors it needs (tables already built) and merges into running statistics; none decides anything.
+"""The ways a plan's step computes its softmax statistics: ideal, embedded, pruned, key tables
+through torch, the compiled CPU kernel or the Triton kernel, and windows gathered from the images
+inside the Triton kernel (docs/ENGINE.md). Each takes the tensors it needs (tables already built)
+and merges into running statistics; none decides anything.
 
 rows_fn(logits, vals, eager_values, grouped) -> per-row statistics of a chunk of logits: the
 engine's choice of the compiled CPU pass, torch.compile or torch's passes (Engine._rows).
@@ -136,14 +137,34 @@ def table_triton(sm, queries, q_idx, pos, chunks, n: int, hw: int, rt: int, dist
             part = (*part[:4], part[4] + j0)
             results[r0] = part if results[r0] is None else combine(results[r0], part)
         j0 += keys.shape[-1]
-    for r0, (m, ssum, acc, ent, j) in results.items():
-        if rep is not None:
-            best = rep[j]
-        else:
-            at = torch.gather(pos, 1, j // n)  # [G, R] training position
-            best = (j % n) * hw + at
-        sm.merge_at(q_idx[:, r0:r0 + rt].flatten(), m.flatten(), ssum.flatten(), acc.flatten(0, 1),
-                    ent.flatten(), best.flatten())
+    for r0, part in results.items():
+        _merge_keyed(sm, q_idx[:, r0:r0 + rt], part, pos, n, hw, rep)
+
+
+def gather_triton(sm, queries, q_idx, pos, layout, k: int, rt: int, distinct=None) -> None:
+    """<Q, K> through the Triton kernel that reads the keys' windows from the training images
+    itself (no key table): layout = (images [H + 2d, W + 2d, C, N], |K|^2 [H*W, N])
+    (tables.gather_layout); the query rows in tiles of rt. distinct: (log counts [1, Kd] or None,
+    rep [Kd]) to take one key per distinct window (rep: the first key of each, in the dense order)."""
+    images, sq = layout
+    logc, rep = distinct if distinct is not None else (None, None)
+    n, hw = images.shape[-1], sq.shape[0]
+    for r0 in range(0, queries.shape[1], rt):
+        part = triton_kernel.gather_stats(queries[:, r0:r0 + rt], images, sq, k, pos=None if rep is not None else pos,
+                                          ids=rep, logc=logc)
+        _merge_keyed(sm, q_idx[:, r0:r0 + rt], part, pos, n, hw, rep)
+
+
+def _merge_keyed(sm, rows, part, pos, n: int, hw: int, rep) -> None:
+    """Merge a kernel's statistics of the rows [G, R] into sm; the heaviest key j is its index in
+    the dense order (image j % n at pos[:, j // n]), or in rep (the listed key ids)."""
+    m, ssum, acc, ent, j = part
+    if rep is not None:
+        best = rep[j]
+    else:
+        at = torch.gather(pos, 1, j // n)  # [G, R] training position
+        best = (j % n) * hw + at
+    sm.merge_at(rows.flatten(), m.flatten(), ssum.flatten(), acc.flatten(0, 1), ent.flatten(), best.flatten())
 
 
 def pruned(sm, qwin, pix, ks: KeySet, a, b, tile: int, chunk_elems: int) -> None:

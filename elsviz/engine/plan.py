@@ -38,6 +38,17 @@ PRUNE_MIN_WORK = 2**14
 # does not fit the cache is built in pieces of this share of it, merged piece after piece.
 KEYSET_SHARE = 2
 PIECE_SHARE = 8
+# The Triton kernel reads the keys' windows from the training images itself (path "gather", no key
+# table) where GATHER is on; off, it reads key tables (path "table"; gpu_check's "table" variant
+# times the two). Tables had to be rebuilt in every 60,000-image trajectory (up to 133 GB for the
+# seven k of mnist-resnet against a 56 GB cache): about 0.9 s of 3.2 s on an H200.
+GATHER = True
+# A group of one class gathers only its distinct windows (by key id, with log counts) where they are
+# at most this share of its keys: listed ids cost a load per key and read the images less
+# contiguously than the dense order. Not yet timed on a GPU (gpu_check's "dense" variant turns it off):
+# a table of distinct keys gave hands (64% distinct at k = 7) 5.70 s -> 3.93 s on an H200, and the
+# 60,000 MNIST-like images (47-100% distinct) 3.29 s -> 3.24 s.
+GATHER_DISTINCT_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -46,8 +57,9 @@ class Step:
     computes it. pix [G, P] query pixels (row * W' + col); pos [G, S] training positions (row * W + col).
 
     path:   ideal (whole images), embedded (<X_n, E(Q, s)>, no table), pruned (distinct keys in
-            blocks with bounds), table (a key table and one product per chunk); a rival theory's
-            name (nearest, wiener, pca, pspc, cfdm: engine/theories.py, one way each)
+            blocks with bounds), table (a key table and one product per chunk), gather (the Triton
+            kernel reads each key's window from the images, no table); a rival theory's name
+            (nearest, wiener, pca, pspc, cfdm: engine/theories.py, one way each)
     kernel: torch, cpu (the compiled C++ kernel) or triton (the fused GPU kernel)
     table:  none, cached (built once, kept), pieces (too large for the cache: built at every call,
             piece after piece), distinct (one key per distinct window, with its count)
@@ -106,12 +118,16 @@ def piece_keys(cache_bytes: int, bytes_per_key: int, multiple: int) -> int:
 
 def decide(machine: str, k: int | None, query_hw: tuple[int, int], train_shape: tuple[int, int, int, int],
            batch: int, slice_batch: int, device: torch.device, kernel: str, cache_bytes: int,
-           distinct=None, tensor_device=None, options: dict | None = None) -> Plan:
+           distinct=None, tensor_device=None, options: dict | None = None, gather: bool = True) -> Plan:
     """The plan of a call on `batch` images of size query_hw (in slices of slice_batch) against
     train_shape [N, C, H, W]. kernel: the engine's kernel for this call (torch, cpu, triton);
     distinct(index, pos) -> the number of distinct windows of a one-class group (asked only where
-    the pruned path is a candidate). tensor_device: where the steps' index tensors go (default: device).
+    the pruned path or a gather of distinct keys is a candidate; None: not asked, the keys taken
+    as distinct). gather: whether the Triton kernel may gather windows (else it reads key tables).
+    tensor_device: where the steps' index tensors go (default: device).
     options: the machine's own settings (machines.Option; cfdm's samples and sigma)."""
+    from ..kernels import triton as triton_kernel
+
     n, c, h, w = train_shape
     on = device if tensor_device is None else tensor_device
     if machine in THEORIES:
@@ -139,6 +155,9 @@ def decide(machine: str, k: int | None, query_hw: tuple[int, int], train_shape: 
         if p * s * d_img <= table_cost:
             steps.append(Step(index, pix, pos, "embedded", "torch", "none",
                               f"cheaper without a table: {p * s * d_img:.3g} <= {table_cost:.3g} multiply-adds per image"))
+            continue
+        if kernel == "triton" and gather and c in triton_kernel.CHANNELS:  # (others: key tables refuse them too)
+            steps.append(_gather_step(index, pix, pos, n, distinct))
             continue
         steps.append(_table_step(index, pix, pos, k, n, c, slice_batch, device, kernel, cache_bytes, distinct))
     return Plan(machine, k, batch, n, tuple(steps))
@@ -176,6 +195,20 @@ def theory_step(machine: str, k: int | None, train_shape, on, options: dict) -> 
     raise ValueError(machine)
 
 
+def _gather_step(index, pix, pos, n, distinct) -> Step:
+    """A group whose windows the Triton kernel gathers from the images: every key, or (a group of
+    one class with enough repeated windows) one key per distinct window."""
+    ng, s = pos.shape
+    why = "windows gathered from the images inside the kernel, no key table"
+    if ng == 1 and distinct is not None:
+        kd = distinct(index, pos[0])
+        if kd <= GATHER_DISTINCT_SHARE * s * n:
+            return Step(index, pix, pos, "gather", "triton", "distinct",
+                        f"{why}: {kd} distinct windows of {s * n} keys, by key id, with counts")
+        why += f" ({kd} distinct windows of {s * n} keys: every key)"
+    return Step(index, pix, pos, "gather", "triton", "none", why)
+
+
 def _table_step(index, pix, pos, k, n, c, slice_batch, device, kernel, cache_bytes, distinct) -> Step:
     """How a group that takes a key table computes: pruned distinct keys, or a table whole or in pieces."""
     from .keyset import KeySet
@@ -208,7 +241,8 @@ def kernel_for(device: torch.device) -> tuple[str, ...]:
     """The kernels an Engine on `device` may use, best first, as ELSVIZ_KERNEL says (read once, when
     the Engine is made): 'auto' (the default) takes the fused Triton kernel on a CUDA GPU where
     triton is installed and the compiled C++ kernel on the CPU; 'torch' neither; 'triton' the Triton
-    kernel also on the CPU under TRITON_INTERPRET=1 (the tests)."""
+    kernel also on the CPU under TRITON_INTERPRET=1 (the tests). With the Triton kernel comes
+    'gather' (its windows read from the images, not from key tables) where GATHER is on."""
     from ..kernels import triton as triton_kernel
 
     choice = os.environ.get("ELSVIZ_KERNEL", "auto").strip().lower() or "auto"
@@ -218,8 +252,9 @@ def kernel_for(device: torch.device) -> tuple[str, ...]:
     cpu = ("cpu",) if device.type == "cpu" and cpu_kernel.enabled() else ()
     if choice == "torch" or (choice == "auto" and device.type != "cuda"):
         return cpu
+    gather = ("gather",) if GATHER else ()
     if choice == "auto":  # a CUDA GPU: the kernel where triton is there, quietly torch where not
-        return ("triton",) if triton_kernel.available() else ()
+        return ("triton", *gather) if triton_kernel.available() else ()
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         warnings.warn("elsviz: ELSVIZ_KERNEL=triton runs on CUDA devices only (or on the CPU under "
                       "TRITON_INTERPRET=1); using the torch path.", stacklevel=3)
@@ -228,4 +263,4 @@ def kernel_for(device: torch.device) -> tuple[str, ...]:
         warnings.warn("elsviz: ELSVIZ_KERNEL=triton but triton is not installed (pip install triton); "
                       "using the torch path.", stacklevel=3)
         return cpu
-    return ("triton", *cpu)
+    return ("triton", *gather, *cpu)

@@ -35,6 +35,12 @@ class Posterior:
 def finish(machine: str, x, sm: Softmax, a, b, t, k, subset, train_hw: tuple[int, int], mult) -> Posterior:
     """The Posterior of a call from its softmax statistics. mult: the tie counts of the keys
     (Reads.multiplicity: [N] for IS, [N, H, W] for the local machines)."""
+    return assemble(machine, x, sm, a, b, t, k, subset, train_hw, mult.flatten()[sm.best])
+
+
+def assemble(machine: str, x, sm: Softmax, a, b, t, k, subset, train_hw: tuple[int, int], count) -> Posterior:
+    """The Posterior from softmax statistics and the tie count of each row's heaviest key (count
+    [rows]: [B] for IS, [B * H' * W'] for the local machines)."""
     bsz, c, hq, wq = x.shape
     h, w = train_hw
     entropy = (torch.log(sm.s) - sm.ent / sm.s).clamp(min=0.0)
@@ -45,11 +51,10 @@ def finish(machine: str, x, sm: Softmax, a, b, t, k, subset, train_hw: tuple[int
         rows = torch.arange(hq, device=x.device).view(1, hq, 1).expand(bsz, hq, wq)
         cols = torch.arange(wq, device=x.device).view(1, 1, wq).expand(bsz, hq, wq)
         src_img, src_pos = per_pixel(sm.best), torch.stack([rows, cols], dim=-1)
-        count = mult[sm.best]
         weight, count, entropy = per_pixel(1.0 / sm.s), per_pixel(count), per_pixel(entropy)
     else:
         mean = (sm.acc / sm.s.unsqueeze(-1)).reshape(bsz, hq, wq, c).permute(0, 3, 1, 2).contiguous()
-        count = mult.flatten()[sm.best].reshape(bsz, hq, wq)
+        count = count.reshape(bsz, hq, wq)
         img, pos = sm.best // (h * w), sm.best % (h * w)
         src_img = img.reshape(bsz, hq, wq)
         src_pos = torch.stack([pos // w, pos % w], dim=-1).reshape(bsz, hq, wq, 2)

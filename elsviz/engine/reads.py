@@ -10,8 +10,8 @@ from .cache import Cache
 from .geometry import train_class
 from .keyset import KeySet
 from .plan import Step, piece_keys, table_bytes
-from .tables import CHUNK, cpu_table, padded_images, torch_table
-from .ties import distinct_keys, same_count, window_hash
+from .tables import CHUNK, cpu_table, gather_layout, padded_images, torch_table
+from .ties import distinct_keys, find_first, first_table, same_count, window_hash, window_keys
 
 
 class Reads:
@@ -85,19 +85,37 @@ class Reads:
         return (lambda: (triton_kernel.key_table(padded, k, w, pos=step.pos, j0=j, j1=min(j + piece, s * n))
                          for j in range(0, s * n, piece))), None
 
+    def gather_inputs(self, step: Step, imgs, k, label, hq, wq):
+        """(layout, distinct) of a gather step: the images padded and position-major with |K|^2 of
+        every window (tables.gather_layout; one per k and label, shared by every class), and where
+        the plan says "distinct" (log counts [1, Kd] or None, rep [Kd]) of the class's distinct
+        windows in the order of their first occurrence."""
+        n, c, h, w = imgs.shape
+        size = ((h + k - 1) * (w + k - 1) * c + h * w) * n * 4
+        layout = self.cache.get(("gather", k, label), lambda: gather_layout(imgs, k), size)
+        if step.table != "distinct":
+            return layout, None
+        return layout, self.cache.get(("dids", self.machine, k, label, hq, wq, step.index),
+                                      lambda: self._distinct_ids(imgs, step.pos[0], k, label))
+
+    def _distinct_ids(self, imgs, pos, k, label):
+        """(log counts [1, Kd] or None where every window is distinct, rep [Kd]): the distinct
+        windows among the keys at positions pos [S], each named by its first key (id image * H*W +
+        position), in the order of first occurrence in the dense order, so that the first key
+        holding the max is the dense path's. c identical keys weigh c exp(l), so exp(l + log c) gives
+        the same softmax over Kd keys instead of S*N; the max and its key come from l alone."""
+        h, w = imgs.shape[-2:]
+        rep, count = distinct_keys(self.hashes(k, label).flatten(1), pos, h * w, in_order=True)
+        logc = count.float().log().unsqueeze(0) if bool((count > 1).any()) else None
+        return logc, rep
+
     def _distinct_table(self, imgs, pos, k, label):
-        """The keys of one class [1, D + 1, Kd], one per distinct window, in the order of their first
-        occurrence in the dense order (so the first key holding the max is the dense path's), their
-        centres [1, C, Kd], log counts [1, Kd] (None where every window is distinct) and rep [Kd], the
-        first key of each window (id image * H*W + position). c identical keys weigh c exp(l), so
-        exp(l + log c) gives the same softmax over Kd keys instead of S*N; the max and its key come
-        from l alone, as in the dense path."""
+        """The keys of one class [1, D + 1, Kd], one per distinct window (_distinct_ids), their
+        centres [1, C, Kd], log counts [1, Kd] or None, and rep [Kd]."""
         from ..kernels import triton as triton_kernel
 
-        n, c, h, w = imgs.shape
-        rep, count = distinct_keys(self.hashes(k, label).flatten(1), pos, h * w, in_order=True)
-        keys, vals = triton_kernel.key_table(padded_images(imgs, k), k, w, ids=rep)
-        logc = count.to(keys.dtype).log().unsqueeze(0) if bool((count > 1).any()) else None
+        logc, rep = self._distinct_ids(imgs, pos, k, label)
+        keys, vals = triton_kernel.key_table(padded_images(imgs, k), k, imgs.shape[-1], ids=rep)
         return keys, vals, logc, rep
 
     def sq_windows(self, imgs, k, label):
@@ -118,17 +136,44 @@ class Reads:
         """|X_n|^2 of the whole images in play [N] (IS and the theories that compare whole images)."""
         return self.cache.get(("is-sq", label), lambda: (flat * flat).sum(-1))
 
-    def multiplicity(self, k, label) -> torch.Tensor:
+    def multiplicity(self, k, label, kind: str | None = None) -> torch.Tensor:
         """How many keys of the same class have exactly the window of each key: [N, H, W] int32
-        (IS: [N], identical whole images). Computed once per (k, label) from window hashes."""
-        def make():
-            imgs = self.images_of(label)
-            if k is None:
-                return same_count(window_hash(imgs, None), torch.zeros(1, dtype=torch.int64, device=imgs.device))
-            n, _, h, w = imgs.shape
-            return same_count(self.hashes(k, label), train_class(self.machine, k, h, w).to(imgs.device))
+        (IS: [N], identical whole images). Computed once per (k, label) from window hashes.
+        kind: the machine whose classes count (default this engine's; pspc counts "ls" crops)."""
+        kind = kind or self.machine
+        return self.cache.get(("mult", kind, k, label), lambda: same_count(*self._hashes_and_classes(k, label, kind)))
 
-        return self.cache.get(("mult", self.machine, k, label), make)
+    def window_keys(self, k, label, kind: str | None = None) -> torch.Tensor:
+        """ties.window_keys of every key in play: [N, H, W] (k None: [N], whole images)."""
+        return window_keys(*self._hashes_and_classes(k, label, kind or self.machine))
+
+    def _hashes_and_classes(self, k, label, kind):
+        imgs = self.images_of(label)
+        if k is None:
+            return self.cache.get(("is-hash", label), lambda: window_hash(imgs, None)), \
+                torch.zeros(1, dtype=torch.int64, device=imgs.device)
+        n, _, h, w = imgs.shape
+        return self.hashes(k, label), train_class(kind, k, h, w).to(imgs.device)
+
+    def canonical(self, ids: torch.Tensor, k, label, kind: str | None = None) -> torch.Tensor:
+        """Key ids (image * H*W + position; k None: image) -> the first key with the same window
+        in the same class, in the dense order (position, then image). Which of several identical
+        keys holds a float32 maximum depends on how the sums were rounded (chunks, kernels, shards);
+        their first one does not. The table of the repeated windows is built once per (k, label)."""
+        mult = self.multiplicity(k, label, kind).flatten()
+        repeated = mult[ids] > 1
+        if not bool(repeated.any()):
+            return ids
+        kind = kind or self.machine
+        keys = self.window_keys(k, label, kind)
+        n = keys.shape[0]
+        table = self.cache.get(("firsts", kind, k, label),
+                               lambda: first_table(keys, (mult > 1).view(keys.shape)))
+        first, _ = find_first(table, keys.flatten()[ids[repeated]])
+        per = mult.numel() // n  # positions per image
+        out = ids.clone()
+        out[repeated] = (first % n) * per + first // n
+        return out
 
     def gaussian(self, label, imgs):
         """The Gaussian model of the images in play (cached per label): mean [D], eigenvalues [D]

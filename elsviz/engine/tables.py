@@ -29,6 +29,30 @@ def padded_images(imgs: torch.Tensor, k: int) -> torch.Tensor:
     return F.pad(imgs, (d, d, d, d)).permute(0, 2, 3, 1).contiguous()
 
 
+def gather_layout(imgs: torch.Tensor, k: int):
+    """What the Triton kernel's gather reads instead of a key table (triton_kernel.gather_stats):
+    the images [n, C, H, W] zero-padded by d = k // 2 and laid out [H + 2d, W + 2d, C, n] (the
+    keys of one position, consecutive in the dense order, are consecutive floats), and |K|^2 of the
+    window at every position of every image, [H*W, n]. The squares are summed as box sums, first
+    along rows, then along columns, then over channels: every window's sum is a function of its
+    entries alone, so identical windows get identical |K|^2, bit for bit, and tie exactly as they
+    do in a table."""
+    n, c, h, w = imgs.shape
+    d = k // 2
+    padded = F.pad(imgs, (d, d, d, d)).permute(2, 3, 1, 0).contiguous()  # [H + 2d, W + 2d, C, n]
+    squares = padded * padded
+    rows = squares[:, 0:w].clone()  # [H + 2d, W, C, n]
+    for dx in range(1, k):
+        rows += squares[:, dx:dx + w]
+    box = rows[0:h].clone()  # [H, W, C, n]
+    for dy in range(1, k):
+        box += rows[dy:dy + h]
+    sq = box[:, :, 0].clone()  # [H, W, n]
+    for ch in range(1, c):
+        sq += box[:, :, ch]
+    return padded, sq.view(h * w, n)
+
+
 def centre_entries(c: int, k: int, device=None) -> torch.Tensor:
     """The rows of a window table (window_table) that hold a window's centre pixel, one per channel."""
     d = k // 2

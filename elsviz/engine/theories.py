@@ -17,10 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .geometry import train_class
 from .posterior import Posterior, make
 from .softmax import Softmax, combine
-from .ties import same_count
 
 # |W[n, n]| below this: entry n has (nearly) no variance, its row of the Wiener filter is left as
 # is (the authors' code's eps)
@@ -36,8 +34,9 @@ def _per_chunk(chunk_elems: int, per_image: int) -> int:
 
 
 # -- nearest ----------------------------------------------------------------------------------------
-def nearest(x: torch.Tensor, a: float, flat: torch.Tensor, sq: torch.Tensor, chunk_elems: int) -> torch.Tensor:
-    """The training image with the smallest |x - a X_i|^2, per batch item: [B] (the first on ties).
+def nearest(x: torch.Tensor, a: float, flat: torch.Tensor, sq: torch.Tensor, chunk_elems: int):
+    """The training image with the smallest |x - a X_i|^2, per batch item: [B] (the first on ties),
+    and its score <x, X_i> - a |X_i|^2 / 2 [B] (the largest: what shards compare).
 
     |x - a X_i|^2 = |x|^2 - 2a (<x, X_i> - a |X_i|^2 / 2), so the closest image has the largest
     <x, X_i> - a |X_i|^2 / 2. x [B, C, H, W], flat [N, D] the images, sq [N] = |X_i|^2."""
@@ -50,7 +49,7 @@ def nearest(x: torch.Tensor, a: float, flat: torch.Tensor, sq: torch.Tensor, chu
         v, i = score.max(-1)  # first index on ties within the chunk
         better = v > best_v  # strictly: an earlier chunk keeps a tie
         best_v, best_i = torch.where(better, v, best_v), torch.where(better, i + n0, best_i)
-    return best_i
+    return best_i, best_v
 
 
 # -- wiener -----------------------------------------------------------------------------------------
@@ -58,18 +57,29 @@ def gaussian_model(flat: torch.Tensor, chunk_elems: int):
     """The Gaussian model of the images flat [N, D]: (mean [D], eigenvalues [D] >= 0 ascending,
     eigenvectors [D, D] as columns), all float64, of the population covariance
     S = (1/N) sum_i (X_i - mu)(X_i - mu)^T. Accumulated in float64 over chunks of images."""
+    return gaussian(*moments(flat, chunk_elems), flat.shape[0])
+
+
+def moments(flat: torch.Tensor, chunk_elems: int):
+    """(mu [D], M2 [D, D]) of the images flat [N, D] in float64: their mean and the sum of
+    (X_i - mu)(X_i - mu)^T, accumulated over chunks of images (the Ray engine merges them across
+    shards exactly: merge.moments)."""
     n, dim = flat.shape
     step = _per_chunk(chunk_elems, dim)
     mu = torch.zeros(dim, dtype=torch.float64, device=flat.device)
     for n0 in range(0, n, step):
         mu += flat[n0:n0 + step].double().sum(0)
     mu /= n
-    cov = torch.zeros(dim, dim, dtype=torch.float64, device=flat.device)
+    m2 = torch.zeros(dim, dim, dtype=torch.float64, device=flat.device)
     for n0 in range(0, n, step):
         c = flat[n0:n0 + step].double() - mu  # [n, D]
-        cov.addmm_(c.T, c)
-    cov /= n
-    vals, vecs = torch.linalg.eigh(cov)  # S = V diag(vals) V^T
+        m2.addmm_(c.T, c)
+    return mu, m2
+
+
+def gaussian(mu: torch.Tensor, m2: torch.Tensor, n: int):
+    """gaussian_model from moments of n images: (mu, eigenvalues >= 0, eigenvectors) of S = M2 / n."""
+    vals, vecs = torch.linalg.eigh(m2 / n)  # S = V diag(vals) V^T
     return mu, vals.clamp(min=0.0), vecs  # (rounding leaves eigenvalues of ~-1e-16 where S is singular)
 
 
@@ -130,6 +140,18 @@ def pca(x: torch.Tensor, a: float, b: float, flat: torch.Tensor, mask: torch.Ten
     return sm
 
 
+def pca_pick(sm: Softmax, shape):
+    """Per pixel of x [B, C, H, W] = shape, from pca's statistics: mean [B, C, H, W], and of the
+    channel whose heaviest image weighs most (the first on ties) that image's weight, the image
+    (an id as sm.best holds them) and the entropy, each [B, H, W]."""
+    bsz, c, h, w = shape
+    mean = (sm.acc[:, 0] / sm.s).view(bsz, c, h, w)
+    weight = (1.0 / sm.s).view(bsz, c, h, w)
+    chan = weight.argmax(1, keepdim=True)  # [B, 1, H, W] the channel with the heaviest image (first on ties)
+    pick = lambda v: torch.gather(v.reshape(bsz, c, h, w), 1, chan).squeeze(1)  # noqa: E731
+    return mean, pick(weight), pick(sm.best), pick((torch.log(sm.s) - sm.ent / sm.s).clamp(min=0.0))
+
+
 # -- pspc -------------------------------------------------------------------------------------------
 def _box(v: torch.Tensor, k: int) -> torch.Tensor:
     """Sums over every k x k window that lies inside v [n, H, W] -> [n, H - k + 1, W - k + 1]: k
@@ -177,67 +199,116 @@ def pspc(x: torch.Tensor, a: float, b: float, imgs: torch.Tensor, k: int, sq: to
     holding the pixel (_spread).
 
     x [B, C, H, W], imgs [N, C, H, W], sq [N, Hc, Wc] = crop_sq(imgs, k). Returns mean [B, C, H, W]
-    and, per pixel [B, H, W], the heaviest crop holding it (the largest heaviest-image weight 1/s over
-    those crops; on equal weights the crop centred nearest the pixel, then the first in row-major
-    order): its heaviest training image, that image's weight in the crop, the crop's entropy, and
-    the crop's centre [B, H, W, 2].
+    and, per pixel [B, H, W], the heaviest crop holding it (pspc_sources): its heaviest training
+    image, that image's weight in the crop, the crop's entropy, and the crop's centre [B, H, W, 2].
+    The Ray engine's shards run the passes apart (pspc_crops, pspc_sums): pass 2 needs every
+    shard's m and s.
     """
     bsz, c, h, w = x.shape
-    n = imgs.shape[0]
     hc, wc = h - k + 1, w - k + 1
-    c1, c2 = a / (b * b), -a * a / (2 * b * b)
-    cover = _spread(torch.ones(1, hc, wc, device=x.device), k)[0]  # [H, W] crops holding each pixel
-    per_slice = max(1, min(bsz, chunk_elems // (c * h * w)))
     mean = torch.zeros(bsz, c, h, w, device=x.device)
-    crop_s = torch.empty(bsz, hc, wc, device=x.device)
-    crop_ent = torch.empty_like(crop_s)
-    crop_best = torch.empty(bsz, hc, wc, dtype=torch.int64, device=x.device)
+    crops = [torch.empty(bsz, hc, wc, device=x.device) for _ in range(3)] + \
+        [torch.empty(bsz, hc, wc, dtype=torch.int64, device=x.device)]  # m, s, ent, best
+    for rows, xs, step in _pspc_slices(x, imgs, chunk_elems):
+        *stats, e = _pspc_pass1(xs, a, b, imgs, k, sq, step)
+        for into, v in zip(crops, stats):
+            into[rows] = v
+        mean[rows] = _pspc_pass2(xs, a, b, imgs, k, sq, step, stats[0], stats[1], e)
+    mean /= crop_cover(k, (h, w), x.device)
+    _, s, ent, best = crops
+    return (mean, *pspc_sources(s, (torch.log(s) - ent / s).clamp(min=0.0), best, k, (h, w), chunk_elems))
+
+
+def crop_cover(k: int, hw: tuple[int, int], device=None) -> torch.Tensor:
+    """How many k x k crops inside an image of size hw hold each pixel: [H, W]."""
+    h, w = hw
+    return _spread(torch.ones(1, h - k + 1, w - k + 1, device=device), k)[0]
+
+
+def pspc_crops(x, a, b, imgs, k, sq, chunk_elems):
+    """pspc's pass 1 alone: per crop [B, Hc, Wc] the softmax statistics m, s, ent (the entropy term)
+    and best (the first image holding the max) over the images imgs."""
+    out = []
+    for _, xs, step in _pspc_slices(x, imgs, chunk_elems):
+        out.append(_pspc_pass1(xs, a, b, imgs, k, sq, step)[:4])
+    return tuple(torch.cat(v) for v in zip(*out))
+
+
+def pspc_sums(x, a, b, imgs, k, sq, chunk_elems, m, s):
+    """pspc's pass 2 alone, with the crops' m and s over the whole set: sum over the images imgs
+    of each pixel's weights (summed over the crops holding it) times the image [B, C, H, W] (the
+    mean times the number of crops holding the pixel, where imgs are all the images)."""
+    return torch.cat([_pspc_pass2(xs, a, b, imgs, k, sq, step, m[rows], s[rows])
+                      for rows, xs, step in _pspc_slices(x, imgs, chunk_elems)])
+
+
+def _pspc_slices(x, imgs, chunk_elems):
+    """(rows, x[rows], images per chunk) for the slices of the batch whose work fits chunk_elems."""
+    bsz, c, h, w = x.shape
+    per_slice = max(1, min(bsz, chunk_elems // (c * h * w)))
     for b0 in range(0, bsz, per_slice):
-        xs = x[b0:b0 + per_slice]  # [b, C, H, W]
-        nb = xs.shape[0]
-        step = _per_chunk(chunk_elems, nb * c * h * w)
+        xs = x[b0:b0 + per_slice]
+        yield slice(b0, b0 + xs.shape[0]), xs, _per_chunk(chunk_elems, xs.shape[0] * c * h * w)
 
-        def logits_of(n0):  # [b, n, Hc, Wc]
-            xc = imgs[n0:n0 + step]
-            dots = (xs.unsqueeze(1) * xc.unsqueeze(0)).sum(2)  # [b, n, H, W]
-            return _box(dots, k).mul_(c1).add_(sq[n0:n0 + step].unsqueeze(0), alpha=c2)
 
-        stats, e = None, None  # pass 1: per crop m, s, entropy term, heaviest image (over dim 1)
-        for n0 in range(0, n, step):
-            lg = logits_of(n0)
-            m, arg = lg.max(1)  # [b, Hc, Wc], the first image on ties
-            lm = lg.sub_(m.unsqueeze(1)).clamp_(min=FLOOR)  # l - m, as in Softmax.rows
-            e = torch.exp(lm)
-            part = (m, e.sum(1), e.new_zeros(*m.shape, 0), (e * lm).sum(1), arg + n0)
-            stats = part if stats is None else combine(stats, part)
-        m, s, _, ent, best = stats
-        for n0 in range(0, n, step):  # pass 2: normalised weights, spread over the pixels
-            if step < n:  # several chunks: the logits again, now that m and s are final
-                e = torch.exp(logits_of(n0).sub_(m.unsqueeze(1)).clamp_(min=FLOOR))
-            wt = e / s.unsqueeze(1)  # [b, n, Hc, Wc]
-            spread = _spread(wt, k)  # [b, n, H, W]
-            mean[b0:b0 + nb] += (spread.unsqueeze(2) * imgs[n0:n0 + step].unsqueeze(0)).sum(1)  # [b, C, H, W]
-        crop_s[b0:b0 + nb] = s
-        crop_ent[b0:b0 + nb] = (torch.log(s) - ent / s).clamp(min=0.0)
-        crop_best[b0:b0 + nb] = best
-    mean /= cover
-    # per pixel, the heaviest crop holding it: the candidates of pixel (r, c) are the crops at
-    # (r - k + 1 + dy, c - k + 1 + dx), dy, dx in [0, k), centred (dy - d, dx - d) away from it. Taken
-    # in the order of that distance (then dy, then dx), argmax's first maximum is, among crops of
-    # equal weight, the one centred nearest the pixel (at small t every crop's weight rounds to 1).
-    # Weights are > 0; the padding (-1) is never chosen.
+def _pspc_logits(xs, a, b, imgs, k, sq, n0, step):
+    """The crops' logits [b, n, Hc, Wc] of the images n0 .. n0 + step."""
+    xc = imgs[n0:n0 + step]
+    dots = (xs.unsqueeze(1) * xc.unsqueeze(0)).sum(2)  # [b, n, H, W]
+    return _box(dots, k).mul_(a / (b * b)).add_(sq[n0:n0 + step].unsqueeze(0), alpha=-a * a / (2 * b * b))
+
+
+def _pspc_pass1(xs, a, b, imgs, k, sq, step):
+    """Per crop m, s, entropy term, heaviest image (over dim 1), and the last chunk's exp(l - m)
+    (pass 2 reuses it where the images took one chunk)."""
+    stats, e = None, None
+    for n0 in range(0, imgs.shape[0], step):
+        lg = _pspc_logits(xs, a, b, imgs, k, sq, n0, step)
+        m, arg = lg.max(1)  # [b, Hc, Wc], the first image on ties
+        lm = lg.sub_(m.unsqueeze(1)).clamp_(min=FLOOR)  # l - m, as in Softmax.rows
+        e = torch.exp(lm)
+        part = (m, e.sum(1), e.new_zeros(*m.shape, 0), (e * lm).sum(1), arg + n0)
+        stats = part if stats is None else combine(stats, part)
+    m, s, _, ent, best = stats
+    return m, s, ent, best, e
+
+
+def _pspc_pass2(xs, a, b, imgs, k, sq, step, m, s, e=None):
+    """Normalised weights spread over the pixels, times the images: [b, C, H, W]. e: pass 1's
+    exp(l - m) where the images took one chunk and m is pass 1's own."""
+    n = imgs.shape[0]
+    out = torch.zeros(xs.shape, device=xs.device)
+    for n0 in range(0, n, step):
+        if e is None or step < n:  # the logits again, now that m and s are final
+            e = torch.exp(_pspc_logits(xs, a, b, imgs, k, sq, n0, step).sub_(m.unsqueeze(1)).clamp_(min=FLOOR))
+        spread = _spread(e / s.unsqueeze(1), k)  # [b, n, H, W]
+        out += (spread.unsqueeze(2) * imgs[n0:n0 + step].unsqueeze(0)).sum(1)  # [b, C, H, W]
+    return out
+
+
+def pspc_sources(crop_s, crop_ent, crop_best, k: int, hw: tuple[int, int], chunk_elems: int):
+    """Per pixel [B, H, W] the heaviest crop holding it (the largest heaviest-image weight 1/s over
+    those crops; on equal weights the crop centred nearest the pixel, then the first in row-major
+    order): its heaviest image, that image's weight, the crop's entropy, and its centre [B, H, W, 2].
+    crop_s, crop_ent, crop_best [B, Hc, Wc]."""
+    bsz, hc, wc = crop_s.shape
+    h, w = hw
+    # the candidates of pixel (r, c) are the crops at (r - k + 1 + dy, c - k + 1 + dx), dy, dx in
+    # [0, k), centred (dy - d, dx - d) away from it. Taken in the order of that distance (then dy,
+    # then dx), argmax's first maximum is, among crops of equal weight, the one centred nearest the
+    # pixel (at small t every crop's weight rounds to 1). Weights are > 0; the padding (-1) is never chosen.
     weight = 1.0 / crop_s  # [B, Hc, Wc]
     padded = F.pad(weight, (k - 1, k - 1, k - 1, k - 1), value=-1.0).unsqueeze(1)  # [B, 1, Hc + 2k - 2, ...]
-    order = nearest_first(k, x.device)  # [k*k] offsets dy * k + dx
+    order = nearest_first(k, crop_s.device)  # [k*k] offsets dy * k + dx
     per = max(1, chunk_elems // (k * k * h * w))  # batch items whose candidates [b, k*k, H*W] fit chunk_elems
     offset = torch.cat([order[F.unfold(padded[b0:b0 + per], k)[:, order].argmax(1)]
                         for b0 in range(0, bsz, per)]).view(bsz, h, w)  # [B, H, W]: dy * k + dx
-    rows = torch.arange(h, device=x.device).view(1, h, 1) + offset // k - (k - 1)  # crop's top row
-    cols = torch.arange(w, device=x.device).view(1, 1, w) + offset % k - (k - 1)
+    rows = torch.arange(h, device=crop_s.device).view(1, h, 1) + offset // k - (k - 1)  # crop's top row
+    cols = torch.arange(w, device=crop_s.device).view(1, 1, w) + offset % k - (k - 1)
     crop = (rows * wc + cols).flatten(1)  # [B, H*W] flat crop index
     pick = lambda v: torch.gather(v.flatten(1), 1, crop).view(bsz, h, w)  # noqa: E731
     centre = torch.stack([rows + k // 2, cols + k // 2], -1)  # [B, H, W, 2]
-    return mean, pick(crop_best), pick(weight), pick(crop_ent), centre
+    return pick(crop_best), pick(weight), pick(crop_ent), centre
 
 
 # -- cfdm -------------------------------------------------------------------------------------------
@@ -249,7 +320,7 @@ def perturbations(samples: int, shape: tuple[int, ...], seed: int, device) -> to
 
 
 def cfdm(x: torch.Tensor, a: float, b: float, flat: torch.Tensor, sq: torch.Tensor, eps: torch.Tensor,
-         sigma: float, chunk_elems: int):
+         sigma: float, chunk_elems: int, lse: torch.Tensor | None = None):
     """The smoothed closed-form denoiser (Scarvelis et al.): the ideal posterior mean averaged over the
     copies x + sigma eps_j, j = 1..M:
 
@@ -260,34 +331,25 @@ def cfdm(x: torch.Tensor, a: float, b: float, flat: torch.Tensor, sq: torch.Tens
     normalised weights over the copies and adds wbar_i X_i, wbar's largest entry and its entropy.
     x [B, C, H, W], flat [N, D], sq [N], eps [M, C, H, W] (sigma = 0: one copy, IS).
     Returns mean [B, D], the heaviest image [B] (first on ties), its weight wbar [B] and the
-    entropy of wbar [B]."""
+    entropy of wbar [B]. lse [B * M]: pass 1's log-sum-exps over a larger set (the Ray engine's
+    shards: cfdm_norms of each, merged), and then the sums run over the images given."""
     bsz = x.shape[0]
     n, dim = flat.shape
-    noise = eps.flatten(1)[:1] * 0.0 if sigma == 0.0 else sigma * eps.flatten(1)  # [M, D]
-    copies = noise.shape[0]
-    c1, c2 = a / (b * b), -a * a / (2 * b * b)
     mean = torch.zeros(bsz, dim, device=x.device)
     best_w = torch.full((bsz,), -math.inf, device=x.device)
     best_i = torch.zeros(bsz, dtype=torch.int64, device=x.device)
     entropy = torch.zeros(bsz, device=x.device)
-    per_slice = max(1, min(bsz, chunk_elems // (copies * dim)))
-    for b0 in range(0, bsz, per_slice):
-        q = (x[b0:b0 + per_slice].flatten(1).unsqueeze(1) + noise).flatten(0, 1)  # [b*M, D]
-        nb = q.shape[0] // copies
-        step = _per_chunk(chunk_elems, max(q.shape))
-        logits_of = lambda n0: torch.addmm(sq[n0:n0 + step].unsqueeze(0), q, flat[n0:n0 + step].T,  # noqa: E731
-                                           beta=c2, alpha=c1)  # [b*M, n]
-        lse = torch.full((q.shape[0],), -math.inf, device=x.device)
-        for n0 in range(0, n, step):  # pass 1: log sum exp of each copy's logits
-            lg = logits_of(n0)
-            m = lg.amax(-1, keepdim=True)
-            # (l - m clamped: torch.logsumexp's exp of far keys leaves the fast path, 8x slower here)
-            lse = torch.logaddexp(lse, m.squeeze(1) + torch.exp((lg - m).clamp_(min=FLOOR)).sum(-1).log())
-        rows = slice(b0, b0 + nb)
+    for rows, copies, q, logits_of, step in _cfdm_slices(x, a, b, flat, sq, eps, sigma, chunk_elems):
+        nb, lg = rows.stop - rows.start, None
+        if lse is None:
+            m, total, lg = _cfdm_pass1(logits_of, n, step, q.shape[0], x.device)
+            part = m + torch.log(total)
+        else:
+            part = lse[rows.start * copies:rows.stop * copies]
         for n0 in range(0, n, step):  # pass 2
-            if step < n:  # several chunks: the logits again (else pass 1's serve)
+            if lg is None or step < n:  # the logits again (else pass 1's serve)
                 lg = logits_of(n0)
-            wbar = torch.exp((lg - lse.unsqueeze(1)).clamp_(min=FLOOR)).view(nb, copies, -1).mean(1)  # [b, n]
+            wbar = torch.exp((lg - part.unsqueeze(1)).clamp_(min=FLOOR)).view(nb, copies, -1).mean(1)  # [b, n]
             mean[rows] += wbar @ flat[n0:n0 + step]
             entropy[rows] -= torch.xlogy(wbar, wbar).sum(-1)
             v, i = wbar.max(-1)
@@ -295,6 +357,45 @@ def cfdm(x: torch.Tensor, a: float, b: float, flat: torch.Tensor, sq: torch.Tens
             best_w[rows] = torch.where(better, v, best_w[rows])
             best_i[rows] = torch.where(better, i + n0, best_i[rows])
     return mean, best_i, best_w, entropy.clamp(min=0.0)
+
+
+def cfdm_norms(x, a, b, flat, sq, eps, sigma: float, chunk_elems: int):
+    """cfdm's pass 1 alone: each copy's largest logit m and sum of exp(l - m) over the images flat
+    ([B * M] each). Shards' merge as softmax statistics do; m + log(s) is the log-sum-exp (lse)."""
+    parts = [_cfdm_pass1(logits_of, flat.shape[0], step, q.shape[0], x.device)[:2]
+             for _, _, q, logits_of, step in _cfdm_slices(x, a, b, flat, sq, eps, sigma, chunk_elems)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _cfdm_slices(x, a, b, flat, sq, eps, sigma, chunk_elems):
+    """(rows, M, the copies q [b*M, D], logits_of(n0) -> [b*M, n], images per chunk) per slice of the batch."""
+    bsz = x.shape[0]
+    dim = flat.shape[1]
+    noise = eps.flatten(1)[:1] * 0.0 if sigma == 0.0 else sigma * eps.flatten(1)  # [M, D]
+    copies = noise.shape[0]
+    c1, c2 = a / (b * b), -a * a / (2 * b * b)
+    per_slice = max(1, min(bsz, chunk_elems // (copies * dim)))
+    for b0 in range(0, bsz, per_slice):
+        q = (x[b0:b0 + per_slice].flatten(1).unsqueeze(1) + noise).flatten(0, 1)  # [b*M, D]
+        step = _per_chunk(chunk_elems, max(q.shape))
+        logits_of = (lambda q, step: lambda n0: torch.addmm(sq[n0:n0 + step].unsqueeze(0), q,  # noqa: E731
+                                                            flat[n0:n0 + step].T, beta=c2, alpha=c1))(q, step)
+        yield slice(b0, b0 + q.shape[0] // copies), copies, q, logits_of, step
+
+
+def _cfdm_pass1(logits_of, n: int, step: int, rows: int, device):
+    """Each copy's largest logit m and sum of exp(l - m) over the chunks of images [rows], and the
+    last chunk's logits."""
+    m, total, lg = torch.full((rows,), -math.inf, device=device), torch.zeros(rows, device=device), None
+    for n0 in range(0, n, step):
+        lg = logits_of(n0)
+        top = lg.amax(-1)
+        # (l - m clamped: exp of far keys leaves the fast path, 8x slower here)
+        part = torch.exp((lg - top.unsqueeze(1)).clamp_(min=FLOOR)).sum(-1)
+        new = torch.maximum(m, top)
+        total = total * torch.exp(m - new) + part * torch.exp(top - new)
+        m = new
+    return m, total, lg
 
 
 # -- a call's posterior, with provenance ---------------------------------------------------------
@@ -305,48 +406,69 @@ def posterior(step, x, a, b, t, k, imgs, subset, label, reads, options: dict, ch
     heaviest image of its entries' softmaxes (the channel with the heaviest one); pspc: per pixel
     the heaviest crop holding it, source_pos the crop's centre; wiener: no source (index and
     position -1, weight and entropy NaN, count 0). source_count: training images identical to the
-    source (whole images; pspc: identical crops at the same place)."""
+    source (whole images; pspc: identical crops at the same place). Of identical sources the first
+    is named (reads.canonical)."""
     bsz, c, h, w = x.shape
     flat = imgs.flatten(1)  # [N, D]
-    rows = torch.arange(h, device=x.device).view(1, h, 1).expand(bsz, h, w)
-    cols = torch.arange(w, device=x.device).view(1, 1, w).expand(bsz, h, w)
-    here = torch.stack([rows, cols], dim=-1)  # [B, H, W, 2]: each pixel's own place
-    per_pixel = lambda v: v.view(bsz, 1, 1).expand(bsz, h, w).contiguous()  # noqa: E731  [B] -> [B, H, W]
     if step.path == "wiener":
         mu, vals, _, vecs = reads.gaussian(label, imgs)
-        mean = wiener(x, a, b, mu, vals, vecs)
-        nan = torch.full((bsz, h, w), math.nan, device=x.device)
-        none = torch.full((bsz, h, w), -1, dtype=torch.int64, device=x.device)
-        return make(x, mean, a, b, t, k, none, torch.full_like(here, -1), nan, none + 1, nan, None)
+        return no_source(x, a, b, t, k, wiener(x, a, b, mu, vals, vecs))
     mult = reads.multiplicity(None, label)  # [N] identical whole images
     if step.path in ("nearest", "cfdm"):
         sq = reads.squares(label, flat)  # [N]
         if step.path == "nearest":
-            best = nearest(x, a, flat, sq, chunk_elems)  # [B]
+            best = reads.canonical(nearest(x, a, flat, sq, chunk_elems)[0], None, label)  # [B]
             mean, weight, entropy = imgs[best], torch.ones(bsz, device=x.device), torch.zeros(bsz, device=x.device)
         else:
-            o = options
-            eps = reads.cache.get(("cfdm-eps", o["seed"], o["samples"], c, h, w),
-                                  lambda: perturbations(o["samples"], (c, h, w), o["seed"], x.device))
-            mean, best, weight, entropy = cfdm(x, a, b, flat, sq, eps, o["sigma"], chunk_elems)
-            mean = mean.view(bsz, c, h, w)
-        return make(x, mean, a, b, t, k, per_pixel(best), here, per_pixel(weight),
-                                      per_pixel(mult[best]), per_pixel(entropy), subset)
+            mean, best, weight, entropy = cfdm(x, a, b, flat, sq, cfdm_noise(reads.cache, options, x), options["sigma"],
+                                               chunk_elems)
+            mean, best = mean.view(bsz, c, h, w), reads.canonical(best, None, label)
+        return whole_images(x, a, b, t, k, mean, best, weight, mult[best], entropy, subset)
     if step.path == "pca":
         mask = reads.cache.get(("pca-mask", label, t, options["threshold"]),
                                lambda: pca_mask(*reads.gaussian(label, imgs)[1:3], a, b, options["threshold"]))
-        sm = pca(x, a, b, flat, mask, chunk_elems)  # rows (b, entry)
-        mean = (sm.acc[:, 0] / sm.s).view(bsz, c, h, w)
-        weight = (1.0 / sm.s).view(bsz, c, h, w)
-        chan = weight.argmax(1, keepdim=True)  # [B, 1, H, W] the channel with the heaviest image (first on ties)
-        pick = lambda v: torch.gather(v.reshape(bsz, c, h, w), 1, chan).squeeze(1)  # noqa: E731
-        best = pick(sm.best)
-        entropy = pick((torch.log(sm.s) - sm.ent / sm.s).clamp(min=0.0))
-        return make(x, mean, a, b, t, k, best, here, pick(weight), mult[best], entropy, subset)
+        mean, weight, best, entropy = pca_pick(pca(x, a, b, flat, mask, chunk_elems), x.shape)  # rows (b, entry)
+        best = reads.canonical(best.flatten(), None, label).view_as(best)
+        return make(x, mean, a, b, t, k, best, here(x), weight, mult[best], entropy, subset)
     # pspc
     sq = reads.cache.get(("pspc-sq", k, label), lambda: crop_sq(imgs, k))  # [N, Hc, Wc]
     mean, best, weight, entropy, centre = pspc(x, a, b, imgs, k, sq, chunk_elems)
-    crops = reads.cache.get(("mult", "ls", k, label), lambda: same_count(
-        reads.hashes(k, label), train_class("ls", k, h, w).to(imgs.device)))  # [N, H, W] identical crops, same place
-    count = crops[best, centre[..., 0], centre[..., 1]]
+    key = best * (h * w) + centre[..., 0] * w + centre[..., 1]  # the crop's key: its centre's k x k window
+    best = reads.canonical(key.flatten(), k, label, "ls").view_as(best) // (h * w)
+    count = reads.multiplicity(k, label, "ls")[best, centre[..., 0], centre[..., 1]]  # identical crops, same place
     return make(x, mean, a, b, t, k, best, centre, weight, count, entropy, subset)
+
+
+def cfdm_noise(cache, options: dict, x) -> torch.Tensor:
+    """cfdm's perturbations for x's shape, kept in cache (the same on every device and shard)."""
+    c, h, w = x.shape[1:]
+    o = options
+    return cache.get(("cfdm-eps", o["seed"], o["samples"], c, h, w),
+                     lambda: perturbations(o["samples"], (c, h, w), o["seed"], x.device))
+
+
+def here(x) -> torch.Tensor:
+    """Each pixel's own place [B, H, W, 2] for x [B, C, H, W]."""
+    bsz, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device).view(1, h, 1).expand(bsz, h, w)
+    cols = torch.arange(w, device=x.device).view(1, 1, w).expand(bsz, h, w)
+    return torch.stack([rows, cols], dim=-1)
+
+
+def whole_images(x, a, b, t, k, mean, best, weight, count, entropy, subset) -> Posterior:
+    """The Posterior of a machine that names one training image per batch item (best, weight, count,
+    entropy [B]) for every pixel of it."""
+    bsz, _, h, w = x.shape
+    per_pixel = lambda v: v.view(bsz, 1, 1).expand(bsz, h, w).contiguous()  # noqa: E731  [B] -> [B, H, W]
+    return make(x, mean, a, b, t, k, per_pixel(best), here(x), per_pixel(weight), per_pixel(count),
+                per_pixel(entropy), subset)
+
+
+def no_source(x, a, b, t, k, mean) -> Posterior:
+    """The Posterior of a machine that copies nothing (wiener): index and position -1, weight and
+    entropy NaN, count 0."""
+    bsz, _, h, w = x.shape
+    nan = torch.full((bsz, h, w), math.nan, device=x.device)
+    none = torch.full((bsz, h, w), -1, dtype=torch.int64, device=x.device)
+    return make(x, mean, a, b, t, k, none, torch.full((bsz, h, w, 2), -1, dtype=torch.int64, device=x.device), nan,
+                none + 1, nan, None)

@@ -42,9 +42,14 @@ def _pow64(base: int, e: int) -> int:
 
 
 
+def window_keys(hashes: torch.Tensor, klass: torch.Tensor) -> torch.Tensor:
+    """One int64 per key for (window hash, class): equal exactly where both are (up to the hash)."""
+    return hashes * 1000003 + klass  # [N, H, W] (or [N] with klass [1])
+
+
 def same_count(hashes: torch.Tensor, klass: torch.Tensor) -> torch.Tensor:
     """For each key, the number of keys with the same class and the same window hash."""
-    key = hashes * 1000003 + klass  # [N, H, W] (or [N] with klass [1])
+    key = window_keys(hashes, klass)
     if key.device.type == "cpu" and cpu_kernel.library() is not None:  # a hash table: 2-3x faster than sorting
         return cpu_kernel.same_count(key)
     _, inverse, counts = torch.unique(key.flatten(), return_inverse=True, return_counts=True)
@@ -69,4 +74,33 @@ def distinct_keys(hashes: torch.Tensor, pos: torch.Tensor, hw: int, in_order: bo
         count = count[by_first]
     rep = (first % n) * hw + pos[first // n]
     return rep, count
+
+
+def first_table(keys: torch.Tensor, keep: torch.Tensor | None = None):
+    """The first key of every window, in the dense order of the keys (position, then image).
+
+    keys [N, P]: window_keys of N images at P positions (P = 1: whole images); keep [N, P] bool:
+    only these keys enter (None: all). Returns (values [U] sorted, first [U], count [U]): each
+    distinct value, the dense index pos * N + image of its first key, and how many keys hold it.
+    One stable sort: equal values keep the dense order, so each run starts with its first key."""
+    n = keys.shape[0]
+    flat = keys.reshape(n, -1).T.reshape(-1)  # [P * N], dense order
+    idx = None
+    if keep is not None:
+        idx = torch.nonzero(keep.reshape(n, -1).T.reshape(-1)).flatten()
+        flat = flat[idx]
+    values, order = torch.sort(flat, stable=True)
+    values, count = torch.unique_consecutive(values, return_counts=True)
+    first = order[torch.cumsum(count, 0) - count]
+    return values, first if idx is None else idx[first], count
+
+
+def find_first(table, values: torch.Tensor):
+    """(first dense index, count) of each of values [Q] in a first_table; (-1, 0) where absent."""
+    known, first, count = table
+    if known.numel() == 0:
+        return torch.full_like(values, -1), torch.zeros_like(values)
+    at = torch.searchsorted(known, values).clamp_(max=known.numel() - 1)
+    found = known[at] == values
+    return torch.where(found, first[at], -1), torch.where(found, count[at], 0)
 

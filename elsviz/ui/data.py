@@ -18,6 +18,7 @@ from ..datasets import BUILTINS, DOWNLOADABLE, load_dataset
 from ..engine import Engine
 from ..errors import ElsvizError
 from ..app.runs import app_threads
+from ..cluster import ENV as RAY_ENV
 
 MAX_UPLOAD_BYTES = 200 * 2**20  # Streamlit's own upload limit is 200 MB too
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -146,8 +147,12 @@ def _speak_of_upload(text: str, paths: tuple[str, str]) -> str:
 
 @st.cache_resource(max_entries=8, show_spinner="Building the engine ...")
 def engine(dataset_key, machine: str, _train):
-    """The Engine of a training set and machine (its key tables stay cached inside it)."""
+    """The Engine of a training set and machine (its key tables stay cached inside it); on the Ray
+    cluster that $ELSVIZ_RAY_ADDRESS names, the set in shards (docs/SCALING.md), as `elsviz sample`."""
     _threads()
+    address = os.environ.get(RAY_ENV, "").strip()
+    if address:
+        return Engine(_train, machine=machine, device="ray", address=address)
     return Engine(_train, machine=machine, device="auto")
 
 

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from ..app.fingers import STUDY_STEPS
-from ..machines import PAPER_MACHINES
+from ..machines import MACHINE_NAMES, PAPER_MACHINES
 from ..schedule import PRESETS
 from . import data
 
@@ -98,6 +98,14 @@ def _schedule_mode(text: str) -> str:
     return SCHEDULE_MODES[text]
 
 
+def _machines(text: str) -> list[str]:
+    """Theories side by side: the machines shown, "is,els,wiener" -> ["is", "els", "wiener"] (known, no repeats)."""
+    keys = [m for m in text.split(",") if m]
+    if not keys or len(set(keys)) != len(keys) or not set(keys) <= set(MACHINE_NAMES):
+        raise ValueError
+    return keys
+
+
 # URL name -> (session_state key, parser, what it should be, for the message)
 PARAMS = {
     "set": ("dataset", lambda t: _choice(data.builtin_names())(t), "a built-in training set"),
@@ -130,6 +138,11 @@ PARAMS = {
     "net_seeds": ("net_seeds", _int(1, 8), "1 to 8 seeds"),
     "net_steps": ("net_steps_shown", lambda t: int(_choice(("150", "20"))(t)), "150 or 20"),
     "net_seed": ("net_seed_pick", _int(0, 2**31 - 1), "one of the compared seeds"),
+    # Theories side by side: the machines shown, the mode of the curves, the pixel clicked
+    "th": ("th_machines", _machines, "machine names such as is,els,wiener"),
+    "th_mode": ("th_mode", _choice(("own", "network")), "own or network"),
+    "th_row": ("th_row", _int(0, 255), "a pixel row"),
+    "th_col": ("th_col", _int(0, 255), "a pixel column"),
 }
 OUTPUT_SIZE = ("out_h", "out_w")  # applied after the training set is loaded (a new set resets them)
 

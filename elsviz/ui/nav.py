@@ -9,10 +9,12 @@ PAGES = (
     ("app_pages/locality.py", "Locality explorer", ":material/tune:"),
     ("app_pages/network.py", "Network vs machine", ":material/compare:"),
     ("app_pages/extra_fingers.py", "Extra fingers", ":material/back_hand:"),
+    ("app_pages/theories.py", "Theories side by side", ":material/view_comfy:"),
 )
 
 
 DEFAULT = "app_pages/lesson.py"  # served at "/": a newcomer starts with the lesson's first step
+PICTURE_FIRST = {"Lesson"}  # pages that show their first picture before the sidebar's "Copy link" (ui.sidebar)
 LINKED = "app_pages/reverse_diffusion.py"  # was at "/" before the lesson: links from then carry only settings
 
 
@@ -27,3 +29,8 @@ def navigation():
         if page.url_path == "" and params and params.get("page") != "lesson":
             st.switch_page(LINKED, query_params=params)  # the settings go along
     return page
+
+
+def picture_first(page) -> bool:
+    """Whether the page (of navigation()) draws the sidebar's "Copy link" after its first picture."""
+    return page.title in PICTURE_FIRST

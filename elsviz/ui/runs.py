@@ -301,6 +301,14 @@ def _background_run(settings, spec, engine, work):
     return go
 
 
+def compute_ahead(settings) -> None:
+    """Compute the settings' run in the background, into the run cache, before anyone asks for it (a new
+    server's head start, elsviz/ui/warm.py); a page that asks meanwhile waits for it (spec_run)."""
+    spec, engine = settings.spec, settings.engine
+    job = Job((settings.dataset_key, spec), engine, _background_run(settings, spec, engine, _workload(settings, spec, engine)))
+    _worker().submit([job], "head start")
+
+
 def _settings_changed(settings) -> None:
     """Stop background work for other settings at once (before this rerun's own run)."""
     ss = st.session_state

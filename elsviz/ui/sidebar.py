@@ -3,6 +3,13 @@
 Drawn once per rerun by app.py before the page runs, so every page sees the same choices; the
 choices live in st.session_state under the keys of DEFAULTS and survive page switches and
 widgets that are hidden for a while (a k slider while a schedule is chosen).
+
+What the browser needs a large script for waits for the page's first picture: the schedule is
+drawn as a small SVG (figures.schedule_svg), not with Plotly (4.7 MB of script), and where a page
+shows its first picture first (the lesson, where a first visit lands) "Copy link" (st.code, whose
+highlighter is 1.5 MB) keeps its place but is drawn after that picture (draw_later). On the 2-core
+machine under load those scripts held the browser's main thread for 3-13 s while the lesson's first
+picture waited (docs/BENCHMARKS.md, "The first picture").
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from ..machines import k_limit, MACHINE_NAMES, MACHINE_SENTENCES, PAPER_MACHINES
 from ..app.runs import RunSpec
 from ..schedule import PRESET_NOTES, PRESETS, locality_schedule
 from . import data
-from .links import link_message, link_size, read_link, write_link
+from .links import current_params, link_message, link_size, read_link, write_link
 
 PATH = "a local path ..."
 UPLOAD = "upload your own ..."
@@ -164,7 +171,7 @@ def _locality(machine: str, train_hw, out_hw, steps: int):
             spec_k = tuple(ks)
             st.warning(f"This schedule was fitted on 32x32 images; its k above {kmax} is clamped to {kmax}, "
                        f"the largest {MACHINE_NAMES[machine]} allows here.")
-        st.plotly_chart(figures.schedule_figure(ks), key="schedule_plot", config={"displayModeBar": False})
+        st.markdown(figures.schedule_svg(ks), unsafe_allow_html=True)
         return spec_k
     base = ss.get("_k_table")
     if not base or len(base) != steps:
@@ -180,8 +187,19 @@ def _locality(machine: str, train_hw, out_hw, steps: int):
     ks = [int(v) for v in edited["k"]][::-1]  # steps 1 .. S-1
     ks = [ks[0], *ks]  # k[0] is never used
     ss["_k_table"] = ks
-    st.plotly_chart(figures.schedule_figure(ks), key="table_plot", config={"displayModeBar": False})
+    st.markdown(figures.schedule_svg(ks), unsafe_allow_html=True)
     return tuple(ks)
+
+
+def draw_later() -> None:
+    """Draw what the sidebar left for after the page's first picture ("Copy link"), with the link in the
+    browser's URL: the settings and what the page added of its own (write_link put them there). A page
+    calls it once its first picture is on the page, app.py after the page (then there is nothing left)."""
+    slot = st.session_state.pop("_link_later", None)
+    if slot is not None:
+        st.session_state["_link_slot"] = slot
+        settings_keys = current_params()
+        write_link(**{k: v for k, v in st.query_params.to_dict().items() if k not in settings_keys})
 
 
 def _preset_ks(name: str, steps: int) -> list[int]:
@@ -190,11 +208,13 @@ def _preset_ks(name: str, steps: int) -> list[int]:
     return resample(calibrated[name][0], steps) if name in calibrated else locality_schedule(name, steps)
 
 
-def sidebar() -> Settings:
-    """Draw the shared controls and store the Settings for the page (see settings())."""
+def sidebar(later: bool = False) -> Settings:
+    """Draw the shared controls and store the Settings for the page (see settings()). later: the
+    page shows its first picture first and calls draw_later() after it (the module says why)."""
     read_link()  # a shared link's choices, before any widget (the session's first run only)
     _init_state()
     ss = st.session_state
+    ss.pop("_link_later", None)  # (left by a run that stopped before it drew it)
     with st.sidebar:
         key, train = _dataset()
         c, h, w = train.shape
@@ -227,9 +247,13 @@ def sidebar() -> Settings:
         except ElsvizError as err:
             st.error(str(err))
             st.stop()
-        st.caption(f"Device: **{eng.device}**")
-        ss["_link_slot"] = st.empty()  # "Copy link" (write_link fills it, again when a page adds its own state)
+        where = getattr(eng, "describe", None)  # the Ray engine says where its shards run
+        st.caption(f"Runs on: {where()}" if callable(where) else f"Device: **{eng.device}**")
+        link_slot = st.empty()  # "Copy link" (write_link fills it, again when a page adds its own state)
     link_message()
-    write_link()
+    ss["_link_slot"] = None if later else link_slot
+    write_link()  # the URL now, and "Copy link" unless it comes later
+    if later:
+        ss["_link_later"] = link_slot
     ss["_settings"] = Settings(key, train, eng, spec)
     return ss["_settings"]
