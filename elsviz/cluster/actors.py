@@ -18,7 +18,7 @@ import time
 import torch
 
 from ..engine import theories
-from ..engine.ties import find_first, first_table
+from ..engine.ties import find_first
 from ..errors import ElsvizError
 from ..imageset import ImageSet
 from ..schedule import alpha_sigma
@@ -136,9 +136,9 @@ class Shard:
             return None
         eng = self._engine(spec)
         sm = eng.softmax(x, t, k, label)
-        keys = eng.reads.window_keys(None if eng.machine == "is" else k, label)
-        per = keys[0].numel()
-        return self._out(m=sm.m, s=sm.s, acc=sm.acc, ent=sm.ent, key=keys.flatten()[sm.best],
+        kk = None if eng.machine == "is" else k
+        per = 1 if kk is None else int(eng.reads.images_of(label)[0, 0].numel())
+        return self._out(m=sm.m, s=sm.s, acc=sm.acc, ent=sm.ent, key=eng.reads.window_keys(kk, label, ids=sm.best),
                          order=self._order(label, sm.best, per))
 
     @timed
@@ -148,10 +148,8 @@ class Shard:
         if not self._has(label):
             return None
         eng = self._engine(spec)
-        keys = eng.reads.window_keys(k, label, kind)
-        n = keys.shape[0]
-        table = eng.reads.cache.get(("shard-firsts", kind, k, label), lambda: first_table(keys))
-        first, count = find_first(table, values.to(keys.device))
+        n = eng.reads.images_of(label).shape[0]
+        first, count = find_first(eng.reads.first_table(k, label, kind, repeated_only=False), values.to(eng.device))
         first = first.cpu()
         order = merge.order_of(first // n, self._global(label, (first % n).clamp(min=0)))
         return self._out(order=torch.where(first >= 0, order, merge.ABSENT), count=count)
@@ -177,7 +175,7 @@ class Shard:
             return None
         eng, x, a, b, imgs, _, sq = self._whole(spec, x, t, None, label)
         best, value = theories.nearest(x, a, imgs.flatten(1), sq, eng.chunk_elems)
-        return self._out(value=value, order=self._global(label, best), key=eng.reads.window_keys(None, label)[best],
+        return self._out(value=value, order=self._global(label, best), key=eng.reads.window_keys(None, label, ids=best),
                          image=imgs[best])
 
     @timed
@@ -198,7 +196,7 @@ class Shard:
         mean, best, weight, entropy = theories.cfdm(x, a, b, flat, sq, eps, eng.options["sigma"], eng.chunk_elems,
                                                     lse=lse.to(x.device))
         return self._out(mean=mean, weight=weight, entropy=entropy, order=self._global(label, best),
-                         key=eng.reads.window_keys(None, label)[best])
+                         key=eng.reads.window_keys(None, label, ids=best))
 
     @timed
     def moments(self, spec, label):
@@ -217,7 +215,7 @@ class Shard:
         eng, x, a, b, _, flat, _ = self._whole(spec, x, t, None, label)
         sm = theories.pca(x, a, b, flat, mask.to(x.device), eng.chunk_elems)
         return self._out(m=sm.m, s=sm.s, acc=sm.acc, ent=sm.ent, order=self._global(label, sm.best),
-                         key=eng.reads.window_keys(None, label)[sm.best])
+                         key=eng.reads.window_keys(None, label, ids=sm.best))
 
     @timed
     def pspc_crops(self, spec, x, t, k, label):
@@ -233,7 +231,7 @@ class Shard:
         d = k // 2
         centre = ((torch.arange(hc, device=m.device).view(hc, 1) + d) * w
                   + torch.arange(wc, device=m.device).view(1, wc) + d)  # [Hc, Wc]
-        key = eng.reads.window_keys(k, label, "ls").flatten()[best * (h * w) + centre]
+        key = eng.reads.window_keys(k, label, "ls", ids=best * (h * w) + centre)
         return self._out(m=m, s=s, ent=ent, key=key, order=self._global(label, best.flatten()).view(best.shape))
 
     @timed

@@ -143,9 +143,13 @@ class Reads:
         kind = kind or self.machine
         return self.cache.get(("mult", kind, k, label), lambda: same_count(*self._hashes_and_classes(k, label, kind)))
 
-    def window_keys(self, k, label, kind: str | None = None) -> torch.Tensor:
-        """ties.window_keys of every key in play: [N, H, W] (k None: [N], whole images)."""
-        return window_keys(*self._hashes_and_classes(k, label, kind or self.machine))
+    def window_keys(self, k, label, kind: str | None = None, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """ties.window_keys of every key in play: [N, H, W] (k None: [N], whole images); of the keys
+        ids (image * H*W + position; k None: image) alone where given."""
+        hashes, klass = self._hashes_and_classes(k, label, kind or self.machine)
+        if ids is None:
+            return window_keys(hashes, klass)
+        return window_keys(hashes.flatten()[ids], klass.flatten()[ids % klass.numel()])
 
     def _hashes_and_classes(self, k, label, kind):
         imgs = self.images_of(label)
@@ -155,22 +159,29 @@ class Reads:
         n, _, h, w = imgs.shape
         return self.hashes(k, label), train_class(kind, k, h, w).to(imgs.device)
 
+    def first_table(self, k, label, kind: str | None = None, repeated_only: bool = True):
+        """ties.first_table of the keys in play, built once per (kind, k, label): of the windows that
+        occur more than once (repeated_only), or of all (a Ray shard's, which counts them too)."""
+        kind = kind or self.machine
+
+        def make():
+            keys = self.window_keys(k, label, kind)
+            return first_table(keys, (self.multiplicity(k, label, kind) > 1).view(keys.shape) if repeated_only else None)
+
+        return self.cache.get(("firsts", kind, k, label, repeated_only), make)
+
     def canonical(self, ids: torch.Tensor, k, label, kind: str | None = None) -> torch.Tensor:
         """Key ids (image * H*W + position; k None: image) -> the first key with the same window
         in the same class, in the dense order (position, then image). Which of several identical
         keys holds a float32 maximum depends on how the sums were rounded (chunks, kernels, shards);
-        their first one does not. The table of the repeated windows is built once per (k, label)."""
-        mult = self.multiplicity(k, label, kind).flatten()
-        repeated = mult[ids] > 1
+        their first one does not."""
+        mult = self.multiplicity(k, label, kind)
+        n = mult.shape[0]
+        per = mult[0].numel()  # positions per image
+        repeated = mult.flatten()[ids] > 1
         if not bool(repeated.any()):
             return ids
-        kind = kind or self.machine
-        keys = self.window_keys(k, label, kind)
-        n = keys.shape[0]
-        table = self.cache.get(("firsts", kind, k, label),
-                               lambda: first_table(keys, (mult > 1).view(keys.shape)))
-        first, _ = find_first(table, keys.flatten()[ids[repeated]])
-        per = mult.numel() // n  # positions per image
+        first, _ = find_first(self.first_table(k, label, kind), self.window_keys(k, label, kind, ids[repeated]))
         out = ids.clone()
         out[repeated] = (first % n) * per + first // n
         return out
