@@ -15,8 +15,8 @@
 // value table (a class of query pixels), or rpg = 1 and every row has its own.
 // Rows (and queries) are shared out over `threads` OpenMP threads: compiled with -fopenmp, this
 // library uses the OpenMP runtime torch has loaded (same soname), so its threads are torch's.
-// Two passes over a row (its max; then everything else), sixteen keys at a time with GCC's vector
-// extensions, and an exp of our own so that the whole loop stays in vector registers. Sixteen keys
+// Two passes over a row (its max; then everything else), a register of keys at a time with GCC's vector
+// extensions, and an exp of our own so that the whole loop stays in vector registers. A register of keys
 // that all weigh nothing (x_j < -80) cost a comparison and add exactly 0.
 #include <stdint.h>
 #include <string.h>
@@ -24,16 +24,27 @@
 #include <math.h>
 #include <algorithm>
 #include <vector>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX__)
 #include <immintrin.h>
 #endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
+// A vf is one vector register: 16 floats with AVX-512, else 8 (AVX2). Wider generic vectors than
+// the machine's registers are lowered through the stack: with 16-float vectors an AVX2-only AMD EPYC
+// took 43 s of CPU for a 20-step hands run at k = 5 (one thread) that took 3.2 s on an EPYC with
+// AVX-512. Layouts stay in units of 16 keys (LANES) on every machine.
+#if defined(__AVX512F__)
 static const int W = 16;
+static const int SLICE = 4;  // register tile: 6 rows x 4 vectors of sums (24 of 32 registers)
+#else
+static const int W = 8;
+static const int SLICE = 2;  // 6 rows x 2 vectors of sums (12 of 16 registers; a key's 2 and a query's 1 beside)
+#endif
+static const int LANES = 16;
+typedef float vf __attribute__((vector_size(W * 4)));
+typedef int32_t vi __attribute__((vector_size(W * 4)));
 
 static inline vf load(const float* p) { vf v; memcpy(&v, p, sizeof v); return v; }
 // (vf{} + x would cost an addition in every broadcast: -0.0f + 0.0f is not -0.0f; x - 0.0f is x)
@@ -70,6 +81,8 @@ static inline vf vexp(vf x)
 
 #if defined(__AVX512F__)
 static inline bool any_ge(vf x, float t) { return _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(t), _CMP_GE_OQ) != 0; }
+#elif defined(__AVX__)
+static inline bool any_ge(vf x, float t) { return _mm256_movemask_ps((__m256)(x >= splat(t))) != 0; }
 #else
 static inline bool any_ge(vf x, float t)
 {
@@ -196,38 +209,41 @@ struct Keys {
     int64_t cw, d1p;
 };
 
-// logits of R query rows (stride D1p, zero-padded to D1p, a multiple of 16) against chunk c of K,
-// into out[r * ldo + 16 v + lane]
+// logits of R query rows (stride D1p, zero-padded to D1p, a multiple of 16) against chunk c of K
+// (NV vectors of keys), into out[r * ldo + W v + lane]; SLICE vectors at a time, so that the sums
+// stay in registers
 template <int R, int NV>
 static __attribute__((noinline)) void micro(const float* qa, const Keys& K, int64_t c, float* out, int64_t ldo)
 {
+    constexpr int S = NV < SLICE ? NV : SLICE;
     const int64_t D1p = K.d1p;
-    vf acc[R][NV];
+    float shared[R];
     if (K.shared[c]) {
         const float* cv = K.cv + c * D1p;
         for (int r = 0; r < R; r++) {
             vf t = vf{};
             for (int64_t d = 0; d < D1p; d += W) t += load(qa + r * D1p + d) * load(cv + d);
-            const vf tr = splat(hsum(t));
-            for (int v = 0; v < NV; v++) acc[r][v] = tr;
+            shared[r] = hsum(t);
         }
-    } else {
-        for (int r = 0; r < R; r++)
-            for (int v = 0; v < NV; v++) acc[r][v] = vf{};
     }
     const int64_t i0 = K.off[c], i1 = K.off[c + 1];
-    const float* kp = K.kd + i0 * (NV * W);
-    for (int64_t i = i0; i < i1; i++, kp += NV * W) {
-        const int64_t d = K.act[i];
-        vf k[NV];
-        for (int v = 0; v < NV; v++) k[v] = load(kp + v * W);
-        for (int r = 0; r < R; r++) {
-            const vf q = splat(qa[r * D1p + d]);
-            for (int v = 0; v < NV; v++) acc[r][v] += q * k[v];
+    for (int v0 = 0; v0 < NV; v0 += S) {
+        vf acc[R][S];
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < S; v++) acc[r][v] = K.shared[c] ? splat(shared[r]) : vf{};
+        const float* kp = K.kd + i0 * (NV * W) + v0 * W;
+        for (int64_t i = i0; i < i1; i++, kp += NV * W) {
+            const int64_t d = K.act[i];
+            vf k[S];
+            for (int v = 0; v < S; v++) k[v] = load(kp + v * W);
+            for (int r = 0; r < R; r++) {
+                const vf q = splat(qa[r * D1p + d]);
+                for (int v = 0; v < S; v++) acc[r][v] += q * k[v];
+            }
         }
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < S; v++) memcpy(out + r * ldo + (v0 + v) * W, &acc[r][v], sizeof(vf));
     }
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < NV; v++) memcpy(out + r * ldo + v * W, &acc[r][v], sizeof(vf));
 }
 
 template <int NV>
@@ -245,9 +261,9 @@ static inline void micro_rows(int rows, const float* qa, const Keys& K, int64_t 
 
 static inline void chunk_logits(int rows, const float* qa, const Keys& K, int64_t c, float* out, int64_t ldo)
 {
-    if (K.cw == 4 * W) micro_rows<4>(rows, qa, K, c, out, ldo);
-    else if (K.cw == 2 * W) micro_rows<2>(rows, qa, K, c, out, ldo);
-    else micro_rows<1>(rows, qa, K, c, out, ldo);
+    if (K.cw == 4 * LANES) micro_rows<4 * LANES / W>(rows, qa, K, c, out, ldo);
+    else if (K.cw == 2 * LANES) micro_rows<2 * LANES / W>(rows, qa, K, c, out, ldo);
+    else micro_rows<LANES / W>(rows, qa, K, c, out, ldo);
 }
 
 // The running statistics of one query row inside a fused kernel: the max so far and its key, the
@@ -411,7 +427,7 @@ static void tile_blocks_t(int64_t Qn, const float* Qa, const Keys& K, int64_t kb
         float* ub = B ? new float[B->jp] : nullptr;
         float* packed = B ? new float[RT * D1p] : nullptr;  // the queries of the rows that need a block
         int64_t list[RT];
-        float buf[RG * 4 * W] __attribute__((aligned(64)));
+        float buf[RG * 4 * LANES] __attribute__((aligned(64)));
         for (int64_t r0 = q0; r0 < q1; r0 += RT) {
             const int64_t r1 = r0 + RT < q1 ? r0 + RT : q1, nr = r1 - r0;
             for (int64_t i = 0; i < nr; i++) {
@@ -463,11 +479,11 @@ static void tile_blocks_t(int64_t Qn, const float* Qa, const Keys& K, int64_t kb
                     const int64_t c = (kbase + kb + j) / CW;
                     for (int64_t g = 0; g < n; g += RG) {
                         const int rows = n - g < RG ? (int)(n - g) : RG;
-                        chunk_logits(rows, qa + g * D1p, K, c, buf, 4 * W);
+                        chunk_logits(rows, qa + g * D1p, K, c, buf, 4 * LANES);
                         for (int r = 0; r < rows; r++) {
                             const int64_t i = list[g + r];
                             if (home[i] != bi)  // (a row's home block is in already)
-                                fold<C, LOGC>(st[i], buf + r * 4 * W, CW, kb + j, V, NK, logc, rep);
+                                fold<C, LOGC>(st[i], buf + r * 4 * LANES, CW, kb + j, V, NK, logc, rep);
                         }
                     }
                 }
@@ -519,7 +535,7 @@ extern "C" int tile_blocks(int64_t Qn, const float* Qa, const float* KD, const i
 {
     tile_fn f = pick(C, logc != nullptr);
     if (!f) return 1;
-    if ((CW != W && CW != 2 * W && CW != 4 * W) || L % CW || NK % CW || kbase % CW || D1p % W) return 2;
+    if ((CW != LANES && CW != 2 * LANES && CW != 4 * LANES) || L % CW || NK % CW || kbase % CW || D1p % LANES) return 2;
     const Keys K{KD, ACT, OFF, CV, SHARED, CW, D1p};
     const Bounds B{PQ, RQ, QSQ, BT, r, Jp, a, inv2b2, gap};
     f(Qn, Qa, K, kbase, NK, L, V, logc, rep, blocks, J, into, m_io, s_io, acc_io, ent_io, best_io, PQ ? &B : nullptr,
@@ -538,7 +554,7 @@ extern "C" int tile_classes(int64_t G, int64_t Qn, const float* Qa, const float*
 {
     tile_fn f = pick(C, false);
     if (!f) return 1;
-    if ((CW != W && CW != 2 * W && CW != 4 * W) || L % CW || NK % L || D1p % W) return 2;
+    if ((CW != LANES && CW != 2 * LANES && CW != 4 * LANES) || L % CW || NK % L || D1p % LANES) return 2;
     const Keys K{KD, ACT, OFF, CV, SHARED, CW, D1p};
     const int64_t J = NK / L;
     int64_t* blocks = new int64_t[J];
