@@ -108,7 +108,7 @@ def test_the_network_page_uses_the_network_of_the_sidebars_set():
 
 @pytest.mark.parametrize("set_name, shape, expected", [
     ("mnist", (1, 28, 28), "mnist-resnet (bundled)"),  # the set and size a network was trained on: that network
-    ("mnist", (1, 16, 16), "digits-resnet (bundled)"),  # none at this size: the first of the sidebar's size
+    ("mnist", (1, 16, 16), "digits-resnet (bundled)"),  # none at this size: the first network
     ("digits", (1, 16, 16), "digits-resnet (bundled)"),
     ("photos", (3, 32, 32), "digits-resnet (bundled)"),  # none of this size at all: the first network
 ])

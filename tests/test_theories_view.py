@@ -61,16 +61,31 @@ def test_each_machine_takes_the_sidebar_k_clamped_to_what_it_allows():
     assert list(specs) == list(MACHINE_NAMES) and {s.seed for s in specs.values()} == {7}
 
 
-def test_the_network_is_the_one_trained_on_the_set_by_name_and_shape():
-    configs = {"a (bundled)": {"arch": "unet", "dataset": {"name": "digits", "shape": [1, 16, 16]}},
-               "b (bundled)": {"arch": "resnet", "dataset": {"name": "mnist", "shape": [1, 28, 28]}},
-               "c (trained here)": {"arch": "resnet", "dataset": {"name": "digits", "shape": [1, 16, 16]}},
-               "d (trained here)": {"arch": "resnet", "dataset": {"name": "digits", "shape": [1, 8, 8]}}}
-    assert th.network_for(configs, "digits", (1, 16, 16)) == "c (trained here)"  # a ResNet before a UNet
-    assert th.network_for(configs, "digits", (1, 8, 8)) == "d (trained here)"
-    assert th.network_for(configs, "mnist", (1, 28, 28)) == "b (bundled)"
-    assert th.network_for(configs, "mnist", (1, 16, 16)) is None  # another size: not this set
-    assert th.network_for({}, "digits", (1, 16, 16)) is None
+def test_the_network_is_the_one_trained_on_the_set_by_name_and_shape(tmp_path):
+    import json
+
+    from elsviz.networks import BUNDLED, network_for
+
+    base = json.loads((BUNDLED / "digits-resnet" / "config.json").read_text())
+
+    def folder(name, arch, dataset, side):
+        path = tmp_path / name
+        path.mkdir()
+        config = {**base, "arch": arch, "dataset": {**base["dataset"], "name": dataset, "shape": [1, side, side]}}
+        (path / "config.json").write_text(json.dumps(config))
+        return path
+
+    nets = {"a (bundled)": folder("a", "unet", "digits", 16), "b (bundled)": folder("b", "resnet", "mnist", 28),
+            "c (trained here)": folder("c", "resnet", "digits", 16), "d (trained here)": folder("d", "resnet", "digits", 8),
+            "e (bundled)": folder("e", "resnet", "digits", 16), "f (trained here)": tmp_path / "broken"}
+    assert network_for("digits", nets, (1, 16, 16)) == "e (bundled)"  # a ResNet, then a bundled one
+    del nets["e (bundled)"]
+    assert network_for("digits", nets, (1, 16, 16)) == "c (trained here)"  # a ResNet before a UNet
+    assert network_for("digits", nets, (1, 8, 8)) == "d (trained here)"
+    assert network_for("mnist", nets, (1, 28, 28)) == "b (bundled)"
+    assert network_for("mnist", nets, (1, 16, 16)) is None  # another size: not this set
+    assert network_for("mnist", nets) == "b (bundled)"  # any size
+    assert network_for("digits", {}, (1, 16, 16)) is None
 
 
 def test_both_modes_curves_are_the_scores_of_the_runs(run):

@@ -71,17 +71,6 @@ def specs(machines, k, steps: int, seed: int, train_hw) -> dict[str, RunSpec]:
     return {m: RunSpec(machine=m, k=machine_k(m, k, steps, train_hw), steps=steps, seed=seed) for m in machines}
 
 
-def network_for(configs: dict, name: str, shape) -> str | None:
-    """The network (a key of configs: label -> its config.json) trained on a set of this name and image
-    shape (C, H, W); a ResNet before a UNet (the convolutional network the theory is about), then in the
-    order given. None when there is none."""
-    found = [label for label, cfg in configs.items()
-             if str(cfg.get("dataset", {}).get("name")) == str(name)
-             and tuple(cfg.get("dataset", {}).get("shape", ())) == tuple(shape)]
-    found.sort(key=lambda label: configs[label].get("arch") != "resnet")
-    return found[0] if found else None
-
-
 @dataclass
 class TheoryRun:
     """One seed through the network and the machines: the network's run, each machine's own run and its

@@ -368,9 +368,10 @@ def catalogue() -> dict[str, Path]:
     return found
 
 
-def network_for(name: str, networks: dict[str, Path] | None = None) -> str | None:
-    """The label in `networks` (default: the catalogue) of the network trained on the set called `name`:
-    a bundled one before one trained here, a ResNet (what the machines model) before a UNet; None when
+def network_for(name: str, networks: dict[str, Path] | None = None, shape=None) -> str | None:
+    """The label in `networks` (default: the catalogue) of the network trained on the set called `name`
+    (and, given shape (C, H, W), at that image shape): a ResNet (the convolutional network the machines
+    model) before a UNet, then a bundled one before one trained here, then in the order given; None when
     none was. A folder whose config.json cannot be read is passed over (choosing it says why)."""
     found = []
     for n, (label, folder) in enumerate((catalogue() if networks is None else networks).items()):
@@ -378,8 +379,9 @@ def network_for(name: str, networks: dict[str, Path] | None = None) -> str | Non
             config = read_config(folder)
         except ElsvizError:
             continue
-        if config["dataset"]["name"] == name:
-            found.append((not label.endswith("(bundled)"), config["arch"] != "resnet", n, label))
+        data = config["dataset"]
+        if data["name"] == name and (shape is None or tuple(data["shape"]) == tuple(shape)):
+            found.append((config["arch"] != "resnet", not label.endswith("(bundled)"), n, label))
     return min(found)[-1] if found else None
 
 

@@ -15,7 +15,7 @@ import streamlit as st
 from ..analysis.compare import Comparison, calibration, resample, score
 from ..datasets import load_dataset
 from ..errors import ElsvizError
-from ..networks import CONFIG, SCHEDULE, load_network, network_for, read_config, save_schedule, train_network
+from ..networks import CONFIG, SCHEDULE, load_network, network_for, save_schedule, train_network
 from ..app.runs import RunSpec
 from ..machines import k_limit
 from ..schedule import PRESET_NOTES, PRESETS
@@ -47,22 +47,14 @@ def network(folder) -> object:
     return _load(str(folder.resolve()), _stamp(folder))
 
 
-def _shape_of(folder) -> tuple | None:
-    try:
-        return tuple(read_config(folder)["dataset"]["shape"])
-    except ElsvizError:
-        return None
-
-
 def choose(networks: dict, options: list[str], set_name: str, shape=None) -> None:
     """Set the page's choice (st.session_state["net_choice"]) to the network trained on the sidebar's set
     (networks.network_for), on the first visit and whenever the set changes while the choice is still the
     page's own; a network the user or a link chose stays. Without one for the set: the first option."""
     ss = st.session_state
-    if shape is not None:  # the same images: a network of another size would run the machines on its own set,
-        # e.g. mnist-resnet's 5,000 digits at 28x28, minutes per seed on a CPU beside the app's 1,000 at 16x16
-        networks = {label: folder for label, folder in networks.items() if _shape_of(folder) == tuple(shape)}
-    auto = network_for(set_name, networks)
+    # the same images at the same size: a network of another size would run the machines on its own set, e.g.
+    # mnist-resnet's 5,000 digits at 28x28, minutes per seed on a CPU beside the app's 1,000 at 16x16
+    auto = network_for(set_name, networks, shape)
     mine = ss.get("net_choice") not in options or ss.get("net_choice") == ss.get("_net_auto")
     if mine:
         ss["net_choice"] = auto or options[0]

@@ -22,7 +22,7 @@ from ..app.runs import Result, RunSpec, StepClock, left_text, needs_confirmation
 from ..engine import Engine
 from ..errors import ElsvizError
 from ..machines import MACHINE_NAMES, PAPER_MACHINES
-from ..networks import BUNDLED, catalogue, read_config
+from ..networks import BUNDLED, catalogue, network_for
 from . import data
 from . import network as nets
 from .draw import show
@@ -45,22 +45,11 @@ class View:
     sentence: str
 
 
-def _configs() -> dict:
-    found = {}
-    for label, folder in catalogue().items():
-        try:
-            found[label] = read_config(folder)
-        except ElsvizError:
-            continue  # a broken folder: the Network vs machine page says what is wrong with it
-    return found
-
-
 def view(s: Settings) -> View:
     """The network trained on the sidebar's set (by its name and image shape) with the sidebar's set, or
     the bundled digits ResNet with the digits; ElsvizError when neither can be had."""
     c, h, w = s.train.shape
-    configs = _configs()
-    label = th.network_for(configs, s.train.name, s.train.shape)
+    label = network_for(s.train.name, catalogue(), s.train.shape)
     if label is not None:
         net = nets.network(catalogue()[label])
         n = net.train.n
