@@ -20,7 +20,7 @@ step the merge's time, the shards' compute and the rest (Ray's round trips). doc
 --estimates: what elsviz.app.runs.Estimator says a run will take, against what it takes (ESTIMATE_CASES: the
 digits, hands and photos, every machine, cold and warm, one thread), the ratio per run; --record FILE
 writes the timings (tests/estimate_timings.json, which tests/test_estimates.py checks the estimates
-against); --fit FILE fits elsviz.app.runs.COSTS to such a file. docs/BENCHMARKS.md, "Estimates".
+against); --fit FILE fits elsviz.app.runs.COSTS (those of the file's CPU, its "costs") to such a file. docs/BENCHMARKS.md, "Estimates".
 
 --first-picture [--runs N] [--baseline REV] [--open-after S]: the app's first picture in headless Chromium, each
 time on a fresh `streamlit run app.py` (elsviz.app.first_picture; docs/BENCHMARKS.md, "The first picture").
@@ -185,7 +185,8 @@ def machine_info() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    info = (f"{cpu} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads)")
     if torch.cuda.is_available():
         info += f", GPU {torch.cuda.get_device_name(0)}"
     return info
@@ -513,7 +514,7 @@ def case_costs(entry: dict, estimator=None) -> list[list[float]]:
 def estimates(ns) -> int:
     """--estimates: each case in a fresh process, the estimate against the run; prints a table, and
     with --record writes the timings."""
-    from elsviz.app.runs import Estimator, Workload
+    from elsviz.app.runs import Estimator, Workload, cpu_costs_key
 
     def named(c):
         return case_name(c) + (" held-out" if c.get("held_out") else "")
@@ -545,7 +546,7 @@ def estimates(ns) -> int:
         recorded.append(entry)
     if ns.record:
         with open(ns.record, "w") as f:
-            json.dump({"machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            json.dump({"machine": machine_info(), "costs": cpu_costs_key(), "date": time.strftime("%Y-%m-%d %H:%M"),
                        "conditions": "one thread per run, each case in a fresh process; CPU time is "
                                      "time.process_time; load: the 1-minute load average before and after",
                        "cases": recorded}, f, indent=None, separators=(",", ":"))
@@ -561,7 +562,7 @@ def fit_costs(recorded: dict) -> dict:
 
     from elsviz.app.runs import COSTS, Estimator
 
-    names = list(COSTS["cpu"])
+    names = list(COSTS["cpu-avx512"])
     rows, times = [], []
     shares: dict = {}
     for entry in (e for e in recorded["cases"] if not e["case"].get("held_out")):

@@ -134,9 +134,11 @@ ASK_S = 8.0  # a run estimated above this asks first ("about N s: run it?"); the
 SUBSET_TARGET_S = 5.0  # a subset offered instead of a long run aims at about this (so it runs without asking) ...
 MIN_SUBSET = 100  # ... but is never smaller than this (fewer images make a poor training set)
 
-# What one unit of each kind of work costs, in seconds of one thread: on the CPU with the compiled kernel,
-# fitted by `python -m elsviz.bench --fit` to the 1,300 steps timed in tests/estimate_timings.json (CPU time,
-# the 2-core AMD EPYC, AVX-512, this project runs on; docs/BENCHMARKS.md, "Estimates"). step: a slice of the
+# What one unit of each kind of work costs, in seconds of one thread: on a CPU with the compiled kernel, per
+# width of its vector registers (costs_of), fitted by `python -m elsviz.bench --fit` to the steps timed in
+# tests/estimate_timings*.json (CPU time; 2-core AMD EPYCs, one with AVX-512, one with AVX2 only, on which this
+# project has run; docs/BENCHMARKS.md, "Estimates": the kernel's share of the work weighs 1.7x as much without
+# AVX-512, torch's 0.7x, so one pace cannot carry one set of costs to the other). step: a slice of the
 # batch (Python, its tensors); query: an entry of a query window; logit, madd, centre: a logit through the
 # kernel (its softmax, the product's multiply-adds, the weighted centres per channel); read: a byte of keys
 # read per tile of 240 queries; gemm: a multiply-add of torch's products; torch_logit, torch_block: a logit
@@ -144,17 +146,35 @@ MIN_SUBSET = 100  # ... but is never smaller than this (fewer images make a poor
 # distinct; gram: a multiply-add of a KeySet's principal directions; window: a window hashed and counted.
 # On a GPU: a first guess (the H200 of docs/BENCHMARKS.md: 12 T multiply-adds in 2.1 s of the fused kernel).
 COSTS = {
-    "cpu": {"step": 3.17e-3, "query": 1.16e-8, "logit": 1.56e-10, "madd": 1.21e-11, "centre": 2.76e-10,
+    "cpu-avx512": {"step": 3.17e-3, "query": 1.16e-8, "logit": 1.56e-10, "madd": 1.21e-11, "centre": 2.76e-10,
             "read": 3.87e-11, "gemm": 3.07e-11, "torch_logit": 2.64e-9, "torch_block": 3.02e-9, "byte": 1.9e-9,
             "key": 4.08e-7, "gram": 5.07e-11, "window": 9.58e-8},
+    "cpu-avx2": {"step": 1.72e-3, "query": 2.08e-8, "logit": 4.76e-10, "madd": 1.67e-11, "centre": 3.29e-10,
+                 "read": 1.07e-10, "gemm": 4.7e-11, "torch_logit": 2.44e-9, "torch_block": 2.6e-9, "byte": 2.33e-9,
+                 "key": 6.02e-7, "gram": 7.65e-11, "window": 1.48e-7},
     "cuda": {"step": 5e-3, "query": 1e-11, "logit": 2e-12, "madd": 1.8e-13, "centre": 0.0, "read": 0.0, "gemm": 1e-13,
              "torch_logit": 2e-11, "torch_block": 0.0, "byte": 5e-11, "key": 2e-8, "gram": 1e-13, "window": 1e-10},
 }
+
+
+def cpu_costs_key() -> str:
+    """The COSTS of this CPU: by the width of its vector registers, as torch sees it (the compiled kernel is
+    built for the same CPU): 'cpu-avx512', else 'cpu-avx2' (also for older CPUs: the nearest; the pace corrects)."""
+    return "cpu-avx512" if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else "cpu-avx2"
+
+
+def costs_of(device: str) -> dict:
+    """COSTS of a device type ('cpu', 'cuda'); on a CPU, those of its vector width (cpu_costs_key)."""
+    return COSTS[cpu_costs_key() if device == "cpu" else device]
+
+
 # The share of a big class's blocks the pruned path computes at t: all down to t_all, then t / t_all, at least
 # `floor` (hands, k = 7, docs/ENGINE.md: 52% of the blocks at t = 0.3, 14% at 0.1, 10% at 0.05). Without the
 # kernel, tiles of 32 queries take the union of their blocks (measured here: hands, k = 5, a step at t = 0.05
 # took 33% of one at t = 0.5, at 0.15 66%).
 PRUNED = {True: (0.5, 0.08), False: (0.25, 0.33)}  # kernel -> (t_all, floor)
+SHARDS_STEP_S = 0.02  # a step on the Ray engine waits besides for two rounds of calls to its shards and the merge
+# (docs/SCALING.md: 17-21 ms per step with 2 local shards, whatever the work)
 PACE_MIN_S = 0.3  # a run of less work teaches the pace nothing: its time is mostly overheads the cost leaves out
 # (recorded: LS on the digits, 0.13-0.17 s of work, took 0.4-0.9 s beside ELS's 1.1 s of work in 1.7-1.8 s)
 THREAD_GAIN = 0.8  # T threads compute about T ** 0.8 times as fast as one (a prior: the pace corrects it)
@@ -165,7 +185,8 @@ class Workload:
     """What a run's cost depends on besides its k and t: the training set (its cache key; family: its
     name, shared by its subsets), the machine, the device type, the output size, the class, the keys
     in play (n images of shape (C, H, W)), the batch, the engine's cache and whether the compiled
-    kernel runs (images: the training images in play, for the share of distinct windows)."""
+    kernel runs (images: the training images in play, for the share of distinct windows). On the Ray
+    engine: shards, each holding n of the images (and `threads` threads), all computing at once."""
 
     dataset: Hashable
     machine: str
@@ -180,6 +201,7 @@ class Workload:
     kernel: bool = True
     threads: int = 1
     images: object = field(default=None, compare=False, hash=False, repr=False)
+    shards: int = 1
 
 
 def workload(engine, dataset, machine: str | None = None, size=None, label=None, family: str = "", batch: int = 1,
@@ -192,8 +214,10 @@ def workload(engine, dataset, machine: str | None = None, size=None, label=None,
     device = getattr(getattr(engine, "device", None), "type", "cpu")
     cache = getattr(engine, "cache_bytes", None) or 1_500_000_000
     kernel = engine.kernel() != "torch" if callable(getattr(engine, "kernel", None)) else True
+    shards = int(getattr(engine, "shards", 1) or 1)  # the Ray engine: its slowest shard's part of the images
+    threads = int(getattr(engine, "shard_threads", 1)) if shards > 1 else torch.get_num_threads()
     return Workload(dataset, machine or engine.machine, device, None if size is None else tuple(size), label, family,
-                    len(imgs), tuple(imgs.shape[1:]), batch, int(cache), kernel, torch.get_num_threads(), imgs)
+                    -(-len(imgs) // shards), tuple(imgs.shape[1:]), batch, int(cache), kernel, threads, imgs, shards)
 
 
 def class_groups(machine: str, k: int, shape, size=None) -> list[tuple[int, int, int]]:
@@ -249,7 +273,7 @@ def step_parts(w: Workload, k: int, distinct, costs: dict | None = None) -> list
     computing at every t, seconds of computing that the bounds prune at small t: a function of t, or
     None), following the engine's choice of path per group (docs/ENGINE.md). distinct(): the share
     of distinct keys; costs: COSTS of the device, or others."""
-    cost, (c, h, wd) = costs or COSTS[w.device], w.shape
+    cost, (c, h, wd) = costs or costs_of(w.device), w.shape
     cpu, n, b, image = w.device == "cpu", w.n, w.batch, c * h * wd
     if w.machine == "is":  # one product with the whole images, torch's softmax passes
         return [(None, 0, 0.0, b * n * (image * cost["gemm"] + cost["torch_logit"]), None)]
@@ -277,7 +301,7 @@ def step_parts(w: Workload, k: int, distinct, costs: dict | None = None) -> list
                 reads = slices * -(-per_slice * p // 240) * size  # the keys, read once per tile of 240 queries
                 every = b * p * keys * (fused if kernel else fused + cost["torch_block"]) + reads * cost["read"]
                 t_all, floor = PRUNED[kernel]
-                parts.append((("keys", k, gi), 64, build, 0.0,
+                parts.append((("keys", k, gi), size, build, 0.0,
                               lambda t, e=every, a=t_all, f=floor: e * min(1.0, max(f, t / a))))
                 continue
         reads = slices * -(-per_slice * p // 240) * table
@@ -328,7 +352,7 @@ class Estimator:
     def __init__(self, costs: dict | None = None):
         self.costs = costs  # COSTS of the device by default
         self._held: dict = {}  # budget -> OrderedDict((engine, entry) -> bytes): the simulated caches
-        self._paces: dict = {}  # (device, family, machine) -> recent actual / cost
+        self._paces: dict = {}  # _key(workload) or (device,) -> recent actual / cost
         self._distinct: dict = {}  # (dataset, label, k) -> share of distinct windows
         self._parts: dict = {}  # (workload, k) -> step_parts
         self._lock = threading.RLock()
@@ -368,20 +392,25 @@ class Estimator:
                             while sum(held.values()) > w.cache_bytes:
                                 held.popitem(last=False)
                     seconds += flat + (pruned(t) if pruned else 0.0)
-                plan.append(seconds)
+                plan.append(seconds + (SHARDS_STEP_S if w.shards > 1 else 0.0))
             return plan
+
+    @staticmethod
+    def _key(w: Workload) -> tuple:
+        """Whose runs set a workload's pace: the same device, set family, machine and shards."""
+        return (w.device, w.family, w.machine) + ((w.shards,) if w.shards > 1 else ())
 
     def pace(self, w: Workload) -> float:
         """Seconds taken per second of cost, lately (see the class)."""
         with self._lock:
-            recent = self._paces.get((w.device, w.family, w.machine)) or self._paces.get((w.device,))
+            recent = self._paces.get(self._key(w)) or self._paces.get((w.device,))
             return sorted(recent)[len(recent) // 2] if recent else w.threads ** -THREAD_GAIN
 
     def basis(self, w: Workload) -> str:
         """What the pace rests on: 'measured' (runs of this set and machine), 'carried' (runs of others on
         the device) or 'model' (no run yet: the work at this CPU's measured speed)."""
         with self._lock:
-            if self._paces.get((w.device, w.family, w.machine)):
+            if self._paces.get(self._key(w)):
                 return "measured"
             return "carried" if self._paces.get((w.device,)) else "model"
 
@@ -404,7 +433,7 @@ class Estimator:
         cost = sum(self.cost(w, ks, ts, engine, keep=True)) if cost is None else cost
         if cost >= PACE_MIN_S and seconds > 0:
             with self._lock:
-                for key in ((w.device, w.family, w.machine), (w.device,)):
+                for key in (self._key(w), (w.device,)):
                     paces = self._paces.setdefault(key, [])
                     paces.append(seconds / cost)
                     del paces[:-self.KEEP]

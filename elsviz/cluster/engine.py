@@ -280,6 +280,7 @@ class RayEngine:
         self.train = train if isinstance(train, ImageSet) else ShardedSet(pool.infos)
         self.device = torch.device("cpu")  # where x and the Posterior live: the driver
         self.shards = pool.shards
+        self.shard_threads = pool.threads  # (the estimates: app.runs.workload)
         self._gaussian: dict = {}  # label -> the Gaussian model (wiener, pca), merged from the shards' moments
         self._masks: OrderedDict = OrderedDict()  # (label, t) -> pca's mask in Ray's object store
         self._local = None  # an engine on the driver for explain (where the driver holds the images)
