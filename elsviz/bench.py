@@ -20,7 +20,8 @@ step the merge's time, the shards' compute and the rest (Ray's round trips). doc
 --estimates: what elsviz.app.runs.Estimator says a run will take, against what it takes (ESTIMATE_CASES: the
 digits, hands and photos, every machine, cold and warm, one thread), the ratio per run; --record FILE
 writes the timings (tests/estimate_timings.json, which tests/test_estimates.py checks the estimates
-against); --fit FILE fits elsviz.app.runs.COSTS (those of the file's CPU, its "costs") to such a file. docs/BENCHMARKS.md, "Estimates".
+against); --fit FILE fits elsviz.app.runs.COSTS (those of the file's CPU, its "costs") to such a file.
+docs/BENCHMARKS.md, "Estimates".
 
 --first-picture [--runs N] [--baseline REV] [--open-after S]: the app's first picture in headless Chromium, each
 time on a fresh `streamlit run app.py` (elsviz.app.first_picture; docs/BENCHMARKS.md, "The first picture").

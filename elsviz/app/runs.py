@@ -134,21 +134,21 @@ ASK_S = 8.0  # a run estimated above this asks first ("about N s: run it?"); the
 SUBSET_TARGET_S = 5.0  # a subset offered instead of a long run aims at about this (so it runs without asking) ...
 MIN_SUBSET = 100  # ... but is never smaller than this (fewer images make a poor training set)
 
-# What one unit of each kind of work costs, in seconds of one thread: on a CPU with the compiled kernel, per
-# width of its vector registers (costs_of), fitted by `python -m elsviz.bench --fit` to the steps timed in
+# What one unit of each kind of work costs, in seconds of one thread: on a CPU with the compiled kernel, per width of
+# its vector registers (costs_of), fitted by `python -m elsviz.bench --fit` to the steps timed in
 # tests/estimate_timings*.json (CPU time; 2-core AMD EPYCs, one with AVX-512, one with AVX2 only, on which this
-# project has run; docs/BENCHMARKS.md, "Estimates": the kernel's share of the work weighs 1.7x as much without
-# AVX-512, torch's 0.7x, so one pace cannot carry one set of costs to the other). step: a slice of the
-# batch (Python, its tensors); query: an entry of a query window; logit, madd, centre: a logit through the
-# kernel (its softmax, the product's multiply-adds, the weighted centres per channel); read: a byte of keys
-# read per tile of 240 queries; gemm: a multiply-add of torch's products; torch_logit, torch_block: a logit
-# through torch's passes, and more in its pruned path; byte: a byte of key table built; key: a key made
-# distinct; gram: a multiply-add of a KeySet's principal directions; window: a window hashed and counted.
+# project has run; docs/BENCHMARKS.md, "Estimates on this CPU": a hands run at k = 5 takes 1.7x the CPU time through
+# the kernel without AVX-512, 0.7x through torch, so one pace cannot carry one set to the other). step: a slice of the
+# batch (Python, its tensors); query: an entry of a query window; logit, madd, centre: a logit through the kernel (its
+# softmax, the product's multiply-adds, the weighted centres per channel); read: a byte of keys read per tile of 240
+# queries; gemm: a multiply-add of torch's products; torch_logit, torch_block: a logit through torch's passes, and
+# more in its pruned path; byte: a byte of key table built; key: a key made distinct; gram: a multiply-add of a
+# KeySet's principal directions; window: a window hashed and counted.
 # On a GPU: a first guess (the H200 of docs/BENCHMARKS.md: 12 T multiply-adds in 2.1 s of the fused kernel).
 COSTS = {
     "cpu-avx512": {"step": 3.17e-3, "query": 1.16e-8, "logit": 1.56e-10, "madd": 1.21e-11, "centre": 2.76e-10,
-            "read": 3.87e-11, "gemm": 3.07e-11, "torch_logit": 2.64e-9, "torch_block": 3.02e-9, "byte": 1.9e-9,
-            "key": 4.08e-7, "gram": 5.07e-11, "window": 9.58e-8},
+                   "read": 3.87e-11, "gemm": 3.07e-11, "torch_logit": 2.64e-9, "torch_block": 3.02e-9, "byte": 1.9e-9,
+                   "key": 4.08e-7, "gram": 5.07e-11, "window": 9.58e-8},
     "cpu-avx2": {"step": 1.72e-3, "query": 2.08e-8, "logit": 4.76e-10, "madd": 1.67e-11, "centre": 3.29e-10,
                  "read": 1.07e-10, "gemm": 4.7e-11, "torch_logit": 2.44e-9, "torch_block": 2.6e-9, "byte": 2.33e-9,
                  "key": 6.02e-7, "gram": 7.65e-11, "window": 1.48e-7},
