@@ -332,8 +332,8 @@ def test_a_long_run_says_how_long_and_offers_a_subset():
         assert 100 <= at.session_state["limit"] <= 500  # not "4 images"
         assert at.main.get("plotly_chart") and not at.warning  # the subset runs without asking
 
-        assert est._paces == {("cpu",): [20.0] * Estimator.KEEP}  # its few steps are too little work to move the pace
-        at.session_state["limit"] = 0  # back to all the hands: it asks again
+        slow()  # (the subset's run taught the hands' true pace) busy again, and back to all the hands: it asks again
+        at.session_state["limit"] = 0
         ok(at.run())
         anyway = [b for b in at.button if "anyway" in b.label]
         anyway[0].click()

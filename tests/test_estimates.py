@@ -374,3 +374,14 @@ def test_a_ray_engines_run_is_estimated_per_shard():
     assert est.pace(one) == pytest.approx(10) and est.basis(four) == "carried"  # the Ray engine's own: none yet
     est.record_total(four, [], [], 2.0, cost=1.0)
     assert est.pace(four) == pytest.approx(2) and est.pace(one) == pytest.approx(10)
+
+
+def test_a_run_of_too_little_work_does_not_move_the_pace():
+    """Runs under PACE_MIN_S of work are mostly the app's own overheads: they teach nothing; longer ones do."""
+    from elsviz.app.runs import PACE_MIN_S
+
+    est, w = Estimator(), Workload("set", "bbels", family="set")
+    est.record_total(w, [], [], 100.0, cost=PACE_MIN_S / 2)
+    assert est.basis(w) == "model"
+    est.record_total(w, [], [], 3 * PACE_MIN_S, cost=PACE_MIN_S)
+    assert est.basis(w) == "measured" and est.pace(w) == pytest.approx(3)
